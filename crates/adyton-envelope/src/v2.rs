@@ -164,11 +164,13 @@ impl Header {
                 expected: FIXED_HEADER_LEN as u64,
             });
         }
-        raw.resize(FIXED_HEADER_LEN, 0);
+        // Up to and including key_id_len.
+        raw.resize(66, 0);
         read_exact_or_truncated(reader, &mut raw[12..], "v2 header")?;
         let key_id_len = le_u16(&raw[64..66]);
         check_field_len("key id", key_id_len)?;
-        raw.resize(FIXED_HEADER_LEN + key_id_len, 0);
+        // The key id and content_type_len.
+        raw.resize(66 + key_id_len + 2, 0);
         read_exact_or_truncated(reader, &mut raw[66..], "v2 header")?;
         let key_id_end = 66 + key_id_len;
         let content_type_len = le_u16(&raw[key_id_end..key_id_end + 2]);

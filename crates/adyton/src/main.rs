@@ -1,1 +1,22 @@
-fn main() {}
+//! `adyton`: every Adyton role as a subcommand of one binary.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod files;
+mod model;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The command line: argument definitions and dispatch, nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model;
+
+/// Confidential AI inference: models and data decrypted only inside a TEE.
+#[derive(Debug, Parser)]
+#[command(name = "adyton", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encrypt, decrypt and inspect model files (envelopes v1 and v2).
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Encrypt a model file with AES-256-GCM.
+    ///
+    /// v2 (the default) is Adyton's chunked format: it is checked chunk by chunk and decrypts with
+    /// bounded memory. v1 is the CNAP single-shot format, for tools that read only that.
+    #[command(after_help = "Examples:\n  \
+        adyton model encrypt model.onnx -o model.enc --new-key model.key\n  \
+        adyton model encrypt model.onnx -o model.enc --key model.key --format v1")]
+    Encrypt(EncryptArgs),
+
+    /// Decrypt a v1 or v2 envelope (the format is detected from the file).
+    Decrypt(DecryptArgs),
+
+    /// Show an envelope's header without the key, and check its length.
+    Inspect(InspectArgs),
+}
+
+/// Envelope format to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// CNAP single-shot format (whole file in memory, at most 4 GiB).
+    V1,
+    /// Adyton chunked streaming format.
+    V2,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "key_source", required = true, multiple = false)]
+pub struct KeySource {
+    /// Use the 32-byte raw key in this file.
+    #[arg(long, value_name = "KEYFILE", group = "key_source")]
+    pub key: Option<PathBuf>,
+
+    /// Generate a fresh key and write it to this file (mode 0600).
+    #[arg(long, value_name = "KEYFILE", group = "key_source")]
+    pub new_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// The plaintext model file.
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Where to write the encrypted model.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// Envelope format.
+    #[arg(long, value_enum, default_value_t = FormatArg::V2)]
+    pub format: FormatArg,
+
+    #[command(flatten)]
+    pub key_source: KeySource,
+
+    /// Key id recorded in the v2 header (the key broker's id of the key).
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub key_id: String,
+
+    /// Media type recorded in the v2 header [default: application/x-onnx for .onnx files,
+    /// application/octet-stream otherwise].
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+
+    /// Plaintext bytes per v2 chunk (16 B to 16 MiB). Suffixes K, M for KiB, MiB.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u32,
+
+    /// Replace OUT (and the new key file) if they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The encrypted model (v1 or v2).
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Where to write the plaintext model.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// The 32-byte raw key file.
+    #[arg(long, value_name = "KEYFILE")]
+    pub key: PathBuf,
+
+    /// Skip the v2 plaintext SHA-256 check. Every chunk is still authenticated, header included;
+    /// the check only catches a writer with the key that recorded a wrong hash.
+    #[arg(long)]
+    pub skip_hash_check: bool,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The encrypted model (v1 or v2).
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses a byte count with an optional K or M suffix (binary units).
+fn parse_size(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 1u64 << 10),
+        Some((at, 'm' | 'M')) => (&text[..at], 1u64 << 20),
+        _ => (text, 1),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a byte count (examples: 65536, 64K, 1M)"))?;
+    value
+        .checked_mul(unit)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Model(ModelCommand::Encrypt(args)) => model::encrypt(&args),
+            Command::Model(ModelCommand::Decrypt(args)) => model::decrypt(&args),
+            Command::Model(ModelCommand::Inspect(args)) => model::inspect(&args),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("99999999M").is_err());
+        assert!(parse_size("").is_err());
+    }
+}
