@@ -205,6 +205,10 @@ def write_atomically(path, produce):
     # Output goes to a temporary file that is renamed only on success, so a failure leaves no OUT.
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    # mkstemp creates the file readable by its owner only; give it the usual mode instead.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             produce(f)

@@ -52,6 +52,10 @@ def write_file(path, data):
     # Write to a temporary file and rename it, so that a failure never leaves a partial output.
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    # mkstemp creates the file readable by its owner only; give it the usual mode instead.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
