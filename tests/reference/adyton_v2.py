@@ -38,7 +38,8 @@ MAX_HEADER_LEN = FIXED_HEADER_LEN + 2 * MAX_STRING_LEN
 HEAD = struct.Struct("<6sBBIIQ32s7sBH")
 assert HEAD.size == 66
 
-Header = namedtuple("Header", "chunk_size plaintext_len plaintext_sha256 nonce_prefix key_id content_type")
+Header = namedtuple(
+    "Header", "chunk_size plaintext_len plaintext_sha256 nonce_prefix key_id content_type")
 
 
 class EnvelopeError(Exception):
@@ -115,7 +116,8 @@ def read_header(f):
         raise EnvelopeError(f"header_len {header_len} outside {FIXED_HEADER_LEN}..{MAX_HEADER_LEN}")
     raw = start + read_exact(f, header_len - 12, "header")
 
-    (_, _, _, _, chunk_size, plaintext_len, sha256, prefix, flags, key_id_len) = HEAD.unpack_from(raw)
+    _, _, _, _, chunk_size, plaintext_len, sha256, prefix, flags, key_id_len = \
+        HEAD.unpack_from(raw)
     if flags != 0:
         raise EnvelopeError(f"reserved flags 0x{flags:02x}")
     if key_id_len > MAX_STRING_LEN:
@@ -197,7 +199,8 @@ def read_key(path):
     with open(path, "rb") as f:
         key = f.read()
     if len(key) != KEY_LEN:
-        raise EnvelopeError(f"{path}: a key file must hold exactly {KEY_LEN} bytes, found {len(key)}")
+        raise EnvelopeError(
+            f"{path}: a key file must hold exactly {KEY_LEN} bytes, found {len(key)}")
     return key
 
 
@@ -205,11 +208,11 @@ def write_atomically(path, produce):
     # Output goes to a temporary file that is renamed only on success, so a failure leaves no OUT.
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    # mkstemp creates the file readable by its owner only; give it the usual mode instead.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        # mkstemp makes the file readable by its owner only; give it the usual mode instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             produce(f)
         os.replace(tmp, path)

@@ -52,11 +52,11 @@ def write_file(path, data):
     # Write to a temporary file and rename it, so that a failure never leaves a partial output.
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    # mkstemp creates the file readable by its owner only; give it the usual mode instead.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
+        # mkstemp makes the file readable by its owner only; give it the usual mode instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -127,7 +127,8 @@ def cmd_rsa_public_raw(args):
     # The modulus is padded to the modulus byte length, so the form has a fixed size per key size.
     modulus_len = (numbers.n.bit_length() + 7) // 8
     byteorder = "big" if args.order == "be" else "little"
-    write_file(args.output, struct.pack("<I", numbers.e) + numbers.n.to_bytes(modulus_len, byteorder))
+    modulus = numbers.n.to_bytes(modulus_len, byteorder)
+    write_file(args.output, struct.pack("<I", numbers.e) + modulus)
 
 
 def cmd_rsa_wrap(args):
