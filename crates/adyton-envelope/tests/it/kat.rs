@@ -6,7 +6,10 @@ use adyton_envelope::Aes256Key;
 use serde_json::Value;
 
 fn vectors() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/envelope/v2-kat.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/envelope/v2-kat.json"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     doc["vectors"].as_array().unwrap().clone()
@@ -38,8 +41,14 @@ fn every_vector_decrypts_to_its_plaintext() {
             .unwrap_or_else(|e| panic!("{}: {e}", vector["name"]));
         assert_eq!(out, bytes(&vector, "plaintext_hex"), "{}", vector["name"]);
         assert_eq!(header.key_id, vector["key_id"].as_str().unwrap());
-        assert_eq!(header.content_type, vector["content_type"].as_str().unwrap());
-        assert_eq!(u64::from(header.chunk_size), vector["chunk_size"].as_u64().unwrap());
+        assert_eq!(
+            header.content_type,
+            vector["content_type"].as_str().unwrap()
+        );
+        assert_eq!(
+            u64::from(header.chunk_size),
+            vector["chunk_size"].as_u64().unwrap()
+        );
     }
 }
 
@@ -59,6 +68,11 @@ fn encrypting_again_reproduces_every_vector_byte_for_byte() {
         };
         let mut out = Vec::new();
         v2::encrypt(&key, header, &mut &plaintext[..], &mut out).unwrap();
-        assert_eq!(hex::encode(out), vector["envelope_hex"].as_str().unwrap(), "{}", vector["name"]);
+        assert_eq!(
+            hex::encode(out),
+            vector["envelope_hex"].as_str().unwrap(),
+            "{}",
+            vector["name"]
+        );
     }
 }

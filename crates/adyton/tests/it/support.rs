@@ -1,0 +1,82 @@
+//! Running the binary and the reference scripts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn adyton(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adyton"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the adyton binary runs")
+}
+
+/// Runs `adyton` and insists that it succeeds.
+pub fn adyton_ok(args: &[&str], dir: &Path) -> Output {
+    let out = adyton(args, dir);
+    assert!(
+        out.status.success(),
+        "adyton {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `adyton` and insists that it fails; returns its stderr.
+pub fn adyton_err(args: &[&str], dir: &Path) -> String {
+    let out = adyton(args, dir);
+    assert!(
+        !out.status.success(),
+        "adyton {args:?} unexpectedly succeeded"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn reference_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(name)
+}
+
+/// Runs a reference Python script. The test suite's set-up installs Python's `cryptography`; a
+/// missing interpreter or package is a failure, never a skip.
+pub fn python(script: &str, args: &[&str], dir: &Path) -> Output {
+    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    Command::new(&interpreter)
+        .arg(reference_script(script))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {interpreter}: {e}"))
+}
+
+pub fn python_ok(script: &str, args: &[&str], dir: &Path) {
+    let out = python(script, args, dir);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ len as u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Files in `dir` whose names start with a dot: the atomic writer's temporary files.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
