@@ -175,7 +175,8 @@ fn every_header_field_is_authenticated() {
 #[test]
 fn structurally_bad_headers_have_their_own_errors() {
     let (_, envelope) = fixture();
-    let cases: [(usize, u8, fn(&EnvelopeError) -> bool); 6] = [
+    type Expect = fn(&EnvelopeError) -> bool;
+    let cases: [(usize, u8, Expect); 6] = [
         (0, b'X', |e| matches!(e, EnvelopeError::BadMagic)),
         (6, 3, |e| {
             matches!(e, EnvelopeError::UnsupportedVersion { found: 3 })

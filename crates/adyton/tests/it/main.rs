@@ -1,5 +1,8 @@
 //! End-to-end tests of the `adyton` binary, and interoperability with the reference Python code.
 
+// Tests may unwrap and panic: a failure is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod interop;
 mod model_cli;
 mod support;
