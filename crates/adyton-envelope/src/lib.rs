@@ -28,6 +28,15 @@ pub enum Format {
     V2,
 }
 
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::V1 => "v1",
+            Format::V2 => "v2",
+        })
+    }
+}
+
 impl Format {
     /// Number of leading bytes [`Format::detect`] needs.
     pub const DETECT_LEN: usize = 8;

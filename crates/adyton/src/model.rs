@@ -173,7 +173,7 @@ pub fn decrypt(args: &DecryptArgs) -> Result<()> {
     };
     output.commit()?;
     eprintln!(
-        "decrypted {input_name} ({format:?}) to {} ({}) in {:.2} s",
+        "decrypted {input_name} ({format}) to {} ({}) in {:.2} s",
         args.output.display(),
         human_bytes(written),
         started.elapsed().as_secs_f64()
