@@ -1,0 +1,85 @@
+//! Attesters: evidence over 64 bytes of report data, from the TEE this code runs in.
+//!
+//! One trait, one module per interface. The interfaces' root paths are parameters, so that tests
+//! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
+
+pub mod gramine;
+pub mod sim;
+pub mod tsm;
+
+use std::path::PathBuf;
+
+use crate::error::{AttestError, Result};
+use crate::evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
+
+/// Produces evidence inside a TEE.
+pub trait Attester: Send + Sync {
+    /// The TEE this attester speaks for.
+    fn tee(&self) -> TeeKind;
+
+    /// Evidence whose report data is `report_data`.
+    fn evidence(&self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Evidence>;
+}
+
+/// Where the TEE interfaces live. The defaults are the real paths.
+#[derive(Clone, Debug)]
+pub struct AttesterPaths {
+    /// Gramine's pseudo-filesystem.
+    pub gramine: PathBuf,
+    /// configfs-tsm's report directory.
+    pub tsm_report: PathBuf,
+    /// The SIM attester's key file (32-byte Ed25519 seed, created on first use).
+    pub sim_key: PathBuf,
+}
+
+impl Default for AttesterPaths {
+    fn default() -> Self {
+        Self {
+            gramine: PathBuf::from("/dev/attestation"),
+            tsm_report: PathBuf::from("/sys/kernel/config/tsm/report"),
+            sim_key: sim::default_key_path(),
+        }
+    }
+}
+
+/// Which TEE to attest with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TeeChoice {
+    /// Detect the TEE of this machine; never falls back to SIM.
+    Auto,
+    /// This TEE, or an error if it is not available.
+    Kind(TeeKind),
+}
+
+impl std::str::FromStr for TeeChoice {
+    type Err = AttestError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        if text.eq_ignore_ascii_case("auto") {
+            Ok(TeeChoice::Auto)
+        } else {
+            text.parse().map(TeeChoice::Kind)
+        }
+    }
+}
+
+/// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP).
+pub fn detect(paths: &AttesterPaths) -> Option<TeeKind> {
+    if gramine::GramineAttester::probe(&paths.gramine).is_ok() {
+        return Some(TeeKind::Sgx);
+    }
+    tsm::TsmAttester::probe(&paths.tsm_report).ok()
+}
+
+/// The attester for `choice`.
+pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn Attester>> {
+    let kind = match choice {
+        TeeChoice::Auto => detect(paths).ok_or(AttestError::NoTeeDetected)?,
+        TeeChoice::Kind(kind) => kind,
+    };
+    Ok(match kind {
+        TeeKind::Sgx => Box::new(gramine::GramineAttester::open(&paths.gramine)?),
+        TeeKind::Tdx | TeeKind::Snp => Box::new(tsm::TsmAttester::open(&paths.tsm_report, kind)?),
+        TeeKind::Sim => Box::new(sim::SimAttester::from_key_file(&paths.sim_key)?),
+    })
+}

@@ -1,0 +1,209 @@
+//! What a verifier proves about evidence: typed claims, independent of the vendor format.
+
+use serde::Serialize;
+
+use crate::evidence::{TeeKind, REPORT_DATA_LEN};
+
+/// TCB status as Intel's DCAP reports it; SNP and SIM map onto it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum TcbStatus {
+    /// The platform is patched.
+    UpToDate,
+    /// Patched, but software mitigations are needed.
+    SWHardeningNeeded,
+    /// Patched, but the platform's configuration needs changes.
+    ConfigurationNeeded,
+    /// Both of the above.
+    ConfigurationAndSWHardeningNeeded,
+    /// The platform lacks security updates.
+    OutOfDate,
+    /// Out of date and misconfigured.
+    OutOfDateConfigurationNeeded,
+    /// The platform's keys are revoked.
+    Revoked,
+    /// The simulated TEE has no TCB.
+    NotApplicable,
+    /// A status this build does not know.
+    Other(String),
+}
+
+impl TcbStatus {
+    /// Parses DCAP's status strings.
+    pub fn from_dcap(status: &str) -> Self {
+        match status {
+            "UpToDate" => TcbStatus::UpToDate,
+            "SWHardeningNeeded" => TcbStatus::SWHardeningNeeded,
+            "ConfigurationNeeded" => TcbStatus::ConfigurationNeeded,
+            "ConfigurationAndSWHardeningNeeded" => TcbStatus::ConfigurationAndSWHardeningNeeded,
+            "OutOfDate" => TcbStatus::OutOfDate,
+            "OutOfDateConfigurationNeeded" => TcbStatus::OutOfDateConfigurationNeeded,
+            "Revoked" => TcbStatus::Revoked,
+            other => TcbStatus::Other(other.chars().take(64).collect()),
+        }
+    }
+
+    /// Whether the status counts as up to date for `enforce_tcb_upto_date`.
+    pub fn is_up_to_date(&self) -> bool {
+        matches!(self, TcbStatus::UpToDate | TcbStatus::NotApplicable)
+    }
+
+    /// The status's name.
+    pub fn name(&self) -> String {
+        match self {
+            TcbStatus::Other(name) => name.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// Claims proven about SGX evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SgxClaims {
+    /// Enclave measurement.
+    #[serde(with = "hex::serde")]
+    pub mrenclave: [u8; 32],
+    /// Hash of the enclave signer's key.
+    #[serde(with = "hex::serde")]
+    pub mrsigner: [u8; 32],
+    /// Product id.
+    pub isvprodid: u16,
+    /// Security version.
+    pub isvsvn: u16,
+}
+
+/// Claims proven about TDX evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TdxClaims {
+    /// Measurement of the initial TD contents.
+    #[serde(with = "hex::serde")]
+    pub mrtd: [u8; 48],
+    /// Runtime measurement registers 0 to 3.
+    #[serde(with = "hex_array4")]
+    pub rtmr: [[u8; 48]; 4],
+    /// Measurement of the TDX module.
+    #[serde(with = "hex::serde")]
+    pub mrseam: [u8; 48],
+    /// SVN of the TDX module (`tee_tcb_svn[0]`, the SEAM minor SVN, and `[1]`, the major).
+    pub seamsvn: u16,
+    /// TD attributes (bit 0: debug).
+    pub td_attributes: u64,
+}
+
+/// A SEV-SNP TCB version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SnpTcb {
+    /// Boot loader SVN.
+    pub bootloader: u8,
+    /// PSP OS SVN.
+    pub tee: u8,
+    /// SNP firmware SVN.
+    pub snp: u8,
+    /// Microcode patch level.
+    pub microcode: u8,
+}
+
+/// Claims proven about SEV-SNP evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SnpClaims {
+    /// Launch measurement.
+    #[serde(with = "hex::serde")]
+    pub measurement: [u8; 48],
+    /// Data the host supplied at launch.
+    #[serde(with = "hex::serde")]
+    pub host_data: [u8; 32],
+    /// The TCB the report was signed at.
+    pub reported_tcb: SnpTcb,
+    /// Guest policy (bit 19: debug allowed).
+    pub policy: u64,
+    /// Chip id.
+    #[serde(with = "hex::serde")]
+    pub chip_id: Vec<u8>,
+}
+
+/// Claims proven about SIM evidence. SIM proves nothing about hardware.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SimClaims {
+    /// SHA-384 of the executable that made the report.
+    #[serde(with = "hex::serde")]
+    pub measurement: [u8; 48],
+    /// The SIM attester's public key (Ed25519).
+    #[serde(with = "hex::serde")]
+    pub signer: Vec<u8>,
+}
+
+/// The TEE-specific part of the claims.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeClaims {
+    /// SGX.
+    Sgx(SgxClaims),
+    /// TDX.
+    Tdx(TdxClaims),
+    /// SNP.
+    Snp(SnpClaims),
+    /// SIM.
+    Sim(SimClaims),
+}
+
+/// Everything a verifier proved about a piece of evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Claims {
+    /// The TEE kind.
+    pub tee: TeeKind,
+    /// True for SIM evidence: nothing about hardware was proven.
+    pub insecure: bool,
+    /// The 64 bytes the evidence binds.
+    #[serde(with = "hex::serde")]
+    pub report_data: [u8; REPORT_DATA_LEN],
+    /// The platform's TCB status.
+    pub tcb_status: TcbStatus,
+    /// Security advisories that apply to the platform.
+    pub advisory_ids: Vec<String>,
+    /// Whether the TEE runs in debug mode.
+    pub debug: bool,
+    /// Earliest expiry (unix seconds) of the collateral used, when there was any.
+    pub collateral_expires_at: Option<u64>,
+    /// Earliest issue date (unix seconds) of the collateral used, when there was any.
+    pub collateral_issued_at: Option<u64>,
+    /// The TEE-specific claims.
+    pub details: TeeClaims,
+}
+
+impl Claims {
+    /// The measurement a person compares first, as hex: MRENCLAVE, MRTD, or the launch measurement.
+    pub fn primary_measurement(&self) -> String {
+        match &self.details {
+            TeeClaims::Sgx(c) => hex::encode(c.mrenclave),
+            TeeClaims::Tdx(c) => hex::encode(c.mrtd),
+            TeeClaims::Snp(c) => hex::encode(c.measurement),
+            TeeClaims::Sim(c) => hex::encode(c.measurement),
+        }
+    }
+
+    /// Checks that the evidence binds `expected` report data (constant time).
+    pub fn expect_report_data(&self, expected: &[u8; REPORT_DATA_LEN]) -> crate::Result<()> {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&self.report_data, expected).is_err() {
+            return Err(crate::AttestError::ReportDataMismatch {
+                expected: hex::encode(expected),
+                found: hex::encode(self.report_data),
+            });
+        }
+        Ok(())
+    }
+}
+
+mod hex_array4 {
+    use serde::ser::SerializeSeq;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(
+        value: &[[u8; 48]; 4],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(4))?;
+        for register in value {
+            seq.serialize_element(&hex::encode(register))?;
+        }
+        seq.end()
+    }
+}

@@ -1,0 +1,175 @@
+//! The one error type of the attestation crate.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::evidence::TeeKind;
+
+/// Everything that can go wrong while producing, verifying or judging evidence.
+///
+/// Each security outcome is a variant of its own, so that tests can assert it and logs can name it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// Evidence bytes or their serialisation could not be read.
+    #[error("malformed evidence: {reason}")]
+    MalformedEvidence {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A TEE name that is not SGX, TDX, SNP or SIM.
+    #[error("unknown TEE `{name}`: expected sgx, tdx, snp or sim")]
+    UnknownTee {
+        /// The name given.
+        name: String,
+    },
+
+    /// Evidence of one TEE was handed to a verifier or policy of another.
+    #[error("wrong TEE: expected {expected}, the evidence is {found}")]
+    WrongTee {
+        /// The TEE that was expected.
+        expected: TeeKind,
+        /// The TEE of the evidence.
+        found: TeeKind,
+    },
+
+    /// The requested TEE interface is not present or does not work on this machine.
+    #[error("{tee} is not available here: {reason}")]
+    TeeUnavailable {
+        /// The TEE that was asked for.
+        tee: TeeKind,
+        /// Why it cannot be used.
+        reason: String,
+    },
+
+    /// `auto` found no TEE. Adyton never falls back to SIM on its own.
+    #[error("no TEE detected on this machine (looked for Gramine's /dev/attestation and configfs-tsm); use --tee sim explicitly for the insecure simulator")]
+    NoTeeDetected,
+
+    /// configfs-tsm's `generation` changed while the report was made: another writer interfered,
+    /// so the report may not be over our report data.
+    #[error(
+        "configfs-tsm report entry was changed concurrently (generation {before} became {after})"
+    )]
+    GenerationChanged {
+        /// Generation after writing inblob.
+        before: u64,
+        /// Generation after reading outblob.
+        after: u64,
+    },
+
+    /// Reading or writing a TEE interface file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A signature over the evidence did not verify.
+    #[error("bad signature: {what}")]
+    BadSignature {
+        /// Which signature.
+        what: String,
+    },
+
+    /// A certificate chain did not lead to the vendor's root.
+    #[error("certificate chain rejected: {reason}")]
+    CertificateChain {
+        /// Why.
+        reason: String,
+    },
+
+    /// Collateral needed for verification is missing.
+    #[error("collateral missing: {what}")]
+    CollateralMissing {
+        /// What is missing.
+        what: String,
+    },
+
+    /// Collateral is outside its validity period at the verification time.
+    #[error("collateral expired or not yet valid: {what}")]
+    CollateralExpired {
+        /// Which item, with its dates.
+        what: String,
+    },
+
+    /// The vendor verification library refused the evidence for a reason without its own variant.
+    #[error("{tee} verification failed: {reason}")]
+    VerificationFailed {
+        /// The TEE.
+        tee: TeeKind,
+        /// The library's reason.
+        reason: String,
+    },
+
+    /// The evidence's report data is not the value the caller expected.
+    #[error("report data mismatch: expected {expected}, the evidence carries {found}")]
+    ReportDataMismatch {
+        /// Hex of the expected value.
+        expected: String,
+        /// Hex of the value in the evidence.
+        found: String,
+    },
+
+    /// The policy refused the evidence; `field` names the reference value that differs.
+    #[error("policy denied: {field} is {found}, the policy requires {expected}")]
+    PolicyDenied {
+        /// The policy field.
+        field: String,
+        /// What the policy requires.
+        expected: String,
+        /// What the evidence shows.
+        found: String,
+    },
+
+    /// The TCB is not up to date and the policy enforces it.
+    #[error("TCB out of date: status {status}, and the policy enforces an up-to-date TCB")]
+    TcbOutOfDate {
+        /// The TCB status.
+        status: String,
+    },
+
+    /// The TEE runs in debug mode, whose memory the host can read.
+    #[error("debug mode is enabled: the host can read this TEE's memory")]
+    DebugEnabled,
+
+    /// The policy has no table for this TEE.
+    #[error("the policy does not name {tee}, so {tee} evidence is refused")]
+    TeeNotInPolicy {
+        /// The TEE of the evidence.
+        tee: TeeKind,
+    },
+
+    /// A policy file could not be read.
+    #[error("bad policy: {reason}")]
+    BadPolicy {
+        /// Why.
+        reason: String,
+    },
+
+    /// The crypto library failed in a way no input explains.
+    #[error("crypto library failure: {0}")]
+    Crypto(&'static str),
+}
+
+impl AttestError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        AttestError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn malformed(reason: impl Into<String>) -> Self {
+        AttestError::MalformedEvidence {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = AttestError> = std::result::Result<T, E>;

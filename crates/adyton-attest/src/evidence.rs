@@ -1,0 +1,210 @@
+//! Typed evidence and its serialisation (`docs/evidence.md`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AttestError, Result};
+
+/// Length of the report data every TEE binds into its evidence.
+pub const REPORT_DATA_LEN: usize = 64;
+
+/// Largest serialised evidence accepted: a DCAP quote with its certification data is a few KiB,
+/// an SNP certificate table a few KiB more.
+pub const MAX_EVIDENCE_LEN: usize = 256 * 1024;
+
+/// The kinds of trusted execution environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TeeKind {
+    /// Intel SGX (DCAP quote v3), under Gramine.
+    Sgx,
+    /// Intel TDX (DCAP quote v4 or v5).
+    Tdx,
+    /// AMD SEV-SNP (attestation report).
+    Snp,
+    /// Adyton's simulated TEE: INSECURE, for development and tests only.
+    Sim,
+}
+
+impl TeeKind {
+    /// All kinds.
+    pub const ALL: [TeeKind; 4] = [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp, TeeKind::Sim];
+
+    /// The name used in HTTP headers (`Attestation-Type`) and files: `SGX`, `TDX`, `SNP`, `SIM`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeeKind::Sgx => "SGX",
+            TeeKind::Tdx => "TDX",
+            TeeKind::Snp => "SNP",
+            TeeKind::Sim => "SIM",
+        }
+    }
+}
+
+impl fmt::Display for TeeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TeeKind {
+    type Err = AttestError;
+
+    fn from_str(name: &str) -> Result<Self> {
+        TeeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| AttestError::UnknownTee {
+                name: name.chars().take(32).collect(),
+            })
+    }
+}
+
+/// Evidence from a TEE: the raw quote or report, and optional certificates.
+///
+/// - SGX and TDX: `quote` is the raw DCAP quote.
+/// - SNP: `quote` is the 1184-byte attestation report; `certificates` may hold the certificate
+///   table from configfs-tsm's `auxblob` (VCEK or VLEK, and possibly ASK and ARK).
+/// - SIM: `quote` is a SIM report (`crate::sim`), which says INSECURE in its first bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// Which TEE produced it.
+    pub tee: TeeKind,
+    /// The raw quote or report.
+    pub quote: Vec<u8>,
+    /// Certificates shipped with the evidence, when the TEE provides them.
+    pub certificates: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Evidence")
+            .field("tee", &self.tee)
+            .field("quote_len", &self.quote.len())
+            .field(
+                "certificates_len",
+                &self.certificates.as_ref().map(Vec::len),
+            )
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceJson {
+    format: String,
+    tee: TeeKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    warning: Option<String>,
+    quote: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    certificates: Option<String>,
+}
+
+const FORMAT: &str = "adyton-evidence-v1";
+const SIM_WARNING: &str = "INSECURE: simulated TEE, for development and tests only";
+
+impl Evidence {
+    /// Serialises to the documented JSON form, with binary fields in standard base64.
+    pub fn to_json(&self) -> String {
+        let doc = EvidenceJson {
+            format: FORMAT.into(),
+            tee: self.tee,
+            warning: (self.tee == TeeKind::Sim).then(|| SIM_WARNING.into()),
+            quote: BASE64.encode(&self.quote),
+            certificates: self.certificates.as_ref().map(|c| BASE64.encode(c)),
+        };
+        // A struct of strings always serialises.
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+
+    /// Reads the JSON form, refusing unknown fields and oversized input.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        if text.len() > MAX_EVIDENCE_LEN * 2 {
+            return Err(AttestError::malformed(format!(
+                "{} bytes of evidence JSON, at most {} are accepted",
+                text.len(),
+                MAX_EVIDENCE_LEN * 2
+            )));
+        }
+        let doc: EvidenceJson = serde_json::from_slice(text)
+            .map_err(|e| AttestError::malformed(format!("not evidence JSON: {e}")))?;
+        if doc.format != FORMAT {
+            return Err(AttestError::malformed(format!(
+                "format `{}`, expected `{FORMAT}`",
+                doc.format.chars().take(64).collect::<String>()
+            )));
+        }
+        let decode = |field: &str, text: &str| {
+            BASE64
+                .decode(text)
+                .map_err(|e| AttestError::malformed(format!("{field} is not base64: {e}")))
+        };
+        let evidence = Evidence {
+            tee: doc.tee,
+            quote: decode("quote", &doc.quote)?,
+            certificates: doc
+                .certificates
+                .as_deref()
+                .map(|c| decode("certificates", c))
+                .transpose()?,
+        };
+        if evidence.quote.len() > MAX_EVIDENCE_LEN {
+            return Err(AttestError::malformed("quote too large"));
+        }
+        Ok(evidence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_sim_warning() {
+        let evidence = Evidence {
+            tee: TeeKind::Sim,
+            quote: vec![1, 2, 3],
+            certificates: None,
+        };
+        let json = evidence.to_json();
+        assert!(json.contains("INSECURE"));
+        assert_eq!(Evidence::from_json(json.as_bytes()).unwrap(), evidence);
+
+        let tdx = Evidence {
+            tee: TeeKind::Tdx,
+            quote: vec![9; 10],
+            certificates: Some(vec![4]),
+        };
+        let json = tdx.to_json();
+        assert!(!json.contains("INSECURE"));
+        assert_eq!(Evidence::from_json(json.as_bytes()).unwrap(), tdx);
+    }
+
+    #[test]
+    fn bad_json_is_refused() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"format":"other","tee":"SGX","quote":""}"#,
+            br#"{"format":"adyton-evidence-v1","tee":"XYZ","quote":""}"#,
+            br#"{"format":"adyton-evidence-v1","tee":"SGX","quote":"%%%"}"#,
+            br#"{"format":"adyton-evidence-v1","tee":"SGX","quote":"","extra":1}"#,
+        ] {
+            assert!(matches!(
+                Evidence::from_json(bad),
+                Err(AttestError::MalformedEvidence { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn tee_names_parse_case_insensitively() {
+        assert_eq!("tdx".parse::<TeeKind>().unwrap(), TeeKind::Tdx);
+        assert_eq!("SNP".parse::<TeeKind>().unwrap(), TeeKind::Snp);
+        assert!("nitro".parse::<TeeKind>().is_err());
+    }
+}

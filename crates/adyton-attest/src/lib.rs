@@ -1,0 +1,27 @@
+//! Attestation for Adyton: evidence from TEEs, verification against vendor roots, and policies.
+//!
+//! - [`attester`]: evidence over 64 bytes of report data, from Gramine SGX, configfs-tsm (TDX,
+//!   SNP) or the insecure SIM TEE.
+//! - [`verifier`]: evidence, collateral and a time in; typed [`Claims`] out.
+//! - [`policy`]: reference values per TEE, and the decision.
+//! - [`collateral`]: Intel and AMD collateral from a bundle file.
+//!
+//! Verification takes the current time as a parameter, so that recorded real evidence is tested at
+//! a fixed date.
+
+#![forbid(unsafe_code)]
+
+pub mod attester;
+pub mod claims;
+pub mod collateral;
+mod error;
+pub mod evidence;
+pub mod policy;
+pub mod sim;
+pub mod verifier;
+
+pub use claims::{Claims, TcbStatus, TeeClaims};
+pub use collateral::Collateral;
+pub use error::{AttestError, Result};
+pub use evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
+pub use policy::Policy;

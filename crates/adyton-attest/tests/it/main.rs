@@ -1,0 +1,11 @@
+//! Integration tests of attestation: real evidence, attesters against imitation directories,
+//! policies.
+
+// Tests may unwrap and panic: a failure is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod attesters;
+mod dcap;
+mod policy;
+mod sim;
+mod snp;
