@@ -13,7 +13,7 @@ use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
 
 /// Produces evidence inside a TEE.
-pub trait Attester: Send + Sync {
+pub trait Attester: Send + Sync + std::fmt::Debug {
     /// The TEE this attester speaks for.
     fn tee(&self) -> TeeKind;
 

@@ -14,7 +14,7 @@ use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind};
 
 /// Verifies one TEE's evidence.
-pub trait Verifier: Send + Sync {
+pub trait Verifier: Send + Sync + std::fmt::Debug {
     /// The TEE this verifier reads.
     fn tee(&self) -> TeeKind;
 
