@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model;
+use crate::{attest, model};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -19,6 +19,103 @@ enum Command {
     /// Encrypt, decrypt and inspect model files (envelopes v1 and v2).
     #[command(subcommand)]
     Model(ModelCommand),
+
+    /// Make attestation evidence, verify it against vendor roots and a policy, measure this build.
+    #[command(subcommand)]
+    Attest(AttestCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Make evidence over report data in this machine's TEE, and write it as JSON.
+    #[command(after_help = "Examples:\n  \
+        adyton attest report --tee sim --report-data 00ff -o evidence.json\n  \
+        adyton attest report --report-data $(sha512sum key.der | cut -c1-128) -o evidence.json")]
+    Report(ReportArgs),
+
+    /// Verify evidence: genuine and current, and (with --policy) allowed by the policy.
+    ///
+    /// Without --policy, only signatures, certificate chains, revocation, collateral dates and the
+    /// TCB level are checked, and the TCB status is printed without refusing on it. With --policy,
+    /// the policy decides. Exits non-zero on any failure, with the reason.
+    #[command(after_help = "Examples:\n  \
+        adyton attest verify evidence.json --policy policy.toml\n  \
+        adyton attest verify --tee tdx --quote tdx_quote --collateral tdx_quote_collateral.json --at 2025-06-01T00:00:00Z\n  \
+        adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
+    Verify(VerifyArgs),
+
+    /// Print the SIM measurement of this build (hex, alone on the last line).
+    Measure,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The TEE to use: auto (detect; never falls back to sim), sgx, tdx, snp, or sim (INSECURE).
+    #[arg(long, default_value = "auto", value_name = "TEE")]
+    pub tee: String,
+
+    /// Up to 64 bytes of report data, as hex (zero-padded to 64 bytes).
+    #[arg(long, value_name = "HEX")]
+    pub report_data: String,
+
+    /// Where to write the evidence JSON.
+    #[arg(short, long, value_name = "EVIDENCE")]
+    pub output: PathBuf,
+
+    /// The SIM attester's key file [default: $ADYTON_SIM_KEY or ~/.local/share/adyton/sim-attester.key].
+    #[arg(long, value_name = "FILE")]
+    pub sim_key: Option<PathBuf>,
+
+    /// Replace EVIDENCE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Evidence JSON, as `adyton attest report` writes it.
+    #[arg(value_name = "EVIDENCE")]
+    pub evidence: Option<PathBuf>,
+
+    /// TEE of a raw vendor file given with --quote or --report.
+    #[arg(long, value_name = "sgx|tdx|snp")]
+    pub tee: Option<String>,
+
+    /// A raw DCAP quote (binary or hex), for --tee sgx or tdx.
+    #[arg(long, value_name = "FILE")]
+    pub quote: Option<PathBuf>,
+
+    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Collateral: a bundle file, or DCAP collateral JSON as dcap-qvl's sample/ folder has it.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
+
+    /// The VCEK or VLEK certificate (DER or PEM), for SNP.
+    #[arg(long, value_name = "FILE")]
+    pub vcek: Option<PathBuf>,
+
+    /// AMD's certificate chain (ASK then ARK, PEM), for SNP; the built-in roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub chain: Option<PathBuf>,
+
+    /// Policy file (TOML, or JSON when named .json).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Verify as of this time: RFC 3339 or unix seconds [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+
+    /// Also require this report data (hex, zero-padded to 64 bytes).
+    #[arg(long, value_name = "HEX")]
+    pub expect_report_data: Option<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +251,9 @@ impl Cli {
             Command::Model(ModelCommand::Encrypt(args)) => model::encrypt(&args),
             Command::Model(ModelCommand::Decrypt(args)) => model::decrypt(&args),
             Command::Model(ModelCommand::Inspect(args)) => model::inspect(&args),
+            Command::Attest(AttestCommand::Report(args)) => attest::report(&args),
+            Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
+            Command::Attest(AttestCommand::Measure) => attest::measure(),
         }
     }
 }

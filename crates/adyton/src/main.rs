@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attest;
 mod cli;
 mod files;
 mod model;

@@ -1,0 +1,265 @@
+//! `adyton attest`: make evidence, verify it, and print this build's SIM measurement.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
+use adyton_attest::collateral::Collateral;
+use adyton_attest::{sim, Claims, Evidence, Policy, TeeKind, REPORT_DATA_LEN};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::cli::{ReportArgs, VerifyArgs};
+use crate::files::AtomicOutput;
+
+/// Largest evidence, quote or certificate file read.
+const MAX_INPUT_LEN: u64 = 4 << 20;
+
+pub fn report(args: &ReportArgs) -> Result<()> {
+    let report_data = parse_report_data(&args.report_data)?;
+    let choice: TeeChoice = args.tee.parse()?;
+    let mut paths = AttesterPaths::default();
+    if let Some(key) = &args.sim_key {
+        paths.sim_key = key.clone();
+    }
+    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let attester = attester::attester_for(choice, &paths)?;
+    if attester.tee() == TeeKind::Sim {
+        eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
+    }
+    let evidence = attester.evidence(&report_data)?;
+    std::io::Write::write_all(output.file(), evidence.to_json().as_bytes())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    output.commit()?;
+    eprintln!(
+        "wrote {} evidence ({} bytes of quote) to {}",
+        evidence.tee,
+        evidence.quote.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+pub fn verify(args: &VerifyArgs) -> Result<()> {
+    let now = match &args.at {
+        Some(text) => parse_time(text)?,
+        None => SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
+    };
+    let evidence = load_evidence(args)?;
+    let collateral = load_collateral(args)?;
+    let policy = args
+        .policy
+        .as_deref()
+        .map(|path| {
+            Policy::from_file(path).with_context(|| format!("cannot use policy {}", path.display()))
+        })
+        .transpose()?;
+
+    let verified = adyton_attest::verifier::verify(&evidence, &collateral, now);
+    let decision = match (&verified, &policy) {
+        (Ok(claims), Some(policy)) => Some(policy.evaluate(claims, now)),
+        _ => None,
+    };
+    if let Some(expected) = &args.expect_report_data {
+        let expected = parse_report_data(expected)?;
+        if let Ok(claims) = &verified {
+            claims.expect_report_data(&expected)?;
+        }
+    }
+
+    if args.json {
+        let report = json!({
+            "verified_at": now,
+            "evidence": verified.as_ref().map(|_| "genuine").unwrap_or("refused"),
+            "error": verified.as_ref().err().map(|e| e.to_string()),
+            "claims": verified.as_ref().ok(),
+            "policy": decision.as_ref().map(|d| match d {
+                Ok(()) => json!({"decision": "allowed"}),
+                Err(e) => json!({"decision": "denied", "reason": e.to_string()}),
+            }),
+        });
+        println!("{report:#}");
+    } else if let Ok(claims) = &verified {
+        print_claims(claims, now);
+        match &decision {
+            Some(Ok(())) => println!("policy:        allowed"),
+            Some(Err(e)) => println!("policy:        DENIED: {e}"),
+            None => {
+                println!("policy:        none given (the evidence is genuine; nothing was judged)")
+            }
+        }
+    }
+    let claims = verified.context("evidence refused")?;
+    if let Some(decision) = decision {
+        decision.context("policy denied the evidence")?;
+    }
+    if claims.insecure {
+        eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
+    }
+    Ok(())
+}
+
+pub fn measure() -> Result<()> {
+    let measurement = sim::measurement_of_this_build()?;
+    let exe = std::env::current_exe().map_or_else(|_| "adyton".into(), |p| p.display().to_string());
+    println!("SIM measurement (SHA-384 of {exe}), for a policy's [sim] measurement list:");
+    println!("{}", hex::encode(measurement));
+    Ok(())
+}
+
+fn print_claims(claims: &Claims, now: u64) {
+    println!(
+        "tee:           {}{}",
+        claims.tee,
+        if claims.insecure {
+            " (INSECURE simulation)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "verified at:   {}",
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(now))
+    );
+    println!("measurement:   {}", claims.primary_measurement());
+    println!("tcb status:    {}", claims.tcb_status.name());
+    if !claims.advisory_ids.is_empty() {
+        println!("advisories:    {}", claims.advisory_ids.join(", "));
+    }
+    println!("debug:         {}", claims.debug);
+    println!("report data:   {}", hex::encode(claims.report_data));
+    if let Ok(details) = serde_json::to_string_pretty(&claims.details) {
+        println!("details:       {details}");
+    }
+}
+
+fn parse_report_data(text: &str) -> Result<[u8; REPORT_DATA_LEN]> {
+    let bytes = hex::decode(text.trim()).context("--report-data must be hex")?;
+    if bytes.len() > REPORT_DATA_LEN {
+        bail!(
+            "--report-data is {} bytes; at most {REPORT_DATA_LEN} fit",
+            bytes.len()
+        );
+    }
+    // Shorter values are zero-padded on the right, as the TEEs do.
+    let mut out = [0u8; REPORT_DATA_LEN];
+    out[..bytes.len()].copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn parse_time(text: &str) -> Result<u64> {
+    if let Ok(seconds) = text.trim().parse::<u64>() {
+        return Ok(seconds);
+    }
+    let time = humantime::parse_rfc3339_weak(text.trim()).with_context(|| {
+        format!("--at `{text}` is neither RFC 3339 (2024-05-01T00:00:00Z) nor unix seconds")
+    })?;
+    Ok(time.duration_since(UNIX_EPOCH)?.as_secs())
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if len > MAX_INPUT_LEN {
+        bail!(
+            "{} is {len} bytes; at most {MAX_INPUT_LEN} are accepted",
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Raw vendor files may be binary or hex text (as some tools and test suites store them).
+fn binary_or_hex(bytes: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&bytes);
+    let compact: String = text.split_whitespace().collect();
+    if !compact.is_empty()
+        && compact.len() % 2 == 0
+        && compact.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        hex::decode(compact).unwrap_or(bytes)
+    } else {
+        bytes
+    }
+}
+
+fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
+    let raw_tee = || -> Result<TeeKind> {
+        let tee = args
+            .tee
+            .as_deref()
+            .context("--quote and --report need --tee")?;
+        Ok(tee.parse()?)
+    };
+    match (&args.evidence, &args.quote, &args.report) {
+        (Some(path), None, None) => {
+            let bytes = read_limited(path)?;
+            Evidence::from_json(&bytes)
+                .with_context(|| format!("{} is not Adyton evidence", path.display()))
+        }
+        (None, Some(path), None) => {
+            let tee = raw_tee()?;
+            if !matches!(tee, TeeKind::Sgx | TeeKind::Tdx) {
+                bail!("--quote is for --tee sgx or tdx; use --report for snp");
+            }
+            Ok(Evidence {
+                tee,
+                quote: binary_or_hex(read_limited(path)?),
+                certificates: None,
+            })
+        }
+        (None, None, Some(path)) => {
+            if raw_tee()? != TeeKind::Snp {
+                bail!("--report is for --tee snp");
+            }
+            Ok(Evidence {
+                tee: TeeKind::Snp,
+                quote: binary_or_hex(read_limited(path)?),
+                certificates: None,
+            })
+        }
+        (None, None, None) => bail!("give an EVIDENCE file, or --tee with --quote or --report"),
+        _ => bail!("give only one of EVIDENCE, --quote and --report"),
+    }
+}
+
+fn load_collateral(args: &VerifyArgs) -> Result<Collateral> {
+    let mut collateral = match &args.collateral {
+        Some(path) => Collateral::from_json(&read_limited(path)?)
+            .with_context(|| format!("cannot use collateral {}", path.display()))?,
+        None => Collateral::none(),
+    };
+    if args.vcek.is_some() || args.chain.is_some() {
+        let mut snp = collateral.snp.take().unwrap_or_default();
+        if let Some(path) = &args.vcek {
+            snp.vcek = Some(read_limited(path)?);
+        }
+        if let Some(path) = &args.chain {
+            let (ask, ark) = split_chain(&read_limited(path)?, path)?;
+            snp.ask = Some(ask);
+            snp.ark = Some(ark);
+        }
+        collateral.snp = Some(snp);
+    }
+    Ok(collateral)
+}
+
+/// Splits AMD's `cert_chain` PEM (ASK first, then ARK, as AMD's KDS serves it).
+fn split_chain(pem: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    let blocks: Vec<String> = text
+        .split(BEGIN)
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| format!("{BEGIN}{b}"))
+        .collect();
+    match blocks.as_slice() {
+        [ask, ark] => Ok((ask.clone().into_bytes(), ark.clone().into_bytes())),
+        _ => bail!(
+            "{} must hold two PEM certificates (ASK, then ARK), found {}",
+            path.display(),
+            blocks.len()
+        ),
+    }
+}

@@ -1,0 +1,177 @@
+//! `adyton attest`: report, verify and measure through the binary.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{adyton_err, adyton_ok};
+
+fn adyton_sim(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_adyton"))
+        .args(args)
+        .current_dir(dir)
+        .env("ADYTON_SIM_KEY", dir.join("sim.key"))
+        .output()
+        .unwrap()
+}
+
+fn measurement(dir: &Path) -> String {
+    let out = adyton_ok(&["attest", "measure"], dir);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let last = text.lines().last().unwrap().to_string();
+    assert_eq!(last.len(), 96, "{text}");
+    assert!(last.bytes().all(|b| b.is_ascii_hexdigit()));
+    last
+}
+
+#[test]
+fn measure_prints_the_sha384_of_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let bytes = fs::read(env!("CARGO_BIN_EXE_adyton")).unwrap();
+        hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA384,
+            &bytes,
+        ))
+    };
+    assert_eq!(measurement(dir.path()), expected);
+}
+
+#[test]
+fn sim_report_verifies_under_a_policy_that_pins_this_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = adyton_sim(
+        &[
+            "attest",
+            "report",
+            "--tee",
+            "sim",
+            "--report-data",
+            "c0ffee",
+            "-o",
+            "ev.json",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INSECURE"));
+
+    fs::write(
+        d.join("ok.toml"),
+        format!("[sim]\nmeasurement = [\"{}\"]\n", measurement(d)),
+    )
+    .unwrap();
+    let out = adyton_ok(
+        &[
+            "attest",
+            "verify",
+            "ev.json",
+            "--policy",
+            "ok.toml",
+            "--expect-report-data",
+            "c0ffee",
+            "--json",
+        ],
+        d,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["policy"]["decision"], "allowed");
+    assert_eq!(report["claims"]["tee"], "SIM");
+    assert_eq!(report["claims"]["insecure"], true);
+
+    fs::write(d.join("hw.toml"), "[tdx]\n[sgx]\n").unwrap();
+    let stderr = adyton_err(&["attest", "verify", "ev.json", "--policy", "hw.toml"], d);
+    assert!(stderr.contains("does not name SIM"), "{stderr}");
+
+    fs::write(
+        d.join("old.toml"),
+        format!("[sim]\nmeasurement = [\"{}\"]\n", "ab".repeat(48)),
+    )
+    .unwrap();
+    let stderr = adyton_err(&["attest", "verify", "ev.json", "--policy", "old.toml"], d);
+    assert!(stderr.contains("sim.measurement"), "{stderr}");
+
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "ev.json",
+            "--expect-report-data",
+            "c0ffef",
+        ],
+        d,
+    );
+    assert!(stderr.contains("report data mismatch"), "{stderr}");
+}
+
+#[test]
+fn tampered_or_garbage_evidence_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(adyton_sim(
+        &[
+            "attest",
+            "report",
+            "--tee",
+            "sim",
+            "--report-data",
+            "01",
+            "-o",
+            "ev.json"
+        ],
+        d
+    )
+    .status
+    .success());
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("ev.json")).unwrap()).unwrap();
+    let quote = doc["quote"].as_str().unwrap().to_string();
+    // Change one base64 character inside the report data.
+    let mut chars: Vec<char> = quote.chars().collect();
+    chars[110] = if chars[110] == 'A' { 'B' } else { 'A' };
+    doc["quote"] = chars.into_iter().collect::<String>().into();
+    fs::write(d.join("bad.json"), doc.to_string()).unwrap();
+    let stderr = adyton_err(&["attest", "verify", "bad.json"], d);
+    assert!(stderr.contains("bad signature"), "{stderr}");
+
+    fs::write(d.join("junk.json"), b"\x00\x01random bytes").unwrap();
+    let stderr = adyton_err(&["attest", "verify", "junk.json"], d);
+    assert!(
+        stderr.contains("junk.json") && stderr.contains("not Adyton evidence"),
+        "{stderr}"
+    );
+
+    let stderr = adyton_err(&["attest", "verify", "ev.json", "--at", "yesterday-ish"], d);
+    assert!(stderr.contains("RFC 3339"), "{stderr}");
+
+    fs::write(d.join("typo.toml"), "[sim]\nmeasurment = []\n").unwrap();
+    let stderr = adyton_err(&["attest", "verify", "ev.json", "--policy", "typo.toml"], d);
+    assert!(
+        stderr.contains("typo.toml") && stderr.contains("measurment"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn auto_never_falls_back_to_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    // This machine has neither Gramine nor configfs-tsm (tests run on hosts without TEE hardware).
+    if Path::new("/dev/attestation").exists() || Path::new("/sys/kernel/config/tsm/report").exists()
+    {
+        return;
+    }
+    let out = adyton_sim(
+        &["attest", "report", "--report-data", "00", "-o", "ev.json"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no TEE detected"), "{stderr}");
+    assert!(!dir.path().join("ev.json").exists());
+    assert!(!dir.path().join("sim.key").exists());
+}
