@@ -16,6 +16,7 @@ pub mod claims;
 pub mod collateral;
 mod error;
 pub mod evidence;
+pub mod pccs;
 pub mod policy;
 pub mod sim;
 pub mod verifier;

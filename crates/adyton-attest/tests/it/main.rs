@@ -6,6 +6,7 @@
 
 mod attesters;
 mod dcap;
+mod pccs;
 mod policy;
 mod sim;
 mod snp;

@@ -1,0 +1,1 @@
+//! Tests: the PCCS and KDS client against a local server.
