@@ -1,5 +1,5 @@
 //! Evidence from arbitrary bytes: the JSON form, and every verifier on raw quotes. Errors, never
-//! panics; nothing random ever verifies.
+//! panics.
 #![no_main]
 
 use adyton_attest::{verifier, Collateral, Evidence, TeeKind};
@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
         quote: quote.to_vec(),
         certificates: None,
     };
-    // SIM needs no collateral; the others must fail cleanly without it.
-    assert!(verifier::verify(&evidence, &Collateral::none(), 1_700_000_000).is_err());
+    let result = verifier::verify(&evidence, &Collateral::none(), 1_700_000_000);
+    // Without collateral, hardware evidence can never verify. (A SIM report copied whole from a
+    // seed would verify, which is correct: its signature is genuine.)
+    if tee != TeeKind::Sim {
+        assert!(result.is_err());
+    }
 });
