@@ -161,9 +161,20 @@ fn main() {
         })
     };
     let v2_aead = v2_file(HashCheck::Skip);
-    let v2_peak = peak_rss();
     let v2_hashed = v2_file(HashCheck::Verify);
-    let v2_hashed_peak = peak_rss();
+    let v2_ahead_file = |check: HashCheck| {
+        best_of(rounds, || {
+            let input = File::open(&v2_path).unwrap();
+            let written = v2::Decryptor::with_read_ahead(input, &key, check)
+                .unwrap()
+                .copy_to(&mut io::sink())
+                .unwrap();
+            assert_eq!(written as usize, len);
+        })
+    };
+    let v2_ahead = v2_ahead_file(HashCheck::Skip);
+    let v2_ahead_hashed = v2_ahead_file(HashCheck::Verify);
+    let v2_peak = peak_rss();
 
     // In-memory measurements: v2 from a buffer, v1 in place, and the raw cipher on one buffer.
     let v2_bytes = fs::read(&v2_path).unwrap();
@@ -224,14 +235,24 @@ fn main() {
     let copy = gbps(len, copy_time);
 
     rows.push(Row {
-        name: "v2 decrypt, file to sink (AEAD only)",
-        rate: gbps(len, v2_aead),
-        note: "streaming, --skip-hash-check".into(),
+        name: "v2 decrypt, file to sink, read-ahead (AEAD only)",
+        rate: gbps(len, v2_ahead),
+        note: "streaming; reads overlap decryption".into(),
     });
     rows.push(Row {
-        name: "v2 decrypt, file to sink (+ SHA-256)",
+        name: "v2 decrypt, file to sink, read-ahead (+ SHA-256)",
+        rate: gbps(len, v2_ahead_hashed),
+        note: "streaming; default: plaintext hash checked".into(),
+    });
+    rows.push(Row {
+        name: "v2 decrypt, file to sink, one thread (AEAD only)",
+        rate: gbps(len, v2_aead),
+        note: "streaming; reads and decryption in turn".into(),
+    });
+    rows.push(Row {
+        name: "v2 decrypt, file to sink, one thread (+ SHA-256)",
         rate: gbps(len, v2_hashed),
-        note: "streaming, default: plaintext hash checked".into(),
+        note: "streaming; plaintext hash checked".into(),
     });
     rows.push(Row {
         name: "v2 decrypt, memory to sink (AEAD only)",
@@ -256,7 +277,7 @@ fn main() {
     rows.push(Row {
         name: "bound: raw decrypt + that copy",
         rate: 1.0 / (1.0 / raw + 1.0 / copy),
-        note: "the most a streaming decrypt can reach".into(),
+        note: "the most a one-thread streaming decrypt can reach".into(),
     });
     let openssl_16k = openssl_speed(16 * 1024);
     let openssl_1m = openssl_speed(MIB);
@@ -295,9 +316,8 @@ fn main() {
         })
     };
     println!(
-        "peak RSS during v2 streaming decrypt: {} (AEAD only), {} (with SHA-256){}",
+        "peak RSS of the process during the four v2 file decrypts: {}{}",
         mib_of(v2_peak),
-        mib_of(v2_hashed_peak),
         if rss_reset {
             ""
         } else {
@@ -306,9 +326,9 @@ fn main() {
     );
     println!();
     println!("Targets:");
-    let v2_share = gbps(len, v2_aead) / raw;
+    let v2_share = gbps(len, v2_ahead) / raw;
     println!(
-        "- v2 streaming decrypt >= 85% of the library's raw speed: {:.0}% -> {}",
+        "- v2 streaming decrypt (file, read-ahead, AEAD only) >= 85% of the library's raw speed: {:.0}% -> {}",
         100.0 * v2_share,
         verdict(v2_share >= 0.85)
     );
@@ -320,7 +340,7 @@ fn main() {
             verdict(share >= 0.80)
         );
     }
-    if let Some(peak) = v2_hashed_peak.max(v2_peak) {
+    if let Some(peak) = v2_peak {
         println!(
             "- peak memory while decrypting v2 < 64 MiB: {} -> {}",
             mib_of(Some(peak)),

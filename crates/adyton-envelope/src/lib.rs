@@ -12,6 +12,7 @@
 
 mod error;
 mod key;
+mod read_ahead;
 pub mod v1;
 pub mod v2;
 pub mod wrap;

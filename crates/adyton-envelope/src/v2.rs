@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{EnvelopeError, Result};
 use crate::key::{fill_random, Aes256Key};
+use crate::read_ahead::ReadAhead;
 
 /// The first six bytes of every v2 envelope.
 pub const MAGIC: &[u8; 6] = b"ADYTON";
@@ -75,7 +76,7 @@ impl Header {
     }
 
     /// Plaintext length of chunk `index`.
-    fn chunk_plaintext_len(&self, index: u64) -> usize {
+    pub(crate) fn chunk_plaintext_len(&self, index: u64) -> usize {
         let before = index * u64::from(self.chunk_size);
         // Both operands are at most chunk_size (<= 16 MiB), so this fits in usize.
         (self.plaintext_len - before).min(u64::from(self.chunk_size)) as usize
@@ -241,7 +242,7 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -444,11 +445,12 @@ pub enum HashCheck {
 
 /// Streams a v2 envelope back to plaintext, one authenticated chunk at a time.
 ///
-/// Memory use is one chunk. A chunk's plaintext is released only after its tag verifies; the last
+/// Memory use is one chunk ([`Decryptor::new`]), or three with a read-ahead thread
+/// ([`Decryptor::with_read_ahead`]). A chunk's plaintext is released only after its tag verifies; the last
 /// chunk only after the end of input and (unless skipped) the plaintext hash are checked. After an
 /// error, the decryptor refuses to go on.
 pub struct Decryptor<R: Read> {
-    inner: R,
+    source: Source<R>,
     key: LessSafeKey,
     header: Header,
     aad: Vec<u8>,
@@ -460,6 +462,14 @@ pub struct Decryptor<R: Read> {
     plain_len: usize,
     next_chunk: u64,
     state: State,
+}
+
+/// Where sealed chunks come from.
+enum Source<R> {
+    /// Read on the decrypting thread.
+    Direct(R),
+    /// Read ahead on a thread of their own.
+    ReadAhead(ReadAhead<R>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -480,14 +490,25 @@ impl<R: Read> std::fmt::Debug for Decryptor<R> {
 }
 
 impl<R: Read> Decryptor<R> {
-    /// Reads the header from `inner` and prepares to decrypt with `key`.
+    /// Reads the header from `inner` and prepares to decrypt with `key`, reading chunks on the
+    /// calling thread.
     ///
     /// The header is authenticated only when the first chunk opens.
     pub fn new(mut inner: R, key: &Aes256Key, hash_check: HashCheck) -> Result<Self> {
         let (header, aad) = Header::read_from(&mut inner)?;
+        Self::with_source(Source::Direct(inner), key, header, aad, hash_check)
+    }
+
+    fn with_source(
+        source: Source<R>,
+        key: &Aes256Key,
+        header: Header,
+        aad: Vec<u8>,
+        hash_check: HashCheck,
+    ) -> Result<Self> {
         let capacity = header.chunk_size as usize + TAG_LEN;
         Ok(Self {
-            inner,
+            source,
             key: key.aead_key()?,
             header,
             aad,
@@ -533,8 +554,11 @@ impl<R: Read> Decryptor<R> {
         let index = self.next_chunk;
         let plain_len = self.header.chunk_plaintext_len(index);
         let sealed_len = plain_len + TAG_LEN;
+        let got = match &mut self.source {
+            Source::Direct(reader) => read_full(reader, &mut self.buf[..sealed_len])?,
+            Source::ReadAhead(read_ahead) => read_ahead.next_into(&mut self.buf)?,
+        };
         let sealed = &mut self.buf[..sealed_len];
-        let got = read_full(&mut self.inner, sealed)?;
         if got < sealed_len {
             return Err(EnvelopeError::Truncated {
                 what: format!("chunk {index} of {}", self.header.chunk_count()),
@@ -563,8 +587,11 @@ impl<R: Read> Decryptor<R> {
 
     /// Runs the end-of-stream checks before the last chunk is released.
     fn check_end(&mut self) -> Result<()> {
-        let mut probe = [0u8; 1];
-        if read_full(&mut self.inner, &mut probe)? != 0 {
+        let trailing = match &mut self.source {
+            Source::Direct(reader) => read_full(reader, &mut [0u8; 1])? != 0,
+            Source::ReadAhead(read_ahead) => read_ahead.has_trailing_bytes()?,
+        };
+        if trailing {
             return Err(EnvelopeError::TrailingBytes {
                 envelope_len: self.header.envelope_len(),
                 extra: None,
@@ -598,9 +625,22 @@ impl<R: Read> Decryptor<R> {
         Ok(total)
     }
 
-    /// Returns the inner reader.
-    pub fn into_inner(self) -> R {
-        self.inner
+    /// Returns the inner reader (`None` if a read-ahead thread panicked).
+    pub fn into_inner(self) -> Option<R> {
+        match self.source {
+            Source::Direct(reader) => Some(reader),
+            Source::ReadAhead(read_ahead) => read_ahead.into_inner(),
+        }
+    }
+}
+
+impl<R: Read + Send + 'static> Decryptor<R> {
+    /// Like [`Decryptor::new`], but a thread reads each chunk while the previous one is being
+    /// decrypted, so that reading and decryption overlap. At most three chunks are in memory.
+    pub fn with_read_ahead(mut inner: R, key: &Aes256Key, hash_check: HashCheck) -> Result<Self> {
+        let (header, aad) = Header::read_from(&mut inner)?;
+        let read_ahead = ReadAhead::start(inner, header.clone())?;
+        Self::with_source(Source::ReadAhead(read_ahead), key, header, aad, hash_check)
     }
 }
 

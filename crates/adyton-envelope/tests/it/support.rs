@@ -23,9 +23,29 @@ pub fn seal_v2(key: &Aes256Key, plaintext: &[u8], chunk_size: u32) -> Vec<u8> {
 }
 
 /// Decrypts through the `Read` interface, returning what was released before the outcome.
+///
+/// Runs both chunk sources (direct and read-ahead) and insists that they behave the same.
 pub fn read_v2(key: &Aes256Key, envelope: &[u8]) -> (Vec<u8>, Result<(), EnvelopeError>) {
+    let direct = drain(v2::Decryptor::new(envelope, key, v2::HashCheck::Verify));
+    let ahead = drain(v2::Decryptor::with_read_ahead(
+        std::io::Cursor::new(envelope.to_vec()),
+        key,
+        v2::HashCheck::Verify,
+    ));
+    assert_eq!(direct.0, ahead.0, "read-ahead released different plaintext");
+    assert_eq!(
+        format!("{:?}", direct.1),
+        format!("{:?}", ahead.1),
+        "read-ahead ended differently"
+    );
+    direct
+}
+
+fn drain<R: Read>(
+    decryptor: Result<v2::Decryptor<R>, EnvelopeError>,
+) -> (Vec<u8>, Result<(), EnvelopeError>) {
     let mut released = Vec::new();
-    let outcome = match v2::Decryptor::new(envelope, key, v2::HashCheck::Verify) {
+    let outcome = match decryptor {
         Ok(mut decryptor) => {
             let mut buf = [0u8; 100];
             loop {
