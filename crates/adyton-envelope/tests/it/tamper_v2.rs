@@ -346,3 +346,24 @@ fn writer_refuses_wrong_length_or_hash() {
         Err(EnvelopeError::PlaintextHashMismatch { .. })
     ));
 }
+
+#[test]
+fn read_ahead_gives_the_reader_back_and_stops_when_dropped() {
+    let plain = plaintext(50 * CHUNK);
+    let envelope = seal_v2(&key(1), &plain, CHUNK as u32);
+    let cursor = || std::io::Cursor::new(envelope.clone());
+
+    let mut decryptor =
+        v2::Decryptor::with_read_ahead(cursor(), &key(1), HashCheck::Verify).unwrap();
+    assert_eq!(decryptor.next_chunk().unwrap().unwrap(), &plain[..CHUNK]);
+    let reader = decryptor.into_inner().unwrap();
+    // The thread read ahead, but never past the envelope.
+    assert!(reader.position() > chunk_offset(&envelope, 1) as u64);
+    assert!(reader.position() <= envelope.len() as u64);
+
+    // Dropped mid-stream, the decryptor does not wait for or leak a blocked thread.
+    let mut decryptor =
+        v2::Decryptor::with_read_ahead(cursor(), &key(1), HashCheck::Verify).unwrap();
+    decryptor.next_chunk().unwrap();
+    drop(decryptor);
+}
