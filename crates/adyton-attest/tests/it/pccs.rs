@@ -1,1 +1,912 @@
 //! Tests: the PCCS and KDS client against a local server.
+//!
+//! A small HTTP/1.1 server on 127.0.0.1 (std `TcpListener`, one thread per connection, and
+//! rustls for the TLS test) serves the collateral that dcap-qvl recorded with its sample quotes,
+//! split into the PCCS v4 responses it came from, and the VCEK and AMD chain that the `sev`
+//! crate ships (`testdata/pccs/README.md`). It records every request target, so that the tests
+//! can tell a cache hit from a fetch. Nothing here reaches beyond 127.0.0.1.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use adyton_attest::collateral::{Collateral, MAX_COLLATERAL_LEN};
+use adyton_attest::pccs::{self, FetchOptions, KdsClient, PccsClient, SnpProduct};
+use adyton_attest::AttestError;
+use dcap_qvl::QuoteCollateralV3;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// 2025-07-01T00:00:00Z: inside the validity of every item of both recorded collaterals (TCB
+/// info and QE identity 2025-06-19 to 2025-07-19, PCK CRLs 2025-06-19 to 2025-07-19, root CA CRL
+/// 2025-03-20 to 2026-04-03).
+const FIXED_TIME: u64 = 1_751_328_000;
+/// 2025-07-20T00:00:00Z: after the TCB info's and PCK CRL's nextUpdate.
+const AFTER_NEXT_UPDATE: u64 = 1_752_969_600;
+
+fn testdata_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/pccs")
+        .join(name)
+}
+
+fn testdata(name: &str) -> Vec<u8> {
+    let path = testdata_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local server.
+
+#[derive(Clone, Debug)]
+enum Reply {
+    /// 200 with these headers and body.
+    Ok(Vec<(String, String)>, Vec<u8>),
+    /// This status, with a short body.
+    Status(u16),
+    /// Read the request, then close the connection without answering.
+    Close,
+    /// Read the request, then say nothing until the server stops (at most 10 s).
+    Hang,
+}
+
+type Routes = Arc<Mutex<HashMap<String, Reply>>>;
+
+struct Server {
+    addr: SocketAddr,
+    tls: bool,
+    routes: Routes,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(routes: HashMap<String, Reply>) -> Self {
+        Self::spawn(routes, None)
+    }
+
+    fn start_tls(routes: HashMap<String, Reply>) -> Self {
+        let certs = CertificateDer::pem_slice_iter(&testdata("tls/server.pem"))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(&testdata("tls/server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::spawn(routes, Some(Arc::new(config)))
+    }
+
+    fn spawn(routes: HashMap<String, Reply>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes: Routes = Arc::new(Mutex::new(routes));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let is_tls = tls.is_some();
+        let accept_thread = {
+            let (routes, requests, stop) = (routes.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (routes, requests, stop) = (routes.clone(), requests.clone(), stop.clone());
+                    let tls = tls.clone();
+                    std::thread::spawn(move || {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                        match tls {
+                            None => serve(stream, &routes, &requests, &stop),
+                            Some(config) => {
+                                let conn = rustls::ServerConnection::new(config).unwrap();
+                                let stream = rustls::StreamOwned::new(conn, stream);
+                                serve(stream, &routes, &requests, &stop);
+                            }
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            tls: is_tls,
+            routes,
+            requests,
+            stop,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn set(&self, target: &str, reply: Reply) {
+        self.routes.lock().unwrap().insert(target.to_owned(), reply);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag and drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(
+    mut stream: impl Read + Write,
+    routes: &Routes,
+    requests: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
+    let Some(target) = read_request_target(&mut stream) else {
+        return;
+    };
+    requests.lock().unwrap().push(target.clone());
+    let reply = routes.lock().unwrap().get(&target).cloned();
+    let reply = reply.unwrap_or(Reply::Status(404));
+    let (status, headers, body) = match reply {
+        Reply::Ok(headers, body) => (200, headers, body),
+        Reply::Status(status) => (status, Vec::new(), b"no such collateral\n".to_vec()),
+        Reply::Close => return,
+        Reply::Hang => {
+            let until = Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+    };
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Error",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in &headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The client may hang up early (the size limit test); that is not the server's failure.
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(&body))
+        .and_then(|()| stream.flush());
+}
+
+/// The target of `GET <target> HTTP/1.1`, once the whole request head has arrived.
+fn read_request_target(stream: &mut impl Read) -> Option<String> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 || head.len() > 16 * 1024 {
+            return None;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&head).lines().next()?.to_owned();
+    let mut parts = line.split_whitespace();
+    (parts.next()? == "GET").then_some(())?;
+    parts.next().map(str::to_owned)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recorded collateral as PCCS responses.
+
+/// One of dcap-qvl's samples: the quote, its recorded collateral, and where a PCCS serves it.
+struct Sample {
+    quote: Vec<u8>,
+    recorded: QuoteCollateralV3,
+    tee: &'static str,
+    /// The PCK CA of the quote's PCK certificate (the issuer of the recorded PCK CRL).
+    ca: &'static str,
+}
+
+impl Sample {
+    fn sgx() -> Self {
+        Self::load("sgx_quote", "sgx_quote_collateral.json", "sgx", "processor")
+    }
+
+    fn tdx() -> Self {
+        Self::load("tdx_quote", "tdx_quote_collateral.json", "tdx", "platform")
+    }
+
+    fn load(quote: &str, json: &str, tee: &'static str, ca: &'static str) -> Self {
+        Self {
+            quote: testdata(quote),
+            recorded: serde_json::from_slice(&testdata(json)).unwrap(),
+            tee,
+            ca,
+        }
+    }
+
+    fn fmspc(&self) -> String {
+        let tcb_info: serde_json::Value = serde_json::from_str(&self.recorded.tcb_info).unwrap();
+        tcb_info["fmspc"].as_str().unwrap().to_owned()
+    }
+
+    fn pck_crl_path(&self) -> String {
+        format!("/sgx/certification/v4/pckcrl?ca={}&encoding=der", self.ca)
+    }
+
+    fn tcb_path(&self) -> String {
+        format!("/{}/certification/v4/tcb?fmspc={}", self.tee, self.fmspc())
+    }
+
+    fn qe_identity_path(&self) -> String {
+        format!("/{}/certification/v4/qe/identity", self.tee)
+    }
+
+    fn root_ca_crl_path(&self) -> &'static str {
+        "/sgx/certification/v4/rootcacrl"
+    }
+
+    fn paths(&self) -> Vec<String> {
+        vec![
+            self.pck_crl_path(),
+            self.tcb_path(),
+            self.qe_identity_path(),
+            self.root_ca_crl_path().to_owned(),
+        ]
+    }
+
+    /// The PCCS responses that the recorded collateral was assembled from.
+    ///
+    /// SGX is served as a current PCCS does (`TCB-Info-Issuer-Chain`, root CA CRL in hex); TDX as
+    /// an older one does (`SGX-TCB-Info-Issuer-Chain`, root CA CRL in DER), so both are covered.
+    fn routes(&self) -> HashMap<String, Reply> {
+        let c = &self.recorded;
+        let chain =
+            |name: &str, pem: &str| vec![(name.to_owned(), urlencoding::encode(pem).into())];
+        let tcb_header = if self.tee == "sgx" {
+            "TCB-Info-Issuer-Chain"
+        } else {
+            "SGX-TCB-Info-Issuer-Chain"
+        };
+        let root_ca_crl = if self.tee == "sgx" {
+            hex::encode(&c.root_ca_crl).into_bytes()
+        } else {
+            c.root_ca_crl.clone()
+        };
+        HashMap::from([
+            (
+                self.pck_crl_path(),
+                Reply::Ok(
+                    chain("SGX-PCK-CRL-Issuer-Chain", &c.pck_crl_issuer_chain),
+                    c.pck_crl.clone(),
+                ),
+            ),
+            (
+                self.tcb_path(),
+                Reply::Ok(
+                    chain(tcb_header, &c.tcb_info_issuer_chain),
+                    signed_json("tcbInfo", &c.tcb_info, &c.tcb_info_signature),
+                ),
+            ),
+            (
+                self.qe_identity_path(),
+                Reply::Ok(
+                    chain(
+                        "SGX-Enclave-Identity-Issuer-Chain",
+                        &c.qe_identity_issuer_chain,
+                    ),
+                    signed_json("enclaveIdentity", &c.qe_identity, &c.qe_identity_signature),
+                ),
+            ),
+            (
+                self.root_ca_crl_path().to_owned(),
+                Reply::Ok(Vec::new(), root_ca_crl),
+            ),
+        ])
+    }
+}
+
+/// A PCS body: the signed object as Intel serves it, and the hex signature.
+fn signed_json(key: &str, object: &str, signature: &[u8]) -> Vec<u8> {
+    format!(
+        r#"{{"{key}":{object},"signature":"{}"}}"#,
+        hex::encode(signature)
+    )
+    .into_bytes()
+}
+
+fn assert_same_collateral(fetched: &QuoteCollateralV3, recorded: &QuoteCollateralV3) {
+    assert_eq!(fetched.pck_crl_issuer_chain, recorded.pck_crl_issuer_chain);
+    assert_eq!(fetched.root_ca_crl, recorded.root_ca_crl);
+    assert_eq!(fetched.pck_crl, recorded.pck_crl);
+    assert_eq!(
+        fetched.tcb_info_issuer_chain,
+        recorded.tcb_info_issuer_chain
+    );
+    assert_eq!(fetched.tcb_info, recorded.tcb_info);
+    assert_eq!(fetched.tcb_info_signature, recorded.tcb_info_signature);
+    assert_eq!(
+        fetched.qe_identity_issuer_chain,
+        recorded.qe_identity_issuer_chain
+    );
+    assert_eq!(fetched.qe_identity, recorded.qe_identity);
+    assert_eq!(
+        fetched.qe_identity_signature,
+        recorded.qe_identity_signature
+    );
+    assert_eq!(
+        fetched.pck_certificate_chain,
+        recorded.pck_certificate_chain
+    );
+    assert_eq!(fetched, recorded);
+}
+
+fn missing_what(err: AttestError) -> String {
+    match err {
+        AttestError::CollateralMissing { what } => what,
+        other => panic!("expected CollateralMissing, got {other:?}"),
+    }
+}
+
+/// Options for tests that must fail fast.
+fn quick() -> FetchOptions {
+    FetchOptions::default().with_timeouts(Duration::from_secs(2), Duration::from_secs(2))
+}
+
+// ---------------------------------------------------------------------------------------------
+// DCAP.
+
+#[test]
+fn sgx_and_tdx_collateral_equals_the_recorded_and_verifies() {
+    for sample in [Sample::sgx(), Sample::tdx()] {
+        let server = Server::start(sample.routes());
+        // The TDX client is given the URL as Intel's sgx_default_qcnl.conf writes it.
+        let base = if sample.tee == "tdx" {
+            format!("{}/sgx/certification/v4/", server.url())
+        } else {
+            server.url()
+        };
+        let client = PccsClient::new(&base, quick()).unwrap();
+        let fetched = client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap();
+
+        assert_same_collateral(&fetched, &sample.recorded);
+        assert_eq!(server.requests(), sample.paths(), "{}", sample.tee);
+        let report = dcap_qvl::verify::verify(&sample.quote, &fetched, FIXED_TIME)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", sample.tee));
+        assert!(!report.status.is_empty());
+    }
+}
+
+#[test]
+fn second_fetch_comes_from_memory_and_the_disk_cache_survives_a_restart() {
+    let sample = Sample::sgx();
+    let cache = tempfile::tempdir().unwrap();
+    let options = quick().with_cache_dir(cache.path());
+    let server = Server::start(sample.routes());
+    let client = PccsClient::new(&server.url(), options.clone()).unwrap();
+
+    let first = client
+        .dcap_collateral_at(&sample.quote, FIXED_TIME)
+        .unwrap();
+    assert_eq!(server.requests().len(), 4);
+    let second = client
+        .dcap_collateral_at(&sample.quote, FIXED_TIME + 3600)
+        .unwrap();
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "the second fetch went to the server"
+    );
+    assert_eq!(first, second);
+    // One file per URL, and no temporary file left behind.
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files
+        .iter()
+        .all(|name| name.ends_with(".json") && !name.starts_with('.')));
+
+    let url = server.url();
+    drop(server);
+    let restarted = PccsClient::new(&url, options).unwrap();
+    let offline = restarted
+        .dcap_collateral_at(&sample.quote, FIXED_TIME + 7200)
+        .unwrap();
+    assert_same_collateral(&offline, &sample.recorded);
+    dcap_qvl::verify::verify(&sample.quote, &offline, FIXED_TIME).unwrap();
+
+    // Without the cache directory, the stopped server is an error that names the URL.
+    let uncached = PccsClient::new(&url, quick()).unwrap();
+    let what = missing_what(
+        uncached
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(
+        what.contains(&format!("{url}{}", sample.pck_crl_path())),
+        "{what}"
+    );
+}
+
+#[test]
+fn stale_entries_are_refetched_and_used_only_when_the_refresh_fails_and_that_is_allowed() {
+    let sample = Sample::sgx();
+    let cache = tempfile::tempdir().unwrap();
+    let server = Server::start(sample.routes());
+    let url = server.url();
+    let options = quick().with_cache_dir(cache.path());
+    let client = PccsClient::new(&url, options.clone()).unwrap();
+    client
+        .dcap_collateral_at(&sample.quote, FIXED_TIME)
+        .unwrap();
+    assert_eq!(server.requests().len(), 4);
+
+    // Past nextUpdate (and past the default one-day max age), everything is fetched again.
+    client
+        .dcap_collateral_at(&sample.quote, AFTER_NEXT_UPDATE)
+        .unwrap();
+    assert_eq!(server.requests().len(), 8);
+
+    // Within nextUpdate but past the max age, too.
+    let capped =
+        PccsClient::new(&url, quick().with_max_age(Some(Duration::from_secs(60)))).unwrap();
+    capped
+        .dcap_collateral_at(&sample.quote, FIXED_TIME)
+        .unwrap();
+    capped
+        .dcap_collateral_at(&sample.quote, FIXED_TIME + 61)
+        .unwrap();
+    assert_eq!(server.requests().len(), 16);
+    drop(server);
+
+    // Offline and stale: the last collateral is used (the verifier then judges its dates)...
+    let offline = PccsClient::new(&url, options.clone()).unwrap();
+    let stale = offline
+        .dcap_collateral_at(&sample.quote, AFTER_NEXT_UPDATE + 86_400 * 2)
+        .unwrap();
+    assert_same_collateral(&stale, &sample.recorded);
+    assert!(
+        dcap_qvl::verify::verify(&sample.quote, &stale, AFTER_NEXT_UPDATE + 86_400 * 2).is_err(),
+        "expired collateral must not verify"
+    );
+    // ...unless that is turned off.
+    let strict = PccsClient::new(&url, options.with_stale_on_error(false)).unwrap();
+    let what = missing_what(
+        strict
+            .dcap_collateral_at(&sample.quote, AFTER_NEXT_UPDATE + 86_400 * 2)
+            .unwrap_err(),
+    );
+    assert!(what.contains(&url), "{what}");
+}
+
+#[test]
+fn http_404_names_the_url_and_the_status_and_is_not_cached() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    routes.insert(sample.tcb_path(), Reply::Status(404));
+    let server = Server::start(routes);
+    let client = PccsClient::new(&server.url(), quick()).unwrap();
+
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    let tcb_url = format!("{}{}", server.url(), sample.tcb_path());
+    assert!(what.contains(&tcb_url), "{what}");
+    assert!(what.contains("404"), "{what}");
+
+    // Once the PCCS has it, the next fetch succeeds: the failure was not cached.
+    server.set(
+        &sample.tcb_path(),
+        sample.routes()[&sample.tcb_path()].clone(),
+    );
+    let fetched = client
+        .dcap_collateral_at(&sample.quote, FIXED_TIME)
+        .unwrap();
+    assert_same_collateral(&fetched, &sample.recorded);
+}
+
+#[test]
+fn a_server_that_closes_the_connection_is_a_clear_error() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    routes.insert(sample.pck_crl_path(), Reply::Close);
+    let server = Server::start(routes);
+    let client = PccsClient::new(&server.url(), quick()).unwrap();
+
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.starts_with("GET "), "{what}");
+    assert!(
+        what.contains(&format!("{}{}", server.url(), sample.pck_crl_path())),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_body_over_the_size_limit_is_refused() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    let huge = vec![b'0'; MAX_COLLATERAL_LEN + 1];
+    routes.insert(
+        sample.pck_crl_path(),
+        Reply::Ok(vec![("SGX-PCK-CRL-Issuer-Chain".into(), "x".into())], huge),
+    );
+    let server = Server::start(routes);
+    let client = PccsClient::new(&server.url(), quick()).unwrap();
+
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.contains(&sample.pck_crl_path()), "{what}");
+    assert!(
+        what.contains(&format!("exceeds the {MAX_COLLATERAL_LEN}-byte limit")),
+        "{what}"
+    );
+}
+
+#[test]
+fn tcb_info_that_is_not_json_is_refused() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    let chain = urlencoding::encode(&sample.recorded.tcb_info_issuer_chain).into_owned();
+    routes.insert(
+        sample.tcb_path(),
+        Reply::Ok(
+            vec![("TCB-Info-Issuer-Chain".into(), chain)],
+            b"<html>PCCS is starting</html>".to_vec(),
+        ),
+    );
+    let server = Server::start(routes);
+    let client = PccsClient::new(&server.url(), quick()).unwrap();
+
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.contains("TCB info"), "{what}");
+    assert!(what.contains("is not JSON"), "{what}");
+    assert!(what.contains(&sample.tcb_path()), "{what}");
+}
+
+#[test]
+fn a_missing_issuer_chain_header_is_refused() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    let Reply::Ok(_, body) = routes[&sample.tcb_path()].clone() else {
+        unreachable!()
+    };
+    routes.insert(sample.tcb_path(), Reply::Ok(Vec::new(), body));
+    let server = Server::start(routes);
+    let client = PccsClient::new(&server.url(), quick()).unwrap();
+
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.contains("TCB-Info-Issuer-Chain"), "{what}");
+    assert!(what.contains(&sample.tcb_path()), "{what}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let sample = Sample::sgx();
+    let mut routes = sample.routes();
+    routes.insert(sample.pck_crl_path(), Reply::Hang);
+    let server = Server::start(routes);
+    let options =
+        FetchOptions::default().with_timeouts(Duration::from_secs(2), Duration::from_millis(300));
+    let client = PccsClient::new(&server.url(), options).unwrap();
+
+    let started = Instant::now();
+    let what = missing_what(
+        client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.to_lowercase().contains("timeout"), "{what}");
+    assert!(what.contains(&sample.pck_crl_path()), "{what}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_quote_that_is_not_a_quote_is_malformed_evidence() {
+    let client = PccsClient::new("http://127.0.0.1:9", quick()).unwrap();
+    let err = client
+        .dcap_collateral_at(b"not a quote", FIXED_TIME)
+        .unwrap_err();
+    assert!(
+        matches!(err, AttestError::MalformedEvidence { .. }),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// KDS.
+
+fn milan_report() -> Vec<u8> {
+    // The sev crate stores the report as one line of upper-case hex.
+    let text = String::from_utf8(testdata("report_milan.hex")).unwrap();
+    hex::decode(text.trim()).unwrap()
+}
+
+fn pem_ders(pem: &[u8]) -> Vec<Vec<u8>> {
+    CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap().as_ref().to_vec())
+        .collect()
+}
+
+fn kds_routes(product: &str, vcek_path: &str, vcek: &str, chain: &str) -> HashMap<String, Reply> {
+    HashMap::from([
+        (vcek_path.to_owned(), Reply::Ok(Vec::new(), testdata(vcek))),
+        (
+            format!("/vcek/v1/{product}/cert_chain"),
+            Reply::Ok(Vec::new(), testdata(chain)),
+        ),
+    ])
+}
+
+#[test]
+fn kds_serves_the_milan_vcek_for_the_reports_chip_and_tcb() {
+    let report = milan_report();
+    let chip_id = hex::encode(&report[0x1A0..0x1E0]);
+    // REPORTED_TCB of this report: 03 00 00 00 00 00 08 73.
+    let vcek_path = format!("/vcek/v1/Milan/{chip_id}?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115");
+    let server = Server::start(kds_routes(
+        "Milan",
+        &vcek_path,
+        "vcek_milan.der",
+        "cert_chain_milan",
+    ));
+    let client = KdsClient::new(&server.url(), quick()).unwrap();
+
+    let snp = client
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
+        .unwrap();
+    let requests = server.requests();
+    assert_eq!(requests[0], vcek_path);
+    assert!(requests[0].contains(&chip_id));
+    assert_eq!(requests[1], "/vcek/v1/Milan/cert_chain");
+
+    let chain = pem_ders(&testdata("cert_chain_milan"));
+    assert_eq!(snp.vcek.as_deref(), Some(&testdata("vcek_milan.der")[..]));
+    assert_eq!(
+        snp.ask.as_ref(),
+        Some(&chain[0]),
+        "the ASK comes first in cert_chain"
+    );
+    assert_eq!(
+        snp.ark.as_ref(),
+        Some(&chain[1]),
+        "the ARK is the self-signed one"
+    );
+
+    // Cached: no second request.
+    client
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME + 60)
+        .unwrap();
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn kds_turin_urls_carry_fmc_and_an_eight_byte_hardware_id() {
+    let mut report = vec![0u8; pccs::SNP_REPORT_LEN];
+    // Turin TCB_VERSION: fmc, bootloader, tee, snp, 3 reserved, microcode.
+    report[0x180..0x188].copy_from_slice(&[1, 2, 3, 24, 0, 0, 0, 0x48]);
+    // KDS names a Turin chip by the first 8 bytes of CHIP_ID; the rest is zero.
+    report[0x1A0..0x1A8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x23, 0x45, 0x67]);
+    let vcek_path =
+        "/vcek/v1/Turin/deadbeef01234567?fmcSPL=01&blSPL=02&teeSPL=03&snpSPL=24&ucodeSPL=72";
+    let server = Server::start(kds_routes(
+        "Turin",
+        vcek_path,
+        "vcek_turin.der",
+        "cert_chain_turin",
+    ));
+    let client = KdsClient::new(&server.url(), quick()).unwrap();
+
+    let snp = client
+        .snp_collateral_at(&report, SnpProduct::Turin, FIXED_TIME)
+        .unwrap();
+    assert_eq!(server.requests()[0], vcek_path);
+    assert_eq!(snp.vcek.as_deref(), Some(&testdata("vcek_turin.der")[..]));
+    let chain = pem_ders(&testdata("cert_chain_turin"));
+    assert_eq!(snp.ask.as_ref(), Some(&chain[0]));
+    assert_eq!(snp.ark.as_ref(), Some(&chain[1]));
+}
+
+#[test]
+fn kds_refuses_masked_chip_ids_and_bad_reports_without_a_request() {
+    let server = Server::start(HashMap::new());
+    let client = KdsClient::new(&server.url(), quick()).unwrap();
+
+    let mut masked = milan_report();
+    masked[0x1A0..0x1E0].fill(0);
+    let what = missing_what(
+        client
+            .snp_collateral_at(&masked, SnpProduct::Milan, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.contains("CHIP_ID is zero"), "{what}");
+
+    let err = client
+        .snp_collateral_at(&milan_report()[..1000], SnpProduct::Milan, FIXED_TIME)
+        .unwrap_err();
+    assert!(
+        matches!(err, AttestError::MalformedEvidence { .. }),
+        "{err}"
+    );
+    assert!(server.requests().is_empty());
+}
+
+#[test]
+fn kds_ttl_expiry_refetches_and_offline_falls_back_to_the_disk_cache() {
+    let report = milan_report();
+    let cache = tempfile::tempdir().unwrap();
+    let options = quick()
+        .with_cache_dir(cache.path())
+        .with_ttl(Duration::from_secs(3600));
+    let server = Server::start(HashMap::new());
+    let client = KdsClient::new(&server.url(), options.clone()).unwrap();
+    let vcek_path = client
+        .vcek_url(&report, SnpProduct::Milan)
+        .unwrap()
+        .strip_prefix(&server.url())
+        .unwrap()
+        .to_owned();
+    for (path, reply) in kds_routes("Milan", &vcek_path, "vcek_milan.der", "cert_chain_milan") {
+        server.set(&path, reply);
+    }
+
+    let fetched = client
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
+        .unwrap();
+    client
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME + 3599)
+        .unwrap();
+    assert_eq!(server.requests().len(), 2);
+    client
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME + 3600)
+        .unwrap();
+    assert_eq!(
+        server.requests().len(),
+        4,
+        "entries past the TTL are fetched again"
+    );
+
+    // KDS fails: the stale entries are used, and the refresh is retried a minute later, not on
+    // every call.
+    for (path, _) in kds_routes("Milan", &vcek_path, "vcek_milan.der", "cert_chain_milan") {
+        server.set(&path, Reply::Status(503));
+    }
+    let later = FIXED_TIME + 86_400;
+    for (now, requests) in [(later, 6), (later + 59, 6), (later + 60, 8)] {
+        let stale = client
+            .snp_collateral_at(&report, SnpProduct::Milan, now)
+            .unwrap();
+        assert_eq!(stale, fetched);
+        assert_eq!(server.requests().len(), requests, "at {now}");
+    }
+
+    let url = server.url();
+    drop(server);
+    let offline = KdsClient::new(&url, options).unwrap();
+    let stale = offline
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME + 86_400)
+        .unwrap();
+    assert_eq!(stale, fetched);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS and bundles.
+
+#[test]
+fn https_checks_the_server_certificate() {
+    let report = milan_report();
+    let server = Server::start_tls(HashMap::new());
+    // Mozilla's roots do not include the test CA: the handshake must fail.
+    let default_roots = KdsClient::new(&server.url(), quick()).unwrap();
+    let vcek_path = default_roots
+        .vcek_url(&report, SnpProduct::Milan)
+        .unwrap()
+        .strip_prefix(&server.url())
+        .unwrap()
+        .to_owned();
+    for (path, reply) in kds_routes("Milan", &vcek_path, "vcek_milan.der", "cert_chain_milan") {
+        server.set(&path, reply);
+    }
+    let what = missing_what(
+        default_roots
+            .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
+            .unwrap_err(),
+    );
+    assert!(what.to_lowercase().contains("certificate"), "{what}");
+    assert!(
+        server.requests().is_empty(),
+        "no request may pass an untrusted TLS handshake"
+    );
+
+    // A PCCS or KDS mirror with a private CA works once that CA is configured.
+    let with_ca = KdsClient::new(
+        &server.url(),
+        quick().with_ca_certificates_pem(testdata("tls/ca.pem")),
+    )
+    .unwrap();
+    let snp = with_ca
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
+        .unwrap();
+    assert_eq!(snp.vcek.as_deref(), Some(&testdata("vcek_milan.der")[..]));
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn fetched_collateral_written_as_a_bundle_reads_back() {
+    let sample = Sample::tdx();
+    let pccs_server = Server::start(sample.routes());
+    let dcap = PccsClient::new(&pccs_server.url(), quick())
+        .unwrap()
+        .dcap_collateral_at(&sample.quote, FIXED_TIME)
+        .unwrap();
+
+    let report = milan_report();
+    let kds_server = Server::start(HashMap::new());
+    let kds = KdsClient::new(&kds_server.url(), quick()).unwrap();
+    let vcek_path = kds
+        .vcek_url(&report, SnpProduct::Milan)
+        .unwrap()
+        .strip_prefix(&kds_server.url())
+        .unwrap()
+        .to_owned();
+    for (path, reply) in kds_routes("Milan", &vcek_path, "vcek_milan.der", "cert_chain_milan") {
+        kds_server.set(&path, reply);
+    }
+    let snp = kds
+        .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("collateral.json");
+    let collateral = Collateral {
+        dcap: Some(dcap.clone()),
+        snp: Some(snp.clone()),
+    };
+    pccs::write_bundle(&path, &collateral).unwrap();
+    let read = Collateral::from_bundle_json(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(read.dcap.as_ref(), Some(&dcap));
+    assert_eq!(read.snp.as_ref(), Some(&snp));
+    dcap_qvl::verify::verify(&sample.quote, read.dcap.as_ref().unwrap(), FIXED_TIME).unwrap();
+    // Only the bundle is in the directory: the temporary file was renamed.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
