@@ -159,7 +159,7 @@ pub fn decrypt(args: &DecryptArgs) -> Result<()> {
             let bar = progress(len, "decrypting");
             let reader = bar.wrap_read(BufReader::with_capacity(IO_BUFFER, input));
             let mut writer = BufWriter::with_capacity(IO_BUFFER, output.file());
-            let mut decryptor = v2::Decryptor::new(reader, &key, hash_check)
+            let mut decryptor = v2::Decryptor::with_read_ahead(reader, &key, hash_check)
                 .with_context(|| format!("{input_name} is not a valid v2 envelope"))?;
             let written = decryptor
                 .copy_to(&mut writer)

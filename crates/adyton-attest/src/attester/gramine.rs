@@ -31,7 +31,10 @@ impl GramineAttester {
     pub fn probe(root: &Path) -> Result<()> {
         let type_file = root.join("attestation_type");
         let kind = fs::read_to_string(&type_file).map_err(|e| {
-            unavailable(format!("{}: {e} (not running under Gramine)", type_file.display()))
+            unavailable(format!(
+                "{}: {e} (not running under Gramine)",
+                type_file.display()
+            ))
         })?;
         match kind.trim() {
             "dcap" => Ok(()),
@@ -58,14 +61,18 @@ impl Attester for GramineAttester {
 
     fn evidence(&self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Evidence> {
         let user_report_data = self.root.join("user_report_data");
-        fs::write(&user_report_data, report_data).map_err(|e| AttestError::io(&user_report_data, e))?;
+        fs::write(&user_report_data, report_data)
+            .map_err(|e| AttestError::io(&user_report_data, e))?;
         let quote_path = self.root.join("quote");
         let quote = fs::read(&quote_path).map_err(|e| AttestError::io(&quote_path, e))?;
         if quote.len() > MAX_EVIDENCE_LEN {
-            return Err(AttestError::malformed("Gramine returned an oversized quote"));
+            return Err(AttestError::malformed(
+                "Gramine returned an oversized quote",
+            ));
         }
         // Another thread of the enclave may have written user_report_data in between.
-        let carried = quote.get(QUOTE_REPORT_DATA_OFFSET..QUOTE_REPORT_DATA_OFFSET + REPORT_DATA_LEN);
+        let carried =
+            quote.get(QUOTE_REPORT_DATA_OFFSET..QUOTE_REPORT_DATA_OFFSET + REPORT_DATA_LEN);
         if carried != Some(&report_data[..]) {
             return Err(AttestError::malformed(
                 "the quote from /dev/attestation does not carry the report data that was written",

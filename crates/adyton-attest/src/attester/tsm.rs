@@ -67,20 +67,28 @@ impl Entry {
         let path = self.attribute(name);
         let bytes = fs::read(&path).map_err(|e| AttestError::io(&path, e))?;
         if bytes.len() > MAX_EVIDENCE_LEN {
-            return Err(AttestError::malformed(format!("{} is too large", path.display())));
+            return Err(AttestError::malformed(format!(
+                "{} is too large",
+                path.display()
+            )));
         }
         Ok(bytes)
     }
 
     fn read_text(&self, name: &str) -> Result<String> {
-        Ok(String::from_utf8_lossy(&self.read(name)?).trim().to_string())
+        Ok(String::from_utf8_lossy(&self.read(name)?)
+            .trim()
+            .to_string())
     }
 
     fn generation(&self) -> Result<u64> {
         let text = self.read_text("generation")?;
         text.parse().map_err(|_| AttestError::TeeUnavailable {
             tee: TeeKind::Tdx,
-            reason: format!("{}: generation `{text}` is not a number", self.path.display()),
+            reason: format!(
+                "{}: generation `{text}` is not a number",
+                self.path.display()
+            ),
         })
     }
 
@@ -130,11 +138,16 @@ impl TsmAttester {
     /// Opens the interface at `root` for `tee` (TDX or SNP).
     pub fn open(root: &Path, tee: TeeKind) -> Result<Self> {
         let found = Self::probe(root).map_err(|e| match e {
-            AttestError::TeeUnavailable { reason, .. } => AttestError::TeeUnavailable { tee, reason },
+            AttestError::TeeUnavailable { reason, .. } => {
+                AttestError::TeeUnavailable { tee, reason }
+            }
             other => other,
         })?;
         if found != tee {
-            return Err(AttestError::WrongTee { expected: tee, found });
+            return Err(AttestError::WrongTee {
+                expected: tee,
+                found,
+            });
         }
         Ok(Self {
             root: root.to_path_buf(),

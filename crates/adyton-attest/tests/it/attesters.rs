@@ -11,7 +11,9 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use adyton_attest::attester::{self, gramine::GramineAttester, tsm::TsmAttester, Attester, AttesterPaths, TeeChoice};
+use adyton_attest::attester::{
+    self, gramine::GramineAttester, tsm::TsmAttester, Attester, AttesterPaths, TeeChoice,
+};
 use adyton_attest::{AttestError, TeeKind};
 
 const O_NONBLOCK: i32 = 0o4000;
@@ -23,11 +25,20 @@ fn mkfifo(path: &Path) {
 
 /// Writes `blob(report data)` into the FIFO at `fifo` once a reader opens it. Gives up when the
 /// FIFO disappears or after 10 s.
-fn serve_fifo(fifo: PathBuf, input: PathBuf, blob: impl Fn(&[u8]) -> Vec<u8>, before_answer: impl Fn()) {
+fn serve_fifo(
+    fifo: PathBuf,
+    input: PathBuf,
+    blob: impl Fn(&[u8]) -> Vec<u8>,
+    before_answer: impl Fn(),
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && fifo.exists() {
         // Non-blocking open for writing fails until a reader has the FIFO open.
-        if let Ok(mut writer) = OpenOptions::new().write(true).custom_flags(O_NONBLOCK).open(&fifo) {
+        if let Ok(mut writer) = OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo)
+        {
             let data = fs::read(&input).unwrap_or_default();
             before_answer();
             let _ = writer.write_all(&blob(&data));
@@ -71,7 +82,11 @@ enum Kernel {
 }
 
 /// Emulates configfs-tsm: every new entry gets its attributes, and its outblob is served once.
-fn fake_tsm(provider: &'static str, kernel: Kernel, entries: usize) -> (tempfile::TempDir, thread::JoinHandle<()>) {
+fn fake_tsm(
+    provider: &'static str,
+    kernel: Kernel,
+    entries: usize,
+) -> (tempfile::TempDir, thread::JoinHandle<()>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let server = thread::spawn(move || {
@@ -79,7 +94,11 @@ fn fake_tsm(provider: &'static str, kernel: Kernel, entries: usize) -> (tempfile
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut workers = Vec::new();
         while served.len() < entries && Instant::now() < deadline {
-            for entry in fs::read_dir(&root).unwrap().filter_map(|e| e.ok()).map(|e| e.path()) {
+            for entry in fs::read_dir(&root)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+            {
                 if served.contains(&entry) {
                     continue;
                 }
@@ -92,7 +111,11 @@ fn fake_tsm(provider: &'static str, kernel: Kernel, entries: usize) -> (tempfile
                 }
                 // provider comes last: its presence means the entry is complete.
                 fs::write(entry.join("provider"), format!("{provider}\n")).unwrap();
-                let offset = if provider == "sev_guest" { 0x50 } else { 48 + 520 };
+                let offset = if provider == "sev_guest" {
+                    0x50
+                } else {
+                    48 + 520
+                };
                 let generation = entry.join("generation");
                 workers.push(thread::spawn(move || {
                     serve_fifo(
@@ -132,7 +155,10 @@ fn gramine_quote_carries_the_report_data() {
     server.join().unwrap();
     assert_eq!(evidence.tee, TeeKind::Sgx);
     assert_eq!(&evidence.quote[368..432], &report_data()[..]);
-    assert_eq!(fs::read(dir.path().join("user_report_data")).unwrap(), report_data());
+    assert_eq!(
+        fs::read(dir.path().join("user_report_data")).unwrap(),
+        report_data()
+    );
 }
 
 #[test]
@@ -140,7 +166,16 @@ fn gramine_without_dcap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("attestation_type"), "none").unwrap();
     let err = GramineAttester::open(dir.path()).unwrap_err();
-    assert!(matches!(err, AttestError::TeeUnavailable { tee: TeeKind::Sgx, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AttestError::TeeUnavailable {
+                tee: TeeKind::Sgx,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("dcap"), "{err}");
 }
 
@@ -151,7 +186,10 @@ fn gramine_stale_quote_is_refused() {
     fs::write(dir.path().join("quote"), vec![0u8; 1024]).unwrap();
     let attester = GramineAttester::open(dir.path()).unwrap();
     let err = attester.evidence(&report_data()).unwrap_err();
-    assert!(matches!(err, AttestError::MalformedEvidence { .. }), "{err}");
+    assert!(
+        matches!(err, AttestError::MalformedEvidence { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -174,7 +212,10 @@ fn tsm_snp_report_comes_with_its_certificates() {
     let evidence = attester.evidence(&report_data()).unwrap();
     assert_eq!(evidence.tee, TeeKind::Snp);
     assert_eq!(&evidence.quote[0x50..0x90], &report_data()[..]);
-    assert_eq!(evidence.certificates.as_deref(), Some(&b"certificate table"[..]));
+    assert_eq!(
+        evidence.certificates.as_deref(),
+        Some(&b"certificate table"[..])
+    );
     drop(dir);
     let _ = server.join();
 }
@@ -185,7 +226,13 @@ fn tsm_generation_change_is_refused() {
     let attester = TsmAttester::open(dir.path(), TeeKind::Tdx).unwrap();
     let err = attester.evidence(&report_data()).unwrap_err();
     assert!(
-        matches!(err, AttestError::GenerationChanged { before: 1, after: 2 }),
+        matches!(
+            err,
+            AttestError::GenerationChanged {
+                before: 1,
+                after: 2
+            }
+        ),
         "{err}"
     );
     drop(dir);
@@ -197,7 +244,13 @@ fn tsm_of_another_tee_is_refused() {
     let (dir, server) = fake_tsm("tdx_guest", Kernel::Honest, 1);
     let err = TsmAttester::open(dir.path(), TeeKind::Snp).unwrap_err();
     assert!(
-        matches!(err, AttestError::WrongTee { expected: TeeKind::Snp, found: TeeKind::Tdx }),
+        matches!(
+            err,
+            AttestError::WrongTee {
+                expected: TeeKind::Snp,
+                found: TeeKind::Tdx
+            }
+        ),
         "{err}"
     );
     drop(dir);
@@ -216,7 +269,10 @@ fn auto_detects_the_tee_and_never_falls_back_to_sim() {
 
     let err = attester::attester_for(TeeChoice::Auto, &paths(&missing, &missing)).unwrap_err();
     assert!(matches!(err, AttestError::NoTeeDetected), "{err}");
-    assert!(!nowhere.path().join("sim.key").exists(), "auto must not create a SIM key");
+    assert!(
+        !nowhere.path().join("sim.key").exists(),
+        "auto must not create a SIM key"
+    );
 
     let (gramine, server) = fake_gramine("dcap");
     let chosen = attester::attester_for(TeeChoice::Auto, &paths(gramine.path(), &missing)).unwrap();
@@ -231,7 +287,8 @@ fn auto_detects_the_tee_and_never_falls_back_to_sim() {
     let _ = server.join();
 
     // An explicit SIM choice works, and is the only way to get SIM.
-    let sim = attester::attester_for(TeeChoice::Kind(TeeKind::Sim), &paths(&missing, &missing)).unwrap();
+    let sim =
+        attester::attester_for(TeeChoice::Kind(TeeKind::Sim), &paths(&missing, &missing)).unwrap();
     assert_eq!(sim.tee(), TeeKind::Sim);
 }
 
@@ -245,6 +302,9 @@ fn explicit_tee_without_its_interface_is_refused() {
     };
     for tee in [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp] {
         let err = attester::attester_for(TeeChoice::Kind(tee), &paths).unwrap_err();
-        assert!(matches!(err, AttestError::TeeUnavailable { tee: t, .. } if t == tee), "{err}");
+        assert!(
+            matches!(err, AttestError::TeeUnavailable { tee: t, .. } if t == tee),
+            "{err}"
+        );
     }
 }

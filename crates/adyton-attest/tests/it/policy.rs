@@ -59,7 +59,10 @@ fn misspelt_or_malformed_fields_are_errors_not_ignored() {
         "[snp]\nmin_tcb = { bootlader = 1 }\n",
         "not toml at all [",
     ] {
-        assert!(matches!(Policy::from_toml(bad), Err(AttestError::BadPolicy { .. })), "{bad}");
+        assert!(
+            matches!(Policy::from_toml(bad), Err(AttestError::BadPolicy { .. })),
+            "{bad}"
+        );
     }
 }
 
@@ -73,12 +76,22 @@ fn each_tdx_field_is_enforced_by_name() {
         (format!("rtmr2 = {}", hex(9)), "tdx.rtmr2"),
         (format!("mrseam = {}", hex(9)), "tdx.mrseam"),
         ("min_seamsvn = 4".to_string(), "tdx.min_seamsvn"),
-        ("allowed_advisory_ids = []".to_string(), "allowed_advisory_ids"),
-        ("max_collateral_age_secs = 10".to_string(), "max_collateral_age_secs"),
+        (
+            "allowed_advisory_ids = []".to_string(),
+            "allowed_advisory_ids",
+        ),
+        (
+            "max_collateral_age_secs = 10".to_string(),
+            "max_collateral_age_secs",
+        ),
     ];
     for (line, field) in cases {
         let policy = Policy::from_toml(&format!("[tdx]\n{line}\n")).unwrap();
-        assert_eq!(denied_field(policy.evaluate(&claims, 1_500)), field, "{line}");
+        assert_eq!(
+            denied_field(policy.evaluate(&claims, 1_500)),
+            field,
+            "{line}"
+        );
     }
     // The same fields with matching values allow.
     let policy = Policy::from_toml(&format!(
@@ -107,7 +120,10 @@ fn debug_is_always_refused() {
     let mut claims = tdx_claims();
     claims.debug = true;
     let lenient = Policy::from_toml("[tdx]\nenforce_tcb_upto_date = false\n").unwrap();
-    assert!(matches!(lenient.evaluate(&claims, 0), Err(AttestError::DebugEnabled)));
+    assert!(matches!(
+        lenient.evaluate(&claims, 0),
+        Err(AttestError::DebugEnabled)
+    ));
 }
 
 #[test]
@@ -132,8 +148,14 @@ fn sgx_and_snp_fields_are_enforced_by_name() {
         ..tdx_claims()
     };
     for (line, field) in [
-        (format!("mrenclave = [\"{}\"]", "03".repeat(32)), "sgx.mrenclave"),
-        (format!("mrsigner = [\"{}\"]", "03".repeat(32)), "sgx.mrsigner"),
+        (
+            format!("mrenclave = [\"{}\"]", "03".repeat(32)),
+            "sgx.mrenclave",
+        ),
+        (
+            format!("mrsigner = [\"{}\"]", "03".repeat(32)),
+            "sgx.mrsigner",
+        ),
         ("isvprodid = [1, 2]".into(), "sgx.isvprodid"),
         ("min_isvsvn = 8".into(), "sgx.min_isvsvn"),
     ] {
@@ -146,21 +168,36 @@ fn sgx_and_snp_fields_are_enforced_by_name() {
         details: TeeClaims::Snp(SnpClaims {
             measurement: [9; 48],
             host_data: [8; 32],
-            reported_tcb: SnpTcb { bootloader: 3, tee: 0, snp: 8, microcode: 115 },
+            reported_tcb: SnpTcb {
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+            },
             policy: 0x30000,
             chip_id: vec![1; 64],
         }),
         ..tdx_claims()
     };
     for (line, field) in [
-        (format!("measurement = [\"{}\"]", "03".repeat(48)), "snp.measurement"),
-        (format!("host_data = \"{}\"", "03".repeat(32)), "snp.host_data"),
+        (
+            format!("measurement = [\"{}\"]", "03".repeat(48)),
+            "snp.measurement",
+        ),
+        (
+            format!("host_data = \"{}\"", "03".repeat(32)),
+            "snp.host_data",
+        ),
         ("min_tcb = { snp = 9 }".into(), "snp.min_tcb.snp"),
-        ("min_tcb = { microcode = 200 }".into(), "snp.min_tcb.microcode"),
+        (
+            "min_tcb = { microcode = 200 }".into(),
+            "snp.min_tcb.microcode",
+        ),
     ] {
         let policy = Policy::from_toml(&format!("[snp]\n{line}\n")).unwrap();
         assert_eq!(denied_field(policy.evaluate(&snp, 0)), field);
     }
-    let ok = Policy::from_toml("[snp]\nmin_tcb = { bootloader = 3, snp = 8, microcode = 115 }\n").unwrap();
+    let ok = Policy::from_toml("[snp]\nmin_tcb = { bootloader = 3, snp = 8, microcode = 115 }\n")
+        .unwrap();
     ok.evaluate(&snp, 0).unwrap();
 }

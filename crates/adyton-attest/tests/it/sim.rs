@@ -46,8 +46,13 @@ fn sim_is_refused_unless_the_policy_names_it() {
         Policy::default().evaluate(&claims, 0),
         Err(AttestError::TeeNotInPolicy { tee: TeeKind::Sim })
     ));
-    Policy::sim_only(&[MEASUREMENT]).evaluate(&claims, 0).unwrap();
-    Policy::from_toml("[sim]\n").unwrap().evaluate(&claims, 0).unwrap();
+    Policy::sim_only(&[MEASUREMENT])
+        .evaluate(&claims, 0)
+        .unwrap();
+    Policy::from_toml("[sim]\n")
+        .unwrap()
+        .evaluate(&claims, 0)
+        .unwrap();
 }
 
 #[test]
@@ -55,7 +60,11 @@ fn sim_policy_pins_the_build_and_the_signer() {
     let claims = verifier::verify(&evidence(), &Collateral::none(), 0).unwrap();
     let other_build = Policy::sim_only(&[[0x4E; 48]]);
     match other_build.evaluate(&claims, 0) {
-        Err(AttestError::PolicyDenied { field, expected, found }) => {
+        Err(AttestError::PolicyDenied {
+            field,
+            expected,
+            found,
+        }) => {
             assert_eq!(field, "sim.measurement");
             assert!(expected.contains(&"4e".repeat(48)));
             assert_eq!(found, "4d".repeat(48));
@@ -65,7 +74,8 @@ fn sim_policy_pins_the_build_and_the_signer() {
     let signer = hex::encode(attester().public_key());
     let pinned = Policy::from_toml(&format!("[sim]\nsigner = [\"{signer}\"]\n")).unwrap();
     pinned.evaluate(&claims, 0).unwrap();
-    let other_signer = Policy::from_toml(&format!("[sim]\nsigner = [\"{}\"]\n", "00".repeat(32))).unwrap();
+    let other_signer =
+        Policy::from_toml(&format!("[sim]\nsigner = [\"{}\"]\n", "00".repeat(32))).unwrap();
     assert!(matches!(
         other_signer.evaluate(&claims, 0),
         Err(AttestError::PolicyDenied { field, .. }) if field == "sim.signer"
@@ -79,8 +89,13 @@ fn tampered_sim_evidence_is_refused() {
     for at in [30, 80, 140, 150, 200] {
         let mut bad = good.clone();
         bad.quote[at] ^= 1;
-        let err = SimVerifier.verify(&bad, &Collateral::none(), 0).unwrap_err();
-        assert!(matches!(err, AttestError::BadSignature { .. }), "byte {at}: {err}");
+        let err = SimVerifier
+            .verify(&bad, &Collateral::none(), 0)
+            .unwrap_err();
+        assert!(
+            matches!(err, AttestError::BadSignature { .. }),
+            "byte {at}: {err}"
+        );
     }
     let mut bad = good.clone();
     bad.quote[0] = b'X';
@@ -98,7 +113,9 @@ fn tampered_sim_evidence_is_refused() {
     }
     let mut relabelled = good;
     relabelled.tee = TeeKind::Tdx;
-    assert!(SimVerifier.verify(&relabelled, &Collateral::none(), 0).is_err());
+    assert!(SimVerifier
+        .verify(&relabelled, &Collateral::none(), 0)
+        .is_err());
     assert!(verifier::verify(&relabelled, &Collateral::none(), 0).is_err());
 }
 
