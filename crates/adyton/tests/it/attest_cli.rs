@@ -175,3 +175,143 @@ fn auto_never_falls_back_to_sim() {
     assert!(!dir.path().join("ev.json").exists());
     assert!(!dir.path().join("sim.key").exists());
 }
+
+fn testdata(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn real_dcap_quotes_verify_from_vendor_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (quote, collateral) = (
+        testdata("dcap/tdx_quote"),
+        testdata("dcap/tdx_quote_collateral.json"),
+    );
+    let base = [
+        "attest",
+        "verify",
+        "--tee",
+        "tdx",
+        "--quote",
+        &quote,
+        "--collateral",
+        &collateral,
+    ];
+
+    let out = adyton_ok(
+        &[&base[..], &["--at", "2025-07-01T00:00:00Z", "--json"]].concat(),
+        d,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["claims"]["tee"], "TDX");
+    assert_eq!(report["claims"]["tcb_status"], "UpToDate");
+    let mrtd = report["claims"]["details"]["tdx"]["mrtd"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(mrtd.starts_with("91eb2b44"), "{mrtd}");
+
+    fs::write(d.join("ok.toml"), format!("[tdx]\nmrtd = [\"{mrtd}\"]\n")).unwrap();
+    adyton_ok(
+        &[&base[..], &["--at", "1751328000", "--policy", "ok.toml"]].concat(),
+        d,
+    );
+
+    fs::write(
+        d.join("bad.toml"),
+        format!("[tdx]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
+    )
+    .unwrap();
+    let stderr = adyton_err(
+        &[&base[..], &["--at", "1751328000", "--policy", "bad.toml"]].concat(),
+        d,
+    );
+    assert!(stderr.contains("tdx.mrtd"), "{stderr}");
+
+    let stderr = adyton_err(&[&base[..], &["--at", "2030-01-01T00:00:00Z"]].concat(), d);
+    assert!(stderr.contains("collateral expired"), "{stderr}");
+
+    // The SGX sample's TCB needs configuration and hardening: genuine, but refused by a strict policy.
+    let sgx = [
+        "attest",
+        "verify",
+        "--tee",
+        "sgx",
+        "--quote",
+        &testdata("dcap/sgx_quote"),
+        "--collateral",
+        &testdata("dcap/sgx_quote_collateral.json"),
+        "--at",
+        "2025-07-01T00:00:00Z",
+    ];
+    let out = adyton_ok(&sgx, d);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ConfigurationAndSWHardeningNeeded"));
+    fs::write(d.join("strict.toml"), "[sgx]\n").unwrap();
+    let stderr = adyton_err(&[&sgx[..], &["--policy", "strict.toml"]].concat(), d);
+    assert!(stderr.contains("TCB out of date"), "{stderr}");
+}
+
+#[test]
+fn real_snp_report_verifies_from_vendor_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let report = testdata("snp/report_milan.hex");
+    let vcek = testdata("snp/vcek_milan.der");
+    let chain = testdata("snp/cert_chain_milan");
+    let at = ["--at", "2025-01-01T00:00:00Z"];
+    let base = [
+        "attest", "verify", "--tee", "snp", "--report", &report, "--vcek", &vcek,
+    ];
+
+    let out = adyton_ok(
+        &[&base[..], &at, &["--chain", &chain, "--json"]].concat(),
+        d,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["claims"]["tee"], "SNP");
+    assert!(json["claims"]["details"]["snp"]["measurement"]
+        .as_str()
+        .unwrap()
+        .starts_with("7a1e5c26"));
+    // Built-in AMD roots when no chain is given.
+    adyton_ok(&[&base[..], &at].concat(), d);
+
+    let hex_text = fs::read_to_string(&report).unwrap();
+    fs::write(d.join("short.hex"), &hex_text[..hex_text.len() - 20]).unwrap();
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--report",
+            "short.hex",
+            "--vcek",
+            &vcek,
+            "--at",
+            "1735689600",
+        ],
+        d,
+    );
+    assert!(stderr.contains("malformed evidence"), "{stderr}");
+
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--report",
+            &report,
+            "--at",
+            "1735689600",
+        ],
+        d,
+    );
+    assert!(stderr.contains("collateral missing"), "{stderr}");
+}
