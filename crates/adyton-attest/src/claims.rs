@@ -21,6 +21,10 @@ pub enum TcbStatus {
     OutOfDateConfigurationNeeded,
     /// The platform's keys are revoked.
     Revoked,
+    /// TDX: the TD should be relaunched to pick up a TDX module update.
+    TDRelaunchAdvised,
+    /// TDX: relaunch advised, and the platform's configuration needs changes.
+    TDRelaunchAdvisedConfigurationNeeded,
     /// The simulated TEE has no TCB.
     NotApplicable,
     /// A status this build does not know.
@@ -38,6 +42,10 @@ impl TcbStatus {
             "OutOfDate" => TcbStatus::OutOfDate,
             "OutOfDateConfigurationNeeded" => TcbStatus::OutOfDateConfigurationNeeded,
             "Revoked" => TcbStatus::Revoked,
+            "TDRelaunchAdvised" => TcbStatus::TDRelaunchAdvised,
+            "TDRelaunchAdvisedConfigurationNeeded" => {
+                TcbStatus::TDRelaunchAdvisedConfigurationNeeded
+            }
             other => TcbStatus::Other(other.chars().take(64).collect()),
         }
     }
@@ -118,6 +126,8 @@ pub struct SnpClaims {
     /// Chip id.
     #[serde(with = "hex::serde")]
     pub chip_id: Vec<u8>,
+    /// The virtual machine privilege level that requested the report (0 is the most privileged).
+    pub vmpl: u32,
 }
 
 /// Claims proven about SIM evidence. SIM proves nothing about hardware.
@@ -205,5 +215,35 @@ mod hex_array4 {
             seq.serialize_element(&hex::encode(register))?;
         }
         seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dcap_statuses_parse_and_only_up_to_date_counts() {
+        for name in [
+            "UpToDate",
+            "SWHardeningNeeded",
+            "ConfigurationNeeded",
+            "ConfigurationAndSWHardeningNeeded",
+            "OutOfDate",
+            "OutOfDateConfigurationNeeded",
+            "Revoked",
+            "TDRelaunchAdvised",
+            "TDRelaunchAdvisedConfigurationNeeded",
+        ] {
+            let status = TcbStatus::from_dcap(name);
+            assert_eq!(status.name(), name);
+            assert!(!matches!(status, TcbStatus::Other(_)), "{name}");
+            assert_eq!(status.is_up_to_date(), name == "UpToDate");
+        }
+        assert_eq!(
+            TcbStatus::from_dcap("Novel"),
+            TcbStatus::Other("Novel".into())
+        );
+        assert!(!TcbStatus::from_dcap("Novel").is_up_to_date());
     }
 }

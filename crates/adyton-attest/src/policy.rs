@@ -133,6 +133,10 @@ pub struct SnpPolicy {
     /// Minimum reported TCB.
     #[serde(default)]
     pub min_tcb: Option<SnpTcbPolicy>,
+    /// Allowed privilege levels of the requester (VMPL); a report requested from a less
+    /// privileged level can carry report data of that component's choosing.
+    #[serde(default)]
+    pub vmpl: Vec<u32>,
     /// Refuse any TCB status but UpToDate (default true).
     #[serde(default = "yes")]
     pub enforce_tcb_upto_date: bool,
@@ -302,6 +306,9 @@ impl Policy {
                 }
                 if let Some(min) = &p.min_tcb {
                     snp_tcb_at_least(min, &c.reported_tcb)?;
+                }
+                if !p.vmpl.is_empty() && !p.vmpl.contains(&c.vmpl) {
+                    return Err(denied("snp.vmpl", format!("one of {:?}", p.vmpl), c.vmpl));
                 }
                 Common {
                     enforce_tcb_upto_date: p.enforce_tcb_upto_date,

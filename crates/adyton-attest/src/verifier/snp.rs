@@ -175,6 +175,7 @@ pub(crate) fn claims_for(report: &AttestationReport) -> Result<Claims> {
             },
             policy,
             chip_id: report.chip_id.to_vec(),
+            vmpl: report.vmpl,
         }),
     })
 }

@@ -176,6 +176,7 @@ fn sgx_and_snp_fields_are_enforced_by_name() {
             },
             policy: 0x30000,
             chip_id: vec![1; 64],
+            vmpl: 1,
         }),
         ..tdx_claims()
     };
