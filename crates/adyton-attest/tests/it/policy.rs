@@ -194,11 +194,14 @@ fn sgx_and_snp_fields_are_enforced_by_name() {
             "min_tcb = { microcode = 200 }".into(),
             "snp.min_tcb.microcode",
         ),
+        ("vmpl = [0]".into(), "snp.vmpl"),
     ] {
         let policy = Policy::from_toml(&format!("[snp]\n{line}\n")).unwrap();
         assert_eq!(denied_field(policy.evaluate(&snp, 0)), field);
     }
-    let ok = Policy::from_toml("[snp]\nmin_tcb = { bootloader = 3, snp = 8, microcode = 115 }\n")
-        .unwrap();
+    let ok = Policy::from_toml(
+        "[snp]\nmin_tcb = { bootloader = 3, snp = 8, microcode = 115 }\nvmpl = [0, 1]\n",
+    )
+    .unwrap();
     ok.evaluate(&snp, 0).unwrap();
 }
