@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
 use adyton_attest::collateral::Collateral;
+use adyton_attest::pccs::{FetchOptions, KdsClient, PccsClient, SnpProduct};
 use adyton_attest::{sim, Claims, Evidence, Policy, TeeKind, REPORT_DATA_LEN};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -46,7 +47,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         None => SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
     };
     let evidence = load_evidence(args)?;
-    let collateral = load_collateral(args)?;
+    let collateral = load_collateral(args, &evidence, now)?;
     let policy = args
         .policy
         .as_deref()
@@ -224,12 +225,38 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
     }
 }
 
-fn load_collateral(args: &VerifyArgs) -> Result<Collateral> {
+fn load_collateral(args: &VerifyArgs, evidence: &Evidence, now: u64) -> Result<Collateral> {
     let mut collateral = match &args.collateral {
         Some(path) => Collateral::from_json(&read_limited(path)?)
             .with_context(|| format!("cannot use collateral {}", path.display()))?,
         None => Collateral::none(),
     };
+    let mut options = FetchOptions::default();
+    if let Some(dir) = &args.collateral_cache {
+        options = options.with_cache_dir(dir);
+    }
+    if let (None, Some(url), TeeKind::Sgx | TeeKind::Tdx) =
+        (&collateral.dcap, &args.pccs, evidence.tee)
+    {
+        let client = PccsClient::new(url, options.clone())?;
+        collateral.dcap = Some(
+            client
+                .dcap_collateral_at(&evidence.quote, now)
+                .with_context(|| format!("cannot fetch collateral from {url}"))?,
+        );
+    }
+    let has_vcek = collateral.snp.as_ref().is_some_and(|s| s.vcek.is_some());
+    if let (false, None, Some(product), TeeKind::Snp) =
+        (has_vcek, &args.vcek, &args.kds_product, evidence.tee)
+    {
+        let product: SnpProduct = product.parse()?;
+        let client = KdsClient::new(&args.kds, options)?;
+        collateral.snp = Some(
+            client
+                .snp_collateral_at(&evidence.quote, product, now)
+                .with_context(|| format!("cannot fetch the VCEK from {}", args.kds))?,
+        );
+    }
     if args.vcek.is_some() || args.chain.is_some() {
         let mut snp = collateral.snp.take().unwrap_or_default();
         if let Some(path) = &args.vcek {

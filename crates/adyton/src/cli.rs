@@ -93,6 +93,24 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub collateral: Option<PathBuf>,
 
+    /// Fetch DCAP collateral from this PCCS (or Intel's PCS) when --collateral is not given, e.g.
+    /// https://pccs.example:8081 or https://api.trustedservices.intel.com.
+    #[arg(long, value_name = "URL")]
+    pub pccs: Option<String>,
+
+    /// Fetch the SNP VCEK and chain from AMD's KDS (or a mirror) when not given, for this
+    /// processor family: Milan, Genoa or Turin.
+    #[arg(long, value_name = "PRODUCT")]
+    pub kds_product: Option<String>,
+
+    /// The KDS base URL used with --kds-product.
+    #[arg(long, value_name = "URL", default_value = "https://kdsintf.amd.com")]
+    pub kds: String,
+
+    /// Keep fetched collateral in this directory, so that a later run works offline.
+    #[arg(long, value_name = "DIR")]
+    pub collateral_cache: Option<PathBuf>,
+
     /// The VCEK or VLEK certificate (DER or PEM), for SNP.
     #[arg(long, value_name = "FILE")]
     pub vcek: Option<PathBuf>,

@@ -315,3 +315,69 @@ fn real_snp_report_verifies_from_vendor_files() {
     );
     assert!(stderr.contains("collateral missing"), "{stderr}");
 }
+
+#[test]
+fn unreachable_collateral_services_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let quote = testdata("dcap/tdx_quote");
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "tdx",
+            "--quote",
+            &quote,
+            "--pccs",
+            "http://127.0.0.1:1",
+            "--at",
+            "1751328000",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stderr.contains("cannot fetch collateral from http://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let report = testdata("snp/report_milan.hex");
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--report",
+            &report,
+            "--kds-product",
+            "Milan",
+            "--kds",
+            "http://127.0.0.1:1",
+            "--at",
+            "1735689600",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stderr.contains("cannot fetch the VCEK from http://127.0.0.1:1"),
+        "{stderr}"
+    );
+
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "snp",
+            "--report",
+            &report,
+            "--kds-product",
+            "Rome",
+            "--at",
+            "1735689600",
+        ],
+        dir.path(),
+    );
+    assert!(stderr.contains("Rome"), "{stderr}");
+}
