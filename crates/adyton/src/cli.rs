@@ -42,7 +42,7 @@ pub enum AttestCommand {
         adyton attest verify evidence.json --policy policy.toml\n  \
         adyton attest verify --tee tdx --quote tdx_quote --collateral tdx_quote_collateral.json --at 2025-06-01T00:00:00Z\n  \
         adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 
     /// Print the SIM measurement of this build (hex, alone on the last line).
     Measure,
