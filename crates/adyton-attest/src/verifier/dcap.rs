@@ -10,10 +10,12 @@
 //! Debug mode is handled the same way: the verifier reports it in [`Claims::debug`], and
 //! [`crate::Policy::evaluate`] refuses it (see [`DcapVerifier::new`]).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
+use std::time::UNIX_EPOCH;
 
 use dcap_qvl::quote::{EnclaveReport, Report, TDReport10};
 use dcap_qvl::verify::QuoteVerifier;
@@ -306,84 +308,54 @@ fn read_issue_date(what: &str, json: &str) -> Result<u64> {
 /// Parses an RFC 3339 date-time such as Intel's `2025-06-19T10:56:11Z` (fractional seconds and
 /// a numeric offset are accepted) into unix seconds. `None` for anything else or a date before
 /// 1970.
+///
+/// `humantime` reads the date and time. Two things are done here because it does not:
+/// - it takes only UTC (`Z` or `+00:00`), so any other numeric offset is split off first and
+///   applied to the result;
+/// - it accepts an empty fraction (`11.Z`) and bytes between the seconds and a final `Z`
+///   (`11ZZ`), so what follows the seconds must be exactly RFC 3339's `[time-secfrac] "Z"`.
 fn parse_rfc3339(text: &str) -> Option<u64> {
-    let bytes = text.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = bytes.get(range)?;
-        digits.iter().try_fold(0i64, |acc, &b| {
-            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
-        })
+    let (utc_text, offset_secs) = match split_utc_offset(text) {
+        Some((local, offset_secs)) => (Cow::Owned(format!("{local}Z")), offset_secs),
+        None => (Cow::Borrowed(text), 0),
     };
-    let separator = |index: usize, allowed: &[u8]| -> Option<()> {
-        allowed.contains(bytes.get(index)?).then_some(())
+    let after_seconds = utc_text.as_bytes().get(RFC3339_SECONDS_END..)?;
+    let suffix_ok = match after_seconds {
+        [b'Z'] => true,
+        [b'.', digits @ .., b'Z'] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
     };
-    separator(4, b"-")?;
-    separator(7, b"-")?;
-    separator(10, b"Tt ")?;
-    separator(13, b":")?;
-    separator(16, b":")?;
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !suffix_ok {
         return None;
     }
+    let local_secs = humantime::parse_rfc3339(&utc_text)
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    u64::try_from(i64::try_from(local_secs).ok()?.checked_sub(offset_secs)?).ok()
+}
 
-    let mut rest = bytes.get(19..)?;
-    if let Some((b'.', fraction)) = rest.split_first() {
-        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = fraction.get(digits..)?;
-    }
-    let offset_secs = match rest {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let two = |a: u8, b: u8| -> Option<i64> {
-                (a.is_ascii_digit() && b.is_ascii_digit())
-                    .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
-            };
-            let (hours, minutes) = (two(*h1, *h2)?, two(*m1, *m2)?);
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            let secs = hours * 3600 + minutes * 60;
-            if *sign == b'+' {
-                secs
-            } else {
-                -secs
-            }
-        }
-        _ => return None,
+/// Where the seconds of `YYYY-MM-DDTHH:MM:SS` end.
+const RFC3339_SECONDS_END: usize = 19;
+
+/// Splits a numeric offset (`+hh:mm` or `-hh:mm`) off the end of a date-time: the rest, and the
+/// offset in seconds east of UTC. `None` when the text does not end in one.
+fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
+    let (local, offset) = text.split_at_checked(text.len().checked_sub(6)?)?;
+    let &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] = offset.as_bytes() else {
+        return None;
     };
-
-    let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    u64::try_from(local - offset_secs).ok()
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    let two_digits = |a: u8, b: u8| -> Option<i64> {
+        (a.is_ascii_digit() && b.is_ascii_digit())
+            .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+    };
+    let (hours, minutes) = (two_digits(h1, h2)?, two_digits(m1, m2)?);
+    if hours > 23 || minutes > 59 {
+        return None;
     }
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    let secs = hours * 3600 + minutes * 60;
+    Some((local, if sign == b'+' { secs } else { -secs }))
 }
 
 fn truncate(text: &str) -> String {
@@ -661,6 +633,57 @@ mod tests {
             "２０２５-06-19T10:56:11Z",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_suffixes_humantime_alone_would_accept_are_refused() {
+        assert_eq!(
+            parse_rfc3339("2025-06-19T10:56:11+00:00"),
+            Some(1_750_330_571)
+        );
+        assert_eq!(
+            parse_rfc3339("2025-06-19T10:56:11.5-00:30"),
+            Some(1_750_332_371)
+        );
+        for bad in [
+            "2025-06-19T10:56:11ZZ",
+            "2025-06-19T10:56:11Z+00:00",
+            "2025-06-19T10:56:11.+02:00",
+            "2025-06-19T10:56:11.1.2Z",
+            "2025-06-19T10:56:11 Z",
+            "2025-06-19T10:56:11+24:00",
+            "2025-06-19T10:56:11+02:60",
+            "2025-06-19T10:56:11+0a:00",
+            "1970-01-01T00:30:00+01:00",
+            "+00:00",
+            "ééééééé+02:00",
+            "€€a",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_sample_issue_date_is_read() {
+        for name in [
+            "sgx_quote_collateral.json",
+            "tdx_quote_collateral.json",
+            "tdx_quote_outdated_collateral.json",
+            "tdx_quote_td15ex_collateral.json",
+        ] {
+            let path = format!("{}/../../testdata/dcap/{name}", env!("CARGO_MANIFEST_DIR"));
+            let collateral: QuoteCollateralV3 =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            let tcb_info = read_issue_date("TCB info", &collateral.tcb_info).unwrap();
+            let qe_identity = read_issue_date("QE identity", &collateral.qe_identity).unwrap();
+            // All samples were issued between 2025 and 2027.
+            for date in [tcb_info, qe_identity] {
+                assert!(
+                    (1_735_689_600..1_798_761_600).contains(&date),
+                    "{name}: {date}"
+                );
+            }
         }
     }
 

@@ -56,6 +56,10 @@ use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertType;
 use sev::parser::ByteParser;
 use sev::Generation;
+use x509_cert::der::asn1::ObjectIdentifier;
+use x509_cert::der::Decode;
+use x509_cert::time::Time;
+use x509_cert::Certificate as X509Certificate;
 
 use crate::claims::{Claims, SnpClaims, SnpTcb, TcbStatus, TeeClaims};
 use crate::collateral::Collateral;
@@ -621,6 +625,17 @@ struct CertTime {
     text: String,
 }
 
+impl CertTime {
+    /// `der` accepts only what RFC 5280 allows (UTCTime and GeneralizedTime to the second, in
+    /// UTC, from 1970 on), so every decoded time has a unix value and no conversion can fail.
+    fn from_x509(time: Time) -> Self {
+        Self {
+            unix: time.to_unix_duration().as_secs(),
+            text: time.to_string(),
+        }
+    }
+}
+
 /// What this module reads from a certificate that `sev` does not expose: its validity and AMD's
 /// extensions.
 #[derive(Debug)]
@@ -633,53 +648,78 @@ struct CertFacts {
     hw_id: Option<Vec<u8>>,
 }
 
-/// AMD's arc for SEV certificate extensions, 1.3.6.1.4.1.3704.1, DER-encoded (3704 = 0x9C 0x78
-/// in base 128).
-const AMD_OID_PREFIX: &[u8] = &[0x2B, 0x06, 0x01, 0x04, 0x01, 0x9C, 0x78, 0x01];
-
-/// The TCB extensions (1.3.6.1.4.1.3704.1.3.n), by name and last arc (VCEK specification,
-/// AMD 57230, table "VCEK Certificate Extensions").
-const TCB_EXTENSIONS: [(&str, u8); 5] = [
-    ("blSPL", 1),
-    ("teeSPL", 2),
-    ("snpSPL", 3),
-    ("ucodeSPL", 8),
-    (FMC_SPL, 9),
+/// The TCB extensions (1.3.6.1.4.1.3704.1.3.n, under AMD's arc 1.3.6.1.4.1.3704.1), by name
+/// (VCEK specification, AMD 57230, table "VCEK Certificate Extensions"). Each `extnValue` holds
+/// a DER INTEGER.
+const TCB_EXTENSIONS: [(&str, ObjectIdentifier); 5] = [
+    (
+        "blSPL",
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.1"),
+    ),
+    (
+        "teeSPL",
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.2"),
+    ),
+    (
+        "snpSPL",
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.3"),
+    ),
+    (
+        "ucodeSPL",
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.8"),
+    ),
+    (
+        FMC_SPL,
+        ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.9"),
+    ),
 ];
 
 /// The FMC (firmware), which only Turin and later have.
 const FMC_SPL: &str = "fmcSPL";
 
+/// The hwID extension. Unlike the TCB extensions, AMD puts the chip id into `extnValue` as it
+/// is, with no inner DER tag: the extension's OCTET STRING is the chip id.
+const HW_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4");
+
 impl CertFacts {
     /// Reads a certificate that has already been verified, so its content is AMD's.
+    ///
+    /// `sev` keeps its `x509-cert` certificate private, so the DER it verified (its own
+    /// encoding of the certificate) is parsed again here.
     fn read(name: &'static str, cert: &Certificate) -> Result<Self> {
-        let unreadable = |what: &str| AttestError::CertificateChain {
-            reason: format!("the {name} certificate is unreadable: {what}"),
-        };
-        let der = cert.to_der().map_err(|e| unreadable(&e.to_string()))?;
-        let parsed = der::read_certificate(&der).ok_or_else(|| unreadable("bad DER"))?;
+        let der = cert
+            .to_der()
+            .map_err(|e| Self::unreadable(name, &e.to_string()))?;
+        Self::from_der(name, &der)
+    }
 
-        let extension = |oid: &[u8]| -> Result<Option<&[u8]>> {
-            let mut found = parsed.extensions.iter().filter(|(id, _)| *id == oid);
-            let first = found.next().map(|(_, value)| *value);
+    fn from_der(name: &'static str, der: &[u8]) -> Result<Self> {
+        let unreadable = |what: &str| Self::unreadable(name, what);
+        let cert =
+            X509Certificate::from_der(der).map_err(|e| unreadable(&format!("bad DER: {e}")))?;
+        let tbs = cert.tbs_certificate();
+        let extensions = tbs.extensions().map_or(&[][..], Vec::as_slice);
+
+        let extension = |oid: &ObjectIdentifier| -> Result<Option<&[u8]>> {
+            let mut found = extensions.iter().filter(|ext| ext.extn_id == *oid);
+            let first = found.next().map(|ext| ext.extn_value.as_bytes());
             if found.next().is_some() {
                 return Err(unreadable("an extension appears twice"));
             }
             Ok(first)
         };
-        let amd_oid = |arcs: &[u8]| [AMD_OID_PREFIX, arcs].concat();
 
         let mut tcb = [None; 5];
-        for (slot, (ext_name, arc)) in tcb.iter_mut().zip(TCB_EXTENSIONS) {
-            if let Some(value) = extension(&amd_oid(&[0x03, arc]))? {
+        for (slot, (ext_name, oid)) in tcb.iter_mut().zip(&TCB_EXTENSIONS) {
+            if let Some(value) = extension(oid)? {
+                // `u8::from_der` takes exactly one INTEGER, 0 to 255, minimally encoded.
                 *slot =
-                    Some(der::read_u8_integer(value).ok_or_else(|| {
-                        unreadable(&format!("{ext_name} is not a small integer"))
+                    Some(u8::from_der(value).map_err(|e| {
+                        unreadable(&format!("{ext_name} is not a small integer: {e}"))
                     })?);
             }
         }
-        // The hwID extension's value is the chip id itself, with no inner DER tag.
-        let hw_id = extension(&amd_oid(&[0x04]))?.map(<[u8]>::to_vec);
+        let hw_id = extension(&HW_ID)?.map(<[u8]>::to_vec);
         if hw_id
             .as_ref()
             .is_some_and(|id| id.is_empty() || id.len() > 64)
@@ -687,13 +727,20 @@ impl CertFacts {
             return Err(unreadable("hwID is not 1 to 64 bytes"));
         }
 
+        let validity = tbs.validity();
         Ok(Self {
             name,
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
+            not_before: CertTime::from_x509(validity.not_before),
+            not_after: CertTime::from_x509(validity.not_after),
             tcb,
             hw_id,
         })
+    }
+
+    fn unreadable(name: &str, what: &str) -> AttestError {
+        AttestError::CertificateChain {
+            reason: format!("the {name} certificate is unreadable: {what}"),
+        }
     }
 
     fn check_validity(&self, now: u64) -> Result<()> {
@@ -710,277 +757,13 @@ impl CertFacts {
     }
 }
 
-/// The little DER reading this module needs: a certificate's validity and extensions.
-///
-/// `sev` keeps its `x509-cert` certificate private, and this crate does not depend on `x509-cert`
-/// itself, so these few fields are read here. Every function returns `None` on anything
-/// unexpected and never indexes unchecked.
-mod der {
-    use super::CertTime;
-
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    const OID: u8 = 0x06;
-    const BOOLEAN: u8 = 0x01;
-    const OCTET_STRING: u8 = 0x04;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-    const VERSION: u8 = 0xA0;
-    const EXTENSIONS: u8 = 0xA3;
-
-    pub(super) struct Certificate<'a> {
-        pub(super) not_before: CertTime,
-        pub(super) not_after: CertTime,
-        /// (extnID content, extnValue content).
-        pub(super) extensions: Vec<(&'a [u8], &'a [u8])>,
-    }
-
-    /// Splits the first tag-length-value off `input`: (tag, content, rest).
-    fn next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        if tag & 0x1F == 0x1F {
-            // Multi-byte tags never occur in X.509 certificates.
-            return None;
-        }
-        let (&first, mut rest) = rest.split_first()?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let count = usize::from(first & 0x7F);
-            if count == 0 || count > 4 {
-                // Indefinite lengths are not DER; four bytes are more than any certificate needs.
-                return None;
-            }
-            let (bytes, tail) = rest.split_at_checked(count)?;
-            rest = tail;
-            bytes.iter().try_fold(0usize, |len, &b| {
-                len.checked_mul(256)?.checked_add(usize::from(b))
-            })?
-        };
-        let (content, rest) = rest.split_at_checked(len)?;
-        Some((tag, content, rest))
-    }
-
-    /// Splits off a TLV that must have `tag`: (content, rest).
-    fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (found, content, rest) = next(input)?;
-        (found == tag).then_some((content, rest))
-    }
-
-    pub(super) fn read_certificate(der: &[u8]) -> Option<Certificate<'_>> {
-        let (cert, _) = expect(der, SEQUENCE)?;
-        let (tbs, _) = expect(cert, SEQUENCE)?;
-        let mut rest = tbs;
-        if rest.first() == Some(&VERSION) {
-            rest = next(rest)?.2;
-        }
-        let (_serial, rest) = expect(rest, INTEGER)?;
-        let (_signature, rest) = expect(rest, SEQUENCE)?;
-        let (_issuer, rest) = expect(rest, SEQUENCE)?;
-        let (validity, rest) = expect(rest, SEQUENCE)?;
-        let (_subject, rest) = expect(rest, SEQUENCE)?;
-        let (_spki, mut rest) = expect(rest, SEQUENCE)?;
-
-        let (tag, content, tail) = next(validity)?;
-        let not_before = read_time(tag, content)?;
-        let (tag, content, tail) = next(tail)?;
-        let not_after = read_time(tag, content)?;
-        if !tail.is_empty() {
-            return None;
-        }
-
-        let mut extensions = Vec::new();
-        while !rest.is_empty() {
-            // Optional issuerUniqueID [1] and subjectUniqueID [2] are skipped.
-            let (tag, content, tail) = next(rest)?;
-            rest = tail;
-            if tag != EXTENSIONS {
-                continue;
-            }
-            let (mut list, _) = expect(content, SEQUENCE)?;
-            while !list.is_empty() {
-                let (extension, tail) = expect(list, SEQUENCE)?;
-                list = tail;
-                let (oid, mut fields) = expect(extension, OID)?;
-                if fields.first() == Some(&BOOLEAN) {
-                    fields = next(fields)?.2;
-                }
-                let (value, tail) = expect(fields, OCTET_STRING)?;
-                if !tail.is_empty() {
-                    return None;
-                }
-                extensions.push((oid, value));
-            }
-        }
-        Some(Certificate {
-            not_before,
-            not_after,
-            extensions,
-        })
-    }
-
-    /// Reads a DER INTEGER that is the whole of `input` and fits in a u8.
-    pub(super) fn read_u8_integer(input: &[u8]) -> Option<u8> {
-        let (content, rest) = expect(input, INTEGER)?;
-        if !rest.is_empty() || content.first()? & 0x80 != 0 {
-            return None;
-        }
-        match content {
-            [value] | [0, value] => Some(*value),
-            _ => None,
-        }
-    }
-
-    /// Reads UTCTime (`YYMMDDHHMMSSZ`, years 1950 to 2049 per RFC 5280) or GeneralizedTime
-    /// (`YYYYMMDDHHMMSSZ`).
-    fn read_time(tag: u8, content: &[u8]) -> Option<CertTime> {
-        let (year, rest) = match tag {
-            UTC_TIME => {
-                let (yy, rest) = content.split_at_checked(2)?;
-                let yy = digits(yy)?;
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, rest)
-            }
-            GENERALIZED_TIME => {
-                let (yyyy, rest) = content.split_at_checked(4)?;
-                (digits(yyyy)?, rest)
-            }
-            _ => return None,
-        };
-        let [m1, m2, d1, d2, h1, h2, n1, n2, s1, s2, b'Z'] = rest else {
-            return None;
-        };
-        let month = digits(&[*m1, *m2])?;
-        let day = digits(&[*d1, *d2])?;
-        let hour = digits(&[*h1, *h2])?;
-        let minute = digits(&[*n1, *n2])?;
-        let second = digits(&[*s1, *s2])?;
-        if !(1..=12).contains(&month)
-            || day < 1
-            || day > days_in_month(year, month)
-            || hour > 23
-            || minute > 59
-            || second > 59
-        {
-            return None;
-        }
-        let days = days_from_civil(year, month, day);
-        let unix = days * 86_400 + hour * 3_600 + minute * 60 + second;
-        Some(CertTime {
-            unix: u64::try_from(unix).ok()?,
-            text: format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z"),
-        })
-    }
-
-    fn digits(text: &[u8]) -> Option<i64> {
-        text.iter().try_fold(0i64, |value, &c| {
-            c.is_ascii_digit().then(|| value * 10 + i64::from(c - b'0'))
-        })
-    }
-
-    fn days_in_month(year: i64, month: i64) -> i64 {
-        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-        match month {
-            2 if leap => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        }
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-    fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let year = if month <= 2 { year - 1 } else { year };
-        let era = year.div_euclid(400);
-        let year_of_era = year - era * 400;
-        let month_from_march = (month + 9) % 12;
-        let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-        era * 146_097 + day_of_era - 719_468
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn times_convert_to_unix_seconds() {
-            let t = read_time(UTC_TIME, b"700101000000Z").unwrap();
-            assert_eq!(t.unix, 0);
-            let t = read_time(UTC_TIME, b"300403192343Z").unwrap();
-            assert_eq!(
-                (t.unix, t.text.as_str()),
-                (1_901_474_623, "2030-04-03T19:23:43Z")
-            );
-            let t = read_time(GENERALIZED_TIME, b"20240229235959Z").unwrap();
-            assert_eq!(t.unix, 1_709_251_199);
-            assert_eq!(
-                read_time(UTC_TIME, b"490101000000Z").unwrap().text,
-                "2049-01-01T00:00:00Z"
-            );
-            for bad in [
-                &b"230229000000Z"[..],
-                b"231301000000Z",
-                b"230101240000Z",
-                b"2301010000Z",
-                b"230101000000",
-                b"23010100000aZ",
-                b"",
-            ] {
-                assert!(read_time(UTC_TIME, bad).is_none(), "{bad:?}");
-            }
-            assert!(read_time(OCTET_STRING, b"700101000000Z").is_none());
-        }
-
-        #[test]
-        fn small_integers_only() {
-            assert_eq!(read_u8_integer(&[0x02, 0x01, 0x73]), Some(0x73));
-            assert_eq!(read_u8_integer(&[0x02, 0x02, 0x00, 0xC8]), Some(200));
-            assert_eq!(read_u8_integer(&[0x02, 0x01, 0x80]), None);
-            assert_eq!(read_u8_integer(&[0x02, 0x02, 0x01, 0x00]), None);
-            assert_eq!(read_u8_integer(&[0x02, 0x00]), None);
-            assert_eq!(read_u8_integer(&[0x02, 0x01, 0x01, 0x00]), None);
-            assert_eq!(read_u8_integer(&[0x04, 0x01, 0x01]), None);
-        }
-
-        #[test]
-        fn lengths_are_bounded() {
-            assert!(next(&[0x30, 0x80, 0x00, 0x00]).is_none());
-            assert!(next(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
-            assert!(next(&[0x30, 0x82, 0x01]).is_none());
-            assert!(next(&[0x30, 0x82, 0x00, 0x02, 0xAA]).is_none());
-            assert!(next(&[0x1F, 0x01, 0x00]).is_none());
-            let (tag, content, rest) = next(&[0x04, 0x81, 0x01, 0xAA, 0xBB]).unwrap();
-            assert_eq!((tag, content, rest), (0x04, &[0xAA][..], &[0xBB][..]));
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic() {
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            for len in 0..300 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state.to_le_bytes()[0]
-                    })
-                    .collect();
-                let _ = read_certificate(&bytes);
-                let mut framed = vec![0x30, 0x82];
-                framed.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
-                framed.extend_from_slice(&bytes);
-                let _ = read_certificate(&framed);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MILAN_REPORT_HEX: &str = include_str!("../../../../testdata/snp/report_milan.hex");
     const MILAN_VCEK_DER: &[u8] = include_bytes!("../../../../testdata/snp/vcek_milan.der");
+    const TURIN_VCEK_DER: &[u8] = include_bytes!("../../../../testdata/snp/vcek_turin.der");
 
     fn milan_report() -> AttestationReport {
         parse_report(&hex::decode(MILAN_REPORT_HEX.trim()).unwrap()).unwrap()
@@ -1032,6 +815,149 @@ mod tests {
         assert_eq!(facts.hw_id.as_deref(), Some(&milan_report().chip_id[..]));
         assert_eq!(facts.not_before.text, "2023-04-03T19:23:43Z");
         assert_eq!(facts.not_after.unix, 1_901_474_623);
+    }
+
+    #[test]
+    fn the_turin_vceks_fmc_spl_and_8_byte_hw_id_are_read() {
+        let facts = CertFacts::from_der("VCEK", TURIN_VCEK_DER).unwrap();
+        assert_eq!(facts.tcb, [Some(0), Some(0), Some(0), Some(9), Some(0)]);
+        assert_eq!(
+            facts.hw_id.as_deref(),
+            Some(&[0x1E, 0x55, 0x0A, 0x8E, 0xE5, 0xCF, 0x9F, 0x4D][..])
+        );
+        assert_eq!(facts.not_before.text, "2024-11-06T21:14:00Z");
+        assert_eq!(facts.not_after.text, "2031-11-06T21:14:00Z");
+    }
+
+    #[test]
+    fn the_facts_come_from_the_der_sev_verified() {
+        let from_file = CertFacts::from_der("VCEK", MILAN_VCEK_DER).unwrap();
+        let through_sev = milan_vcek_facts();
+        assert_eq!(from_file.tcb, through_sev.tcb);
+        assert_eq!(from_file.hw_id, through_sev.hw_id);
+        assert_eq!(from_file.not_before, through_sev.not_before);
+        assert_eq!(from_file.not_after, through_sev.not_after);
+    }
+
+    /// The DER offset of the last arc of ucodeSPL's OID (1.3.6.1.4.1.3704.1.3.8) in the Milan
+    /// VCEK (`openssl asn1parse`: the OBJECT at 675, two header bytes, ten content bytes).
+    const MILAN_UCODE_SPL_ARC_AT: usize = 675 + 2 + 9;
+
+    #[test]
+    fn a_repeated_tcb_extension_is_refused() {
+        let mut der = MILAN_VCEK_DER.to_vec();
+        assert_eq!(der[MILAN_UCODE_SPL_ARC_AT], 8);
+        // ucodeSPL becomes a second blSPL.
+        der[MILAN_UCODE_SPL_ARC_AT] = 1;
+        match CertFacts::from_der("VCEK", &der) {
+            Err(AttestError::CertificateChain { reason }) => {
+                assert!(reason.contains("an extension appears twice"), "{reason}")
+            }
+            other => panic!("expected CertificateChain, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_spl_that_is_not_a_der_integer_is_refused() {
+        let mut der = MILAN_VCEK_DER.to_vec();
+        // ucodeSPL's value 02 01 73 (INTEGER 115) becomes 04 01 73 (an OCTET STRING).
+        let value_at = MILAN_UCODE_SPL_ARC_AT + 1 + 2;
+        assert_eq!(der[value_at..value_at + 3], [0x02, 0x01, 0x73]);
+        der[value_at] = 0x04;
+        match CertFacts::from_der("VCEK", &der) {
+            Err(AttestError::CertificateChain { reason }) => {
+                assert!(
+                    reason.contains("ucodeSPL is not a small integer"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected CertificateChain, got {other:?}"),
+        }
+    }
+
+    /// Wraps `content` in a DER TLV with a one-byte length.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut der = vec![tag, u8::try_from(content.len()).unwrap()];
+        der.extend_from_slice(content);
+        der
+    }
+
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+    const OCTET_STRING: u8 = 0x04;
+
+    fn read_time(tag: u8, content: &[u8]) -> Option<CertTime> {
+        Time::from_der(&tlv(tag, content))
+            .ok()
+            .map(CertTime::from_x509)
+    }
+
+    #[test]
+    fn times_convert_to_unix_seconds() {
+        let t = read_time(UTC_TIME, b"700101000000Z").unwrap();
+        assert_eq!(t.unix, 0);
+        let t = read_time(UTC_TIME, b"300403192343Z").unwrap();
+        assert_eq!(
+            (t.unix, t.text.as_str()),
+            (1_901_474_623, "2030-04-03T19:23:43Z")
+        );
+        let t = read_time(GENERALIZED_TIME, b"20240229235959Z").unwrap();
+        assert_eq!(t.unix, 1_709_251_199);
+        assert_eq!(
+            read_time(UTC_TIME, b"490101000000Z").unwrap().text,
+            "2049-01-01T00:00:00Z"
+        );
+        for bad in [
+            &b"230229000000Z"[..],
+            b"231301000000Z",
+            b"230101240000Z",
+            b"2301010000Z",
+            b"230101000000",
+            b"23010100000aZ",
+            b"",
+        ] {
+            assert!(read_time(UTC_TIME, bad).is_none(), "{bad:?}");
+        }
+        assert!(read_time(OCTET_STRING, b"700101000000Z").is_none());
+    }
+
+    /// The SPL extensions are read with `u8::from_der`: this pins what it accepts.
+    #[test]
+    fn small_integers_only() {
+        let read_u8_integer = |der: &[u8]| u8::from_der(der).ok();
+        assert_eq!(read_u8_integer(&[0x02, 0x01, 0x73]), Some(0x73));
+        assert_eq!(read_u8_integer(&[0x02, 0x02, 0x00, 0xC8]), Some(200));
+        assert_eq!(read_u8_integer(&[0x02, 0x01, 0x80]), None);
+        assert_eq!(read_u8_integer(&[0x02, 0x02, 0x01, 0x00]), None);
+        assert_eq!(read_u8_integer(&[0x02, 0x00]), None);
+        assert_eq!(read_u8_integer(&[0x02, 0x01, 0x01, 0x00]), None);
+        assert_eq!(read_u8_integer(&[0x04, 0x01, 0x01]), None);
+        // A redundant leading zero is not DER, and is refused.
+        assert_eq!(read_u8_integer(&[0x02, 0x02, 0x00, 0x05]), None);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()[0]
+                })
+                .collect();
+            assert!(CertFacts::from_der("VCEK", &bytes).is_err());
+            let mut framed = vec![0x30, 0x82];
+            framed.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+            framed.extend_from_slice(&bytes);
+            assert!(CertFacts::from_der("VCEK", &framed).is_err());
+        }
+        // Every truncation of a real VCEK fails cleanly.
+        for len in 0..MILAN_VCEK_DER.len() {
+            assert!(CertFacts::from_der("VCEK", &MILAN_VCEK_DER[..len]).is_err());
+        }
     }
 
     #[test]
