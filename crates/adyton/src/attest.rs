@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::cli::{ReportArgs, VerifyArgs};
-use crate::files::AtomicOutput;
+use crate::files::{print_stdout, AtomicOutput};
 
 /// Largest evidence, quote or certificate file read.
 const MAX_INPUT_LEN: u64 = 4 << 20;
@@ -79,16 +79,17 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
                 Err(e) => json!({"decision": "denied", "reason": e.to_string()}),
             }),
         });
-        println!("{report:#}");
+        print_stdout(&format!("{report:#}"))?;
     } else if let Ok(claims) = &verified {
-        print_claims(claims, now);
-        match &decision {
-            Some(Ok(())) => println!("policy:        allowed"),
-            Some(Err(e)) => println!("policy:        DENIED: {e}"),
-            None => {
-                println!("policy:        none given (the evidence is genuine; nothing was judged)")
-            }
-        }
+        let decision = match &decision {
+            Some(Ok(())) => "allowed".to_string(),
+            Some(Err(e)) => format!("DENIED: {e}"),
+            None => "none given (the evidence is genuine; nothing was judged)".to_string(),
+        };
+        print_stdout(&format!(
+            "{}policy:        {decision}",
+            claims_text(claims, now)
+        ))?;
     }
     let claims = verified.context("evidence refused")?;
     if let Some(decision) = decision {
@@ -103,35 +104,46 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
 pub fn measure() -> Result<()> {
     let measurement = sim::measurement_of_this_build()?;
     let exe = std::env::current_exe().map_or_else(|_| "adyton".into(), |p| p.display().to_string());
-    println!("SIM measurement (SHA-384 of {exe}), for a policy's [sim] measurement list:");
-    println!("{}", hex::encode(measurement));
-    Ok(())
+    print_stdout(&format!(
+        "SIM measurement (SHA-384 of {exe}), for a policy's [sim] measurement list:\n{}",
+        hex::encode(measurement)
+    ))
 }
 
-fn print_claims(claims: &Claims, now: u64) {
-    println!(
-        "tee:           {}{}",
-        claims.tee,
-        if claims.insecure {
-            " (INSECURE simulation)"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "verified at:   {}",
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(now))
-    );
-    println!("measurement:   {}", claims.primary_measurement());
-    println!("tcb status:    {}", claims.tcb_status.name());
+/// The claims as text, one field a line.
+fn claims_text(claims: &Claims, now: u64) -> String {
+    let verified_at = UNIX_EPOCH + std::time::Duration::from_secs(now);
+    let mut lines = vec![
+        format!(
+            "tee:           {}{}",
+            claims.tee,
+            if claims.insecure {
+                " (INSECURE simulation)"
+            } else {
+                ""
+            }
+        ),
+        format!(
+            "verified at:   {}",
+            humantime::format_rfc3339_seconds(verified_at)
+        ),
+        format!("measurement:   {}", claims.primary_measurement()),
+        format!("tcb status:    {}", claims.tcb_status.name()),
+    ];
     if !claims.advisory_ids.is_empty() {
-        println!("advisories:    {}", claims.advisory_ids.join(", "));
+        lines.push(format!("advisories:    {}", claims.advisory_ids.join(", ")));
     }
-    println!("debug:         {}", claims.debug);
-    println!("report data:   {}", hex::encode(claims.report_data));
+    lines.push(format!("debug:         {}", claims.debug));
+    lines.push(format!(
+        "report data:   {}",
+        hex::encode(claims.report_data)
+    ));
     if let Ok(details) = serde_json::to_string_pretty(&claims.details) {
-        println!("details:       {details}");
+        lines.push(format!("details:       {details}"));
     }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
 }
 
 fn parse_report_data(text: &str) -> Result<[u8; REPORT_DATA_LEN]> {

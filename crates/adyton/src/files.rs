@@ -1,7 +1,7 @@
 //! Files on the operator's disk: atomic outputs, key files, progress bars.
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -154,4 +154,14 @@ pub fn open_input(path: &Path) -> Result<(File, u64)> {
         bail!("{} is a directory", path.display());
     }
     Ok((file, meta.len()))
+}
+
+/// Writes `text` and a newline to stdout. A closed pipe (`adyton ... | head`) ends the output
+/// quietly instead of failing.
+pub fn print_stdout(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
+    }
 }

@@ -11,7 +11,9 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::cli::{DecryptArgs, EncryptArgs, FormatArg, InspectArgs};
-use crate::files::{open_input, prepare_key_file, progress, read_key_file, AtomicOutput};
+use crate::files::{
+    open_input, prepare_key_file, print_stdout, progress, read_key_file, AtomicOutput,
+};
 
 /// Buffer size for file streams: large enough that a chunk costs few system calls.
 const IO_BUFFER: usize = 1 << 20;
@@ -263,9 +265,9 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     if args.json {
         let mut report = report;
         report["valid_length"] = json!(check.is_ok());
-        println!("{report:#}");
+        print_stdout(&format!("{report:#}"))?;
     } else {
-        println!("{text}");
+        print_stdout(&text)?;
     }
     check.with_context(|| format!("{input_name} is damaged"))
 }
