@@ -5,6 +5,7 @@
 //! which is the policy's job (`crate::policy`).
 
 pub mod dcap;
+mod dcap_cache;
 pub mod sim;
 pub mod snp;
 

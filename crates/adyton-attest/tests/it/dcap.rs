@@ -864,3 +864,32 @@ fn evidence_json_round_trip_verifies() {
         TD15EX.verify().unwrap()
     );
 }
+
+/// Collateral signatures are memoised between verifications (`verifier::dcap_cache`); the quote's
+/// own signatures never are, and the memo never turns a refusal into an acceptance.
+#[test]
+fn memoised_collateral_never_hides_a_bad_quote_or_bad_collateral() {
+    for round in 0..3 {
+        for sample in VERIFIED {
+            sample
+                .verify_quote(sample.quote())
+                .unwrap_or_else(|e| panic!("round {round}, {}: {e}", sample.quote));
+            let quote = sample.quote();
+            let layout = Layout::of(&quote);
+            assert!(
+                matches!(
+                    sample.verify_quote(flipped(quote, layout.report_data)),
+                    Err(AttestError::BadSignature { .. })
+                ),
+                "round {round}, {}",
+                sample.quote
+            );
+        }
+        let mut collateral = SGX.collateral();
+        collateral.dcap.as_mut().unwrap().tcb_info_signature[10] ^= 1;
+        assert!(matches!(
+            verifier::verify(&SGX.evidence(), &collateral, SGX.now),
+            Err(AttestError::BadSignature { .. })
+        ));
+    }
+}
