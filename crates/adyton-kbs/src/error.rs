@@ -1,0 +1,91 @@
+//! The one error type of the key broker library.
+
+use adyton_attest::AttestError;
+use adyton_envelope::EnvelopeError;
+
+/// Everything the key broker can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KbsError {
+    /// No key with this id.
+    #[error("unknown key `{id}`")]
+    UnknownKey {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// No transfer policy with this id.
+    #[error("unknown transfer policy `{id}`")]
+    UnknownPolicy {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// A record with this id exists already.
+    #[error("`{id}` exists already")]
+    AlreadyExists {
+        /// The id.
+        id: String,
+    },
+
+    /// A policy that keys still use cannot be deleted.
+    #[error("transfer policy `{id}` is used by {keys} key(s); delete or move them first")]
+    PolicyInUse {
+        /// The policy id.
+        id: String,
+        /// How many keys use it.
+        keys: usize,
+    },
+
+    /// A request is malformed (bad base64, bad JSON, bad sizes).
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The `Attestation-Type` does not match the key's transfer policy.
+    #[error("attestation type {found} does not match the key's transfer policy, which requires {expected}")]
+    AttestationTypeMismatch {
+        /// The policy's type.
+        expected: String,
+        /// The request's type.
+        found: String,
+    },
+
+    /// The evidence's report data does not bind the presented public key (and nonce).
+    #[error("report data mismatch: the evidence does not bind this public key")]
+    ReportDataMismatch,
+
+    /// A nonce was expired, replayed, forged or malformed.
+    #[error("bad nonce: {reason}")]
+    BadNonce {
+        /// Why.
+        reason: String,
+    },
+
+    /// Evidence verification or the policy refused the transfer.
+    #[error(transparent)]
+    Attestation(#[from] AttestError),
+
+    /// Key material could not be sealed, unsealed or wrapped.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+
+    /// The store failed.
+    #[error("store: {reason}")]
+    Store {
+        /// What failed.
+        reason: String,
+    },
+
+    /// The master key is missing, unreadable or unsafe.
+    #[error("master key: {reason}")]
+    MasterKey {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T, E = KbsError> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! The key broker: stores model keys under a master key, and releases a key, wrapped to a TEE's
+//! public key, only to evidence that satisfies the key's transfer policy (`design.md`,
+//! "KBS key transfer").
+
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod master_key;
+pub mod store;
+pub mod transfer;
+
+pub use error::{KbsError, Result};

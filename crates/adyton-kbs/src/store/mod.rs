@@ -1,0 +1,95 @@
+//! Storage of transfer policies and (sealed) model keys, behind one trait.
+//!
+//! Implementations: [`redb::RedbStore`] (embedded, the default). Every implementation passes the
+//! same test suite (`tests/it/store.rs`).
+
+pub mod redb;
+
+use std::fmt;
+
+use adyton_attest::{Policy, TeeKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{KbsError, Result};
+
+/// A transfer policy: which TEE, and the reference values its evidence must match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Its id (a UUID).
+    pub id: String,
+    /// The TEE kind the policy is for; the transfer's `Attestation-Type` must equal it.
+    pub attestation_type: TeeKind,
+    /// The policy table for that TEE, as JSON (the fields of `docs/policy.md`).
+    pub table: serde_json::Value,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+impl PolicyRecord {
+    /// The attestation policy: this record's table under its TEE's name.
+    pub fn policy(&self) -> Result<Policy> {
+        let name = self.attestation_type.as_str().to_ascii_lowercase();
+        let doc = serde_json::json!({ name: self.table });
+        Ok(Policy::from_json(&doc.to_string())?)
+    }
+}
+
+/// A model key: metadata, and the key sealed under the master key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Its id (a UUID).
+    pub id: String,
+    /// The transfer policy that guards it.
+    pub transfer_policy_id: String,
+    /// Always `AES`.
+    pub algorithm: String,
+    /// Always 256.
+    pub key_length: u32,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The key sealed under the master key (an envelope v2 whose key id is this record's id).
+    pub sealed_key: Vec<u8>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("transfer_policy_id", &self.transfer_policy_id)
+            .field("algorithm", &self.algorithm)
+            .field("key_length", &self.key_length)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Durable storage of policies and keys.
+///
+/// Every write is durable when it returns (crash-safe: after a power cut, a write that returned is
+/// there and the store is readable). Ids are unique across inserts.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Inserts a policy; [`KbsError::AlreadyExists`] if its id is taken.
+    fn insert_policy(&self, record: &PolicyRecord) -> Result<()>;
+    /// A policy by id.
+    fn policy(&self, id: &str) -> Result<Option<PolicyRecord>>;
+    /// All policies, ordered by id.
+    fn policies(&self) -> Result<Vec<PolicyRecord>>;
+    /// Deletes a policy; `false` if there was none. [`KbsError::PolicyInUse`] while keys use it.
+    fn delete_policy(&self, id: &str) -> Result<bool>;
+    /// Inserts a key; [`KbsError::AlreadyExists`] if its id is taken,
+    /// [`KbsError::UnknownPolicy`] if its policy does not exist.
+    fn insert_key(&self, record: &KeyRecord) -> Result<()>;
+    /// A key by id.
+    fn key(&self, id: &str) -> Result<Option<KeyRecord>>;
+    /// All keys, ordered by id.
+    fn keys(&self) -> Result<Vec<KeyRecord>>;
+    /// Deletes a key (its sealed bytes are gone from the store); `false` if there was none.
+    fn delete_key(&self, id: &str) -> Result<bool>;
+}
+
+/// Errors of storage backends.
+pub(crate) fn store_error(context: &str, err: impl fmt::Display) -> KbsError {
+    KbsError::Store {
+        reason: format!("{context}: {err}"),
+    }
+}

@@ -1,0 +1,331 @@
+//! The key transfer: evidence and a TEE public key in, the model key wrapped to that public key out,
+//! only when the evidence binds the key and satisfies the key's transfer policy.
+//!
+//! Report data binding (`docs/kbs.md`):
+//! - without a nonce, the evidence's report data must equal SHA-512(user_data);
+//! - with a nonce from [`NonceIssuer`], it must equal SHA-512(nonce || user_data), and the nonce is
+//!   accepted once, before it expires.
+//!
+//! `user_data` is the TEE's RSA public key as sent: DER SubjectPublicKeyInfo, or Intel's raw
+//! `u32le exponent || modulus` (little-endian modulus under SGX, big-endian otherwise).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind, REPORT_DATA_LEN};
+use adyton_envelope::wrap::{self, ModulusOrder, TeePublicKey, WrappedKey};
+use adyton_envelope::Aes256Key;
+use aws_lc_rs::digest::{digest, SHA512};
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+
+use crate::error::{KbsError, Result};
+use crate::master_key::MasterKey;
+use crate::store::{KeyRecord, PolicyRecord, Store};
+
+/// How long an issued nonce may be redeemed.
+pub const NONCE_LIFETIME_SECS: u64 = 300;
+/// Most nonces outstanding (issued, not yet redeemed or expired) remembered for replay checks.
+const MAX_REDEEMED: usize = 100_000;
+const NONCE_RANDOM_LEN: usize = 16;
+const NONCE_LEN: usize = NONCE_RANDOM_LEN + 8 + 32;
+
+/// The report data a transfer requires: SHA-512 of the nonce (if any) followed by `user_data`.
+pub fn expected_report_data(user_data: &[u8], nonce: Option<&[u8]>) -> [u8; REPORT_DATA_LEN] {
+    let mut input = Vec::with_capacity(nonce.map_or(0, <[u8]>::len) + user_data.len());
+    input.extend_from_slice(nonce.unwrap_or_default());
+    input.extend_from_slice(user_data);
+    let mut out = [0u8; REPORT_DATA_LEN];
+    out.copy_from_slice(digest(&SHA512, &input).as_ref());
+    out
+}
+
+/// Issues signed, expiring, single-use nonces.
+///
+/// A nonce is 16 random bytes, its expiry (u64 little-endian unix seconds) and an HMAC-SHA256 over
+/// both. Redeemed nonces are remembered until they expire, so each is accepted once. The HMAC key
+/// and the redeemed set live in this process: replicas behind one load balancer must share them
+/// (a shared store), which the PostgreSQL deployment provides.
+pub struct NonceIssuer {
+    key: hmac::Key,
+    redeemed: Mutex<HashMap<[u8; NONCE_RANDOM_LEN], u64>>,
+}
+
+impl std::fmt::Debug for NonceIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceIssuer").finish_non_exhaustive()
+    }
+}
+
+impl NonceIssuer {
+    /// An issuer with a fresh random HMAC key.
+    pub fn new() -> Result<Self> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).map_err(|_| {
+            KbsError::MasterKey {
+                reason: "the OS random source failed".into(),
+            }
+        })?;
+        Ok(Self {
+            key,
+            redeemed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A fresh nonce, valid until `now + NONCE_LIFETIME_SECS`.
+    pub fn issue(&self, now: u64) -> Result<Vec<u8>> {
+        let mut nonce = vec![0u8; NONCE_RANDOM_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KbsError::MasterKey {
+                reason: "the OS random source failed".into(),
+            })?;
+        nonce.extend_from_slice(&(now + NONCE_LIFETIME_SECS).to_le_bytes());
+        let tag = hmac::sign(&self.key, &nonce);
+        nonce.extend_from_slice(tag.as_ref());
+        Ok(nonce)
+    }
+
+    /// Accepts `nonce` once, if this issuer made it and it has not expired.
+    pub fn redeem(&self, nonce: &[u8], now: u64) -> Result<()> {
+        let bad = |reason: &str| KbsError::BadNonce {
+            reason: reason.into(),
+        };
+        if nonce.len() != NONCE_LEN {
+            return Err(bad("wrong length"));
+        }
+        let (signed, tag) = nonce.split_at(NONCE_RANDOM_LEN + 8);
+        hmac::verify(&self.key, signed, tag).map_err(|_| bad("not issued by this key broker"))?;
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&signed[NONCE_RANDOM_LEN..]);
+        let expiry = u64::from_le_bytes(expiry);
+        if now > expiry {
+            return Err(bad("expired"));
+        }
+        let mut id = [0u8; NONCE_RANDOM_LEN];
+        id.copy_from_slice(&signed[..NONCE_RANDOM_LEN]);
+        let mut redeemed = self.redeemed.lock().unwrap_or_else(PoisonError::into_inner);
+        redeemed.retain(|_, &mut until| until >= now);
+        if redeemed.len() >= MAX_REDEEMED {
+            return Err(bad("too many nonces outstanding; try again later"));
+        }
+        if redeemed.insert(id, expiry).is_some() {
+            return Err(bad("already used"));
+        }
+        Ok(())
+    }
+}
+
+/// A transfer request, decoded from its HTTP form.
+#[derive(Clone, Debug)]
+pub struct TransferRequest {
+    /// The `Attestation-Type` header.
+    pub attestation_type: String,
+    /// The decoded `quote`: a raw DCAP quote or SNP report, a SIM report, or Adyton evidence JSON.
+    pub quote: Vec<u8>,
+    /// The decoded `user_data`: the TEE's RSA public key.
+    pub user_data: Vec<u8>,
+    /// The decoded nonce, when the client bound one.
+    pub nonce: Option<Vec<u8>>,
+}
+
+/// What a transfer decided, for the audit log. It holds no secret.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferDecision {
+    /// Unix seconds.
+    pub time: u64,
+    /// The key asked for.
+    pub key_id: String,
+    /// The TEE kind claimed by the request.
+    pub tee: String,
+    /// The verified measurement, when verification got that far.
+    pub measurement: Option<String>,
+    /// Whether the key was released.
+    pub allowed: bool,
+    /// Why not, when denied.
+    pub reason: Option<String>,
+}
+
+/// The key broker's core: policies, keys, and transfers.
+#[derive(Debug)]
+pub struct Broker {
+    store: Arc<dyn Store>,
+    master: MasterKey,
+    collateral: Collateral,
+    nonces: NonceIssuer,
+}
+
+impl Broker {
+    /// A broker over `store`, sealing keys under `master`, verifying DCAP and SNP evidence with
+    /// `collateral`.
+    pub fn new(store: Arc<dyn Store>, master: MasterKey, collateral: Collateral) -> Result<Self> {
+        Ok(Self {
+            store,
+            master,
+            collateral,
+            nonces: NonceIssuer::new()?,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Creates a transfer policy from its TEE kind and its table (the fields of `docs/policy.md`).
+    pub fn create_policy(
+        &self,
+        attestation_type: TeeKind,
+        table: serde_json::Value,
+        now: u64,
+    ) -> Result<PolicyRecord> {
+        let record = PolicyRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            attestation_type,
+            table,
+            created_at: now,
+        };
+        // Parse it now: a policy that cannot be evaluated is refused at creation, not at transfer.
+        record.policy().map_err(|e| KbsError::BadRequest {
+            reason: e.to_string(),
+        })?;
+        self.store.insert_policy(&record)?;
+        Ok(record)
+    }
+
+    /// Creates a key under `policy_id`: generated, or imported from 32 raw bytes.
+    pub fn create_key(
+        &self,
+        policy_id: &str,
+        key_data: Option<&[u8]>,
+        now: u64,
+    ) -> Result<KeyRecord> {
+        let key = match key_data {
+            Some(bytes) => Aes256Key::from_slice(bytes).map_err(|e| KbsError::BadRequest {
+                reason: format!("key_data: {e}"),
+            })?,
+            None => Aes256Key::generate()?,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let record = KeyRecord {
+            sealed_key: self.master.seal(&id, &key)?,
+            id,
+            transfer_policy_id: policy_id.into(),
+            algorithm: "AES".into(),
+            key_length: 256,
+            created_at: now,
+        };
+        self.store.insert_key(&record)?;
+        Ok(record)
+    }
+
+    /// A fresh nonce for the next transfer request.
+    pub fn nonce(&self, now: u64) -> Result<Vec<u8>> {
+        self.nonces.issue(now)
+    }
+
+    /// Decides a transfer, and returns the wrapped key with the verified claims, or the refusal.
+    /// The decision is returned either way, for the audit log.
+    pub fn transfer(
+        &self,
+        key_id: &str,
+        request: &TransferRequest,
+        now: u64,
+    ) -> (Result<(WrappedKey, Claims)>, TransferDecision) {
+        let mut decision = TransferDecision {
+            time: now,
+            key_id: key_id.chars().take(128).collect(),
+            tee: request.attestation_type.chars().take(16).collect(),
+            measurement: None,
+            allowed: false,
+            reason: None,
+        };
+        let outcome = self.decide(key_id, request, now, &mut decision);
+        match &outcome {
+            Ok(_) => decision.allowed = true,
+            Err(e) => decision.reason = Some(e.to_string()),
+        }
+        (outcome, decision)
+    }
+
+    fn decide(
+        &self,
+        key_id: &str,
+        request: &TransferRequest,
+        now: u64,
+        decision: &mut TransferDecision,
+    ) -> Result<(WrappedKey, Claims)> {
+        let key = self
+            .store
+            .key(key_id)?
+            .ok_or_else(|| KbsError::UnknownKey {
+                id: key_id.chars().take(128).collect(),
+            })?;
+        let policy_record =
+            self.store
+                .policy(&key.transfer_policy_id)?
+                .ok_or_else(|| KbsError::UnknownPolicy {
+                    id: key.transfer_policy_id.clone(),
+                })?;
+        let tee: TeeKind =
+            request
+                .attestation_type
+                .parse()
+                .map_err(|e: adyton_attest::AttestError| KbsError::BadRequest {
+                    reason: format!("Attestation-Type: {e}"),
+                })?;
+        if tee != policy_record.attestation_type {
+            return Err(KbsError::AttestationTypeMismatch {
+                expected: policy_record.attestation_type.to_string(),
+                found: tee.to_string(),
+            });
+        }
+        let order = if tee == TeeKind::Sgx {
+            ModulusOrder::LittleEndian
+        } else {
+            ModulusOrder::BigEndian
+        };
+        let public_key = TeePublicKey::from_user_data(&request.user_data, order).map_err(|e| {
+            KbsError::BadRequest {
+                reason: format!("user_data: {e}"),
+            }
+        })?;
+
+        let evidence = decode_evidence(tee, &request.quote)?;
+        let claims = verifier::verify(&evidence, &self.collateral, now)?;
+        decision.measurement = Some(claims.primary_measurement());
+
+        if let Some(nonce) = &request.nonce {
+            self.nonces.redeem(nonce, now)?;
+        }
+        let expected = expected_report_data(&request.user_data, request.nonce.as_deref());
+        claims
+            .expect_report_data(&expected)
+            .map_err(|_| KbsError::ReportDataMismatch)?;
+        policy_record.policy()?.evaluate(&claims, now)?;
+
+        let model_key = self.master.unseal(&key.id, &key.sealed_key)?;
+        let wrapped = wrap::wrap_for_tee(&public_key, &model_key)?;
+        Ok((wrapped, claims))
+    }
+}
+
+/// Reads a transfer's `quote` for `tee`: Adyton evidence JSON (as `adyton attest report` writes it)
+/// or the raw quote or report.
+pub fn decode_evidence(tee: TeeKind, quote: &[u8]) -> Result<Evidence> {
+    if quote.first() == Some(&b'{') {
+        let evidence = Evidence::from_json(quote)?;
+        if evidence.tee != tee {
+            return Err(KbsError::AttestationTypeMismatch {
+                expected: tee.to_string(),
+                found: evidence.tee.to_string(),
+            });
+        }
+        return Ok(evidence);
+    }
+    Ok(Evidence {
+        tee,
+        quote: quote.to_vec(),
+        certificates: None,
+    })
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the key broker library.
+
+// Tests may unwrap and panic: a failure is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod store;
+mod transfer;
