@@ -92,8 +92,15 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         ))?;
     }
     let claims = verified.context("evidence refused")?;
-    if let Some(decision) = decision {
-        decision.context("policy denied the evidence")?;
+    match decision {
+        Some(decision) => decision.context("policy denied the evidence")?,
+        // Without a policy nothing is judged, except what no policy may ever accept silently:
+        // SIM evidence (anyone can make it) and a debug TEE (its memory is readable).
+        None if claims.insecure => {
+            bail!("SIM evidence is accepted only under a policy with a [sim] table (give --policy)")
+        }
+        None if claims.debug => bail!("debug mode is enabled: the host can read this TEE's memory"),
+        None => {}
     }
     if claims.insecure {
         eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
@@ -161,15 +168,22 @@ fn parse_report_data(text: &str) -> Result<[u8; REPORT_DATA_LEN]> {
 }
 
 fn parse_time(text: &str) -> Result<u64> {
-    if let Ok(seconds) = text.trim().parse::<u64>() {
-        return Ok(seconds);
+    // 9999-12-31T23:59:59Z: later times cannot be printed in RFC 3339.
+    const LATEST: u64 = 253_402_300_799;
+    let seconds = match text.trim().parse::<u64>() {
+        Ok(seconds) => seconds,
+        Err(_) => humantime::parse_rfc3339_weak(text.trim())
+            .with_context(|| {
+                format!("--at `{text}` is neither RFC 3339 (2024-05-01T00:00:00Z) nor unix seconds")
+            })?
+            .duration_since(UNIX_EPOCH)?
+            .as_secs(),
+    };
+    if seconds > LATEST {
+        bail!("--at `{text}` is after the year 9999");
     }
-    let time = humantime::parse_rfc3339_weak(text.trim()).with_context(|| {
-        format!("--at `{text}` is neither RFC 3339 (2024-05-01T00:00:00Z) nor unix seconds")
-    })?;
-    Ok(time.duration_since(UNIX_EPOCH)?.as_secs())
+    Ok(seconds)
 }
-
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("cannot read {}", path.display()))?

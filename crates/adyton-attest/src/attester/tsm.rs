@@ -19,13 +19,20 @@ use crate::attester::Attester;
 use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind, MAX_EVIDENCE_LEN, REPORT_DATA_LEN};
 
-/// Where the report data sits in the blobs each provider returns, to check that the blob answers
-/// our request: TDX quote v4/v5 (48-byte header, report data at offset 520 of the TD report body)
-/// and the SNP attestation report (offset 0x50).
-fn report_data_offset(tee: TeeKind) -> usize {
+/// Where the report data sits in the blob each provider returns, to check that the blob answers
+/// our request: the SNP attestation report at 0x50; a TDX quote after its 48-byte header at offset
+/// 520 of the TD report body, which quote v5 precedes with a 6-byte body descriptor (u16 type,
+/// u32 size).
+fn report_data_offset(tee: TeeKind, blob: &[u8]) -> usize {
+    const TDX_HEADER: usize = 48;
+    const TD_REPORT_DATA: usize = 520;
+    const V5_BODY_DESCRIPTOR: usize = 6;
     match tee {
         TeeKind::Snp => 0x50,
-        _ => 48 + 520,
+        _ if blob.get(..2) == Some(&5u16.to_le_bytes()[..]) => {
+            TDX_HEADER + V5_BODY_DESCRIPTOR + TD_REPORT_DATA
+        }
+        _ => TDX_HEADER + TD_REPORT_DATA,
     }
 }
 
@@ -189,7 +196,7 @@ impl Attester for TsmAttester {
         if after != before {
             return Err(AttestError::GenerationChanged { before, after });
         }
-        let offset = report_data_offset(self.tee);
+        let offset = report_data_offset(self.tee, &quote);
         if quote.get(offset..offset + REPORT_DATA_LEN) != Some(&report_data[..]) {
             return Err(AttestError::malformed(format!(
                 "the {} evidence from configfs-tsm does not carry the report data that was written",

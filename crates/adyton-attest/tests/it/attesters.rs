@@ -110,18 +110,29 @@ fn fake_tsm(
                     fs::write(entry.join("auxblob"), b"certificate table").unwrap();
                 }
                 // provider comes last: its presence means the entry is complete.
-                fs::write(entry.join("provider"), format!("{provider}\n")).unwrap();
-                let offset = if provider == "sev_guest" {
-                    0x50
+                let name = if provider == "tdx_guest_v5" {
+                    "tdx_guest"
                 } else {
-                    48 + 520
+                    provider
+                };
+                fs::write(entry.join("provider"), format!("{name}\n")).unwrap();
+                // Offsets written out independently of the attester: SNP report 0x50; TDX quote
+                // v4 header (48) + TD report data (520); v5 adds a 6-byte body descriptor.
+                let (offset, version) = match provider {
+                    "sev_guest" => (0x50, 2u16),
+                    "tdx_guest_v5" => (574, 5),
+                    _ => (568, 4),
                 };
                 let generation = entry.join("generation");
                 workers.push(thread::spawn(move || {
                     serve_fifo(
                         entry.join("outblob"),
                         entry.join("inblob"),
-                        |data| blob_with(data, offset, 1184),
+                        move |data| {
+                            let mut blob = blob_with(data, offset, 1184);
+                            blob[..2].copy_from_slice(&version.to_le_bytes());
+                            blob
+                        },
                         || {
                             if let Kernel::Interfering = kernel {
                                 fs::write(&generation, "2\n").unwrap();
@@ -307,4 +318,15 @@ fn explicit_tee_without_its_interface_is_refused() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn tsm_tdx_quote_v5_carries_the_report_data_after_its_body_descriptor() {
+    let (dir, server) = fake_tsm("tdx_guest_v5", Kernel::Honest, 2);
+    let attester = TsmAttester::open(dir.path(), TeeKind::Tdx).unwrap();
+    let evidence = attester.evidence(&report_data()).unwrap();
+    assert_eq!(&evidence.quote[..2], &[5, 0]);
+    assert_eq!(&evidence.quote[574..638], &report_data()[..]);
+    drop(dir);
+    let _ = server.join();
 }

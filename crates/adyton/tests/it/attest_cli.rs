@@ -107,6 +107,16 @@ fn sim_report_verifies_under_a_policy_that_pins_this_build() {
         d,
     );
     assert!(stderr.contains("report data mismatch"), "{stderr}");
+
+    // Genuine, but SIM: without a policy naming SIM it is refused.
+    let stderr = adyton_err(&["attest", "verify", "ev.json"], d);
+    assert!(stderr.contains("[sim] table"), "{stderr}");
+
+    // Times the RFC 3339 printer cannot show are refused, not a crash.
+    for at in ["18446744073709551615", "999999999999"] {
+        let stderr = adyton_err(&["attest", "verify", "ev.json", "--at", at], d);
+        assert!(stderr.contains("year 9999"), "{stderr}");
+    }
 }
 
 #[test]
