@@ -81,11 +81,13 @@ impl AtomicOutput {
             )
         })?;
         // The rename is durable only once the directory is synced as well.
-        if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(handle) = File::open(dir) {
-                let _ = handle.sync_all();
-            }
-        }
+        let dir = match target.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|handle| handle.sync_all())
+            .with_context(|| format!("cannot sync directory {}", dir.display()))?;
         Ok(())
     }
 }

@@ -1,8 +1,8 @@
 //! The SIM attester: signs SIM reports with a local Ed25519 key. INSECURE by design.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,7 +59,8 @@ impl SimAttester {
 
     /// Loads the key seed from `path`, creating it (mode 0600) on first use.
     pub fn from_key_file(path: &Path) -> Result<Self> {
-        Self::from_seed(load_or_create_seed(path)?)
+        let seed = load_or_create_seed(path)?;
+        Self::from_seed(*seed)
     }
 
     /// The attester's public key, which SIM policies may pin.
@@ -106,43 +107,53 @@ impl Attester for SimAttester {
     }
 }
 
-fn load_or_create_seed(path: &Path) -> Result<[u8; 32]> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            let seed: [u8; 32] =
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| AttestError::TeeUnavailable {
-                        tee: TeeKind::Sim,
-                        reason: format!(
-                            "SIM key file {} holds {} bytes, expected 32",
-                            path.display(),
-                            bytes.len()
-                        ),
-                    })?;
+fn load_or_create_seed(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+    let unusable = |reason: String| AttestError::TeeUnavailable {
+        tee: TeeKind::Sim,
+        reason: format!("SIM key file {}: {reason}", path.display()),
+    };
+    match fs::File::open(path) {
+        Ok(mut file) => {
+            let meta = file.metadata().map_err(|e| AttestError::io(path, e))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(unusable(format!(
+                    "readable or writable by other users (mode {:o}); run chmod 600 on it",
+                    meta.permissions().mode() & 0o777
+                )));
+            }
+            if meta.len() != 32 {
+                return Err(unusable(format!("holds {} bytes, expected 32", meta.len())));
+            }
+            let mut seed = Zeroizing::new([0u8; 32]);
+            file.read_exact(seed.as_mut_slice())
+                .map_err(|e| AttestError::io(path, e))?;
             Ok(seed)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut seed = [0u8; 32];
+            let mut seed = Zeroizing::new([0u8; 32]);
             SystemRandom::new()
-                .fill(&mut seed)
+                .fill(seed.as_mut_slice())
                 .map_err(|_| AttestError::Crypto("the OS random source failed"))?;
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(|e| AttestError::io(dir, e))?;
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            fs::create_dir_all(dir).map_err(|e| AttestError::io(dir, e))?;
+            // Written whole to a temporary file (mode 0600) and linked into place without
+            // replacing: a crash never leaves a short key file, and of two processes racing to
+            // create the key, the second loads the first's.
+            let mut temp =
+                tempfile::NamedTempFile::new_in(dir).map_err(|e| AttestError::io(dir, e))?;
+            temp.write_all(seed.as_slice())
+                .and_then(|()| temp.as_file().sync_all())
+                .map_err(|e| AttestError::io(temp.path(), e))?;
+            match temp.persist_noclobber(path) {
+                Ok(_) => Ok(seed),
+                Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_or_create_seed(path)
+                }
+                Err(e) => Err(AttestError::io(path, e.error)),
             }
-            // create_new: two processes racing to create the key must not overwrite each other.
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| AttestError::io(path, e))?;
-            file.write_all(&seed)
-                .map_err(|e| AttestError::io(path, e))?;
-            file.sync_all().map_err(|e| AttestError::io(path, e))?;
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
-            Ok(seed)
         }
         Err(e) => Err(AttestError::io(path, e)),
     }

@@ -133,4 +133,20 @@ fn sim_key_file_is_created_private_and_reused() {
 
     std::fs::write(dir.path().join("bad.key"), [1u8; 5]).unwrap();
     assert!(SimAttester::from_key_file(&dir.path().join("bad.key")).is_err());
+
+    // A key that others can read is refused, not used.
+    let shared = dir.path().join("shared.key");
+    std::fs::write(&shared, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = SimAttester::from_key_file(&shared).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o600)).unwrap();
+    SimAttester::from_key_file(&shared).unwrap();
+
+    // No temporary file is left beside a created key.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("sim.key")]);
 }
