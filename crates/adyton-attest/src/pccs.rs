@@ -692,22 +692,37 @@ fn parse_certificates(response: &Response, what: &str) -> Result<Vec<Vec<u8>>> {
 /// KDS's `cert_chain`: the ASK and the self-signed ARK, in either order.
 fn split_ask_ark(response: &Response) -> Result<(Vec<u8>, Vec<u8>)> {
     let ders = parse_certificates(response, "AMD certificate chain")?;
+    split_amd_chain(ders).map_err(|()| {
+        missing(format!(
+            "the AMD certificate chain from {} is not one ASK and one self-signed ARK",
+            response.url
+        ))
+    })
+}
+
+/// Reads AMD's certificate chain (PEM, as KDS serves `cert_chain`) into (ASK, ARK) DER, whatever
+/// their order: the ARK is the self-signed one.
+pub fn split_amd_chain_pem(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .map(|cert| cert.map(|c| c.as_ref().to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| missing(format!("AMD certificate chain is bad PEM: {e}")))?;
+    split_amd_chain(ders)
+        .map_err(|()| missing("the AMD certificate chain is not one ASK and one self-signed ARK"))
+}
+
+fn split_amd_chain(ders: Vec<Vec<u8>>) -> std::result::Result<(Vec<u8>, Vec<u8>), ()> {
     let self_signed = |der: &[u8]| {
         Certificate::from_der(der)
             .map(|cert| cert.tbs_certificate().issuer() == cert.tbs_certificate().subject())
             .unwrap_or(false)
     };
-    if let Ok([first, second]) = <[Vec<u8>; 2]>::try_from(ders) {
-        match (self_signed(&first), self_signed(&second)) {
-            (false, true) => return Ok((first, second)),
-            (true, false) => return Ok((second, first)),
-            _ => {}
-        }
+    let [first, second] = <[Vec<u8>; 2]>::try_from(ders).map_err(|_| ())?;
+    match (self_signed(&first), self_signed(&second)) {
+        (false, true) => Ok((first, second)),
+        (true, false) => Ok((second, first)),
+        _ => Err(()),
     }
-    Err(missing(format!(
-        "the AMD certificate chain from {} is not one ASK and one self-signed ARK",
-        response.url
-    )))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -289,30 +289,12 @@ fn load_collateral(args: &VerifyArgs, evidence: &Evidence, now: u64) -> Result<C
             snp.vcek = Some(read_limited(path)?);
         }
         if let Some(path) = &args.chain {
-            let (ask, ark) = split_chain(&read_limited(path)?, path)?;
+            let (ask, ark) = adyton_attest::pccs::split_amd_chain_pem(&read_limited(path)?)
+                .with_context(|| format!("cannot use {}", path.display()))?;
             snp.ask = Some(ask);
             snp.ark = Some(ark);
         }
         collateral.snp = Some(snp);
     }
     Ok(collateral)
-}
-
-/// Splits AMD's `cert_chain` PEM (ASK first, then ARK, as AMD's KDS serves it).
-fn split_chain(pem: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    let text = String::from_utf8_lossy(pem);
-    let blocks: Vec<String> = text
-        .split(BEGIN)
-        .filter(|b| !b.trim().is_empty())
-        .map(|b| format!("{BEGIN}{b}"))
-        .collect();
-    match blocks.as_slice() {
-        [ask, ark] => Ok((ask.clone().into_bytes(), ark.clone().into_bytes())),
-        _ => bail!(
-            "{} must hold two PEM certificates (ASK, then ARK), found {}",
-            path.display(),
-            blocks.len()
-        ),
-    }
 }
