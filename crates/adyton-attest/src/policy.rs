@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer};
 
 use crate::claims::{Claims, SnpTcb, TeeClaims};
 use crate::error::{AttestError, Result};
-use crate::evidence::TeeKind;
 
 /// Largest policy file accepted.
 pub const MAX_POLICY_LEN: usize = 1024 * 1024;
@@ -230,24 +229,6 @@ impl Policy {
             }),
             ..Policy::default()
         }
-    }
-
-    /// The TEE kinds this policy accepts.
-    pub fn accepted_tees(&self) -> Vec<TeeKind> {
-        let mut out = Vec::new();
-        if self.sgx.is_some() {
-            out.push(TeeKind::Sgx);
-        }
-        if self.tdx.is_some() {
-            out.push(TeeKind::Tdx);
-        }
-        if self.snp.is_some() {
-            out.push(TeeKind::Snp);
-        }
-        if self.sim.is_some() {
-            out.push(TeeKind::Sim);
-        }
-        out
     }
 
     /// Judges verified claims as of `now` (unix seconds). `Ok(())` means allowed; every refusal

@@ -98,10 +98,9 @@ pub fn seal(key: &Aes256Key, plaintext: &[u8]) -> Result<Vec<u8>> {
     seal_with_iv(key, iv, plaintext)
 }
 
-/// Encrypts with a caller-chosen IV. Reusing an IV under one key destroys confidentiality, so this
-/// exists only for known-answer tests.
-#[doc(hidden)]
-pub fn seal_with_iv(key: &Aes256Key, iv: [u8; IV_LEN], plaintext: &[u8]) -> Result<Vec<u8>> {
+/// Encrypts with a caller-chosen IV. Reusing an IV under one key destroys confidentiality, so only
+/// [`seal`] (with a random IV) is public.
+fn seal_with_iv(key: &Aes256Key, iv: [u8; IV_LEN], plaintext: &[u8]) -> Result<Vec<u8>> {
     let len = plaintext.len() as u64;
     if len > MAX_PLAINTEXT_LEN {
         return Err(EnvelopeError::PlaintextTooLarge { len });

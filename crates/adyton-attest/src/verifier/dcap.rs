@@ -10,12 +10,10 @@
 //! Debug mode is handled the same way: the verifier reports it in [`Claims::debug`], and
 //! [`crate::Policy::evaluate`] refuses it (see [`DcapVerifier::new`]).
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
-use std::time::UNIX_EPOCH;
 
 use dcap_qvl::quote::{EnclaveReport, Report, TDReport10};
 use dcap_qvl::verify::QuoteVerifier;
@@ -311,57 +309,11 @@ fn read_issue_date(what: &str, json: &str) -> Result<u64> {
         .ok_or_else(|| unreadable(format!("`{}`", truncate(&doc.issue_date))))
 }
 
-/// Parses an RFC 3339 date-time such as Intel's `2025-06-19T10:56:11Z` (fractional seconds and
-/// a numeric offset are accepted) into unix seconds. `None` for anything else or a date before
-/// 1970.
-///
-/// `humantime` reads the date and time. Two things are done here because it does not:
-/// - it takes only UTC (`Z` or `+00:00`), so any other numeric offset is split off first and
-///   applied to the result;
-/// - it accepts an empty fraction (`11.Z`) and bytes between the seconds and a final `Z`
-///   (`11ZZ`), so what follows the seconds must be exactly RFC 3339's `[time-secfrac] "Z"`.
+/// An RFC 3339 date-time (as Intel's collateral writes them) in unix seconds; `None` for anything
+/// else, or a time before 1970.
 fn parse_rfc3339(text: &str) -> Option<u64> {
-    let (utc_text, offset_secs) = match split_utc_offset(text) {
-        Some((local, offset_secs)) => (Cow::Owned(format!("{local}Z")), offset_secs),
-        None => (Cow::Borrowed(text), 0),
-    };
-    let after_seconds = utc_text.as_bytes().get(RFC3339_SECONDS_END..)?;
-    let suffix_ok = match after_seconds {
-        [b'Z'] => true,
-        [b'.', digits @ .., b'Z'] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if !suffix_ok {
-        return None;
-    }
-    let local_secs = humantime::parse_rfc3339(&utc_text)
-        .ok()?
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    u64::try_from(i64::try_from(local_secs).ok()?.checked_sub(offset_secs)?).ok()
-}
-
-/// Where the seconds of `YYYY-MM-DDTHH:MM:SS` end.
-const RFC3339_SECONDS_END: usize = 19;
-
-/// Splits a numeric offset (`+hh:mm` or `-hh:mm`) off the end of a date-time: the rest, and the
-/// offset in seconds east of UTC. `None` when the text does not end in one.
-fn split_utc_offset(text: &str) -> Option<(&str, i64)> {
-    let (local, offset) = text.split_at_checked(text.len().checked_sub(6)?)?;
-    let &[sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] = offset.as_bytes() else {
-        return None;
-    };
-    let two_digits = |a: u8, b: u8| -> Option<i64> {
-        (a.is_ascii_digit() && b.is_ascii_digit())
-            .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
-    };
-    let (hours, minutes) = (two_digits(h1, h2)?, two_digits(m1, m2)?);
-    if hours > 23 || minutes > 59 {
-        return None;
-    }
-    let secs = hours * 3600 + minutes * 60;
-    Some((local, if sign == b'+' { secs } else { -secs }))
+    let time = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(time.timestamp()).ok()
 }
 
 fn truncate(text: &str) -> String {
@@ -643,7 +595,7 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_suffixes_humantime_alone_would_accept_are_refused() {
+    fn rfc3339_odd_suffixes_and_offsets_are_refused() {
         assert_eq!(
             parse_rfc3339("2025-06-19T10:56:11+00:00"),
             Some(1_750_330_571)
