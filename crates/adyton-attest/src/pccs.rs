@@ -648,16 +648,15 @@ fn parse_signed_json(
     // Intel signs the bytes of the object as served, so they are kept as they are.
     let dates: Dates = serde_json::from_str(body.get())
         .map_err(|e| missing(format!("{what} from {url} has no nextUpdate: {e}")))?;
-    let next_update = humantime::parse_rfc3339(&dates.next_update)
+    let next_update = chrono::DateTime::parse_from_rfc3339(&dates.next_update)
         .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|t| u64::try_from(t.timestamp()).ok())
         .ok_or_else(|| {
             missing(format!(
                 "{what} from {url} has an unreadable nextUpdate `{}`",
                 dates.next_update.chars().take(40).collect::<String>()
             ))
-        })?
-        .as_secs();
+        })?;
     Ok(((body.get().to_owned(), signature), next_update))
 }
 
