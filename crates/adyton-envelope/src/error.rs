@@ -192,6 +192,13 @@ pub enum EnvelopeError {
         reason: String,
     },
 
+    /// An RSA private key could not be read.
+    #[error("bad RSA private key: {reason}")]
+    BadPrivateKey {
+        /// Why it was refused.
+        reason: String,
+    },
+
     /// An RSA key's size is outside 2048..=4096 bits.
     #[error("unsupported RSA key size: {bits} bits, 2048 to 4096 are accepted")]
     UnsupportedKeySize {

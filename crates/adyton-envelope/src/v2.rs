@@ -160,9 +160,15 @@ impl Header {
         }
         let header_len = le_u32(&raw[8..12]);
         if !(FIXED_HEADER_LEN as u32..=MAX_HEADER_LEN as u32).contains(&header_len) {
+            // The fields are not read yet: name the nearest length the format allows.
+            let nearest = if header_len < FIXED_HEADER_LEN as u32 {
+                FIXED_HEADER_LEN
+            } else {
+                MAX_HEADER_LEN
+            };
             return Err(EnvelopeError::BadHeaderLength {
                 declared: header_len,
-                expected: FIXED_HEADER_LEN as u64,
+                expected: nearest as u64,
             });
         }
         // Up to and including key_id_len.

@@ -220,7 +220,7 @@ impl TeeKeyPair {
     /// Reads a PKCS#8 private key (for example one just unsealed).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
         let private =
-            PrivateDecryptingKey::from_pkcs8(der).map_err(|e| EnvelopeError::BadPublicKey {
+            PrivateDecryptingKey::from_pkcs8(der).map_err(|e| EnvelopeError::BadPrivateKey {
                 reason: format!("not a PKCS#8 RSA private key ({e})"),
             })?;
         check_bits(private.key_size_bits())?;
@@ -426,6 +426,21 @@ mod tests {
         assert!(matches!(
             TeeKeyPair::generate(1024),
             Err(EnvelopeError::UnsupportedKeySize { .. })
+        ));
+    }
+
+    #[test]
+    fn private_keys_round_trip_through_pkcs8_and_garbage_is_refused() {
+        let pair = TeeKeyPair::generate(2048).unwrap();
+        let der = pair.to_pkcs8_der().unwrap();
+        let again = TeeKeyPair::from_pkcs8_der(&der).unwrap();
+        assert_eq!(
+            again.public_key().unwrap().spki_der(),
+            pair.public_key().unwrap().spki_der()
+        );
+        assert!(matches!(
+            TeeKeyPair::from_pkcs8_der(b"not a key"),
+            Err(EnvelopeError::BadPrivateKey { .. })
         ));
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind, REPORT_DATA_LEN};
 use adyton_envelope::wrap::{self, ModulusOrder, TeePublicKey, WrappedKey};
-use adyton_envelope::Aes256Key;
+use adyton_envelope::{Aes256Key, EnvelopeError};
 use aws_lc_rs::digest::{digest, SHA512};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -61,11 +61,8 @@ impl std::fmt::Debug for NonceIssuer {
 impl NonceIssuer {
     /// An issuer with a fresh random HMAC key.
     pub fn new() -> Result<Self> {
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new()).map_err(|_| {
-            KbsError::MasterKey {
-                reason: "the OS random source failed".into(),
-            }
-        })?;
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .map_err(|_| EnvelopeError::RandomSource)?;
         Ok(Self {
             key,
             redeemed: Mutex::new(HashMap::new()),
@@ -77,9 +74,7 @@ impl NonceIssuer {
         let mut nonce = vec![0u8; NONCE_RANDOM_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
-            .map_err(|_| KbsError::MasterKey {
-                reason: "the OS random source failed".into(),
-            })?;
+            .map_err(|_| EnvelopeError::RandomSource)?;
         nonce.extend_from_slice(&(now + NONCE_LIFETIME_SECS).to_le_bytes());
         let tag = hmac::sign(&self.key, &nonce);
         nonce.extend_from_slice(tag.as_ref());
