@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod http;
 pub mod master_key;
 pub mod store;
 pub mod transfer;
