@@ -38,6 +38,10 @@ fn yes() -> bool {
     true
 }
 
+// The three hardware tables repeat the common fields (`enforce_tcb_upto_date`,
+// `allowed_advisory_ids`, `max_collateral_age_secs`) instead of flattening a shared struct: serde
+// cannot combine `flatten` with `deny_unknown_fields`, and refusing unknown fields matters more.
+
 /// Reference values for SGX.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
