@@ -3,6 +3,12 @@
 //! Endpoints:
 //! - `POST /kbs/v1/keys/{id}/transfer`: with a `quote`, the key transfer; without one (or with an
 //!   empty body), a fresh nonce for the freshness flow.
+//! - The admin API ([`crate::admin`]), for operators only:
+//!   - `POST /kbs/v1/token`: `{"username", "password"}` → `{"token", "expires_in"}`; 401 for a wrong
+//!     password or an unknown user alike, 429 after too many failures for the username;
+//!   - with `Authorization: Bearer <token>` (else 401): `POST`, `GET` (list) on
+//!     `/kbs/v1/key-transfer-policies` and `/kbs/v1/keys`, and `GET`, `DELETE` on `.../{id}`.
+//!     A key's bytes are never returned; deleting a policy that keys use is 409.
 //!
 //! Status codes, with the body `{"error": "..."}`:
 //! - 400: malformed input (JSON, base64, `user_data`, evidence, an `Attestation-Type` naming no TEE);
@@ -13,23 +19,31 @@
 //! - 500: store, master key and other internal failures, with a generic message; the details go
 //!   to stderr, never to the client.
 //!
-//! Nothing secret is logged: not the key, not the wrapped bytes, not `user_data`.
+//! Nothing secret is logged: not the key, not the wrapped bytes, not `user_data`, not a password or
+//! a token.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use adyton_attest::AttestError;
+use adyton_attest::{AttestError, TeeKind};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{
+    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize as _, Zeroizing};
 
+use crate::admin::{AdminAction, AdminAuth, AdminError, AdminEvent, AdminUsers};
 use crate::error::KbsError;
+use crate::store::{KeyRecord, PolicyRecord};
 use crate::transfer::{Broker, TransferDecision, TransferRequest};
 
 /// The largest transfer request body accepted. A quote with its certificate chain is a few KiB; an
@@ -42,6 +56,10 @@ pub const TRANSFER_BODY_LIMIT: usize = 1 << 20;
 pub trait AuditSink: Send + Sync {
     /// Records one decision. It holds no secret.
     fn record(&self, decision: &TransferDecision);
+
+    /// Records one admin action (login, policy or key change). It holds no secret. Sinks that
+    /// predate the admin API ignore it.
+    fn record_admin(&self, _event: &AdminEvent) {}
 }
 
 /// An audit sink writing one JSON object per line.
@@ -71,23 +89,31 @@ impl<W: Write + Send> JsonLinesAudit<W> {
     }
 }
 
-impl<W: Write + Send> AuditSink for JsonLinesAudit<W> {
-    fn record(&self, decision: &TransferDecision) {
+impl<W: Write + Send> JsonLinesAudit<W> {
+    fn write_line(&self, record: &impl Serialize) -> std::io::Result<()> {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         // One write per line, so lines from concurrent transfers never interleave.
-        let written = serde_json::to_vec(decision)
-            .map_err(std::io::Error::from)
-            .and_then(|mut line| {
-                line.push(b'\n');
-                out.write_all(&line)?;
-                out.flush()
-            });
-        if let Err(e) = written {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        out.write_all(&line)?;
+        out.flush()
+    }
+}
+
+impl<W: Write + Send> AuditSink for JsonLinesAudit<W> {
+    fn record(&self, decision: &TransferDecision) {
+        if let Err(e) = self.write_line(decision) {
             // The decision itself holds no secret, so naming the key id here is safe.
             eprintln!(
                 "adyton-kbs: audit write failed for key {}: {e}",
                 decision.key_id
             );
+        }
+    }
+
+    fn record_admin(&self, event: &AdminEvent) {
+        if let Err(e) = self.write_line(event) {
+            eprintln!("adyton-kbs: audit write failed for an admin event: {e}");
         }
     }
 }
@@ -96,12 +122,21 @@ impl<W: Write + Send> AuditSink for JsonLinesAudit<W> {
 #[derive(Debug, Default)]
 pub struct MemoryAudit {
     decisions: Mutex<Vec<TransferDecision>>,
+    admin_events: Mutex<Vec<AdminEvent>>,
 }
 
 impl MemoryAudit {
     /// The decisions recorded so far, oldest first.
     pub fn decisions(&self) -> Vec<TransferDecision> {
         self.decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The admin events recorded so far, oldest first.
+    pub fn admin_events(&self) -> Vec<AdminEvent> {
+        self.admin_events
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -114,6 +149,13 @@ impl AuditSink for MemoryAudit {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(decision.clone());
+    }
+
+    fn record_admin(&self, event: &AdminEvent) {
+        self.admin_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event.clone());
     }
 }
 
@@ -146,6 +188,15 @@ impl std::fmt::Debug for KbsState {
 }
 
 impl KbsState {
+    /// The state of a broker.
+    pub fn new(broker: Broker, audit: Arc<dyn AuditSink>, clock: Clock) -> Self {
+        Self {
+            broker,
+            audit,
+            clock,
+        }
+    }
+
     /// Answers a call to the transfer endpoint: a nonce, or the transfer, audited.
     fn answer(&self, call: TransferCall) -> Result<TransferReply, KbsError> {
         let now = (self.clock)();
@@ -168,12 +219,44 @@ impl KbsState {
     }
 }
 
-/// The key broker's router.
+/// The key broker's router, with no operators: every admin request is 401.
 pub fn router(state: Arc<KbsState>) -> Router {
+    router_with_admin(state, Arc::new(AdminAuth::new(AdminUsers::none())))
+}
+
+/// The key broker's router, with the admin API open to `admin`'s operators.
+///
+/// The admin side is a second state rather than a field of [`KbsState`], so that code building
+/// `KbsState` by its fields keeps compiling.
+pub fn router_with_admin(state: Arc<KbsState>, admin: Arc<AdminAuth>) -> Router {
     Router::new()
         .route("/kbs/v1/keys/{id}/transfer", post(transfer_key))
+        .route("/kbs/v1/token", post(issue_token))
+        .route(
+            "/kbs/v1/key-transfer-policies",
+            post(create_policy).get(list_policies),
+        )
+        .route(
+            "/kbs/v1/key-transfer-policies/{id}",
+            get(get_policy).delete(delete_policy),
+        )
+        .route("/kbs/v1/keys", post(create_key).get(list_keys))
+        .route("/kbs/v1/keys/{id}", get(get_key).delete(delete_key))
         .layer(DefaultBodyLimit::max(TRANSFER_BODY_LIMIT))
-        .with_state(state)
+        .with_state(AppState { kbs: state, admin })
+}
+
+/// The router's state: the broker's, and the admin side's.
+#[derive(Clone)]
+struct AppState {
+    kbs: Arc<KbsState>,
+    admin: Arc<AdminAuth>,
+}
+
+impl FromRef<AppState> for Arc<KbsState> {
+    fn from_ref(state: &AppState) -> Self {
+        state.kbs.clone()
+    }
 }
 
 async fn transfer_key(
@@ -279,6 +362,359 @@ fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
     BASE64
         .decode(text.trim())
         .map_err(|e| ApiError::bad_request(format!("`{field}` is not base64: {e}")))
+}
+
+// The admin API. Each handler: an authenticated operator (`Operator`, checked before the body is
+// read), a typed body (`AdminJson`), one broker or store call off the async workers, one answer.
+
+async fn issue_token(
+    State(app): State<AppState>,
+    AdminJson(login): AdminJson<LoginJson>,
+) -> Result<Json<TokenReply>, ApiError> {
+    // Argon2 is deliberately slow CPU work: keep it off the async workers.
+    Ok(Json(
+        blocking(app, move |app, now| app.login(&login, now)).await?,
+    ))
+}
+
+async fn create_policy(
+    State(app): State<AppState>,
+    operator: Operator,
+    AdminJson(body): AdminJson<serde_json::Map<String, serde_json::Value>>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let (tee, table) = parse_policy_body(body)?;
+    let record = blocking(app, move |app, now| {
+        let outcome = app.kbs.broker.create_policy(tee, table, now);
+        let target = outcome.as_ref().ok().map(|r| r.id.clone());
+        app.audit_change(now, &operator, AdminAction::CreatePolicy, target, &outcome);
+        Ok(outcome?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(policy_json(&record))))
+}
+
+async fn list_policies(
+    State(app): State<AppState>,
+    _operator: Operator,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let records = blocking(app, |app, _| Ok(app.kbs.broker.store().policies()?)).await?;
+    Ok(Json(records.iter().map(policy_json).collect()))
+}
+
+async fn get_policy(
+    State(app): State<AppState>,
+    _operator: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = blocking(app, move |app, _| {
+        app.kbs
+            .broker
+            .store()
+            .policy(&id)?
+            .ok_or_else(|| unknown_policy(&id).into())
+    })
+    .await?;
+    Ok(Json(policy_json(&record)))
+}
+
+async fn delete_policy(
+    State(app): State<AppState>,
+    operator: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(app, move |app, now| {
+        let outcome = match app.kbs.broker.store().delete_policy(&id) {
+            Ok(false) => Err(unknown_policy(&id)),
+            other => other.map(drop),
+        };
+        app.audit_change(
+            now,
+            &operator,
+            AdminAction::DeletePolicy,
+            Some(id),
+            &outcome,
+        );
+        Ok(outcome?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_key(
+    State(app): State<AppState>,
+    operator: Operator,
+    AdminJson(mut body): AdminJson<KeyJson>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let info = &mut body.key_information;
+    if !info.algorithm.eq_ignore_ascii_case("AES") || info.key_length != 256 {
+        return Err(ApiError::bad_request(
+            "key_information: only algorithm AES with key_length 256 is supported",
+        ));
+    }
+    let key_data = info
+        .key_data
+        .as_deref()
+        .map(|text| BASE64.decode(text.trim()).map(Zeroizing::new))
+        .transpose()
+        // The decoder's message names an offending byte of the key: leave it out.
+        .map_err(|_| ApiError::bad_request("key_information.key_data is not base64"))?;
+    let policy_id = std::mem::take(&mut body.transfer_policy_id);
+    drop(body);
+    let record = blocking(app, move |app, now| {
+        let key_data = key_data.as_ref().map(|k| k.as_slice());
+        let outcome = app.kbs.broker.create_key(&policy_id, key_data, now);
+        let target = outcome.as_ref().ok().map(|r| r.id.clone());
+        app.audit_change(now, &operator, AdminAction::CreateKey, target, &outcome);
+        Ok(outcome?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(key_json(&record))))
+}
+
+async fn list_keys(
+    State(app): State<AppState>,
+    _operator: Operator,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let records = blocking(app, |app, _| Ok(app.kbs.broker.store().keys()?)).await?;
+    Ok(Json(records.iter().map(key_json).collect()))
+}
+
+async fn get_key(
+    State(app): State<AppState>,
+    _operator: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = blocking(app, move |app, _| {
+        app.kbs
+            .broker
+            .store()
+            .key(&id)?
+            .ok_or_else(|| unknown_key(&id).into())
+    })
+    .await?;
+    Ok(Json(key_json(&record)))
+}
+
+async fn delete_key(
+    State(app): State<AppState>,
+    operator: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(app, move |app, now| {
+        let outcome = match app.kbs.broker.store().delete_key(&id) {
+            Ok(false) => Err(unknown_key(&id)),
+            other => other.map(drop),
+        };
+        app.audit_change(now, &operator, AdminAction::DeleteKey, Some(id), &outcome);
+        Ok(outcome?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs store, disk and argon2 work on the blocking pool, with the state's current time.
+async fn blocking<T: Send + 'static>(
+    app: AppState,
+    work: impl FnOnce(&AppState, u64) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let now = (app.kbs.clock)();
+        work(&app, now)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+impl AppState {
+    /// Checks a password and issues a token; the attempt is audited either way.
+    fn login(&self, login: &LoginJson, now: u64) -> Result<TokenReply, ApiError> {
+        let outcome = self.admin.login(&login.username, &login.password, now);
+        let mut event = AdminEvent::new(now, &login.username, AdminAction::Login);
+        event.allowed = outcome.is_ok();
+        event.reason = outcome.as_ref().err().map(ToString::to_string);
+        self.kbs.audit.record_admin(&event);
+        let issued = outcome?;
+        Ok(TokenReply {
+            token: issued.token.to_string(),
+            expires_in: issued.expires_in,
+        })
+    }
+
+    /// Records a policy or key change, done or refused.
+    fn audit_change<T>(
+        &self,
+        now: u64,
+        operator: &Operator,
+        action: AdminAction,
+        target: Option<String>,
+        outcome: &Result<T, KbsError>,
+    ) {
+        let mut event = AdminEvent::new(now, &operator.user, action);
+        event.target = target.map(|id| id.chars().take(128).collect());
+        event.allowed = outcome.is_ok();
+        event.reason = outcome.as_ref().err().map(ToString::to_string);
+        self.kbs.audit.record_admin(&event);
+    }
+}
+
+fn unknown_policy(id: &str) -> KbsError {
+    KbsError::UnknownPolicy {
+        id: id.chars().take(128).collect(),
+    }
+}
+
+fn unknown_key(id: &str) -> KbsError {
+    KbsError::UnknownKey {
+        id: id.chars().take(128).collect(),
+    }
+}
+
+/// Splits `{"attestation_type": "SIM", "sim": {table}}`: the table must sit under the lowercase
+/// name of the attestation type, and nothing else may sit beside it, so that a policy meant for one
+/// TEE is never stored under another.
+fn parse_policy_body(
+    mut body: serde_json::Map<String, serde_json::Value>,
+) -> Result<(TeeKind, serde_json::Value), ApiError> {
+    let tee: TeeKind = match body.remove("attestation_type") {
+        Some(serde_json::Value::String(name)) => name
+            .parse()
+            .map_err(|e: AttestError| ApiError::bad_request(format!("attestation_type: {e}")))?,
+        _ => return Err(ApiError::bad_request("missing string `attestation_type`")),
+    };
+    let name = tee.as_str().to_ascii_lowercase();
+    let table = body.remove(&name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "attestation_type {tee} needs its table under `{name}`"
+        ))
+    })?;
+    if let Some(other) = body.keys().next() {
+        let other: String = other.chars().take(32).collect();
+        return Err(ApiError::bad_request(format!(
+            "unexpected field `{other}`: the policy for {tee} sits under `{name}` alone"
+        )));
+    }
+    if !table.is_object() {
+        return Err(ApiError::bad_request(format!("`{name}` must be an object")));
+    }
+    Ok((tee, table))
+}
+
+fn policy_json(record: &PolicyRecord) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "id": record.id,
+        "attestation_type": record.attestation_type,
+        "created_at": record.created_at,
+    });
+    json[record.attestation_type.as_str().to_ascii_lowercase()] = record.table.clone();
+    json
+}
+
+/// A key's metadata. The sealed bytes stay in the store: no admin answer carries key material.
+fn key_json(record: &KeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": record.id,
+        "transfer_policy_id": record.transfer_policy_id,
+        "key_information": {
+            "algorithm": record.algorithm,
+            "key_length": record.key_length,
+        },
+        "created_at": record.created_at,
+    })
+}
+
+/// `POST /kbs/v1/token`'s body. No `Debug`: it holds a password.
+#[derive(Deserialize)]
+struct LoginJson {
+    username: String,
+    password: String,
+}
+
+impl Drop for LoginJson {
+    fn drop(&mut self) {
+        self.password.zeroize();
+    }
+}
+
+#[derive(Serialize)]
+struct TokenReply {
+    token: String,
+    expires_in: u64,
+}
+
+/// `POST /kbs/v1/keys`'s body.
+#[derive(Deserialize)]
+struct KeyJson {
+    key_information: KeyInformation,
+    transfer_policy_id: String,
+}
+
+/// No `Debug`: it may hold key bytes.
+#[derive(Deserialize)]
+struct KeyInformation {
+    algorithm: String,
+    key_length: u32,
+    key_data: Option<String>,
+}
+
+impl Drop for KeyInformation {
+    fn drop(&mut self) {
+        if let Some(key_data) = &mut self.key_data {
+            key_data.zeroize();
+        }
+    }
+}
+
+/// An authenticated operator: the user of a live `Authorization: Bearer` token.
+struct Operator {
+    user: String,
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or(AdminError::Unauthenticated)?;
+        let user = app.admin.authenticate(token, (app.kbs.clock)())?;
+        Ok(Self { user })
+    }
+}
+
+/// A JSON body parsed from bytes, so that malformed JSON or a missing `Content-Type` is a 400 like
+/// the transfer endpoint's, not axum's 415 or 422.
+struct AdminJson<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(err: AdminError) -> Self {
+        let status = match &err {
+            AdminError::InvalidCredentials | AdminError::Unauthenticated => {
+                StatusCode::UNAUTHORIZED
+            }
+            AdminError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            AdminError::Internal { .. } => return Self::internal(&err),
+        };
+        Self::new(status, err.to_string())
+    }
 }
 
 /// The one error type of the key broker's HTTP API: a status and `{"error": "..."}`.

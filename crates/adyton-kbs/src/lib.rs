@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 mod error;
 pub mod http;
 pub mod master_key;

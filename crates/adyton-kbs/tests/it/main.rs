@@ -3,6 +3,7 @@
 // Tests may unwrap and panic: a failure is the test's report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod http;
 mod store;
 mod transfer;

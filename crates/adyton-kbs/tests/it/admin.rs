@@ -1,0 +1,583 @@
+//! The admin API, in process: logins, tokens and their expiry, the failed-login limit, policy and
+//! key management without key bytes in any answer, the audit of admin changes, and an end-to-end
+//! run where a key imported over HTTP is released by a SIM transfer on the same router.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use adyton_attest::attester::sim::SimAttester;
+use adyton_attest::attester::Attester;
+use adyton_attest::Collateral;
+use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
+use adyton_kbs::admin::{AdminAction, AdminAuth, AdminUsers};
+use adyton_kbs::http::{
+    router, router_with_admin, AuditSink, Clock, JsonLinesAudit, KbsState, MemoryAudit,
+};
+use adyton_kbs::master_key::MasterKey;
+use adyton_kbs::store::redb::RedbStore;
+use adyton_kbs::transfer::{expected_report_data, Broker};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const NOW: u64 = 1_800_000_000;
+const PASSWORD: &str = "trial password, not a real one";
+const IMPORTED_KEY: [u8; 32] = [0xA7; 32];
+const MEASUREMENT: [u8; 48] = [0x4D; 48];
+
+fn fixed_clock() -> u64 {
+    NOW
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: Router,
+    audit: Arc<MemoryAudit>,
+}
+
+struct Reply {
+    status: StatusCode,
+    text: String,
+    json: Value,
+}
+
+fn state(dir: &tempfile::TempDir, audit: Arc<MemoryAudit>, clock: Clock) -> Arc<KbsState> {
+    let store = RedbStore::open(&dir.path().join("kbs.redb")).unwrap();
+    let (master, _) = MasterKey::load_or_generate(dir.path()).unwrap();
+    let broker = Broker::new(Arc::new(store), master, Collateral::none()).unwrap();
+    Arc::new(KbsState::new(broker, audit, clock))
+}
+
+fn fixture_with_clock(clock: Clock) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(MemoryAudit::default());
+    let users = AdminUsers::with_password("admin", PASSWORD).unwrap();
+    let app = router_with_admin(
+        state(&dir, audit.clone(), clock),
+        Arc::new(AdminAuth::new(users)),
+    );
+    Fixture {
+        _dir: dir,
+        app,
+        audit,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with_clock(fixed_clock)
+}
+
+fn sim_policy() -> Value {
+    json!({
+        "attestation_type": "SIM",
+        "sim": { "measurement": [hex::encode(MEASUREMENT)] },
+    })
+}
+
+impl Fixture {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(Body::empty, Body::from);
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, text, json }
+    }
+
+    async fn login_as(&self, username: &str, password: &str) -> Reply {
+        let body = json!({ "username": username, "password": password });
+        self.call(
+            Method::POST,
+            "/kbs/v1/token",
+            None,
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
+    }
+
+    async fn token(&self) -> String {
+        let reply = self.login_as("admin", PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        reply.json["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn post(&self, token: &str, path: &str, body: &Value) -> Reply {
+        let body = serde_json::to_vec(body).unwrap();
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    async fn delete(&self, token: &str, path: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    async fn create_policy(&self, token: &str) -> String {
+        let reply = self
+            .post(token, "/kbs/v1/key-transfer-policies", &sim_policy())
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        reply.json["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn create_key(&self, token: &str, policy_id: &str, key: Option<&[u8]>) -> Reply {
+        let mut info = json!({ "algorithm": "AES", "key_length": 256 });
+        if let Some(key) = key {
+            info["key_data"] = json!(BASE64.encode(key));
+        }
+        let body = json!({ "key_information": info, "transfer_policy_id": policy_id });
+        self.post(token, "/kbs/v1/keys", &body).await
+    }
+}
+
+fn assert_error(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert!(reply.json["error"].is_string(), "{}", reply.text);
+}
+
+/// No answer may carry the imported key, in any encoding a client would recognise.
+fn assert_no_key_bytes(text: &str) {
+    for encoded in [
+        BASE64.encode(IMPORTED_KEY),
+        BASE64URL.encode(IMPORTED_KEY),
+        hex::encode(IMPORTED_KEY),
+        hex::encode_upper(IMPORTED_KEY),
+    ] {
+        assert!(!text.contains(&encoded), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_login_returns_a_token_that_opens_the_admin_api() {
+    let f = fixture();
+    let reply = f.login_as("admin", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json["expires_in"], json!(900));
+    let token = reply.json["token"].as_str().unwrap();
+    assert_eq!(BASE64URL.decode(token).unwrap().len(), 32);
+
+    let reply = f.get(token, "/kbs/v1/keys").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json, json!([]));
+
+    // Two logins, two different tokens.
+    assert_ne!(f.token().await, token);
+
+    let events = f.audit.admin_events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].action, AdminAction::Login);
+    assert!(events[0].allowed);
+    assert_eq!(events[0].user, "admin");
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
+    let f = fixture();
+    let wrong_password = f.login_as("admin", "not the password").await;
+    let unknown_user = f.login_as("mallory", PASSWORD).await;
+    assert_error(&wrong_password, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong_password.json,
+        json!({ "error": "invalid credentials" })
+    );
+    assert_eq!(wrong_password.text, unknown_user.text);
+    assert_eq!(wrong_password.status, unknown_user.status);
+
+    // Both failures are audited, without the passwords.
+    let events = f.audit.admin_events();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| !e.allowed && e.reason.is_some()));
+    let log = format!("{events:?}");
+    assert!(!log.contains(PASSWORD) && !log.contains("not the password"));
+}
+
+#[tokio::test]
+async fn the_sixth_failed_login_is_429_until_the_window_passes() {
+    static CLOCK: AtomicU64 = AtomicU64::new(NOW);
+    fn clock() -> u64 {
+        CLOCK.load(Ordering::SeqCst)
+    }
+    let f = fixture_with_clock(clock);
+    for _ in 0..5 {
+        assert_error(
+            &f.login_as("admin", "guess").await,
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    let reply = f.login_as("admin", "guess").await;
+    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS);
+    // Not even the right password gets through while the window lasts.
+    assert_error(
+        &f.login_as("admin", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    // The limit is per username: another name is still answered (and refused) normally.
+    assert_error(
+        &f.login_as("someone", "guess").await,
+        StatusCode::UNAUTHORIZED,
+    );
+
+    CLOCK.store(NOW + 61, Ordering::SeqCst);
+    let reply = f.login_as("admin", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+fn admin_routes() -> Vec<(Method, &'static str)> {
+    vec![
+        (Method::GET, "/kbs/v1/keys"),
+        (Method::POST, "/kbs/v1/keys"),
+        (Method::GET, "/kbs/v1/keys/some-id"),
+        (Method::DELETE, "/kbs/v1/keys/some-id"),
+        (Method::GET, "/kbs/v1/key-transfer-policies"),
+        (Method::POST, "/kbs/v1/key-transfer-policies"),
+        (Method::GET, "/kbs/v1/key-transfer-policies/some-id"),
+        (Method::DELETE, "/kbs/v1/key-transfer-policies/some-id"),
+    ]
+}
+
+#[tokio::test]
+async fn admin_requests_without_a_live_token_are_401() {
+    let f = fixture();
+    let real = f.token().await;
+    let body = serde_json::to_vec(&sim_policy()).unwrap();
+    for (method, path) in admin_routes() {
+        let reply = f.call(method.clone(), path, None, Some(body.clone())).await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED);
+        let wrong = BASE64URL.encode([0u8; 32]);
+        let reply = f
+            .call(method.clone(), path, Some(&wrong), Some(body.clone()))
+            .await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED);
+        // One character off the real token.
+        let mut tampered = real.clone();
+        let last = if tampered.ends_with('A') { "B" } else { "A" };
+        tampered.replace_range(tampered.len() - 1.., last);
+        let reply = f
+            .call(method, path, Some(&tampered), Some(body.clone()))
+            .await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED);
+    }
+    // A token under another scheme is not a bearer token.
+    let request = Request::get("/kbs/v1/keys")
+        .header("Authorization", format!("Basic {real}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Nothing was created by the refused POSTs.
+    assert_eq!(
+        f.get(&real, "/kbs/v1/key-transfer-policies").await.json,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_401() {
+    static CLOCK: AtomicU64 = AtomicU64::new(NOW);
+    fn clock() -> u64 {
+        CLOCK.load(Ordering::SeqCst)
+    }
+    let f = fixture_with_clock(clock);
+    let token = f.token().await;
+    CLOCK.store(NOW + 899, Ordering::SeqCst);
+    assert_eq!(f.get(&token, "/kbs/v1/keys").await.status, StatusCode::OK);
+    CLOCK.store(NOW + 900, Ordering::SeqCst);
+    assert_error(
+        &f.get(&token, "/kbs/v1/keys").await,
+        StatusCode::UNAUTHORIZED,
+    );
+    // It stays dead when the clock steps back.
+    CLOCK.store(NOW, Ordering::SeqCst);
+    assert_error(
+        &f.get(&token, "/kbs/v1/keys").await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
+
+#[tokio::test]
+async fn a_router_without_operators_refuses_every_admin_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = router(state(&dir, Arc::new(MemoryAudit::default()), fixed_clock));
+    let f = Fixture {
+        _dir: dir,
+        app,
+        audit: Arc::new(MemoryAudit::default()),
+    };
+    assert_error(
+        &f.login_as("admin", PASSWORD).await,
+        StatusCode::UNAUTHORIZED,
+    );
+    for (method, path) in admin_routes() {
+        assert_error(
+            &f.call(method, path, Some("anything"), None).await,
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+}
+
+#[tokio::test]
+async fn policies_are_created_read_listed_and_deleted() {
+    let f = fixture();
+    let token = f.token().await;
+    let reply = f
+        .post(&token, "/kbs/v1/key-transfer-policies", &sim_policy())
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let id = reply.json["id"].as_str().unwrap().to_owned();
+    assert_eq!(reply.json["attestation_type"], json!("SIM"));
+    assert_eq!(reply.json["created_at"], json!(NOW));
+    assert_eq!(reply.json["sim"], sim_policy()["sim"]);
+
+    let path = format!("/kbs/v1/key-transfer-policies/{id}");
+    let got = f.get(&token, &path).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.json, reply.json);
+
+    let second = f.create_policy(&token).await;
+    let list = f.get(&token, "/kbs/v1/key-transfer-policies").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let mut ids: Vec<&str> = list
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![id.as_str(), second.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+
+    assert_eq!(f.delete(&token, &path).await.status, StatusCode::NO_CONTENT);
+    assert_error(&f.get(&token, &path).await, StatusCode::NOT_FOUND);
+    assert_error(&f.delete(&token, &path).await, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn keys_generated_or_imported_are_answered_without_key_bytes() {
+    let f = fixture();
+    let token = f.token().await;
+    let policy = f.create_policy(&token).await;
+
+    let generated = f.create_key(&token, &policy, None).await;
+    assert_eq!(generated.status, StatusCode::CREATED, "{}", generated.text);
+    let imported = f.create_key(&token, &policy, Some(&IMPORTED_KEY)).await;
+    assert_eq!(imported.status, StatusCode::CREATED, "{}", imported.text);
+    assert_no_key_bytes(&imported.text);
+    for reply in [&generated, &imported] {
+        assert_eq!(reply.json["transfer_policy_id"], json!(policy));
+        assert_eq!(
+            reply.json["key_information"],
+            json!({ "algorithm": "AES", "key_length": 256 })
+        );
+        assert!(reply.json.get("key_data").is_none(), "{}", reply.text);
+        assert!(
+            reply.json["key_information"].get("key_data").is_none(),
+            "{}",
+            reply.text
+        );
+    }
+    let id = imported.json["id"].as_str().unwrap();
+    let path = format!("/kbs/v1/keys/{id}");
+
+    let got = f.get(&token, &path).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.json, imported.json);
+    assert_no_key_bytes(&got.text);
+
+    let list = f.get(&token, "/kbs/v1/keys").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    assert_eq!(list.json.as_array().unwrap().len(), 2);
+    assert_no_key_bytes(&list.text);
+
+    assert_eq!(f.delete(&token, &path).await.status, StatusCode::NO_CONTENT);
+    assert_error(&f.get(&token, &path).await, StatusCode::NOT_FOUND);
+    assert_error(&f.delete(&token, &path).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.get(&token, "/kbs/v1/keys")
+            .await
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_no_key_bytes(&format!("{:?}", f.audit.admin_events()));
+}
+
+#[tokio::test]
+async fn a_policy_in_use_cannot_be_deleted() {
+    let f = fixture();
+    let token = f.token().await;
+    let policy = f.create_policy(&token).await;
+    let key = f.create_key(&token, &policy, None).await;
+    let key_id = key.json["id"].as_str().unwrap();
+    let path = format!("/kbs/v1/key-transfer-policies/{policy}");
+
+    assert_error(&f.delete(&token, &path).await, StatusCode::CONFLICT);
+    assert_eq!(f.get(&token, &path).await.status, StatusCode::OK);
+
+    let key_path = format!("/kbs/v1/keys/{key_id}");
+    assert_eq!(
+        f.delete(&token, &key_path).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(f.delete(&token, &path).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn malformed_admin_bodies_are_400() {
+    let f = fixture();
+    let token = f.token().await;
+    let measurement = json!({ "measurement": [hex::encode(MEASUREMENT)] });
+    for body in [
+        // The table sits under another TEE's name than the attestation type.
+        json!({ "attestation_type": "SIM", "tdx": measurement }),
+        json!({ "attestation_type": "SIM", "sim": measurement, "tdx": measurement }),
+        json!({ "attestation_type": "NITRO", "nitro": measurement }),
+        json!({ "attestation_type": "SIM" }),
+        json!({ "sim": measurement }),
+        json!({ "attestation_type": "SIM", "sim": [1, 2] }),
+        json!([1, 2]),
+    ] {
+        let reply = f.post(&token, "/kbs/v1/key-transfer-policies", &body).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST);
+    }
+    let reply = f
+        .call(
+            Method::POST,
+            "/kbs/v1/key-transfer-policies",
+            Some(&token),
+            Some(b"{ not json".to_vec()),
+        )
+        .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST);
+
+    let policy = f.create_policy(&token).await;
+    for body in [
+        json!({ "key_information": { "algorithm": "RSA", "key_length": 256 }, "transfer_policy_id": policy }),
+        json!({ "key_information": { "algorithm": "AES", "key_length": 128 }, "transfer_policy_id": policy }),
+        json!({ "key_information": { "algorithm": "AES", "key_length": 256, "key_data": "not base64!" }, "transfer_policy_id": policy }),
+        json!({ "key_information": { "algorithm": "AES", "key_length": 256, "key_data": BASE64.encode([1u8; 16]) }, "transfer_policy_id": policy }),
+        json!({ "key_information": { "algorithm": "AES", "key_length": 256 } }),
+        json!({ "transfer_policy_id": policy }),
+    ] {
+        let reply = f.post(&token, "/kbs/v1/keys", &body).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST);
+    }
+    // An unknown policy is not found.
+    let reply = f.create_key(&token, "no-such-policy", None).await;
+    assert_error(&reply, StatusCode::NOT_FOUND);
+    // Nothing was created by the refused requests.
+    assert_eq!(f.get(&token, "/kbs/v1/keys").await.json, json!([]));
+    let policies = f.get(&token, "/kbs/v1/key-transfer-policies").await;
+    assert_eq!(policies.json.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn admin_changes_are_audited_without_secrets() {
+    let f = fixture();
+    let token = f.token().await;
+    let policy = f.create_policy(&token).await;
+    let key = f.create_key(&token, &policy, Some(&IMPORTED_KEY)).await;
+    let key_id = key.json["id"].as_str().unwrap().to_owned();
+    let policy_path = format!("/kbs/v1/key-transfer-policies/{policy}");
+    f.delete(&token, &policy_path).await;
+    f.delete(&token, &format!("/kbs/v1/keys/{key_id}")).await;
+    f.delete(&token, &policy_path).await;
+
+    let events = f.audit.admin_events();
+    let summary: Vec<(AdminAction, Option<&str>, bool)> = events
+        .iter()
+        .map(|e| (e.action, e.target.as_deref(), e.allowed))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (AdminAction::Login, None, true),
+            (AdminAction::CreatePolicy, Some(policy.as_str()), true),
+            (AdminAction::CreateKey, Some(key_id.as_str()), true),
+            (AdminAction::DeletePolicy, Some(policy.as_str()), false),
+            (AdminAction::DeleteKey, Some(key_id.as_str()), true),
+            (AdminAction::DeletePolicy, Some(policy.as_str()), true),
+        ]
+    );
+    assert!(events.iter().all(|e| e.user == "admin" && e.time == NOW));
+
+    // The JSON-lines sink writes one line per event, with no password, token or key.
+    let sink = JsonLinesAudit::new(Vec::new());
+    for event in &events {
+        sink.record_admin(event);
+    }
+    let log = String::from_utf8(sink.into_inner()).unwrap();
+    assert_eq!(log.lines().count(), events.len());
+    let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["action"], json!("login"));
+    assert!(!log.contains(PASSWORD) && !log.contains(&token), "{log}");
+    assert_no_key_bytes(&log);
+}
+
+#[tokio::test]
+async fn a_key_imported_over_http_is_released_by_a_sim_transfer_on_the_same_router() {
+    let f = fixture();
+    let token = f.token().await;
+    let policy = f.create_policy(&token).await;
+    let key = f.create_key(&token, &policy, Some(&IMPORTED_KEY)).await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
+    let key_id = key.json["id"].as_str().unwrap();
+
+    let attester = SimAttester::with_measurement([3; 32], MEASUREMENT).unwrap();
+    let tee_key = TeeKeyPair::generate(2048).unwrap();
+    let user_data = tee_key.public_key().unwrap().spki_der().to_vec();
+    let evidence = attester
+        .evidence(&expected_report_data(&user_data, None))
+        .unwrap()
+        .to_json();
+    let body = json!({
+        "quote": BASE64.encode(evidence),
+        "user_data": BASE64.encode(&user_data),
+    });
+    let request = Request::post(format!("/kbs/v1/keys/{key_id}/transfer"))
+        .header("Attestation-Type", "SIM")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let reply: Value = serde_json::from_slice(&bytes).unwrap();
+    let field = |name: &str| BASE64.decode(reply[name].as_str().unwrap()).unwrap();
+    let wrapped = WrappedKey {
+        wrapped_key: field("wrapped_key"),
+        wrapped_swk: field("wrapped_swk"),
+    };
+    let released = tee_key.unwrap_transfer(&wrapped).unwrap();
+    assert_eq!(*released.expose_secret(), IMPORTED_KEY);
+
+    let decisions = f.audit.decisions();
+    assert_eq!(decisions.len(), 1);
+    assert!(decisions[0].allowed);
+    assert_eq!(decisions[0].key_id, key_id);
+}
