@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, model};
+use crate::{attest, kbs, model};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -23,6 +23,49 @@ enum Command {
     /// Make attestation evidence, verify it against vendor roots and a policy, measure this build.
     #[command(subcommand)]
     Attest(AttestCommand),
+
+    /// Run the key broker (KBS): model keys released only to attested TEEs.
+    #[command(subcommand)]
+    Kbs(KbsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KbsCommand {
+    /// Serve the KBS HTTP API (key transfer and admin) until SIGINT or SIGTERM.
+    ///
+    /// Local-trial mode: everything comes from flags and the environment.
+    /// ADYTON_KBS_MASTER_KEY (64 hex digits or base64 of 32 bytes) sets the master key; else
+    /// --master-key-file; else DIR/master.key, generated (mode 0600) on first start.
+    /// ADYTON_KBS_ADMIN_PASSWORD enables the admin API for the user `admin`; without it every admin
+    /// request is 401. Transfer decisions and admin actions are appended to DIR/audit.jsonl. SIM
+    /// evidence is accepted only for keys whose transfer policy names SIM.
+    #[command(after_help = "Examples:\n  \
+        ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs serve --listen 127.0.0.1:8443 --data-dir /var/lib/adyton-kbs\n  \
+        adyton kbs serve --listen 127.0.0.1:0 --data-dir kbs --collateral collateral.json")]
+    Serve(KbsServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KbsServeArgs {
+    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
+    /// `listening on http://ADDR`). Plain HTTP: put it behind TLS or keep it on a trusted network.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+    pub listen: String,
+
+    /// Data directory: the key store (kbs.redb), the audit log (audit.jsonl) and, unless given
+    /// otherwise, the master key (master.key). Created with mode 0700 if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Master key file: exactly 32 raw bytes, mode 0600 (ignored when ADYTON_KBS_MASTER_KEY is
+    /// set) [default: DIR/master.key, generated if missing].
+    #[arg(long, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Collateral for verifying SGX, TDX and SNP evidence: a bundle file, or DCAP collateral JSON.
+    /// Without it, only SIM evidence (under SIM policies) can succeed.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,6 +315,7 @@ impl Cli {
             Command::Attest(AttestCommand::Report(args)) => attest::report(&args),
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
             Command::Attest(AttestCommand::Measure) => attest::measure(),
+            Command::Kbs(KbsCommand::Serve(args)) => kbs::serve(&args),
         }
     }
 }

@@ -5,6 +5,7 @@
 mod attest;
 mod cli;
 mod files;
+mod kbs;
 mod model;
 
 use std::process::ExitCode;

@@ -5,5 +5,6 @@
 
 mod attest_cli;
 mod interop;
+mod kbs_e2e;
 mod model_cli;
 mod support;
