@@ -9,6 +9,8 @@
 //!   - with `Authorization: Bearer <token>` (else 401): `POST`, `GET` (list) on
 //!     `/kbs/v1/key-transfer-policies` and `/kbs/v1/keys`, and `GET`, `DELETE` on `.../{id}`.
 //!     A key's bytes are never returned; deleting a policy that keys use is 409.
+//! - `GET /kbs/v1/openapi.json`: the OpenAPI 3.1 document of all of these (`docs/kbs-openapi.json`),
+//!   unauthenticated. [`ROUTES`] lists every route; the router is built from it.
 //!
 //! Status codes, with the body `{"error": "..."}`:
 //! - 400: malformed input (JSON, base64, `user_data`, evidence, an `Attestation-Type` naming no TEE);
@@ -33,7 +35,7 @@ use axum::extract::{
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -228,22 +230,77 @@ pub fn router(state: Arc<KbsState>) -> Router {
 ///
 /// The admin side is a second state rather than a field of [`KbsState`], so that code building
 /// `KbsState` by its fields keeps compiling.
+///
+/// The routes mounted are exactly [`ROUTES`]: the router is built from that list.
 pub fn router_with_admin(state: Arc<KbsState>, admin: Arc<AdminAuth>) -> Router {
-    Router::new()
-        .route("/kbs/v1/keys/{id}/transfer", post(transfer_key))
-        .route("/kbs/v1/token", post(issue_token))
-        .route(
-            "/kbs/v1/key-transfer-policies",
-            post(create_policy).get(list_policies),
-        )
-        .route(
-            "/kbs/v1/key-transfer-policies/{id}",
-            get(get_policy).delete(delete_policy),
-        )
-        .route("/kbs/v1/keys", post(create_key).get(list_keys))
-        .route("/kbs/v1/keys/{id}", get(get_key).delete(delete_key))
+    ROUTES
+        .iter()
+        .filter_map(|&(method, path)| Some((path, handler(method, path)?)))
+        .fold(Router::new(), |router, (path, handler)| {
+            // Two methods on one path merge into one method router.
+            router.route(path, handler)
+        })
         .layer(DefaultBodyLimit::max(TRANSFER_BODY_LIMIT))
         .with_state(AppState { kbs: state, admin })
+}
+
+/// `POST`: the key transfer and the nonce flow.
+const TRANSFER_PATH: &str = "/kbs/v1/keys/{id}/transfer";
+/// `POST`: an operator's login.
+const TOKEN_PATH: &str = "/kbs/v1/token";
+/// `POST`, `GET`: create and list transfer policies.
+const POLICIES_PATH: &str = "/kbs/v1/key-transfer-policies";
+/// `GET`, `DELETE`: one transfer policy.
+const POLICY_PATH: &str = "/kbs/v1/key-transfer-policies/{id}";
+/// `POST`, `GET`: create and list keys.
+const KEYS_PATH: &str = "/kbs/v1/keys";
+/// `GET`, `DELETE`: one key.
+const KEY_PATH: &str = "/kbs/v1/keys/{id}";
+/// `GET`: the OpenAPI document of this API.
+const OPENAPI_PATH: &str = "/kbs/v1/openapi.json";
+
+/// Every `(method, path)` the router serves, paths in axum's (and OpenAPI's) `{param}` syntax.
+/// `docs/kbs-openapi.json` documents exactly these; the tests hold both to it. (`GET` routes also
+/// answer `HEAD`, as axum does.)
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", TRANSFER_PATH),
+    ("POST", TOKEN_PATH),
+    ("POST", POLICIES_PATH),
+    ("GET", POLICIES_PATH),
+    ("GET", POLICY_PATH),
+    ("DELETE", POLICY_PATH),
+    ("POST", KEYS_PATH),
+    ("GET", KEYS_PATH),
+    ("GET", KEY_PATH),
+    ("DELETE", KEY_PATH),
+    ("GET", OPENAPI_PATH),
+];
+
+/// The OpenAPI 3.1 document of this API, served at `GET /kbs/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/kbs-openapi.json");
+
+/// The handler of one entry of [`ROUTES`]; `None` for a pair no handler serves, which the tests
+/// catch (an entry of `ROUTES` that the router answers 404 or 405).
+fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
+    Some(match (method, path) {
+        ("POST", TRANSFER_PATH) => post(transfer_key),
+        ("POST", TOKEN_PATH) => post(issue_token),
+        ("POST", POLICIES_PATH) => post(create_policy),
+        ("GET", POLICIES_PATH) => get(list_policies),
+        ("GET", POLICY_PATH) => get(get_policy),
+        ("DELETE", POLICY_PATH) => delete(delete_policy),
+        ("POST", KEYS_PATH) => post(create_key),
+        ("GET", KEYS_PATH) => get(list_keys),
+        ("GET", KEY_PATH) => get(get_key),
+        ("DELETE", KEY_PATH) => delete(delete_key),
+        ("GET", OPENAPI_PATH) => get(openapi),
+        _ => return None,
+    })
+}
+
+/// The OpenAPI document; unauthenticated, like the transfer endpoint.
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 /// The router's state: the broker's, and the admin side's.

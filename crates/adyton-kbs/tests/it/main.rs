@@ -5,5 +5,6 @@
 
 mod admin;
 mod http;
+mod openapi;
 mod store;
 mod transfer;
