@@ -6,6 +6,7 @@ mod attest;
 mod cli;
 mod files;
 mod kbs;
+mod kbs_client;
 mod model;
 
 use std::process::ExitCode;
