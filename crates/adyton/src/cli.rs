@@ -33,7 +33,8 @@ enum Command {
 pub enum KbsCommand {
     /// Serve the KBS HTTP API (key transfer and admin) until SIGINT or SIGTERM.
     ///
-    /// Local-trial mode: everything comes from flags and the environment.
+    /// With --config, settings come from a TOML file (docs/kbs-config.md), flags overriding it.
+    /// Without it, local-trial mode: everything comes from flags and the environment.
     /// ADYTON_KBS_MASTER_KEY (64 hex digits or base64 of 32 bytes) sets the master key; else
     /// --master-key-file; else DIR/master.key, generated (mode 0600) on first start.
     /// ADYTON_KBS_ADMIN_PASSWORD enables the admin API for the user `admin`; without it every admin
@@ -43,6 +44,15 @@ pub enum KbsCommand {
         ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs serve --listen 127.0.0.1:8443 --data-dir /var/lib/adyton-kbs\n  \
         adyton kbs serve --listen 127.0.0.1:0 --data-dir kbs --collateral collateral.json")]
     Serve(KbsServeArgs),
+
+    /// Hash an admin password for the `[[admin]]` entries of a KBS configuration file.
+    ///
+    /// The password comes from ADYTON_KBS_ADMIN_PASSWORD, else from one line of standard input;
+    /// the argon2id PHC string (`$argon2id$...`) is printed on standard output.
+    #[command(after_help = "Examples:\n  \
+        pass show kbs-admin | adyton kbs hash-password\n  \
+        ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs hash-password")]
+    HashPassword,
 
     /// Log in to a KBS's admin API and keep the token (15 minutes) in a file of mode 0600.
     ///
@@ -166,15 +176,22 @@ pub struct KbsKeyCreateArgs {
 
 #[derive(Debug, Args)]
 pub struct KbsServeArgs {
+    /// Configuration file (TOML; see docs/kbs-config.md). Flags given on the command line override
+    /// its values. Without it, the local-trial mode described above applies.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
-    /// `listening on http://ADDR`). Plain HTTP: put it behind TLS or keep it on a trusted network.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
-    pub listen: String,
+    /// `listening on http://ADDR`, or `https://` with TLS). Without TLS this is plain HTTP: put it
+    /// behind TLS or keep it on a trusted network [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 
     /// Data directory: the key store (kbs.redb), the audit log (audit.jsonl) and, unless given
-    /// otherwise, the master key (master.key). Created with mode 0700 if missing.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    /// otherwise, the master key (master.key). Created with mode 0700 if missing. Required unless
+    /// the configuration file sets `data_dir`.
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
 
     /// Master key file: exactly 32 raw bytes, mode 0600 (ignored when ADYTON_KBS_MASTER_KEY is
     /// set) [default: DIR/master.key, generated if missing].
@@ -185,6 +202,14 @@ pub struct KbsServeArgs {
     /// Without it, only SIM evidence (under SIM policies) can succeed.
     #[arg(long, value_name = "FILE")]
     pub collateral: Option<PathBuf>,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-private-key.
+    #[arg(long, value_name = "FILE", requires = "tls_private_key")]
+    pub tls_certificate: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
+    pub tls_private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -435,6 +460,7 @@ impl Cli {
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
             Command::Attest(AttestCommand::Measure) => attest::measure(),
             Command::Kbs(KbsCommand::Serve(args)) => kbs::serve(&args),
+            Command::Kbs(KbsCommand::HashPassword) => kbs::hash_password(),
             Command::Kbs(KbsCommand::Login(args)) => kbs_client::login(&args),
             Command::Kbs(KbsCommand::Policy(command)) => kbs_client::policy(&command),
             Command::Kbs(KbsCommand::Key(command)) => kbs_client::key(&command),

@@ -1,10 +1,13 @@
-//! `adyton kbs`: run the key broker (local trial: flags and environment, no config file yet).
+//! `adyton kbs`: run the key broker, from a TOML configuration file (`--config`) or, in the local
+//! trial, from flags and the environment; and hash admin passwords for the configuration file.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read as _;
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use adyton_attest::collateral::Collateral;
 use adyton_kbs::admin::{AdminAuth, AdminUsers, TRIAL_ADMIN_USER};
@@ -13,6 +16,7 @@ use adyton_kbs::master_key::{MasterKey, MASTER_KEY_FILE};
 use adyton_kbs::store::redb::RedbStore;
 use adyton_kbs::transfer::Broker;
 use anyhow::{Context, Result};
+use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::cli::KbsServeArgs;
@@ -30,26 +34,36 @@ const MAX_COLLATERAL_LEN: u64 = 16 << 20;
 
 /// `adyton kbs serve`.
 pub fn serve(args: &KbsServeArgs) -> Result<()> {
-    let dir = args.data_dir.as_path();
-    let master = load_master_key(args.master_key_file.as_deref(), dir)?;
+    // Everything that can be wrong in the configuration is found before anything is opened or bound.
+    let settings = Settings::resolve(args)?;
+    let tls = match &settings.tls {
+        Some(tls) => Some(Arc::new(load_tls(tls)?)),
+        None => None,
+    };
+    let users = match &settings.admins {
+        Some(admins) => configured_admin_users(admins, &settings.source)?,
+        None => admin_users()?,
+    };
+    let dir = settings.data_dir.as_path();
+    let master = load_master_key(settings.master_key_file.as_deref(), dir)?;
     let store = RedbStore::open(&dir.join(STORE_FILE))
         .with_context(|| format!("cannot open the key store in {}", dir.display()))?;
-    let collateral = match &args.collateral {
+    let collateral = match &settings.collateral {
         Some(path) => load_collateral(path)?,
         None => Collateral::none(),
     };
     let broker =
         Broker::new(Arc::new(store), master, collateral).context("cannot start the key broker")?;
-    let audit_path = dir.join(AUDIT_FILE);
+    let audit_path = settings.audit_log.clone();
     let audit = JsonLinesAudit::new(open_audit_log(&audit_path)?);
     let state = Arc::new(KbsState::new(broker, Arc::new(audit), http::system_clock));
-    let admin = Arc::new(AdminAuth::new(admin_users()?));
+    let admin = Arc::new(AdminAuth::new(users));
 
     eprintln!(
         "warning: SIM evidence (INSECURE, anyone can make it) is accepted only for keys whose \
          transfer policy names SIM"
     );
-    if args.collateral.is_none() {
+    if settings.collateral.is_none() {
         eprintln!("note: no --collateral: SGX, TDX and SNP transfers will be refused");
     }
     eprintln!("audit log: {}", audit_path.display());
@@ -58,21 +72,376 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let listen = settings.listen;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        eprintln!("listening on http://{addr}");
-        axum::serve(listener, http::router_with_admin(state, admin))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed")?;
+        let router = http::router_with_admin(state, admin);
+        match tls {
+            None => {
+                eprintln!("listening on http://{addr}");
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+                    .context("the HTTP server failed")?;
+            }
+            Some(config) => {
+                let (listener, acceptor) = TlsListener::new(listener, addr, config);
+                eprintln!("listening on https://{addr}");
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await;
+                acceptor.abort();
+                served.context("the HTTPS server failed")?;
+            }
+        }
         eprintln!("shut down");
         Ok(())
     })
+}
+
+/// `adyton kbs hash-password`: the argon2id PHC string of a password from
+/// `ADYTON_KBS_ADMIN_PASSWORD` or one line of standard input.
+pub fn hash_password() -> Result<()> {
+    let password = match std::env::var_os(ADMIN_PASSWORD_ENV) {
+        Some(value) => Zeroizing::new(
+            value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{ADMIN_PASSWORD_ENV} is not valid UTF-8"))?,
+        ),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("password to hash (shown as typed; prefer {ADMIN_PASSWORD_ENV}): ");
+                let _ = std::io::stderr().flush();
+            }
+            let mut line = Zeroizing::new(String::new());
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned())
+        }
+    };
+    if password.is_empty() {
+        anyhow::bail!("no password: set {ADMIN_PASSWORD_ENV} or write it on standard input");
+    }
+    let phc = hash_phc(password.as_bytes())?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{phc}").context("cannot write to standard output")?;
+    Ok(())
+}
+
+/// argon2id (v19, the OWASP parameters of `Argon2::default()`, as adyton-kbs uses) with a random
+/// 16-byte salt from aws-lc-rs.
+fn hash_phc(password: &[u8]) -> Result<String> {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| anyhow::anyhow!("the random source failed"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    argon2::Argon2::default()
+        .hash_password(password, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+/// The default listen address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// `kbs.toml`: see docs/kbs-config.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+    collateral: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    #[serde(default)]
+    admin: Vec<AdminEntry>,
+    tls: Option<TlsSection>,
+    /// Refused with an explanation rather than as an unknown field.
+    #[serde(rename = "master_key", default, deserialize_with = "refuse_master_key")]
+    _master_key: (),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminEntry {
+    username: String,
+    password_hash: Option<String>,
+    /// Refused with an explanation rather than as an unknown field.
+    #[serde(rename = "password", default, deserialize_with = "refuse_password")]
+    _password: (),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+fn refuse_master_key<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "`master_key` is not allowed: the master key is never kept in the configuration file \
+         (which is read by more people and tools than the key should be); set `master_key_file` \
+         to a file of mode 0600, or ADYTON_KBS_MASTER_KEY",
+    ))
+}
+
+fn refuse_password<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "`password` is not allowed: only hashed passwords are kept in the configuration file; \
+         run `adyton kbs hash-password` and set `password_hash` to what it prints",
+    ))
+}
+
+/// The settings `serve` runs with: the configuration file (if any), overridden by flags.
+struct Settings {
+    /// Where the settings came from, for messages.
+    source: String,
+    listen: String,
+    data_dir: PathBuf,
+    master_key_file: Option<PathBuf>,
+    collateral: Option<PathBuf>,
+    audit_log: PathBuf,
+    /// `Some` with `--config` (possibly empty); `None` in the local trial.
+    admins: Option<Vec<AdminEntry>>,
+    tls: Option<TlsSection>,
+}
+
+impl Settings {
+    fn resolve(args: &KbsServeArgs) -> Result<Self> {
+        let flag_tls = match (&args.tls_certificate, &args.tls_private_key) {
+            (Some(certificate), Some(private_key)) => Some(TlsSection {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            }),
+            _ => None,
+        };
+        let Some(path) = &args.config else {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .context("--data-dir is required without --config")?;
+            return Ok(Self {
+                source: "the command line".to_owned(),
+                listen: args
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+                audit_log: data_dir.join(AUDIT_FILE),
+                data_dir,
+                master_key_file: args.master_key_file.clone(),
+                collateral: args.collateral.clone(),
+                admins: None,
+                tls: flag_tls,
+            });
+        };
+        let file = load_config(path)?;
+        let source = path.display().to_string();
+        // Relative paths in the file are relative to the file's directory.
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let data_dir = match (&args.data_dir, file.data_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => rel(dir),
+            (None, None) => anyhow::bail!(
+                "{source}: `data_dir` is missing (set it in the file or pass --data-dir)"
+            ),
+        };
+        let audit_log = file
+            .audit_log
+            .map(&rel)
+            .unwrap_or_else(|| data_dir.join(AUDIT_FILE));
+        let tls = flag_tls.or(file.tls.map(|t| TlsSection {
+            certificate: rel(t.certificate),
+            private_key: rel(t.private_key),
+        }));
+        Ok(Self {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            master_key_file: args
+                .master_key_file
+                .clone()
+                .or(file.master_key_file.map(&rel)),
+            collateral: args.collateral.clone().or(file.collateral.map(&rel)),
+            data_dir,
+            audit_log,
+            admins: Some(file.admin),
+            tls,
+            source,
+        })
+    }
+}
+
+/// Largest configuration file read.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+fn load_config(path: &Path) -> Result<ConfigFile> {
+    let file = File::open(path)
+        .with_context(|| format!("cannot open the configuration file {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_LEN + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        anyhow::bail!("{} is larger than {MAX_CONFIG_LEN} bytes", path.display());
+    }
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The operators of `[[admin]]`: each with a username and an argon2 PHC `password_hash`.
+fn configured_admin_users(admins: &[AdminEntry], source: &str) -> Result<AdminUsers> {
+    if std::env::var_os(ADMIN_PASSWORD_ENV).is_some() {
+        eprintln!(
+            "note: {ADMIN_PASSWORD_ENV} is ignored with --config: operators come from [[admin]]"
+        );
+    }
+    let mut users = AdminUsers::none();
+    let mut seen = std::collections::HashSet::new();
+    for (i, entry) in admins.iter().enumerate() {
+        let n = i + 1;
+        if entry.username.is_empty() {
+            anyhow::bail!("{source}: [[admin]] entry {n}: `username` is empty");
+        }
+        if !seen.insert(entry.username.as_str()) {
+            anyhow::bail!(
+                "{source}: [[admin]] entry {n}: username `{}` appears more than once",
+                entry.username
+            );
+        }
+        let Some(hash) = &entry.password_hash else {
+            anyhow::bail!(
+                "{source}: [[admin]] entry {n} (`{}`): `password_hash` is missing (make one with \
+                 `adyton kbs hash-password`)",
+                entry.username
+            );
+        };
+        if !hash.starts_with("$argon2") {
+            anyhow::bail!(
+                "{source}: [[admin]] entry {n} (`{}`): `password_hash` is not an argon2 PHC \
+                 string (`$argon2id$...`); make one with `adyton kbs hash-password`",
+                entry.username
+            );
+        }
+        users
+            .add_hash(&entry.username, hash)
+            .map_err(|e| anyhow::anyhow!("{source}: [[admin]] entry {n}: {e}"))?;
+    }
+    if admins.is_empty() {
+        eprintln!(
+            "warning: {source} has no [[admin]] entries: the admin API is disabled (every admin \
+             request is 401)"
+        );
+    }
+    Ok(users)
+}
+
+/// The rustls server configuration (aws-lc-rs) from PEM files.
+fn load_tls(tls: &TlsSection) -> Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_path = tls.certificate.display();
+    let certs = CertificateDer::pem_file_iter(&tls.certificate)
+        .with_context(|| format!("cannot read the TLS certificate {cert_path}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot parse the TLS certificate {cert_path} (PEM)"))?;
+    if certs.is_empty() {
+        anyhow::bail!("the TLS certificate {cert_path} holds no PEM CERTIFICATE block");
+    }
+    let key_path = tls.private_key.display();
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key).with_context(|| {
+        format!(
+            "cannot read the TLS private key {key_path} (PEM: PKCS#8, PKCS#1 or SEC1 PRIVATE KEY)"
+        )
+    })?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("cannot set up TLS")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(|| format!("cannot use the TLS certificate {cert_path} with the key {key_path}"))
+}
+
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener handing axum finished TLS connections. Handshakes run in their own tasks, so a slow
+/// or silent client does not hold up the others.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        tcp: tokio::net::TcpListener,
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // As axum does: e.g. out of file descriptors; wait rather than spin.
+                        eprintln!("warning: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    // Failed handshakes (plain HTTP, scanners, timeouts) are dropped quietly.
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        (Self { ready, addr }, task)
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task is gone (only at shutdown): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }
 
 /// The master key: from the environment, else from `--master-key-file`, else `DIR/master.key`
@@ -106,7 +475,8 @@ fn load_master_key(file: Option<&Path>, dir: &Path) -> Result<MasterKey> {
     Ok(key)
 }
 
-/// The trial operator `admin` with the password from the environment, or no operator at all.
+/// The trial operator `admin` with the password from the environment, or no operator at all
+/// (local trial, without --config).
 fn admin_users() -> Result<AdminUsers> {
     match std::env::var_os(ADMIN_PASSWORD_ENV) {
         Some(value) => {

@@ -6,6 +6,7 @@
 mod attest_cli;
 mod interop;
 mod kbs_client_cli;
+mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
 mod support;
