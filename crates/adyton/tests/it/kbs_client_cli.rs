@@ -1,70 +1,13 @@
 //! `adyton kbs login|policy|key` against `adyton kbs serve` over a real socket on 127.0.0.1.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
-use crate::support::adyton_ok;
+use crate::support::{adyton_ok, KbsServer};
 
 const PASSWORD: &str = "trial-password-for-the-client-test";
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
-
-/// The server process; killed when dropped, so a failing test never leaves it running.
-/// (A copy of `kbs_e2e`'s guard, without its checks of the startup messages.)
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_adyton"))
-            .args(["kbs", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("kbs"))
-            .current_dir(dir)
-            .env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD)
-            .env_remove("ADYTON_KBS_MASTER_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("adyton kbs serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let mut server = Self {
-            child,
-            url: String::new(),
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[kbs] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        server.url = addr.trim().to_owned();
-                        break;
-                    }
-                }
-                Err(e) => panic!("the KBS did not print its address ({e})"),
-            }
-        }
-        server
-    }
-}
 
 /// Runs `adyton` with a clean client environment (HOME inside `dir`) plus `env`.
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -106,7 +49,9 @@ fn last_line(text: &str) -> String {
 fn operator_manages_policies_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::start(d);
+    let mut command = KbsServer::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+    command.env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD);
+    let server = KbsServer::start(command);
     let url = server.url.as_str();
 
     // Login: password from the environment, token in $HOME/.config/adyton/kbs-token, mode 0600.

@@ -1,11 +1,12 @@
 //! `adyton kbs serve --config kbs.toml`: admin hashes from `adyton kbs hash-password`, refused
 //! fields, and HTTPS with a self-signed certificate.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use crate::support::KbsServer;
 
 const PASSWORD: &str = "config-test-password";
 
@@ -40,58 +41,17 @@ fn hash_password(dir: &Path, password: &str) -> String {
     phc
 }
 
-/// The server process; killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts `adyton kbs serve --config CONFIG` and waits for `listening on SCHEME://ADDR`.
-    fn start(dir: &Path, config: &Path, scheme: &str) -> Self {
-        let mut child = adyton()
-            .args(["kbs", "serve", "--config"])
-            .arg(config)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut server = Self {
-            child,
-            addr: String::new(),
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[kbs] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let prefix = format!("listening on {scheme}://");
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix(&prefix) {
-                        server.addr = addr.trim().to_owned();
-                        return server;
-                    }
-                    seen.push(line);
-                }
-                Err(e) => panic!("the KBS did not print its address ({e}): {seen:?}"),
-            }
-        }
-    }
+/// Starts `adyton kbs serve --config CONFIG` and returns it with the `ADDR` of its
+/// `SCHEME://ADDR`.
+fn start_server(dir: &Path, config: &Path, scheme: &str) -> (KbsServer, String) {
+    let config = config.to_str().expect("a UTF-8 path");
+    let server = KbsServer::start(KbsServer::command(dir, &["--config", config]));
+    let addr = server
+        .url
+        .strip_prefix(&format!("{scheme}://"))
+        .unwrap_or_else(|| panic!("expected a {scheme} URL, got {}", server.url))
+        .to_owned();
+    (server, addr)
 }
 
 /// `adyton kbs serve --config` with this file (`bad.toml`) fails before binding; returns stderr.
@@ -136,8 +96,8 @@ fn config_admin_hash_logs_in() {
         ),
     )
     .unwrap();
-    let server = Server::start(dir, &config, "http");
-    let url = format!("http://{}", server.addr);
+    let (_server, addr) = start_server(dir, &config, "http");
+    let url = format!("http://{}", addr);
 
     let out = login(dir, &url, "operator", PASSWORD);
     assert!(
@@ -243,11 +203,11 @@ fn config_tls_serves_https() {
         "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n",
     )
     .unwrap();
-    let server = Server::start(dir, &config, "https");
-    assert!(server.addr.starts_with("127.0.0.1:"), "{}", server.addr);
+    let (_server, addr) = start_server(dir, &config, "https");
+    assert!(addr.starts_with("127.0.0.1:"), "{}", addr);
 
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
@@ -271,7 +231,7 @@ fn config_tls_serves_https() {
             "--cacert",
             "cert.pem",
         ])
-        .arg(format!("https://{}/kbs/v1/openapi.json", server.addr))
+        .arg(format!("https://{}/kbs/v1/openapi.json", addr))
         .current_dir(dir)
         .output();
     match curl {
@@ -285,7 +245,7 @@ fn config_tls_serves_https() {
             // And curl without the CA refuses the self-signed certificate.
             let untrusted = Command::new("curl")
                 .args(["-sS", "-o", "/dev/null"])
-                .arg(format!("https://{}/kbs/v1/openapi.json", server.addr))
+                .arg(format!("https://{}/kbs/v1/openapi.json", addr))
                 .output()
                 .unwrap();
             assert!(!untrusted.status.success());

@@ -1,87 +1,36 @@
 //! `adyton kbs serve` end to end over a real socket on 127.0.0.1, driven by the reference Python
 //! KBS client (`tests/reference/cnap_kbs_client.py`) and, when installed, curl.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
-use crate::support::adyton_ok;
+use crate::support::{adyton_ok, KbsServer};
 
 const PASSWORD: &str = "trial-password-for-the-e2e-test";
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
 
-/// The server process; killed when dropped, so a failing test never leaves it running.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Starts `adyton kbs serve` on a free port and waits until it prints its address.
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_adyton"))
-            .args(["kbs", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("kbs"))
-            .current_dir(dir)
-            .env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD)
-            .env_remove("ADYTON_KBS_MASTER_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("adyton kbs serve starts");
-        let stderr = child.stderr.take().unwrap();
-        // From here on the guard owns the child, so a timeout or panic kills it.
-        let mut server = Self {
-            child,
-            url: String::new(),
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining stderr after the address, so the server never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[kbs] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        server.url = addr.trim().to_owned();
-                        break;
-                    }
-                    seen.push(line);
-                }
-                Err(e) => panic!("the KBS did not print its address ({e}): {seen:?}"),
-            }
-        }
-        assert!(
-            server.url.starts_with("http://127.0.0.1:"),
-            "{}",
-            server.url
-        );
-        assert!(
-            seen.iter()
-                .any(|l| l.contains("SIM") && l.contains("only") && l.contains("policy")),
-            "no SIM warning: {seen:?}"
-        );
-        assert!(
-            seen.iter().any(|l| l.contains("generated a master key")),
-            "{seen:?}"
-        );
-        server
-    }
+/// Starts `adyton kbs serve` on a free port with the test's admin password, and checks what it
+/// says at start.
+fn start_server(dir: &Path) -> KbsServer {
+    let mut command = KbsServer::command(dir, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+    command.env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD);
+    let server = KbsServer::start(command);
+    let seen = &server.startup;
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("SIM") && l.contains("only") && l.contains("policy")),
+        "no SIM warning: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("generated a master key")),
+        "{seen:?}"
+    );
+    server
 }
 
 fn client_script() -> PathBuf {
@@ -158,7 +107,7 @@ fn curl_installed() -> bool {
 fn kbs_serve_releases_keys_to_sim_evidence_over_http_and_refuses_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::start(d);
+    let server = start_server(d);
     let url = server.url.as_str();
     let adyton = env!("CARGO_BIN_EXE_adyton");
 
@@ -257,39 +206,13 @@ fn kbs_serve_releases_keys_to_sim_evidence_over_http_and_refuses_others() {
 fn kbs_serve_without_admin_password_disables_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adyton"))
-        .args([
-            "kbs",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            "kbs",
-        ])
-        .current_dir(d)
-        .env_remove("ADYTON_KBS_ADMIN_PASSWORD")
-        .env(
-            "ADYTON_KBS_MASTER_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000000",
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut server = Server {
-        child,
-        url: String::new(),
-    };
-    let mut seen = Vec::new();
-    // `lines` lives to the end of the test, so the server's stderr stays open.
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            server.url = addr.trim().to_owned();
-            break;
-        }
-        seen.push(line);
-    }
+    let mut command = KbsServer::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+    command.env(
+        "ADYTON_KBS_MASTER_KEY",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    let server = KbsServer::start(command);
+    let seen = &server.startup;
     assert!(!server.url.is_empty(), "{seen:?}");
     assert!(
         seen.iter().any(|l| l.contains("admin API is disabled")),

@@ -80,3 +80,77 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .filter(|n| n.starts_with('.'))
         .collect()
 }
+
+/// `adyton kbs serve` running in the background; killed when dropped, so a failing test never
+/// leaves it behind.
+pub struct KbsServer {
+    child: std::process::Child,
+    /// The URL it printed (`http://ADDR` or `https://ADDR`).
+    pub url: String,
+    /// What it printed on stderr before the address.
+    pub startup: Vec<String>,
+}
+
+impl Drop for KbsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl KbsServer {
+    /// A command for `adyton kbs serve` followed by `args`, run in `dir`, with the admin password
+    /// and master key variables cleared (callers set what they test).
+    pub fn command(dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
+        command
+            .args(["kbs", "serve"])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("ADYTON_KBS_ADMIN_PASSWORD")
+            .env_remove("ADYTON_KBS_MASTER_KEY");
+        command
+    }
+
+    /// Spawns `command` and waits until it prints `listening on URL`.
+    pub fn start(mut command: Command) -> Self {
+        use std::io::{BufRead as _, BufReader};
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("adyton kbs serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        // From here on the guard owns the child, so a timeout or panic kills it.
+        let mut server = Self {
+            child,
+            url: String::new(),
+            startup: Vec::new(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining stderr after the address, so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[kbs] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => match line.strip_prefix("listening on ") {
+                    Some(url) => {
+                        server.url = url.trim().to_owned();
+                        return server;
+                    }
+                    None => server.startup.push(line),
+                },
+                Err(e) => panic!(
+                    "the KBS did not print its address ({e}): {:?}",
+                    server.startup
+                ),
+            }
+        }
+    }
+}
