@@ -1,5 +1,6 @@
 //! Attestation for Adyton: evidence from TEEs, verification against vendor roots, and policies.
 //!
+//! - [`attested_tls`]: the binding of a TLS key to evidence, and its certificate extension.
 //! - [`attester`]: evidence over 64 bytes of report data, from Gramine SGX, configfs-tsm (TDX,
 //!   SNP) or the insecure SIM TEE.
 //! - [`verifier`]: evidence, collateral and a time in; typed [`Claims`] out.
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attested_tls;
 pub mod attester;
 pub mod claims;
 pub mod collateral;

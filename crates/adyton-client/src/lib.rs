@@ -3,9 +3,13 @@
 //! So far: [`KbsClient`], the key broker's admin API (`docs/kbs.md`, "Admin API"). The client is
 //! blocking (`ureq` on rustls with aws-lc-rs, Mozilla's roots compiled in), so callers need no async
 //! runtime.
+//!
+//! [`attested_tls`] holds the rustls verifier that accepts an inference server only on attestation
+//! evidence bound to its TLS key.
 
 #![forbid(unsafe_code)]
 
+pub mod attested_tls;
 mod error;
 pub mod kbs;
 

@@ -202,7 +202,7 @@ fn binary_or_hex(bytes: Vec<u8>) -> Vec<u8> {
     let text = String::from_utf8_lossy(&bytes);
     let compact: String = text.split_whitespace().collect();
     if !compact.is_empty()
-        && compact.len() % 2 == 0
+        && compact.len().is_multiple_of(2)
         && compact.bytes().all(|b| b.is_ascii_hexdigit())
     {
         hex::decode(compact).unwrap_or(bytes)

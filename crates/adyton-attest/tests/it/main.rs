@@ -4,6 +4,7 @@
 // Tests may unwrap and panic: a failure is the test's report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod attested_tls;
 mod attesters;
 mod dcap;
 mod pccs;

@@ -1,8 +1,10 @@
 //! Storage of transfer policies and (sealed) model keys, behind one trait.
 //!
-//! Implementations: [`redb::RedbStore`] (embedded, the default). Every implementation passes the
-//! same test suite (`tests/it/store.rs`).
+//! Implementations: [`redb::RedbStore`] (embedded, the default) and [`postgres::PostgresStore`]
+//! (one PostgreSQL database shared by several replicas). Every implementation passes the same test
+//! suite (`tests/it/store.rs`, and `tests/it/postgres.rs` against a real server).
 
+pub mod postgres;
 pub mod redb;
 
 use std::fmt;

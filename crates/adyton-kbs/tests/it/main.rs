@@ -6,5 +6,6 @@
 mod admin;
 mod http;
 mod openapi;
+mod postgres;
 mod store;
 mod transfer;

@@ -2,8 +2,10 @@
 //! (file mode, corrupt records, a crash in the middle of writes), and the master key.
 //!
 //! The suite's checks take `&dyn Store` (an empty store) or an opener that returns a fresh handle
-//! on the same storage, so that another backend (PostgreSQL) runs them unchanged.
+//! on the same storage, so that another backend runs them unchanged (`postgres.rs`), and so does
+//! the crash test (`kill_writer_mid_burst`, `assert_survived`).
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +23,7 @@ use adyton_kbs::KbsError;
 // ---------------------------------------------------------------------------------------------
 // Records
 
-fn policy(id: &str) -> PolicyRecord {
+pub(crate) fn policy(id: &str) -> PolicyRecord {
     PolicyRecord {
         id: id.into(),
         attestation_type: TeeKind::Snp,
@@ -47,7 +49,7 @@ fn model_key_for(id: &str) -> Aes256Key {
     Aes256Key::from_slice(&bytes).unwrap()
 }
 
-fn key(id: &str, policy_id: &str) -> KeyRecord {
+pub(crate) fn key(id: &str, policy_id: &str) -> KeyRecord {
     KeyRecord {
         id: id.into(),
         transfer_policy_id: policy_id.into(),
@@ -59,7 +61,7 @@ fn key(id: &str, policy_id: &str) -> KeyRecord {
 }
 
 /// Checks that `record` is intact: its sealed key opens under its own id and is the key expected.
-fn assert_intact(record: &KeyRecord) {
+pub(crate) fn assert_intact(record: &KeyRecord) {
     let opened = master().unseal(&record.id, &record.sealed_key).unwrap();
     assert_eq!(
         opened.expose_secret(),
@@ -73,7 +75,7 @@ fn ids<T>(records: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
     records.iter().map(|r| id(r).to_owned()).collect()
 }
 
-fn assert_empty(store: &dyn Store) {
+pub(crate) fn assert_empty(store: &dyn Store) {
     assert!(store.policies().unwrap().is_empty(), "policies left over");
     assert!(store.keys().unwrap().is_empty(), "keys left over");
 }
@@ -509,17 +511,11 @@ fn redb_refuses_a_record_filed_under_another_id() {
 const CHILD_ENV: &str = "ADYTON_KBS_STORE_CHILD";
 const CHILD_TEST: &str = "store::durability_child";
 const ACK: &str = "ADYTON-ACK ";
-const DURABILITY_POLICY: &str = "policy-durable";
+pub(crate) const DURABILITY_POLICY: &str = "policy-durable";
 
-/// The child side of `redb_acknowledged_writes_survive_sigkill`: does nothing unless the
-/// environment names a database. It inserts keys until it is killed, printing each id after its
-/// insert has returned.
-#[test]
-fn durability_child() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else {
-        return;
-    };
-    let store = RedbStore::open(Path::new(&path)).unwrap();
+/// The child side of a crash test: inserts keys under `DURABILITY_POLICY` until it is killed,
+/// printing each id after its insert has returned.
+pub(crate) fn write_until_killed(store: &dyn Store) {
     let mut out = std::io::stdout().lock();
     // A bound, so that a child whose parent died does not write forever.
     for i in 0..100_000 {
@@ -530,16 +526,12 @@ fn durability_child() {
     }
 }
 
-#[test]
-fn redb_acknowledged_writes_survive_sigkill() {
-    let (_dir, path) = temp_db();
-    {
-        let store = RedbStore::open(&path).unwrap();
-        store.insert_policy(&policy(DURABILITY_POLICY)).unwrap();
-    }
+/// Runs the test `child_test` of this binary with `env` set, lets it acknowledge 50 inserts, kills
+/// it with SIGKILL (most likely in the middle of a write) and returns every id it acknowledged.
+pub(crate) fn kill_writer_mid_burst(child_test: &str, env: (&str, &OsStr)) -> Vec<String> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &path)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -566,7 +558,6 @@ fn redb_acknowledged_writes_survive_sigkill() {
             ),
         }
     }
-    // SIGKILL, most likely in the middle of a write transaction.
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child was not killed: {status:?}");
@@ -574,9 +565,13 @@ fn redb_acknowledged_writes_survive_sigkill() {
     for line in lines {
         acknowledged.extend(ack(&line.unwrap()));
     }
+    acknowledged
+}
 
-    let store = RedbStore::open(&path).unwrap();
-    for id in &acknowledged {
+/// Checks a store reopened after `kill_writer_mid_burst`: every acknowledged key is there and
+/// intact, at most one unacknowledged insert beyond them is there, and the store takes writes.
+pub(crate) fn assert_survived(store: &dyn Store, acknowledged: &[String]) {
+    for id in acknowledged {
         let record = store
             .key(id)
             .unwrap()
@@ -584,8 +579,6 @@ fn redb_acknowledged_writes_survive_sigkill() {
         assert_eq!(record.transfer_policy_id, DURABILITY_POLICY);
         assert_intact(&record);
     }
-    // The store is whole: every key reads, at most one unacknowledged insert beyond the acked
-    // ones is there, and it takes writes again.
     let keys = store.keys().unwrap();
     keys.iter().for_each(assert_intact);
     assert!(
@@ -601,6 +594,27 @@ fn redb_acknowledged_writes_survive_sigkill() {
         store.delete_policy(DURABILITY_POLICY),
         Err(KbsError::PolicyInUse { .. })
     ));
+}
+
+/// The child side of `redb_acknowledged_writes_survive_sigkill`: does nothing unless the
+/// environment names a database.
+#[test]
+fn durability_child() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    write_until_killed(&RedbStore::open(Path::new(&path)).unwrap());
+}
+
+#[test]
+fn redb_acknowledged_writes_survive_sigkill() {
+    let (_dir, path) = temp_db();
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store.insert_policy(&policy(DURABILITY_POLICY)).unwrap();
+    }
+    let acknowledged = kill_writer_mid_burst(CHILD_TEST, (CHILD_ENV, path.as_os_str()));
+    assert_survived(&RedbStore::open(&path).unwrap(), &acknowledged);
 }
 
 // ---------------------------------------------------------------------------------------------

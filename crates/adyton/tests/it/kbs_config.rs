@@ -1,12 +1,16 @@
 //! `adyton kbs serve --config kbs.toml`: admin hashes from `adyton kbs hash-password`, refused
-//! fields, and HTTPS with a self-signed certificate.
+//! fields, HTTPS with a self-signed certificate, and the PostgreSQL store.
+//!
+//! The PostgreSQL test needs a server: `ADYTON_TEST_POSTGRES_URL` (see `scripts/postgres`), with
+//! the same rule as adyton-kbs's store tests: skipped without it, unless
+//! `ADYTON_REQUIRE_POSTGRES=1`.
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::KbsServer;
+use crate::support::ServerProcess;
 
 const PASSWORD: &str = "config-test-password";
 
@@ -43,9 +47,9 @@ fn hash_password(dir: &Path, password: &str) -> String {
 
 /// Starts `adyton kbs serve --config CONFIG` and returns it with the `ADDR` of its
 /// `SCHEME://ADDR`.
-fn start_server(dir: &Path, config: &Path, scheme: &str) -> (KbsServer, String) {
+fn start_server(dir: &Path, config: &Path, scheme: &str) -> (ServerProcess, String) {
     let config = config.to_str().expect("a UTF-8 path");
-    let server = KbsServer::start(KbsServer::command(dir, &["--config", config]));
+    let server = ServerProcess::start(ServerProcess::command(dir, &["--config", config]));
     let addr = server
         .url
         .strip_prefix(&format!("{scheme}://"))
@@ -131,6 +135,9 @@ fn config_refuses_secrets_and_unknown_fields() {
         err.contains("never kept in the configuration file"),
         "{err}"
     );
+    // The line is named, and the refused secret is not repeated.
+    assert!(err.contains("line 3"), "{err}");
+    assert!(!err.contains("00ff"), "{err}");
 
     let err = serve_fails(
         dir,
@@ -252,4 +259,180 @@ fn config_tls_serves_https() {
         }
         Err(e) => eprintln!("note: curl is not installed ({e}); skipping the HTTPS request"),
     }
+}
+
+#[test]
+fn config_store_refuses_a_url_in_the_file_and_a_missing_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    let err = serve_fails(
+        dir,
+        "data_dir = \"data\"\n[store]\nbackend = \"postgres\"\n\
+         url = \"postgres://kbs:hunter2@db/kbs\"\n",
+    );
+    assert!(err.contains("`url` is not allowed"), "{err}");
+    assert!(err.contains("url_env"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let err = serve_fails(
+        dir,
+        "data_dir = \"data\"\n[store]\nbackend = \"postgres\"\n\
+         url_env = \"ADYTON_TEST_NOT_SET_ANYWHERE\"\n",
+    );
+    assert!(err.contains("ADYTON_TEST_NOT_SET_ANYWHERE"), "{err}");
+    assert!(err.contains("not set"), "{err}");
+
+    let err = serve_fails(dir, "data_dir = \"data\"\n[store]\nbackend = \"sqlite\"\n");
+    assert!(err.contains("sqlite"), "{err}");
+
+    // Nothing was created: every check ran before the data directory was touched.
+    assert!(!dir.join("data").exists());
+}
+
+/// A database of the test's own on the server of `ADYTON_TEST_POSTGRES_URL`, dropped afterwards;
+/// `None` (after saying so) when the PostgreSQL tests are skipped.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    fn create() -> Option<Self> {
+        const URL_ENV: &str = "ADYTON_TEST_POSTGRES_URL";
+        const REQUIRE_ENV: &str = "ADYTON_REQUIRE_POSTGRES";
+        let admin_url = match std::env::var(URL_ENV) {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") => panic!(
+                "{URL_ENV} is not set, and {REQUIRE_ENV}=1 requires the PostgreSQL tests: start \
+                 a server with `eval \"$(./scripts/postgres start)\"`"
+            ),
+            _ => {
+                eprintln!("skipped: {URL_ENV} is not set");
+                return None;
+            }
+        };
+        let name = format!("adyton_test_{}", uuid::Uuid::new_v4().simple());
+        sql(&admin_url, &format!("CREATE DATABASE {name}"));
+        let (scheme, rest) = admin_url.split_once("://").unwrap();
+        let authority = rest.split(['/', '?']).next().unwrap();
+        let query = rest.split_once('?').map(|(_, q)| format!("?{q}"));
+        let url = format!("{scheme}://{authority}/{name}{}", query.unwrap_or_default());
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let drop_it = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::panic::catch_unwind(|| sql(&self.admin_url, &drop_it));
+        // A second panic while a failed test unwinds would abort its report.
+        if dropped.is_err() && !std::thread::panicking() {
+            panic!("cannot drop the test database {}", self.name);
+        }
+    }
+}
+
+fn sql(url: &str, statement: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        conn.execute(statement).await.unwrap();
+        conn.close().await.unwrap();
+    });
+}
+
+#[test]
+fn config_postgres_store_keeps_keys_across_restarts() {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let phc = hash_password(dir, PASSWORD);
+    let config = dir.join("kbs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
+             [[admin]]\nusername = \"operator\"\npassword_hash = \"{phc}\"\n\n\
+             [store]\nbackend = \"postgres\"\nurl_env = \"ADYTON_TEST_KBS_DATABASE\"\n"
+        ),
+    )
+    .unwrap();
+    let password = db
+        .url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_owned());
+    let serve = || {
+        let mut command = ServerProcess::command(dir, &["--config", config.to_str().unwrap()]);
+        command.env("ADYTON_TEST_KBS_DATABASE", &db.url);
+        let server = ServerProcess::start(command);
+        let said = server.startup.join("\n");
+        assert!(said.contains("key store: PostgreSQL at"), "{said}");
+        if let Some(password) = &password {
+            assert!(!said.contains(password.as_str()), "{said}");
+        }
+        server
+    };
+    // The operator's commands, with the token in $HOME.
+    let client = |url: &str, args: &[&str]| {
+        let out = adyton()
+            .args(["kbs"])
+            .args(args)
+            .args(["--url", url])
+            .env("HOME", dir.join("home"))
+            .env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "adyton kbs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.lines().last().unwrap_or("").trim().to_owned()
+    };
+    std::fs::write(
+        dir.join("policy.toml"),
+        format!("[sim]\nmeasurement = [\"{}\"]\n", "ab".repeat(48)),
+    )
+    .unwrap();
+
+    let key_id = {
+        let server = serve();
+        client(&server.url, &["login", "--user", "operator"]);
+        let policy_id = client(&server.url, &["policy", "create", "--file", "policy.toml"]);
+        client(&server.url, &["key", "create", "--policy", &policy_id])
+    };
+    assert_eq!(key_id.len(), 36, "{key_id}");
+
+    // A new process, on a new port: the key comes from the database.
+    let server = serve();
+    client(&server.url, &["login", "--user", "operator"]);
+    client(&server.url, &["key", "show", &key_id]);
+    let listed = adyton()
+        .args(["kbs", "key", "list", "--json", "--url", &server.url])
+        .env("HOME", dir.join("home"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], key_id.as_str(), "{listed}");
+    // Nothing went to the embedded store.
+    assert!(!dir.join("data/kbs.redb").exists());
 }

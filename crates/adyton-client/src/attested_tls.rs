@@ -1,0 +1,315 @@
+//! The client side of attested TLS (`docs/attested-tls.md`): a rustls certificate verifier that
+//! accepts a server only if its certificate carries evidence that verifies, satisfies the
+//! client's policy and binds the key the TLS 1.3 handshake proves. Hostnames and web PKI play no
+//! part.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use adyton_attest::{Collateral, Policy};
+//! # use adyton_client::attested_tls::{client_config, AttestedServerVerifier};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = Policy::from_toml("[sim]\n")?;
+//! let verifier = Arc::new(AttestedServerVerifier::new(policy, Collateral::none()));
+//! let config = client_config(verifier.clone());
+//! // ... connect with `config`; after the handshake:
+//! if let Some(server) = verifier.verified() {
+//!     println!("{} measurement {}", server.claims.tee, server.claims.primary_measurement());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use adyton_attest::attested_tls::{
+    evidence_from_certificate, report_data_for_key, report_data_for_nonce, spki_from_certificate,
+    AttestedTlsError,
+};
+use adyton_attest::{verifier, AttestError, Claims, Collateral, Evidence, Policy};
+use aws_lc_rs::digest::{digest, SHA256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
+
+/// Why an attested server was refused. Inside a TLS error it is
+/// `rustls::Error::InvalidCertificate(CertificateError::Other(..))`; [`AttestationFailure::find`]
+/// recovers it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestationFailure {
+    /// The server sent a chain; an attested server sends exactly one self-signed certificate.
+    #[error("the server sent {count} certificates; an attested server sends exactly one")]
+    CertificateChain {
+        /// How many certificates the server sent.
+        count: usize,
+    },
+
+    /// The certificate or its evidence extension could not be read.
+    #[error("{0}")]
+    Certificate(#[source] AttestedTlsError),
+
+    /// The evidence is not genuine (signature, certificate chain, collateral, TCB).
+    #[error("the evidence does not verify: {0}")]
+    Evidence(#[source] AttestError),
+
+    /// The evidence is genuine but binds another key (or another nonce).
+    #[error("the evidence does not bind this server's TLS key: {0}")]
+    KeyBinding(#[source] AttestError),
+
+    /// The policy refused the verified claims.
+    #[error("{0}")]
+    Policy(#[source] AttestError),
+
+    /// The server tried TLS 1.2, which this verifier does not speak.
+    #[error("the server negotiated TLS 1.2; attested TLS requires TLS 1.3")]
+    Tls12,
+}
+
+impl AttestationFailure {
+    /// The attestation failure inside a rustls error, if that is why the handshake failed.
+    pub fn from_tls_error(error: &rustls::Error) -> Option<&AttestationFailure> {
+        match error {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+                inner.downcast_ref::<AttestationFailure>()
+            }
+            _ => None,
+        }
+    }
+
+    /// The attestation failure inside an I/O error from a TLS stream, or inside any error whose
+    /// source chain holds a rustls error.
+    pub fn find<'a>(
+        error: &'a (dyn std::error::Error + 'static),
+    ) -> Option<&'a AttestationFailure> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(failure) = error.downcast_ref::<AttestationFailure>() {
+                return Some(failure);
+            }
+            if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+                return Self::from_tls_error(tls);
+            }
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if let Some(inner) = io.get_ref() {
+                    current = Some(inner);
+                    continue;
+                }
+            }
+            current = error.source();
+        }
+        None
+    }
+}
+
+impl From<AttestationFailure> for rustls::Error {
+    fn from(failure: AttestationFailure) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(failure))))
+    }
+}
+
+/// What a successful handshake proved about the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedServer {
+    /// The verified claims: TEE, measurements, TCB. `claims.insecure` is true for SIM.
+    pub claims: Claims,
+    /// The server's certificate (DER).
+    pub certificate_der: Vec<u8>,
+    /// SHA-256 of the certificate, for clients that pin it afterwards.
+    pub certificate_sha256: [u8; 32],
+    /// The certificate's SubjectPublicKeyInfo (DER), which fresh evidence must also bind.
+    pub spki_der: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// Certificate checked, TLS 1.3 signature not yet.
+    pending: Option<VerifiedServer>,
+    /// Both checked.
+    verified: Option<VerifiedServer>,
+}
+
+/// A rustls `ServerCertVerifier` for attested servers.
+///
+/// Meant for one connection: the claims of the last handshake whose certificate and signature
+/// both verified are kept and read with [`AttestedServerVerifier::verified`]; a new handshake
+/// clears them first. Handshakes that share one verifier concurrently overwrite each other's
+/// claims.
+#[derive(Debug)]
+pub struct AttestedServerVerifier {
+    policy: Policy,
+    collateral: Collateral,
+    fixed_time: Option<u64>,
+    provider: Arc<CryptoProvider>,
+    slots: Mutex<Slots>,
+}
+
+impl AttestedServerVerifier {
+    /// A verifier judging evidence by `policy`, with `collateral` for the vendors' checks, at the
+    /// time rustls gives each handshake.
+    pub fn new(policy: Policy, collateral: Collateral) -> Self {
+        Self {
+            policy,
+            collateral,
+            fixed_time: None,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            slots: Mutex::new(Slots::default()),
+        }
+    }
+
+    /// Verifies as of `unix_seconds` instead of the handshake's time (recorded evidence, tests).
+    pub fn at_time(mut self, unix_seconds: u64) -> Self {
+        self.fixed_time = Some(unix_seconds);
+        self
+    }
+
+    /// What the last successful handshake proved, if any.
+    pub fn verified(&self) -> Option<VerifiedServer> {
+        self.slots().verified.clone()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // The slots hold plain data, valid whatever a panicking holder was doing.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_certificate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: u64,
+    ) -> Result<VerifiedServer, AttestationFailure> {
+        if !intermediates.is_empty() {
+            return Err(AttestationFailure::CertificateChain {
+                count: intermediates.len() + 1,
+            });
+        }
+        let (evidence, spki_der) =
+            evidence_from_certificate(end_entity).map_err(AttestationFailure::Certificate)?;
+        let claims = verify_bound(
+            &evidence,
+            &report_data_for_key(&spki_der),
+            &self.policy,
+            &self.collateral,
+            now,
+        )?;
+        let mut certificate_sha256 = [0u8; 32];
+        certificate_sha256.copy_from_slice(digest(&SHA256, end_entity).as_ref());
+        Ok(VerifiedServer {
+            claims,
+            certificate_der: end_entity.to_vec(),
+            certificate_sha256,
+            spki_der,
+        })
+    }
+}
+
+impl ServerCertVerifier for AttestedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.slots() = Slots::default();
+        let now = self.fixed_time.unwrap_or_else(|| now.as_secs());
+        let server = self.check_certificate(end_entity, intermediates, now)?;
+        self.slots().pending = Some(server);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(AttestationFailure::Tls12.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The signature is checked with the key the evidence binds, read from the same bytes.
+        let spki = spki_from_certificate(cert).map_err(AttestationFailure::Certificate)?;
+        let valid = verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(spki.as_slice()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )?;
+        let mut slots = self.slots();
+        match slots.pending.take() {
+            Some(server) if server.certificate_der == cert.as_ref() => {
+                slots.verified = Some(server);
+                Ok(valid)
+            }
+            // rustls checks the signature with the certificate it has just verified; anything
+            // else is refused rather than guessed at.
+            _ => Err(rustls::Error::General(
+                "TLS 1.3 signature over a certificate that was not verified".into(),
+            )),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS 1.3-only client configuration on aws-lc-rs that trusts servers through `verifier`.
+///
+/// The server name given to rustls plays no part; `adyton.invalid` will do.
+pub fn client_config(
+    verifier: Arc<AttestedServerVerifier>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Checks the answer of `GET /adyton/v1/attestation?nonce=HEX`: the evidence verifies, binds the
+/// server's key (`spki_der`, from [`VerifiedServer::spki_der`]) and this client's `nonce`, and
+/// satisfies `policy`, as of `now` (unix seconds).
+pub fn check_fresh_evidence(
+    evidence: &Evidence,
+    spki_der: &[u8],
+    nonce: &[u8],
+    policy: &Policy,
+    collateral: &Collateral,
+    now: u64,
+) -> Result<Claims, AttestationFailure> {
+    let expected =
+        report_data_for_nonce(spki_der, nonce).map_err(AttestationFailure::Certificate)?;
+    verify_bound(evidence, &expected, policy, collateral, now)
+}
+
+/// Verifies evidence, then its report data, then the policy, in that order.
+fn verify_bound(
+    evidence: &Evidence,
+    expected_report_data: &[u8; adyton_attest::REPORT_DATA_LEN],
+    policy: &Policy,
+    collateral: &Collateral,
+    now: u64,
+) -> Result<Claims, AttestationFailure> {
+    let claims =
+        verifier::verify(evidence, collateral, now).map_err(AttestationFailure::Evidence)?;
+    claims
+        .expect_report_data(expected_report_data)
+        .map_err(AttestationFailure::KeyBinding)?;
+    policy
+        .evaluate(&claims, now)
+        .map_err(AttestationFailure::Policy)?;
+    Ok(claims)
+}

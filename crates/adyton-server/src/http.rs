@@ -1,0 +1,799 @@
+//! The server's HTTP API: the Open Inference Protocol (KServe v2) and Adyton's own endpoints
+//! (`design.md`, "Inference"; `docs/server.md`).
+//!
+//! - `GET /v2/health/live`, `GET /v2/health/ready`: `{"live":true}`, `{"ready":...}` (503 while a
+//!   configured model is loading or failed);
+//! - `GET /v2`: server metadata and extensions;
+//! - `GET /v2/models`: every model, its versions and state;
+//! - `GET /v2/models/{name}[/versions/{v}]`: model metadata from the ONNX graph (-1 for dynamic
+//!   dimensions);
+//! - `GET /v2/models/{name}[/versions/{v}]/ready`;
+//! - `POST /v2/models/{name}[/versions/{v}]/infer`: JSON tensors, flat or nested, and the binary
+//!   tensor extension; no `Content-Type` needed; unknown fields ignored; `id` echoed;
+//! - `GET /adyton/v1/attestation?nonce=HEX`: fresh evidence over the TLS key and the nonce;
+//! - `POST /adyton/v1/models/{name}` (confidential upload) and `DELETE /adyton/v1/models/{name}`,
+//!   with `Authorization: Bearer <token>`;
+//! - `GET /metrics`: Prometheus, with Triton's metric names.
+//!
+//! Errors are `{"error": "..."}`: 400 bad input (naming the input), 401 no or wrong token, 404
+//! unknown model or version, 409 a taken version, 413 a body over the limit, 503 a full pool (with
+//! `Retry-After`) or a model not loaded, 500 engine failures.
+//!
+//! No tensor, weight or token is ever logged: logs carry model names, sizes, statuses and times.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+use zeroize::Zeroizing;
+
+use crate::metrics::{FailureReason, Metrics};
+use crate::protocol::{self, Limits, Output};
+use crate::repository::{check_name, Repository, RepositoryError, ServedModel, Source, Summary};
+use crate::runtime::{check_inputs, Dim, Engine, EngineError, TensorSpec};
+
+/// The extensions `GET /v2` lists.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "adyton_attestation",
+    "adyton_model_upload",
+];
+
+/// Makes fresh evidence over the server's TLS key and a client's nonce.
+pub trait FreshEvidence: Send + Sync + fmt::Debug {
+    /// The evidence JSON (`adyton-evidence-v1`) over the key and `nonce`, or why not (a bad nonce
+    /// length, say).
+    fn evidence_for_nonce(&self, nonce: &[u8]) -> Result<String, FreshEvidenceError>;
+}
+
+/// Why fresh evidence could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum FreshEvidenceError {
+    /// The nonce is not acceptable (the message says why).
+    #[error("{0}")]
+    BadNonce(String),
+    /// The TEE failed.
+    #[error("{0}")]
+    Tee(String),
+}
+
+/// The server's limits and sizes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest infer request body.
+    pub max_infer_body: usize,
+    /// Largest uploaded model.
+    pub max_upload: usize,
+    /// Tensor element limits.
+    pub limits: Limits,
+    /// Inferences running at once (the blocking threads).
+    pub workers: usize,
+    /// Requests that may wait for a worker; beyond that, 503.
+    pub queue: usize,
+    /// Seconds a client is told to wait (`Retry-After`) when the pool is full.
+    pub retry_after_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Settings {
+            max_infer_body: 64 << 20,
+            max_upload: 1 << 30,
+            limits: Limits::default(),
+            workers,
+            queue: workers * 16,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// The bearer token for uploads and deletes, kept only as its SHA-256.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// From the token's text (surrounding whitespace is not part of it).
+    pub fn new(token: &str) -> Option<AdminToken> {
+        let token = token.trim();
+        if token.is_empty() {
+            return None;
+        }
+        Some(AdminToken(sha256(token.as_bytes())))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let digest = sha256(presented.as_bytes());
+        aws_lc_rs::constant_time::verify_slices_are_equal(&digest, &self.0).is_ok()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The engine that loads models.
+    pub engine: Arc<dyn Engine>,
+    /// The models being served.
+    pub repository: Arc<Repository>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Limits.
+    pub settings: Settings,
+    /// The upload/delete token; without one, uploads and deletes are refused.
+    pub admin_token: Option<AdminToken>,
+    /// Fresh evidence; without it, `/adyton/v1/attestation` is 404.
+    pub attestation: Option<Arc<dyn FreshEvidence>>,
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+}
+
+impl ServerState {
+    /// State over an engine and a repository.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        repository: Arc<Repository>,
+        settings: Settings,
+        admin_token: Option<AdminToken>,
+        attestation: Option<Arc<dyn FreshEvidence>>,
+    ) -> Self {
+        let workers = settings.workers.max(1);
+        ServerState {
+            engine,
+            repository,
+            metrics: Metrics::new(),
+            running: Arc::new(Semaphore::new(workers)),
+            admitted: Arc::new(Semaphore::new(workers + settings.queue)),
+            settings,
+            admin_token,
+            attestation,
+        }
+    }
+}
+
+type AppState = Arc<ServerState>;
+
+/// An error answer: `{"error": "..."}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), error = %self.message, "request failed");
+        } else {
+            tracing::info!(status = self.status.as_u16(), error = %self.message, "request refused");
+        }
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<RepositoryError> for ApiError {
+    fn from(e: RepositoryError) -> Self {
+        let status = match e {
+            RepositoryError::UnknownModel { .. } | RepositoryError::UnknownVersion { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            RepositoryError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RepositoryError::VersionExists { .. } => StatusCode::CONFLICT,
+            RepositoryError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            RepositoryError::BadName => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The router of every endpoint.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models", get(list_models))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_version),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_version),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+        .route("/adyton/v1/attestation", get(attestation))
+        .route(
+            "/adyton/v1/models/{name}",
+            post(upload).delete(delete_model),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+/// Gives every request an id (the client's `X-Request-Id` when it is short and printable, else a
+/// fresh one), a tracing span, and the id back in the response.
+async fn request_span(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "done"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    let ready = app.repository.all_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "adyton",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+fn summary_json(s: &Summary) -> Value {
+    let state = match &s.pending {
+        None => json!("READY"),
+        Some(crate::repository::Pending::Loading) => json!("LOADING"),
+        Some(crate::repository::Pending::Failed { .. }) => json!("UNAVAILABLE"),
+    };
+    let mut v = json!({
+        "name": s.name,
+        "versions": s.versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "state": state,
+    });
+    if let Some(crate::repository::Pending::Failed { reason }) = &s.pending {
+        v["reason"] = json!(reason);
+    }
+    v
+}
+
+async fn list_models(State(app): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = app.repository.list().iter().map(summary_json).collect();
+    Json(json!({ "models": models }))
+}
+
+fn spec_json(spec: &TensorSpec) -> Value {
+    json!({
+        "name": spec.name,
+        "datatype": spec.datatype.as_str(),
+        "shape": spec.shape.as_ref().map_or_else(Vec::new, |dims| dims.iter().map(|d| d.as_i64()).collect()),
+    })
+}
+
+fn metadata(app: &ServerState, name: &str, version: Option<&str>) -> Result<Json<Value>, ApiError> {
+    let served = match app.repository.get(name, version) {
+        Ok(served) => served,
+        // A model that is loading or failed still has metadata: its state and why.
+        Err(RepositoryError::NotReady { .. }) if version.is_none() => {
+            let summary =
+                app.repository
+                    .summary(name)
+                    .ok_or_else(|| RepositoryError::UnknownModel {
+                        name: name.to_owned(),
+                    })?;
+            return Ok(Json(summary_json(&summary)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let versions = app
+        .repository
+        .summary(name)
+        .map(|s| s.versions.iter().map(u64::to_string).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let signature = served.model.signature();
+    Ok(Json(json!({
+        "name": served.name,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": signature.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+        "outputs": signature.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+        "parameters": {
+            "version": served.version.to_string(),
+            "plan": served.model.plan().as_str(),
+            "source": match &served.source {
+                Source::File => json!("file"),
+                Source::Upload => json!("upload"),
+                Source::Registry { model_id } => json!({ "registry": model_id }),
+            },
+        },
+    })))
+}
+
+async fn model_metadata(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(&app, &name, None)
+}
+
+async fn model_metadata_version(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    metadata(&app, &name, Some(&version))
+}
+
+fn readiness(app: &ServerState, name: &str, version: Option<&str>) -> Response {
+    let (status, ready) = match app.repository.get(name, version) {
+        Ok(_) => (StatusCode::OK, true),
+        Err(RepositoryError::NotReady { .. }) => (StatusCode::SERVICE_UNAVAILABLE, false),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    (status, Json(json!({ "name": name, "ready": ready }))).into_response()
+}
+
+async fn model_ready(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    readiness(&app, &name, None)
+}
+
+async fn model_ready_version(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&app, &name, Some(&version))
+}
+
+/// Reads a body into zeroized memory, refusing more than `limit` bytes (413) and bodies that end
+/// before their `Content-Length` (400).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the {what} is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("the {what} could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+async fn infer(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run_infer(app, name, None, headers, body).await
+}
+
+async fn infer_version(
+    State(app): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    run_infer(app, name, Some(version), headers, body).await
+}
+
+async fn run_infer(
+    app: AppState,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let served = app.repository.get(&name, version.as_deref())?;
+    let version_label = served.version.to_string();
+    let fail = |reason: FailureReason, e: ApiError| {
+        app.metrics
+            .failure(&name, &version_label, reason, started.elapsed());
+        e
+    };
+    let header_length = match headers.get("inference-header-content-length") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    fail(
+                        FailureReason::Rejected,
+                        ApiError::bad_request(
+                            "Inference-Header-Content-Length must be a byte count",
+                        ),
+                    )
+                })?,
+        ),
+    };
+    let body = read_body(&headers, body, app.settings.max_infer_body, "request body")
+        .await
+        .map_err(|e| fail(FailureReason::Rejected, e))?;
+    let request = protocol::parse_request(&body, header_length, &app.settings.limits)
+        .map_err(|e| fail(FailureReason::Rejected, ApiError::bad_request(e.0)))?;
+    drop(body);
+    let signature = served.model.signature();
+    for output in &request.outputs {
+        if !signature.outputs.iter().any(|o| o.name == output.name) {
+            let known: Vec<&str> = signature.outputs.iter().map(|o| o.name.as_str()).collect();
+            return Err(fail(
+                FailureReason::Rejected,
+                ApiError::bad_request(format!(
+                    "output '{}' is not an output of this model (outputs: {})",
+                    output.name,
+                    known.join(", ")
+                )),
+            ));
+        }
+    }
+    let batch = request
+        .inputs
+        .first()
+        .and_then(|(_, t)| t.shape().first().copied())
+        .map_or(1, |b| b as u64);
+    let inputs = check_inputs(signature, request.inputs).map_err(|e| {
+        fail(
+            FailureReason::Rejected,
+            ApiError::bad_request(e.to_string()),
+        )
+    })?;
+
+    // Admission: a bounded number run, a bounded number wait; the rest are told to come back.
+    let Ok(_admitted) = Arc::clone(&app.admitted).try_acquire_owned() else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: every inference worker and queue slot is taken",
+        );
+        e.retry_after = Some(app.settings.retry_after_secs);
+        return Err(fail(FailureReason::QueueFull, e));
+    };
+    let queued = Instant::now();
+    let running = Arc::clone(&app.running)
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        })?;
+    let queue_time = queued.elapsed();
+    let model = Arc::clone(&served);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        model.model.run(inputs)
+    })
+    .await;
+    let outputs = match outcome {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(e)) => {
+            let (status, reason) = match e {
+                EngineError::Input(_) => (StatusCode::BAD_REQUEST, FailureReason::Rejected),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, FailureReason::Backend),
+            };
+            return Err(fail(reason, ApiError::new(status, e.to_string())));
+        }
+        Err(_) => {
+            return Err(fail(
+                FailureReason::Backend,
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "inference failed: the worker stopped",
+                ),
+            ))
+        }
+    };
+    let response = encode_outputs(
+        &served,
+        &request.id,
+        &request.outputs,
+        request.binary_output,
+        &outputs,
+    );
+    app.metrics
+        .success(&name, &version_label, batch, started.elapsed(), queue_time);
+    Ok(response)
+}
+
+fn encode_outputs(
+    served: &ServedModel,
+    id: &Option<String>,
+    requested: &[protocol::RequestedOutput],
+    binary_default: bool,
+    outputs: &[crate::runtime::Tensor],
+) -> Response {
+    let specs = &served.model.signature().outputs;
+    let chosen: Vec<Output<'_>> = if requested.is_empty() {
+        specs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, tensor)| Output {
+                name: &spec.name,
+                tensor,
+                binary: binary_default,
+            })
+            .collect()
+    } else {
+        requested
+            .iter()
+            .filter_map(|r| {
+                let index = specs.iter().position(|s| s.name == r.name)?;
+                Some(Output {
+                    name: &specs[index].name,
+                    tensor: outputs.get(index)?,
+                    binary: r.binary.unwrap_or(binary_default),
+                })
+            })
+            .collect()
+    };
+    let encoded = protocol::encode_response(
+        &served.name,
+        &served.version.to_string(),
+        id.as_deref(),
+        &chosen,
+    );
+    let mut response = Response::new(Body::from(encoded.body.to_vec()));
+    let headers = response.headers_mut();
+    match encoded.header_length {
+        Some(n) => {
+            headers.insert("inference-header-content-length", HeaderValue::from(n));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        None => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    response
+}
+
+async fn attestation(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(source) = app.attestation.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server has no attested TLS identity",
+        ));
+    };
+    let nonce_hex = query
+        .get("nonce")
+        .ok_or_else(|| ApiError::bad_request("the query needs nonce=HEX"))?;
+    let nonce =
+        hex::decode(nonce_hex).map_err(|_| ApiError::bad_request("nonce must be hexadecimal"))?;
+    let evidence = tokio::task::spawn_blocking(move || source.evidence_for_nonce(&nonce))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "evidence failed: the worker stopped",
+            )
+        })?
+        .map_err(|e| match e {
+            FreshEvidenceError::BadNonce(m) => ApiError::bad_request(m),
+            FreshEvidenceError::Tee(m) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("evidence failed: {m}"),
+            ),
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], evidence).into_response())
+}
+
+fn authorize(app: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &app.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "model upload and delete are disabled: the server has no token configured",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this needs Authorization: Bearer <token>",
+            )
+        })?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the token is not valid",
+        ))
+    }
+}
+
+async fn upload(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    check_name(&name)?;
+    let version = match query.get("version") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| ApiError::bad_request("version must be a positive integer"))?,
+        ),
+    };
+    let bytes = read_body(&headers, body, app.settings.max_upload, "model").await?;
+    let size = bytes.len();
+    let engine = Arc::clone(&app.engine);
+    let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "loading failed: the worker stopped",
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let served = app
+        .repository
+        .insert(&name, version, loaded, Source::Upload)?;
+    tracing::info!(model = %name, version = served.version, bytes = size, plan = served.model.plan().as_str(), "model uploaded");
+    let signature = served.model.signature();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": served.name,
+            "version": served.version.to_string(),
+            "inputs": signature.inputs.iter().map(spec_json).collect::<Vec<_>>(),
+            "outputs": signature.outputs.iter().map(spec_json).collect::<Vec<_>>(),
+        })),
+    )
+        .into_response())
+}
+
+async fn delete_model(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    if app.repository.remove(&name) {
+        tracing::info!(model = %name, "model deleted");
+        Ok((StatusCode::OK, Json(json!({ "deleted": name }))).into_response())
+    } else {
+        Err(RepositoryError::UnknownModel { name }.into())
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The shapes a model declares, for logs at start-up: `name: FP32[-1,3]`.
+pub fn describe_signature(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| {
+            let dims = s.shape.as_ref().map_or_else(
+                || "?".to_owned(),
+                |d| {
+                    d.iter()
+                        .map(|d| match d {
+                            Dim::Fixed(n) => n.to_string(),
+                            Dim::Dynamic => "-1".to_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+            );
+            format!("{}: {}[{}]", s.name, s.datatype, dims)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,20 @@
+//! The inference server: it runs inside the TEE, loads ONNX models from bytes in memory and serves
+//! them over the Open Inference Protocol (KServe v2).
+//!
+//! - [`runtime`]: the inference engine trait, tensors, model signatures and input checks; tract is
+//!   the one implementation, and the only module that knows tract.
+//! - [`protocol`]: infer request and response bodies (JSON and binary tensors).
+//! - [`repository`]: the models being served, with versions and loading states.
+//! - [`metrics`]: Prometheus metrics under Triton's names.
+//! - [`http`]: the Open Inference Protocol and Adyton's own endpoints (axum); the only module
+//!   that knows axum.
+//! - [`tls`]: the attested TLS identity: a key made in the TEE, its certificate carrying evidence.
+
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod repository;
+pub mod runtime;
+pub mod tls;

@@ -1,0 +1,641 @@
+//! The Open Inference Protocol's infer request and response bodies: JSON tensors (flat or
+//! nested) and the binary tensor extension (`Inference-Header-Content-Length`).
+//!
+//! No HTTP here: bytes in, typed request out; typed outputs in, bytes out.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::runtime::{element_count, DataType, Tensor, TensorData, TensorError};
+
+/// Limits on what a request may ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Elements per tensor.
+    pub max_elements: usize,
+    /// Elements over all the request's tensors.
+    pub max_total_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_elements: 16 << 20,
+            max_total_elements: 64 << 20,
+        }
+    }
+}
+
+/// A request that does not follow the protocol; the message says what is wrong (never with tensor
+/// values in it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProtocolError(pub String);
+
+fn err(message: impl Into<String>) -> ProtocolError {
+    ProtocolError(message.into())
+}
+
+/// An output the client asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// Its name.
+    pub name: String,
+    /// Whether to return it in binary; `None` follows the request's default.
+    pub binary: Option<bool>,
+}
+
+/// A parsed infer request.
+#[derive(Debug)]
+pub struct InferRequest {
+    /// The request id, echoed back.
+    pub id: Option<String>,
+    /// The named inputs, in request order.
+    pub inputs: Vec<(String, Tensor)>,
+    /// The outputs asked for; empty means all.
+    pub outputs: Vec<RequestedOutput>,
+    /// The request-wide `binary_data_output` parameter.
+    pub binary_output: bool,
+}
+
+#[derive(Deserialize)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputJson>>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+fn bool_parameter(
+    parameters: &Option<Map<String, Value>>,
+    key: &str,
+    what: &str,
+) -> Result<Option<bool>, ProtocolError> {
+    match parameters.as_ref().and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(err(format!(
+            "{what}: parameter '{key}' must be true or false"
+        ))),
+    }
+}
+
+/// Parses an infer request body. `header_length` is the `Inference-Header-Content-Length` header:
+/// the JSON part's length, with the binary tensor data after it.
+pub fn parse_request(
+    body: &[u8],
+    header_length: Option<usize>,
+    limits: &Limits,
+) -> Result<InferRequest, ProtocolError> {
+    let (json, mut binary) = match header_length {
+        None => (body, &body[body.len()..]),
+        Some(n) if n > body.len() => {
+            return Err(err(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(n) => body.split_at(n),
+    };
+    let request: RequestJson = serde_json::from_slice(json)
+        .map_err(|e| err(format!("the request is not a valid infer request: {e}")))?;
+    let id = match request.id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(err("'id' must be a string")),
+    };
+    let binary_output =
+        bool_parameter(&request.parameters, "binary_data_output", "request")?.unwrap_or(false);
+    if request.inputs.is_empty() {
+        return Err(err("the request has no inputs"));
+    }
+    let mut total = 0usize;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let name = input.name.clone();
+        let tensor = parse_input(input, &mut binary, limits)?;
+        total = total.saturating_add(tensor.len());
+        if total > limits.max_total_elements {
+            return Err(err(format!(
+                "the request has more than {} elements in all",
+                limits.max_total_elements
+            )));
+        }
+        inputs.push((name, tensor));
+    }
+    if !binary.is_empty() {
+        return Err(err(format!(
+            "{} bytes of binary data follow the inputs that no input claims",
+            binary.len()
+        )));
+    }
+    let outputs = request
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            let binary = bool_parameter(
+                &o.parameters,
+                "binary_data",
+                &format!("output '{}'", o.name),
+            )?;
+            Ok(RequestedOutput {
+                name: o.name,
+                binary,
+            })
+        })
+        .collect::<Result<Vec<_>, ProtocolError>>()?;
+    Ok(InferRequest {
+        id,
+        inputs,
+        outputs,
+        binary_output,
+    })
+}
+
+fn parse_input(
+    input: InputJson,
+    binary: &mut &[u8],
+    limits: &Limits,
+) -> Result<Tensor, ProtocolError> {
+    let name = &input.name;
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        err(format!(
+            "input '{name}': unknown datatype '{}' (BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES)",
+            input.datatype
+        ))
+    })?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| {
+            err(format!(
+                "input '{name}': shape {:?} has a negative dimension",
+                input.shape
+            ))
+        })?;
+    let count = element_count(&shape)
+        .filter(|&n| n <= limits.max_elements)
+        .ok_or_else(|| {
+            err(format!(
+                "input '{name}': shape {shape:?} has more than {} elements",
+                limits.max_elements
+            ))
+        })?;
+    let binary_size = match input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    err(format!(
+                        "input '{name}': binary_data_size must be a byte count"
+                    ))
+                })?,
+        ),
+    };
+    let tensor_error = |e: TensorError| err(format!("input '{name}': {e}"));
+    match (binary_size, input.data) {
+        (Some(_), Some(_)) => Err(err(format!(
+            "input '{name}' has both 'data' and 'binary_data_size'"
+        ))),
+        (None, None) => Err(err(format!("input '{name}' has no 'data'"))),
+        (Some(size), None) => {
+            if size > binary.len() {
+                return Err(err(format!(
+                    "input '{name}': binary_data_size is {size} but only {} bytes of binary data are left",
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            if datatype == DataType::Bytes {
+                let elements = split_length_prefixed(bytes).ok_or_else(|| {
+                    err(format!(
+                        "input '{name}': BYTES data is not length-prefixed elements"
+                    ))
+                })?;
+                Tensor::from_strings(shape, elements).map_err(tensor_error)
+            } else {
+                Tensor::from_le_bytes(datatype, shape, Zeroizing::new(bytes.to_vec()))
+                    .map_err(tensor_error)
+            }
+        }
+        (None, Some(data)) => {
+            let mut flat = Vec::with_capacity(count.min(1 << 20));
+            flatten(data, &mut flat, count).map_err(|e| err(format!("input '{name}': {e}")))?;
+            if flat.len() != count {
+                return Err(err(format!(
+                    "input '{name}': shape {shape:?} needs {count} elements, 'data' has {}",
+                    flat.len()
+                )));
+            }
+            json_tensor(datatype, shape, &flat).map_err(|e| err(format!("input '{name}': {e}")))
+        }
+    }
+}
+
+/// Flattens nested arrays, row-major, refusing more than `max` elements.
+fn flatten(value: Value, out: &mut Vec<Value>, max: usize) -> Result<(), String> {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                flatten(item, out, max)?;
+            }
+            Ok(())
+        }
+        Value::Object(_) => Err("'data' must hold arrays of values, not objects".into()),
+        scalar => {
+            if out.len() == max {
+                return Err(format!("'data' has more than the shape's {max} elements"));
+            }
+            out.push(scalar);
+            Ok(())
+        }
+    }
+}
+
+fn split_length_prefixed(mut bytes: &[u8]) -> Option<Vec<Zeroizing<Vec<u8>>>> {
+    let mut elements = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let (element, rest) = rest.split_at(len);
+        elements.push(Zeroizing::new(element.to_vec()));
+        bytes = rest;
+    }
+    Some(elements)
+}
+
+fn json_tensor(datatype: DataType, shape: Vec<usize>, values: &[Value]) -> Result<Tensor, String> {
+    if datatype == DataType::Bytes {
+        let elements = values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(Zeroizing::new(s.as_bytes().to_vec())),
+                _ => Err("BYTES elements must be strings".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Tensor::from_strings(shape, elements).map_err(|e| e.to_string());
+    }
+    let size = datatype.element_size().unwrap_or(1);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(values.len() * size));
+    for value in values {
+        push_le(datatype, value, &mut bytes)?;
+    }
+    Tensor::from_le_bytes(datatype, shape, bytes).map_err(|e| e.to_string())
+}
+
+fn push_le(datatype: DataType, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    let out_of_range = || format!("a {datatype} element is not a number in its range");
+    macro_rules! int {
+        ($t:ty, $get:ident) => {{
+            let v = value.$get().ok_or_else(out_of_range)?;
+            let v = <$t>::try_from(v).map_err(|_| out_of_range())?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }};
+    }
+    match datatype {
+        DataType::Bool => {
+            let b = match value {
+                Value::Bool(b) => *b,
+                Value::Number(n) if n.as_u64() == Some(0) => false,
+                Value::Number(n) if n.as_u64() == Some(1) => true,
+                _ => return Err("BOOL elements must be true or false".into()),
+            };
+            out.push(u8::from(b));
+        }
+        DataType::U8 => int!(u8, as_u64),
+        DataType::U16 => int!(u16, as_u64),
+        DataType::U32 => int!(u32, as_u64),
+        DataType::U64 => int!(u64, as_u64),
+        DataType::I8 => int!(i8, as_i64),
+        DataType::I16 => int!(i16, as_i64),
+        DataType::I32 => int!(i32, as_i64),
+        DataType::I64 => int!(i64, as_i64),
+        DataType::F16 => {
+            let v = float(value).ok_or_else(out_of_range)?;
+            out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes());
+        }
+        DataType::F32 => {
+            let v = float(value).ok_or_else(out_of_range)?;
+            // Narrowing to the tensor's precision is what the client asked for.
+            #[allow(clippy::cast_possible_truncation)]
+            out.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        DataType::F64 => {
+            let v = float(value).ok_or_else(out_of_range)?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        DataType::Bytes => return Err("BYTES elements must be strings".into()),
+    }
+    Ok(())
+}
+
+/// A JSON number, or one of the strings "NaN", "Infinity", "-Infinity" (which JSON cannot carry).
+fn float(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" | "nan" => Some(f64::NAN),
+            "Infinity" | "inf" => Some(f64::INFINITY),
+            "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// An output to encode: its name, tensor, and whether it goes in binary.
+#[derive(Debug)]
+pub struct Output<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its value.
+    pub tensor: &'a Tensor,
+    /// Binary tensor extension, or JSON `data`.
+    pub binary: bool,
+}
+
+/// An encoded infer response.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    /// The body: JSON, then the binary outputs in order.
+    pub body: Zeroizing<Vec<u8>>,
+    /// The JSON part's length, for `Inference-Header-Content-Length`, when any output is binary.
+    pub header_length: Option<usize>,
+}
+
+/// Encodes an infer response.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<&str>,
+    outputs: &[Output<'_>],
+) -> EncodedResponse {
+    let mut binary = Zeroizing::new(Vec::new());
+    let mut json_outputs = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        let tensor = output.tensor;
+        let mut entry = Map::new();
+        entry.insert("name".into(), Value::from(output.name));
+        entry.insert("datatype".into(), Value::from(tensor.datatype().as_str()));
+        entry.insert("shape".into(), Value::from(tensor.shape().to_vec()));
+        if output.binary {
+            let start = binary.len();
+            match tensor.data() {
+                TensorData::Fixed(bytes) => binary.extend_from_slice(bytes),
+                TensorData::Bytes(elements) => {
+                    for e in elements {
+                        let len = u32::try_from(e.len()).unwrap_or(u32::MAX);
+                        binary.extend_from_slice(&len.to_le_bytes());
+                        binary.extend_from_slice(e);
+                    }
+                }
+            }
+            let mut parameters = Map::new();
+            parameters.insert("binary_data_size".into(), Value::from(binary.len() - start));
+            entry.insert("parameters".into(), Value::Object(parameters));
+        } else {
+            entry.insert("data".into(), json_data(tensor));
+        }
+        json_outputs.push(Value::Object(entry));
+    }
+    let mut response = Map::new();
+    if let Some(id) = id {
+        response.insert("id".into(), Value::from(id));
+    }
+    response.insert("model_name".into(), Value::from(model_name));
+    response.insert("model_version".into(), Value::from(model_version));
+    response.insert("outputs".into(), Value::Array(json_outputs));
+    let mut body = Zeroizing::new(serde_json::to_vec(&Value::Object(response)).unwrap_or_default());
+    let header_length =
+        (!binary.is_empty() || outputs.iter().any(|o| o.binary)).then_some(body.len());
+    body.extend_from_slice(&binary);
+    EncodedResponse {
+        body,
+        header_length,
+    }
+}
+
+fn json_float(v: f64) -> Value {
+    if v.is_finite() {
+        Value::from(v)
+    } else if v.is_nan() {
+        Value::from("NaN")
+    } else if v > 0.0 {
+        Value::from("Infinity")
+    } else {
+        Value::from("-Infinity")
+    }
+}
+
+/// The f64 nearest to the shortest decimal that reads back as `v`: 0.1f32 prints as 0.1, not
+/// 0.10000000149011612, as clients expect of FP32 and FP16 outputs in JSON.
+fn shortest(v: f32) -> f64 {
+    if v.is_finite() {
+        v.to_string().parse().unwrap_or(f64::from(v))
+    } else {
+        f64::from(v)
+    }
+}
+
+fn json_data(tensor: &Tensor) -> Value {
+    let bytes = match tensor.data() {
+        TensorData::Bytes(elements) => {
+            return Value::Array(
+                elements
+                    .iter()
+                    .map(|e| Value::from(String::from_utf8_lossy(e).into_owned()))
+                    .collect(),
+            )
+        }
+        TensorData::Fixed(bytes) => bytes,
+    };
+    macro_rules! each {
+        ($n:literal, $f:expr) => {
+            bytes
+                .chunks_exact($n)
+                .map(|c| {
+                    let mut a = [0u8; $n];
+                    a.copy_from_slice(c);
+                    $f(a)
+                })
+                .collect::<Vec<Value>>()
+        };
+    }
+    Value::Array(match tensor.datatype() {
+        DataType::Bool => bytes.iter().map(|&b| Value::Bool(b != 0)).collect(),
+        DataType::U8 => bytes.iter().map(|&b| Value::from(b)).collect(),
+        DataType::I8 => each!(1, |a| Value::from(i8::from_le_bytes(a))),
+        DataType::U16 => each!(2, |a| Value::from(u16::from_le_bytes(a))),
+        DataType::I16 => each!(2, |a| Value::from(i16::from_le_bytes(a))),
+        DataType::F16 => each!(2, |a| json_float(shortest(
+            half::f16::from_le_bytes(a).to_f32()
+        ))),
+        DataType::U32 => each!(4, |a| Value::from(u32::from_le_bytes(a))),
+        DataType::I32 => each!(4, |a| Value::from(i32::from_le_bytes(a))),
+        DataType::F32 => each!(4, |a| json_float(shortest(f32::from_le_bytes(a)))),
+        DataType::U64 => each!(8, |a| Value::from(u64::from_le_bytes(a))),
+        DataType::I64 => each!(8, |a| Value::from(i64::from_le_bytes(a))),
+        DataType::F64 => each!(8, |a| json_float(f64::from_le_bytes(a))),
+        DataType::Bytes => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn nested_and_flat_json_give_the_same_tensor() {
+        let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+        let nested = br#"{"id":"r1","extra":1,"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
+        let a = parse_request(flat, None, &limits()).unwrap();
+        let b = parse_request(nested, None, &limits()).unwrap();
+        assert_eq!(a.inputs[0].1, b.inputs[0].1);
+        assert_eq!(b.id.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn binary_inputs_are_read_after_the_header() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&7i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        let r = parse_request(&body, Some(header.len()), &limits()).unwrap();
+        let TensorData::Fixed(bytes) = r.inputs[0].1.data() else {
+            panic!()
+        };
+        assert_eq!(&bytes[..4], &7i32.to_le_bytes());
+    }
+
+    #[test]
+    fn binary_length_disagreeing_with_the_header_is_refused() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&[0u8; 4]);
+        let e = parse_request(&body, Some(header.len()), &limits()).unwrap_err();
+        assert!(e.0.contains("binary_data_size is 8"), "{e}");
+        body.extend_from_slice(&[0u8; 8]);
+        let e = parse_request(&body, Some(header.len()), &limits()).unwrap_err();
+        assert!(e.0.contains("no input claims"), "{e}");
+        let e = parse_request(&body, Some(body.len() + 1), &limits()).unwrap_err();
+        assert!(e.0.contains("Inference-Header-Content-Length"), "{e}");
+    }
+
+    #[test]
+    fn wrong_counts_types_and_ranges_name_the_input() {
+        for (body, needle) in [
+            (
+                r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "needs 3",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+                "more than",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
+                "range",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BF16","data":[1]}]}"#,
+                "unknown datatype",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[2]}]}"#,
+                "true or false",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                "no 'data'",
+            ),
+        ] {
+            let e = parse_request(body.as_bytes(), None, &limits()).unwrap_err();
+            assert!(e.0.contains("'x'") && e.0.contains(needle), "{body}: {e}");
+        }
+        let huge =
+            r#"{"inputs":[{"name":"x","shape":[100000,100000],"datatype":"FP32","data":[]}]}"#;
+        assert!(parse_request(huge.as_bytes(), None, &limits()).is_err());
+        assert!(parse_request(b"{\"inputs\":", None, &limits()).is_err());
+        assert!(parse_request(b"{\"inputs\":[]}", None, &limits()).is_err());
+    }
+
+    #[test]
+    fn responses_carry_json_and_binary_outputs() {
+        let t = Tensor::from_le_bytes(
+            DataType::F32,
+            vec![2],
+            Zeroizing::new([1.5f32.to_le_bytes(), f32::NAN.to_le_bytes()].concat()),
+        )
+        .unwrap();
+        let json = encode_response(
+            "m",
+            "1",
+            Some("id7"),
+            &[Output {
+                name: "y",
+                tensor: &t,
+                binary: false,
+            }],
+        );
+        assert_eq!(json.header_length, None);
+        let v: Value = serde_json::from_slice(&json.body).unwrap();
+        assert_eq!(v["id"], "id7");
+        assert_eq!(v["outputs"][0]["data"], serde_json::json!([1.5, "NaN"]));
+        let bin = encode_response(
+            "m",
+            "1",
+            None,
+            &[Output {
+                name: "y",
+                tensor: &t,
+                binary: true,
+            }],
+        );
+        let n = bin.header_length.unwrap();
+        assert_eq!(bin.body.len(), n + 8);
+        let v: Value = serde_json::from_slice(&bin.body[..n]).unwrap();
+        assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+    }
+}

@@ -1,0 +1,347 @@
+//! The models being served: by name, with versions, and with the status of models still loading
+//! or that failed to load.
+//!
+//! Every operation takes the lock only to look up or swap an `Arc`, never across loading or
+//! inference, so uploads, deletes and queries of one model may run at the same time: a request
+//! that holds a model keeps it alive until it is done, even if the model is deleted meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use crate::runtime::LoadedModel;
+
+/// Where a model came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A plain file named on the command line or in config (models that are not secret).
+    File,
+    /// Uploaded by a data owner over attested TLS.
+    Upload,
+    /// Pulled from a registry and decrypted with a key released by the key broker.
+    Registry {
+        /// The registry's model id.
+        model_id: String,
+    },
+}
+
+/// A loaded model version.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Its name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// The engine's model.
+    pub model: Arc<dyn LoadedModel>,
+    /// Where it came from.
+    pub source: Source,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// The state of a name that has no loaded version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Being fetched or loaded.
+    Loading,
+    /// Loading failed for good; the reason is shown in metadata.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    versions: BTreeMap<u64, Arc<ServedModel>>,
+    pending: Option<Pending>,
+}
+
+/// Why a lookup or change failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepositoryError {
+    /// No model has this name.
+    #[error("model '{name}' is not known")]
+    UnknownModel {
+        /// The name.
+        name: String,
+    },
+    /// The model has no such version.
+    #[error("model '{name}' has no version {version}")]
+    UnknownVersion {
+        /// The name.
+        name: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// The model is not loaded (yet, or at all).
+    #[error("model '{name}' is not ready: {why}")]
+    NotReady {
+        /// The name.
+        name: String,
+        /// Loading, or why it failed.
+        why: String,
+    },
+    /// The version is taken.
+    #[error("model '{name}' already has version {version}")]
+    VersionExists {
+        /// The name.
+        name: String,
+        /// The version.
+        version: u64,
+    },
+    /// The server holds as many models as it may.
+    #[error("the server already holds {max} models; delete one first")]
+    Full {
+        /// The limit.
+        max: usize,
+    },
+    /// A name the server does not accept.
+    #[error("model names are 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'")]
+    BadName,
+}
+
+/// A summary of one name, for listings and readiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The name.
+    pub name: String,
+    /// Loaded versions, ascending.
+    pub versions: Vec<u64>,
+    /// Loading or failed, when no version is loaded.
+    pub pending: Option<Pending>,
+}
+
+/// The models being served.
+#[derive(Debug)]
+pub struct Repository {
+    entries: RwLock<BTreeMap<String, Entry>>,
+    max_versions: usize,
+}
+
+/// Checks a model name: it appears in URLs and logs.
+pub fn check_name(name: &str) -> Result<(), RepositoryError> {
+    let ok = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RepositoryError::BadName)
+    }
+}
+
+impl Repository {
+    /// An empty repository that holds at most `max_versions` loaded model versions in all.
+    pub fn new(max_versions: usize) -> Self {
+        Repository {
+            entries: RwLock::new(BTreeMap::new()),
+            max_versions,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a loaded model as `version`, or as the next version after the highest loaded one.
+    pub fn insert(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        model: Arc<dyn LoadedModel>,
+        source: Source,
+    ) -> Result<Arc<ServedModel>, RepositoryError> {
+        check_name(name)?;
+        let mut entries = self.write();
+        let loaded: usize = entries.values().map(|e| e.versions.len()).sum();
+        if loaded >= self.max_versions {
+            return Err(RepositoryError::Full {
+                max: self.max_versions,
+            });
+        }
+        let entry = entries.entry(name.to_owned()).or_default();
+        let version = match version {
+            Some(v) if entry.versions.contains_key(&v) => {
+                return Err(RepositoryError::VersionExists {
+                    name: name.to_owned(),
+                    version: v,
+                })
+            }
+            Some(v) => v,
+            None => entry.versions.keys().next_back().map_or(1, |v| v + 1),
+        };
+        let served = Arc::new(ServedModel {
+            name: name.to_owned(),
+            version,
+            model,
+            source,
+            loaded_at: SystemTime::now(),
+        });
+        entry.versions.insert(version, Arc::clone(&served));
+        entry.pending = None;
+        Ok(served)
+    }
+
+    /// Marks a name as loading or failed (shown while it has no loaded version).
+    pub fn set_pending(&self, name: &str, pending: Pending) -> Result<(), RepositoryError> {
+        check_name(name)?;
+        self.write().entry(name.to_owned()).or_default().pending = Some(pending);
+        Ok(())
+    }
+
+    /// A model version: the highest loaded one when `version` is `None`.
+    pub fn get(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ServedModel>, RepositoryError> {
+        let entries = self.read();
+        let entry = entries
+            .get(name)
+            .ok_or_else(|| RepositoryError::UnknownModel {
+                name: name.to_owned(),
+            })?;
+        let found = match version {
+            None => entry.versions.values().next_back(),
+            Some(v) => {
+                let unknown = || RepositoryError::UnknownVersion {
+                    name: name.to_owned(),
+                    version: v.to_owned(),
+                };
+                let number: u64 = v.parse().map_err(|_| unknown())?;
+                Some(entry.versions.get(&number).ok_or_else(unknown)?)
+            }
+        };
+        match found {
+            Some(served) => Ok(Arc::clone(served)),
+            None => Err(RepositoryError::NotReady {
+                name: name.to_owned(),
+                why: match &entry.pending {
+                    Some(Pending::Failed { reason }) => format!("loading failed: {reason}"),
+                    _ => "it is loading".to_owned(),
+                },
+            }),
+        }
+    }
+
+    /// Removes every version of a model; `false` if the name was not known.
+    pub fn remove(&self, name: &str) -> bool {
+        self.write().remove(name).is_some()
+    }
+
+    /// Every name, ordered.
+    pub fn list(&self) -> Vec<Summary> {
+        self.read()
+            .iter()
+            .map(|(name, e)| Summary {
+                name: name.clone(),
+                versions: e.versions.keys().copied().collect(),
+                pending: if e.versions.is_empty() {
+                    e.pending.clone()
+                } else {
+                    None
+                },
+            })
+            .collect()
+    }
+
+    /// The summary of one name.
+    pub fn summary(&self, name: &str) -> Option<Summary> {
+        self.list().into_iter().find(|s| s.name == name)
+    }
+
+    /// Whether every name has a loaded version (nothing loading or failed).
+    pub fn all_ready(&self) -> bool {
+        self.read().values().all(|e| !e.versions.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{EngineError, Plan, Signature, Tensor};
+
+    #[derive(Debug)]
+    struct Fake(Signature);
+    impl LoadedModel for Fake {
+        fn signature(&self) -> &Signature {
+            &self.0
+        }
+        fn plan(&self) -> Plan {
+            Plan::Optimized
+        }
+        fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+            Ok(inputs)
+        }
+    }
+
+    fn fake() -> Arc<dyn LoadedModel> {
+        Arc::new(Fake(Signature::default()))
+    }
+
+    #[test]
+    fn versions_count_up_and_the_latest_is_the_default() {
+        let repo = Repository::new(8);
+        repo.insert("m", None, fake(), Source::File).unwrap();
+        repo.insert("m", None, fake(), Source::Upload).unwrap();
+        assert_eq!(repo.get("m", None).unwrap().version, 2);
+        assert_eq!(repo.get("m", Some("1")).unwrap().version, 1);
+        assert!(matches!(
+            repo.get("m", Some("3")),
+            Err(RepositoryError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            repo.get("m", Some("x")),
+            Err(RepositoryError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            repo.insert("m", Some(1), fake(), Source::File),
+            Err(RepositoryError::VersionExists { .. })
+        ));
+        assert!(repo.remove("m"));
+        assert!(!repo.remove("m"));
+        assert!(matches!(
+            repo.get("m", None),
+            Err(RepositoryError::UnknownModel { .. })
+        ));
+    }
+
+    #[test]
+    fn pending_names_are_not_ready() {
+        let repo = Repository::new(8);
+        repo.set_pending("p", Pending::Loading).unwrap();
+        assert!(!repo.all_ready());
+        repo.set_pending(
+            "p",
+            Pending::Failed {
+                reason: "policy denied".into(),
+            },
+        )
+        .unwrap();
+        let e = repo.get("p", None).unwrap_err().to_string();
+        assert!(e.contains("policy denied"), "{e}");
+        repo.insert("p", None, fake(), Source::File).unwrap();
+        assert!(repo.all_ready());
+    }
+
+    #[test]
+    fn limits_and_names_are_enforced() {
+        let repo = Repository::new(1);
+        repo.insert("a", None, fake(), Source::File).unwrap();
+        assert!(matches!(
+            repo.insert("b", None, fake(), Source::File),
+            Err(RepositoryError::Full { max: 1 })
+        ));
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert_eq!(check_name(bad), Err(RepositoryError::BadName), "{bad:?}");
+        }
+    }
+}

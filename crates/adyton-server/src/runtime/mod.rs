@@ -1,0 +1,524 @@
+//! The inference engine: one trait, tensors in the Open Inference Protocol's data types, model
+//! signatures, and the checks an input passes before it reaches the engine.
+//!
+//! [`tract::TractEngine`] is the implementation; no other module knows tract.
+
+pub mod tract;
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+/// An Open Inference Protocol data type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// One byte per element, 0 or 1.
+    Bool,
+    /// Unsigned integers.
+    U8,
+    /// Unsigned integers.
+    U16,
+    /// Unsigned integers.
+    U32,
+    /// Unsigned integers.
+    U64,
+    /// Signed integers.
+    I8,
+    /// Signed integers.
+    I16,
+    /// Signed integers.
+    I32,
+    /// Signed integers.
+    I64,
+    /// IEEE half precision.
+    F16,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+    /// Byte strings of any length.
+    Bytes,
+}
+
+impl DataType {
+    /// Every data type, in the protocol's order.
+    pub const ALL: [DataType; 13] = [
+        DataType::Bool,
+        DataType::U8,
+        DataType::U16,
+        DataType::U32,
+        DataType::U64,
+        DataType::I8,
+        DataType::I16,
+        DataType::I32,
+        DataType::I64,
+        DataType::F16,
+        DataType::F32,
+        DataType::F64,
+        DataType::Bytes,
+    ];
+
+    /// The protocol's name: `BOOL`, `UINT8`, ..., `FP32`, `BYTES`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::U8 => "UINT8",
+            DataType::U16 => "UINT16",
+            DataType::U32 => "UINT32",
+            DataType::U64 => "UINT64",
+            DataType::I8 => "INT8",
+            DataType::I16 => "INT16",
+            DataType::I32 => "INT32",
+            DataType::I64 => "INT64",
+            DataType::F16 => "FP16",
+            DataType::F32 => "FP32",
+            DataType::F64 => "FP64",
+            DataType::Bytes => "BYTES",
+        }
+    }
+
+    /// The data type of a protocol name; `None` for names the protocol does not define here
+    /// (BF16 included).
+    pub fn parse(name: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// Bytes per element, or `None` for `BYTES`.
+    pub fn element_size(self) -> Option<usize> {
+        Some(match self {
+            DataType::Bool | DataType::U8 | DataType::I8 => 1,
+            DataType::U16 | DataType::I16 | DataType::F16 => 2,
+            DataType::U32 | DataType::I32 | DataType::F32 => 4,
+            DataType::U64 | DataType::I64 | DataType::F64 => 8,
+            DataType::Bytes => return None,
+        })
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The elements of a tensor. Both forms are zeroized on drop: tensors are the data owner's secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TensorData {
+    /// Fixed-size elements, little-endian, row-major: the binary tensor extension's layout.
+    Fixed(Zeroizing<Vec<u8>>),
+    /// `BYTES` elements, row-major.
+    Bytes(Vec<Zeroizing<Vec<u8>>>),
+}
+
+impl fmt::Debug for TensorData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorData::Fixed(bytes) => write!(f, "Fixed(<{} bytes>)", bytes.len()),
+            TensorData::Bytes(elements) => write!(f, "Bytes(<{} elements>)", elements.len()),
+        }
+    }
+}
+
+/// A tensor: a data type, a shape and its elements. Its contents never appear in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tensor {
+    datatype: DataType,
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("datatype", &self.datatype)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a tensor could not be built from its parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TensorError {
+    /// The element count overflows.
+    #[error("shape {shape:?} has too many elements")]
+    ShapeOverflow {
+        /// The shape.
+        shape: Vec<usize>,
+    },
+    /// The bytes do not fill the shape exactly.
+    #[error("{datatype} tensor of shape {shape:?} needs {expected} bytes, got {actual}")]
+    ByteLength {
+        /// The data type.
+        datatype: DataType,
+        /// The shape.
+        shape: Vec<usize>,
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+    /// The number of strings does not fill the shape exactly.
+    #[error("BYTES tensor of shape {shape:?} needs {expected} elements, got {actual}")]
+    ElementCount {
+        /// The shape.
+        shape: Vec<usize>,
+        /// Elements expected.
+        expected: usize,
+        /// Elements given.
+        actual: usize,
+    },
+    /// A `BOOL` byte other than 0 or 1.
+    #[error("BOOL elements must be 0 or 1")]
+    BadBool,
+    /// Fixed-size bytes given for `BYTES`, or strings for a fixed-size type.
+    #[error("{datatype} does not take this kind of data")]
+    WrongKind {
+        /// The data type.
+        datatype: DataType,
+    },
+}
+
+/// The number of elements of `shape`, or `None` on overflow.
+pub fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+impl Tensor {
+    /// A tensor of fixed-size elements from little-endian, row-major bytes.
+    pub fn from_le_bytes(
+        datatype: DataType,
+        shape: Vec<usize>,
+        bytes: Zeroizing<Vec<u8>>,
+    ) -> Result<Tensor, TensorError> {
+        let Some(size) = datatype.element_size() else {
+            return Err(TensorError::WrongKind { datatype });
+        };
+        let expected = element_count(&shape)
+            .and_then(|n| n.checked_mul(size))
+            .ok_or_else(|| TensorError::ShapeOverflow {
+                shape: shape.clone(),
+            })?;
+        if bytes.len() != expected {
+            return Err(TensorError::ByteLength {
+                datatype,
+                shape,
+                expected,
+                actual: bytes.len(),
+            });
+        }
+        if datatype == DataType::Bool && bytes.iter().any(|&b| b > 1) {
+            return Err(TensorError::BadBool);
+        }
+        Ok(Tensor {
+            datatype,
+            shape,
+            data: TensorData::Fixed(bytes),
+        })
+    }
+
+    /// A `BYTES` tensor from its elements, row-major.
+    pub fn from_strings(
+        shape: Vec<usize>,
+        elements: Vec<Zeroizing<Vec<u8>>>,
+    ) -> Result<Tensor, TensorError> {
+        let expected = element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow {
+            shape: shape.clone(),
+        })?;
+        if elements.len() != expected {
+            return Err(TensorError::ElementCount {
+                shape,
+                expected,
+                actual: elements.len(),
+            });
+        }
+        Ok(Tensor {
+            datatype: DataType::Bytes,
+            shape,
+            data: TensorData::Bytes(elements),
+        })
+    }
+
+    /// Its data type.
+    pub fn datatype(&self) -> DataType {
+        self.datatype
+    }
+
+    /// Its shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Its elements.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+
+    /// Its element count.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            TensorData::Fixed(bytes) => bytes.len() / self.datatype.element_size().unwrap_or(1),
+            TensorData::Bytes(elements) => elements.len(),
+        }
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its size in bytes (for `BYTES`, the sum of the element lengths).
+    pub fn byte_len(&self) -> usize {
+        match &self.data {
+            TensorData::Fixed(bytes) => bytes.len(),
+            TensorData::Bytes(elements) => elements.iter().map(|e| e.len()).sum(),
+        }
+    }
+}
+
+/// A dimension of a declared tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(usize),
+    /// Any size (symbolic in the graph, such as a batch dimension); `-1` in model metadata.
+    Dynamic,
+}
+
+impl Dim {
+    /// The protocol's form: the size, or -1.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Dim::Fixed(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Dim::Dynamic => -1,
+        }
+    }
+}
+
+/// A declared input or output of a model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Its name in the graph.
+    pub name: String,
+    /// Its data type.
+    pub datatype: DataType,
+    /// Its shape; `None` when the graph does not declare one (then any rank is accepted).
+    pub shape: Option<Vec<Dim>>,
+}
+
+/// A model's declared inputs and outputs, in graph order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Signature {
+    /// Inputs, in the order [`LoadedModel::run`] takes them.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs, in the order [`LoadedModel::run`] returns them.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// How far the engine could optimise a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Fully optimised.
+    Optimized,
+    /// The optimiser failed; the decluttered (less optimised) plan runs.
+    Decluttered,
+    /// Both failed with the graph's value info; it loaded with that info ignored.
+    ValueInfoIgnored,
+}
+
+impl Plan {
+    /// A short name for metadata and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Optimized => "optimized",
+            Plan::Decluttered => "decluttered",
+            Plan::ValueInfoIgnored => "value-info-ignored",
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The bytes are not a model the engine can load; `reason` is the engine's own words.
+    #[error("the model cannot be loaded: {reason}")]
+    Load {
+        /// Why.
+        reason: String,
+    },
+    /// The model uses something the server does not serve (a data type, say).
+    #[error("the model is not supported: {reason}")]
+    Unsupported {
+        /// Why.
+        reason: String,
+    },
+    /// The inputs do not match the model's declared inputs; the message names the input.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// Running the model failed.
+    #[error("inference failed: {reason}")]
+    Run {
+        /// Why.
+        reason: String,
+    },
+    /// Reading the model failed.
+    #[error("reading the model failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An input that does not match the model: always names the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// A declared input that was not given.
+    #[error("input '{name}' is missing")]
+    Missing {
+        /// The input.
+        name: String,
+    },
+    /// A given input that the model does not declare.
+    #[error("input '{name}' is not an input of this model (inputs: {expected})")]
+    Unknown {
+        /// The input.
+        name: String,
+        /// The declared inputs, comma-separated.
+        expected: String,
+    },
+    /// The same input given twice.
+    #[error("input '{name}' is given more than once")]
+    Duplicate {
+        /// The input.
+        name: String,
+    },
+    /// The wrong data type.
+    #[error("input '{name}' must be {expected}, got {actual}")]
+    DataType {
+        /// The input.
+        name: String,
+        /// Declared.
+        expected: DataType,
+        /// Given.
+        actual: DataType,
+    },
+    /// The wrong rank.
+    #[error("input '{name}' must have {expected} dimensions, got shape {actual:?}")]
+    Rank {
+        /// The input.
+        name: String,
+        /// Declared rank.
+        expected: usize,
+        /// Given shape.
+        actual: Vec<usize>,
+    },
+    /// A fixed dimension of the wrong size.
+    #[error("input '{name}' dimension {axis} must be {expected}, got shape {actual:?}")]
+    Dimension {
+        /// The input.
+        name: String,
+        /// The axis.
+        axis: usize,
+        /// Declared size.
+        expected: usize,
+        /// Given shape.
+        actual: Vec<usize>,
+    },
+    /// A `BYTES` element that is not UTF-8, given to a model whose input is a string tensor.
+    #[error("input '{name}' element {index} is not UTF-8, and the model takes text")]
+    NotUtf8 {
+        /// The input.
+        name: String,
+        /// The element's row-major index.
+        index: usize,
+    },
+}
+
+/// The inference engine: turns ONNX bytes into a runnable model.
+pub trait Engine: Send + Sync + fmt::Debug {
+    /// Loads a model from ONNX bytes in memory, and optimises it once (falling back to a less
+    /// optimised plan, then to ignoring the graph's value info, and failing only when nothing
+    /// works, with the engine's reason).
+    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, EngineError>;
+
+    /// Loads a model from a reader (a decrypting stream, say). The bytes are held only in memory
+    /// that is zeroized afterwards.
+    fn load_from_reader(&self, reader: &mut dyn Read) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        let mut bytes = Zeroizing::new(Vec::new());
+        reader.read_to_end(&mut bytes)?;
+        self.load(&bytes)
+    }
+}
+
+/// A loaded, optimised model. `run` may be called from many threads at once.
+pub trait LoadedModel: Send + Sync + fmt::Debug {
+    /// Its declared inputs and outputs.
+    fn signature(&self) -> &Signature;
+
+    /// How far it was optimised.
+    fn plan(&self) -> Plan;
+
+    /// Runs it. `inputs` are in the signature's input order and have passed [`check_inputs`];
+    /// the outputs come back in the signature's output order.
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError>;
+}
+
+/// Checks named inputs against a signature (name, data type, rank, fixed dimensions), and puts
+/// them in the signature's order. Every error names the input.
+pub fn check_inputs(
+    signature: &Signature,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<Vec<Tensor>, InputError> {
+    let mut slots: Vec<Option<Tensor>> = signature.inputs.iter().map(|_| None).collect();
+    for (name, tensor) in inputs {
+        let Some(index) = signature.inputs.iter().position(|s| s.name == name) else {
+            let expected = signature
+                .inputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(InputError::Unknown { name, expected });
+        };
+        let spec = &signature.inputs[index];
+        if tensor.datatype() != spec.datatype {
+            return Err(InputError::DataType {
+                name,
+                expected: spec.datatype,
+                actual: tensor.datatype(),
+            });
+        }
+        if let Some(dims) = &spec.shape {
+            if dims.len() != tensor.shape().len() {
+                return Err(InputError::Rank {
+                    name,
+                    expected: dims.len(),
+                    actual: tensor.shape().to_vec(),
+                });
+            }
+            for (axis, (dim, &size)) in dims.iter().zip(tensor.shape()).enumerate() {
+                if let Dim::Fixed(expected) = *dim {
+                    if expected != size {
+                        return Err(InputError::Dimension {
+                            name,
+                            axis,
+                            expected,
+                            actual: tensor.shape().to_vec(),
+                        });
+                    }
+                }
+            }
+        }
+        if slots[index].is_some() {
+            return Err(InputError::Duplicate { name });
+        }
+        slots[index] = Some(tensor);
+    }
+    slots
+        .into_iter()
+        .zip(&signature.inputs)
+        .map(|(slot, spec)| {
+            slot.ok_or_else(|| InputError::Missing {
+                name: spec.name.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the inference server.
+
+// Tests may unwrap and panic: a failure is the test's report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod http;
+mod runtime;
+mod support;
