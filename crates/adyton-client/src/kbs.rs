@@ -344,6 +344,81 @@ impl KbsClient {
     }
 }
 
+/// A key broker's answer to a key transfer, both fields decoded from base64.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TransferAnswer {
+    /// The model key sealed under the wrapping key (envelope v1).
+    pub wrapped_key: Vec<u8>,
+    /// The wrapping key, RSA-OAEP-SHA256 encrypted to the TEE's public key.
+    pub wrapped_swk: Vec<u8>,
+}
+
+impl fmt::Debug for TransferAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferAnswer")
+            .field("wrapped_key", &format_args!("<{} bytes>", self.wrapped_key.len()))
+            .field("wrapped_swk", &format_args!("<{} bytes>", self.wrapped_swk.len()))
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct TransferJson {
+    wrapped_key: String,
+    wrapped_swk: String,
+}
+
+/// `POST url` (a key's full transfer URL, `.../kbs/v1/keys/{id}/transfer`, as model info carries it)
+/// with `Attestation-Type: attestation_type`, and the evidence and public key in base64, as the CNAP
+/// client sends them (`docs/kbs.md`).
+pub fn transfer(
+    url: &str,
+    attestation_type: &str,
+    quote_b64: &str,
+    user_data_b64: &str,
+) -> Result<TransferAnswer> {
+    let client = KbsClient::new(url)?;
+    let request = "POST (key transfer)".to_owned();
+    let body = serde_json::json!({ "quote": quote_b64, "user_data": user_data_b64 }).to_string();
+    let mut answer = client
+        .agent
+        .post(&client.base_url)
+        .header("Attestation-Type", attestation_type)
+        .content_type("application/json")
+        .send(body.as_bytes())
+        .map_err(|source| ClientError::Transport {
+            request: request.clone(),
+            source,
+        })?;
+    let status = answer.status().as_u16();
+    let bytes = answer
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_LEN)
+        .read_to_vec()
+        .map_err(|source| ClientError::Transport {
+            request: request.clone(),
+            source,
+        })?;
+    if !(200..300).contains(&status) {
+        return Err(api_error(request, status, &bytes));
+    }
+    let invalid = |reason: String| ClientError::InvalidResponse {
+        request: request.clone(),
+        reason,
+    };
+    let json: TransferJson = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let decode = |field: &str, text: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| invalid(format!("{field} is not base64")))
+    };
+    Ok(TransferAnswer {
+        wrapped_key: decode("wrapped_key", &json.wrapped_key)?,
+        wrapped_swk: decode("wrapped_swk", &json.wrapped_swk)?,
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method {
     Get,

@@ -41,6 +41,7 @@ use zeroize::Zeroizing;
 
 use crate::metrics::{FailureReason, Metrics};
 use crate::protocol::{self, Limits, Output};
+use crate::pull::Puller;
 use crate::repository::{check_name, Repository, RepositoryError, ServedModel, Source, Summary};
 use crate::runtime::{check_inputs, Dim, Engine, EngineError, TensorSpec};
 
@@ -148,6 +149,8 @@ pub struct ServerState {
     pub admin_token: Option<AdminToken>,
     /// Fresh evidence; without it, `/adyton/v1/attestation` is 404.
     pub attestation: Option<Arc<dyn FreshEvidence>>,
+    /// Pulls protected models (flow B); without it, `:pull` is refused.
+    pub puller: Option<Arc<Puller>>,
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
 }
@@ -171,7 +174,14 @@ impl ServerState {
             settings,
             admin_token,
             attestation,
+            puller: None,
         }
+    }
+
+    /// The same state, able to pull protected models.
+    pub fn with_puller(mut self, puller: Arc<Puller>) -> Self {
+        self.puller = Some(puller);
+        self
     }
 }
 
@@ -714,6 +724,9 @@ async fn upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
+    if let Some(name) = name.strip_suffix(":pull") {
+        return start_pull(&app, name, &headers, body).await;
+    }
     check_name(&name)?;
     let version = match query.get("version") {
         None => None,
@@ -751,6 +764,47 @@ async fn upload(
         })),
     )
         .into_response())
+}
+
+/// `POST /adyton/v1/models/{name}:pull` with `{"model_id": "..."}`: pulls a protected model from the
+/// registry in the background (202); its state shows in `GET /v2/models/{name}` and `.../ready`.
+async fn start_pull(app: &AppState, name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    check_name(name)?;
+    let Some(puller) = app.puller.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server has no registry and key broker configured for pulls",
+        ));
+    };
+    let body = read_body(headers, body, 64 << 10, "pull request").await?;
+    #[derive(serde::Deserialize)]
+    struct PullRequest {
+        model_id: String,
+    }
+    let request: PullRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body must be {{\"model_id\": \"...\"}}: {e}")))?;
+    check_name(&request.model_id)
+        .map_err(|_| ApiError::bad_request("model_id must be 1 to 128 letters, digits, '.', '_' or '-'"))?;
+    if let Some(summary) = app.repository.summary(name) {
+        if summary.pending == Some(crate::repository::Pending::Loading) {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("model '{name}' is already being pulled")));
+        }
+    }
+    app.repository.set_pending(name, crate::repository::Pending::Loading)?;
+    let repository = Arc::clone(&app.repository);
+    let (name, model_id) = (name.to_owned(), request.model_id);
+    let answer = json!({ "name": name, "model_id": model_id, "state": "LOADING" });
+    tokio::task::spawn_blocking(move || {
+        match puller.pull_into(&repository, &name, &model_id) {
+            Ok((served, timings)) => tracing::info!(
+                model = %name, model_id = %model_id, version = served.version,
+                total_ms = u64::try_from(timings.total().as_millis()).unwrap_or(u64::MAX),
+                "model pulled"
+            ),
+            Err(e) => tracing::warn!(model = %name, model_id = %model_id, error = %e, "pull failed"),
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 async fn delete_model(

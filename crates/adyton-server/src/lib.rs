@@ -3,6 +3,8 @@
 //!
 //! - [`runtime`]: the inference engine trait, tensors, model signatures and input checks; tract is
 //!   the one implementation, and the only module that knows tract.
+//! - [`pull`]: flow B, an encrypted model pulled from the registry with its key released by the
+//!   key broker to this TEE.
 //! - [`protocol`]: infer request and response bodies (JSON and binary tensors).
 //! - [`repository`]: the models being served, with versions and loading states.
 //! - [`metrics`]: Prometheus metrics under Triton's names.
@@ -15,6 +17,7 @@
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod pull;
 pub mod repository;
 pub mod runtime;
 pub mod tls;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, kbs, kbs_client, model};
+use crate::{attest, kbs, kbs_client, model, server};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -27,6 +27,64 @@ enum Command {
     /// Run the key broker (KBS): model keys released only to attested TEEs.
     #[command(subcommand)]
     Kbs(KbsCommand),
+
+    /// Run the inference server: ONNX models over the Open Inference Protocol and attested TLS.
+    #[command(subcommand)]
+    Server(ServerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Serve models over HTTPS whose certificate carries this TEE's evidence, until SIGINT or
+    /// SIGTERM.
+    ///
+    /// With --config, settings come from a TOML file (docs/server-config.md), flags overriding it.
+    /// Without it, a local trial needs only --listen; models that are not secret may be loaded
+    /// from plain files with --model.
+    #[command(after_help = "Examples:\n  \
+        adyton server serve --listen 127.0.0.1:8443 --tee sim --model add=add.onnx --token-file token\n  \
+        adyton server serve --config server.toml")]
+    Serve(ServerServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerServeArgs {
+    /// The configuration file (docs/server-config.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp or sim (INSECURE).
+    #[arg(long, value_name = "TEE")]
+    pub tee: Option<String>,
+    /// The SIM attester's key file (default: ~/.config/adyton/sim.key, made on first use).
+    #[arg(long, value_name = "FILE")]
+    pub sim_key: Option<PathBuf>,
+    /// A plain ONNX model to serve, as NAME=PATH; repeatable. For models that are not secret.
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    pub models: Vec<String>,
+    /// A file holding the bearer token that model upload and delete require.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Write the attested certificate (PEM) here, for clients that pin it (curl, tritonclient).
+    #[arg(long, value_name = "FILE")]
+    pub certificate_out: Option<PathBuf>,
+    /// Inferences running at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Requests that may wait for a worker before the server answers 503 (default: 16 per worker).
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+    /// Model versions held at once, uploaded or configured (default 16).
+    #[arg(long, value_name = "N")]
+    pub max_models: Option<usize>,
+    /// Largest model upload, e.g. 512M (default 1G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub max_upload_bytes: Option<usize>,
+    /// Largest infer request body, e.g. 16M (default 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub max_request_bytes: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -432,21 +490,31 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Parses a byte count with an optional K or M suffix (binary units).
-fn parse_size(text: &str) -> Result<u32, String> {
+/// Parses a byte count with an optional K, M or G suffix (binary units).
+fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = match text.char_indices().last() {
         Some((at, 'k' | 'K')) => (&text[..at], 1u64 << 10),
         Some((at, 'm' | 'M')) => (&text[..at], 1u64 << 20),
+        Some((at, 'g' | 'G')) => (&text[..at], 1u64 << 30),
         _ => (text, 1),
     };
     let value: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is not a byte count (examples: 65536, 64K, 1M)"))?;
+        .map_err(|_| format!("`{text}` is not a byte count (examples: 65536, 64K, 1M, 2G)"))?;
     value
         .checked_mul(unit)
-        .and_then(|v| u32::try_from(v).ok())
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// A byte count that fits 32 bits (chunk sizes).
+fn parse_size(text: &str) -> Result<u32, String> {
+    u32::try_from(parse_bytes(text)?).map_err(|_| format!("`{}` is too large", text.trim()))
+}
+
+/// A byte count for memory limits.
+fn parse_limit(text: &str) -> Result<usize, String> {
+    usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{}` is too large", text.trim()))
 }
 
 impl Cli {
@@ -464,6 +532,7 @@ impl Cli {
             Command::Kbs(KbsCommand::Login(args)) => kbs_client::login(&args),
             Command::Kbs(KbsCommand::Policy(command)) => kbs_client::policy(&command),
             Command::Kbs(KbsCommand::Key(command)) => kbs_client::key(&command),
+            Command::Server(ServerCommand::Serve(args)) => server::serve(&args),
         }
     }
 }
@@ -483,7 +552,8 @@ mod tests {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert_eq!(parse_size("64k"), Ok(65536));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("1G").is_err());
+        assert!(parse_size("4G").is_err());
+        assert_eq!(parse_limit("2G"), Ok(2 << 30));
         assert!(parse_size("99999999M").is_err());
         assert!(parse_size("").is_err());
     }

@@ -3,23 +3,24 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
-use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use adyton_attest::collateral::Collateral;
 use adyton_kbs::admin::{AdminAuth, AdminUsers, TRIAL_ADMIN_USER};
 use adyton_kbs::http::{self, JsonLinesAudit, KbsState};
 use adyton_kbs::master_key::{MasterKey, MASTER_KEY_FILE};
+use adyton_kbs::store::postgres::PostgresStore;
 use adyton_kbs::store::redb::RedbStore;
+use adyton_kbs::store::Store;
 use adyton_kbs::transfer::Broker;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::cli::KbsServeArgs;
+use crate::net::{shutdown_signal, TlsListener};
 
 /// The environment variable holding the master key (64 hex digits or base64 of 32 bytes).
 const MASTER_KEY_ENV: &str = "ADYTON_KBS_MASTER_KEY";
@@ -27,6 +28,9 @@ const MASTER_KEY_ENV: &str = "ADYTON_KBS_MASTER_KEY";
 const ADMIN_PASSWORD_ENV: &str = "ADYTON_KBS_ADMIN_PASSWORD";
 /// The key store's file name in the data directory.
 const STORE_FILE: &str = "kbs.redb";
+/// The environment variable holding the PostgreSQL store's URL, unless `[store].url_env` names
+/// another.
+const DATABASE_URL_ENV: &str = "ADYTON_KBS_DATABASE_URL";
 /// The audit log's file name in the data directory.
 const AUDIT_FILE: &str = "audit.jsonl";
 /// Largest collateral file read.
@@ -46,14 +50,12 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     };
     let dir = settings.data_dir.as_path();
     let master = load_master_key(settings.master_key_file.as_deref(), dir)?;
-    let store = RedbStore::open(&dir.join(STORE_FILE))
-        .with_context(|| format!("cannot open the key store in {}", dir.display()))?;
+    let store = open_store(&settings.store, dir)?;
     let collateral = match &settings.collateral {
         Some(path) => load_collateral(path)?,
         None => Collateral::none(),
     };
-    let broker =
-        Broker::new(Arc::new(store), master, collateral).context("cannot start the key broker")?;
+    let broker = Broker::new(store, master, collateral).context("cannot start the key broker")?;
     let audit_path = settings.audit_log.clone();
     let audit = JsonLinesAudit::new(open_audit_log(&audit_path)?);
     let state = Arc::new(KbsState::new(broker, Arc::new(audit), http::system_clock));
@@ -168,9 +170,31 @@ struct ConfigFile {
     #[serde(default)]
     admin: Vec<AdminEntry>,
     tls: Option<TlsSection>,
+    store: Option<StoreSection>,
     /// Refused with an explanation rather than as an unknown field.
     #[serde(rename = "master_key", default, deserialize_with = "refuse_master_key")]
     _master_key: (),
+}
+
+/// `[store]`: where policies and keys are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    backend: StoreBackend,
+    /// PostgreSQL only: the environment variable that holds the URL.
+    url_env: Option<String>,
+    /// Refused with an explanation rather than as an unknown field.
+    #[serde(rename = "url", default, deserialize_with = "refuse_url")]
+    _url: (),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreBackend {
+    /// `kbs.redb` in the data directory.
+    Redb,
+    /// One PostgreSQL database, which several replicas may share.
+    Postgres,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +222,14 @@ fn refuse_master_key<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Er
     ))
 }
 
+fn refuse_url<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(format!(
+        "`url` is not allowed: the database URL holds a password, which is never kept in the \
+         configuration file; put the URL in the environment variable named by `url_env` \
+         (default {DATABASE_URL_ENV})"
+    )))
+}
+
 fn refuse_password<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
     Err(serde::de::Error::custom(
         "`password` is not allowed: only hashed passwords are kept in the configuration file; \
@@ -217,6 +249,71 @@ struct Settings {
     /// `Some` with `--config` (possibly empty); `None` in the local trial.
     admins: Option<Vec<AdminEntry>>,
     tls: Option<TlsSection>,
+    store: StoreSetting,
+}
+
+/// The key store `serve` opens.
+enum StoreSetting {
+    /// `DATA_DIR/kbs.redb`.
+    Redb,
+    /// PostgreSQL at `url`, read from the environment variable `url_env`.
+    Postgres {
+        url_env: String,
+        url: Zeroizing<String>,
+    },
+}
+
+impl StoreSetting {
+    /// The `[store]` section, with the URL read from the environment now, so that a missing
+    /// variable is found before anything is opened.
+    fn resolve(section: Option<StoreSection>, source: &str) -> Result<Self> {
+        let Some(section) = section else {
+            return Ok(Self::Redb);
+        };
+        match (section.backend, section.url_env) {
+            (StoreBackend::Redb, None) => Ok(Self::Redb),
+            (StoreBackend::Redb, Some(_)) => {
+                anyhow::bail!("{source}: [store] `url_env` is only for backend = \"postgres\"")
+            }
+            (StoreBackend::Postgres, url_env) => {
+                let url_env = url_env.unwrap_or_else(|| DATABASE_URL_ENV.to_owned());
+                if url_env.is_empty() {
+                    anyhow::bail!("{source}: [store] `url_env` is empty");
+                }
+                let url = match std::env::var_os(&url_env) {
+                    Some(value) => Zeroizing::new(value.into_string().map_err(|_| {
+                        anyhow::anyhow!("{url_env} (the PostgreSQL URL) is not valid UTF-8")
+                    })?),
+                    None => anyhow::bail!(
+                        "{source}: [store] backend = \"postgres\" takes the database URL from \
+                         the environment variable {url_env}, which is not set"
+                    ),
+                };
+                if url.trim().is_empty() {
+                    anyhow::bail!("{url_env} (the PostgreSQL URL) is empty");
+                }
+                Ok(Self::Postgres { url_env, url })
+            }
+        }
+    }
+}
+
+/// Opens the configured store. Errors never show a database password.
+fn open_store(setting: &StoreSetting, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    match setting {
+        StoreSetting::Redb => {
+            let store = RedbStore::open(&data_dir.join(STORE_FILE))
+                .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreSetting::Postgres { url_env, url } => {
+            let store = PostgresStore::connect(url).with_context(|| {
+                format!("cannot open the key store in PostgreSQL (the URL in {url_env})")
+            })?;
+            eprintln!("key store: PostgreSQL at {}", store.target());
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 impl Settings {
@@ -245,10 +342,12 @@ impl Settings {
                 collateral: args.collateral.clone(),
                 admins: None,
                 tls: flag_tls,
+                store: StoreSetting::Redb,
             });
         };
         let file = load_config(path)?;
         let source = path.display().to_string();
+        let store = StoreSetting::resolve(file.store, &source)?;
         // Relative paths in the file are relative to the file's directory.
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
@@ -282,6 +381,7 @@ impl Settings {
             audit_log,
             admins: Some(file.admin),
             tls,
+            store,
             source,
         })
     }
@@ -300,7 +400,22 @@ fn load_config(path: &Path) -> Result<ConfigFile> {
     if text.len() as u64 > MAX_CONFIG_LEN {
         anyhow::bail!("{} is larger than {MAX_CONFIG_LEN} bytes", path.display());
     }
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        // The parser quotes the offending line, and the line of a refused secret holds the secret:
+        // for those, the line number and the explanation only.
+        if e.message().contains("is not allowed") {
+            let line = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map(|before| before.matches('\n').count() + 1);
+            match line {
+                Some(line) => anyhow::anyhow!("{}, line {line}: {}", path.display(), e.message()),
+                None => anyhow::anyhow!("{}: {}", path.display(), e.message()),
+            }
+        } else {
+            anyhow::anyhow!("{}: {e}", path.display())
+        }
+    })
 }
 
 /// The operators of `[[admin]]`: each with a username and an argon2 PHC `password_hash`.
@@ -377,71 +492,6 @@ fn load_tls(tls: &TlsSection) -> Result<rustls::ServerConfig> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .with_context(|| format!("cannot use the TLS certificate {cert_path} with the key {key_path}"))
-}
-
-/// How long a client may take over the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A listener handing axum finished TLS connections. Handshakes run in their own tasks, so a slow
-/// or silent client does not hold up the others.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(
-        tcp: tokio::net::TcpListener,
-        addr: SocketAddr,
-        config: Arc<rustls::ServerConfig>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // As axum does: e.g. out of file descriptors; wait rather than spin.
-                        eprintln!("warning: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    // Failed handshakes (plain HTTP, scanners, timeouts) are dropped quietly.
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                });
-            }
-        });
-        (Self { ready, addr }, task)
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task is gone (only at shutdown): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
 }
 
 /// The master key: from the environment, else from `--master-key-file`, else `DIR/master.key`
@@ -525,30 +575,4 @@ fn open_audit_log(path: &Path) -> Result<File> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot open the audit log {}", path.display()))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                eprintln!("warning: cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        result = interrupt => {
-            if let Err(e) = result {
-                eprintln!("warning: cannot listen for SIGINT: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-        () = terminate => {}
-    }
-    eprintln!("shutting down");
 }

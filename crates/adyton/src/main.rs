@@ -8,6 +8,8 @@ mod files;
 mod kbs;
 mod kbs_client;
 mod model;
+mod net;
+mod server;
 
 use std::process::ExitCode;
 

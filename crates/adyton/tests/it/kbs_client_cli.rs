@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{adyton_ok, KbsServer};
+use crate::support::{adyton_ok, ServerProcess};
 
 const PASSWORD: &str = "trial-password-for-the-client-test";
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
@@ -49,9 +49,9 @@ fn last_line(text: &str) -> String {
 fn operator_manages_policies_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut command = KbsServer::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+    let mut command = ServerProcess::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
     command.env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD);
-    let server = KbsServer::start(command);
+    let server = ServerProcess::start(command);
     let url = server.url.as_str();
 
     // Login: password from the environment, token in $HOME/.config/adyton/kbs-token, mode 0600.

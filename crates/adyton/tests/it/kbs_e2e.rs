@@ -4,17 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::support::{adyton_ok, KbsServer};
+use crate::support::{adyton_ok, ServerProcess};
 
 const PASSWORD: &str = "trial-password-for-the-e2e-test";
 const KEY_HEX: &str = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
 
 /// Starts `adyton kbs serve` on a free port with the test's admin password, and checks what it
 /// says at start.
-fn start_server(dir: &Path) -> KbsServer {
-    let mut command = KbsServer::command(dir, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+fn start_server(dir: &Path) -> ServerProcess {
+    let mut command =
+        ServerProcess::command(dir, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
     command.env("ADYTON_KBS_ADMIN_PASSWORD", PASSWORD);
-    let server = KbsServer::start(command);
+    let server = ServerProcess::start(command);
     let seen = &server.startup;
     assert!(
         server.url.starts_with("http://127.0.0.1:"),
@@ -206,12 +207,12 @@ fn kbs_serve_releases_keys_to_sim_evidence_over_http_and_refuses_others() {
 fn kbs_serve_without_admin_password_disables_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut command = KbsServer::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
+    let mut command = ServerProcess::command(d, &["--listen", "127.0.0.1:0", "--data-dir", "kbs"]);
     command.env(
         "ADYTON_KBS_MASTER_KEY",
         "0000000000000000000000000000000000000000000000000000000000000000",
     );
-    let server = KbsServer::start(command);
+    let server = ServerProcess::start(command);
     let seen = &server.startup;
     assert!(!server.url.is_empty(), "{seen:?}");
     assert!(

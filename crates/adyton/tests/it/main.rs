@@ -9,4 +9,6 @@ mod kbs_client_cli;
 mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
+mod real_models;
+mod server_e2e;
 mod support;

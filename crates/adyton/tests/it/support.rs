@@ -81,9 +81,9 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `adyton kbs serve` running in the background; killed when dropped, so a failing test never
-/// leaves it behind.
-pub struct KbsServer {
+/// `adyton kbs serve` or `adyton server serve` running in the background; killed when dropped, so
+/// a failing test never leaves it behind.
+pub struct ServerProcess {
     child: std::process::Child,
     /// The URL it printed (`http://ADDR` or `https://ADDR`).
     pub url: String,
@@ -91,14 +91,14 @@ pub struct KbsServer {
     pub startup: Vec<String>,
 }
 
-impl Drop for KbsServer {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl KbsServer {
+impl ServerProcess {
     /// A command for `adyton kbs serve` followed by `args`, run in `dir`, with the admin password
     /// and master key variables cleared (callers set what they test).
     pub fn command(dir: &Path, args: &[&str]) -> Command {
@@ -121,7 +121,7 @@ impl KbsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("adyton kbs serve starts");
+            .expect("the server starts");
         let stderr = child.stderr.take().expect("stderr is piped");
         // From here on the guard owns the child, so a timeout or panic kills it.
         let mut server = Self {
@@ -133,7 +133,7 @@ impl KbsServer {
         std::thread::spawn(move || {
             // Keep draining stderr after the address, so the server never blocks on a full pipe.
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[kbs] {line}");
+                eprintln!("[server] {line}");
                 let _ = tx.send(line);
             }
         });
@@ -147,7 +147,7 @@ impl KbsServer {
                     None => server.startup.push(line),
                 },
                 Err(e) => panic!(
-                    "the KBS did not print its address ({e}): {:?}",
+                    "the server did not print its address ({e}): {:?}",
                     server.startup
                 ),
             }

@@ -1,0 +1,501 @@
+//! Flow B (`design.md`): pulling an encrypted model from the registry, with its key released by the
+//! key broker to this TEE only.
+//!
+//! For each model: fetch its info; make an RSA key pair here, inside the TEE; get evidence over
+//! SHA-512 of the public key (DER SubjectPublicKeyInfo); ask the key broker's transfer endpoint;
+//! unwrap the key; stream the blob through the v2 decryptor (or read a v1 blob whole) into memory
+//! that is zeroized afterwards; check the plaintext SHA-256 of the authenticated header; load.
+//! The plaintext never touches disk, and is held once: the decrypted bytes, then tract's model.
+//!
+//! The registry and the key broker are reached through two traits ([`Registry`], [`KeyBroker`]),
+//! implemented over HTTP in [`remote`], so that failures can be classified: transient ones (down,
+//! 5xx, timeouts, a broken download) are retried with capped exponential backoff; permanent ones
+//! (the policy refused the key, the blob was altered or truncated, the wrong key, the hash) stop and
+//! show in the model's metadata, and the other models serve on.
+
+pub mod remote;
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adyton_attest::attester::Attester;
+use adyton_attest::{Evidence, TeeKind};
+use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
+use adyton_envelope::{v1, v2, Aes256Key, EnvelopeError, Format};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::repository::{Pending, Repository, ServedModel, Source};
+use crate::runtime::Engine;
+
+/// Size of the RSA key pair made for each transfer.
+pub const TRANSFER_RSA_BITS: usize = 3072;
+
+/// The model info the server needs (the registry's CNAP schema has more).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The registry's id.
+    pub id: String,
+    /// Where the encrypted blob is.
+    pub url: String,
+    /// Whether the blob is encrypted (plain blobs are refused: the server serves pulled models
+    /// only when they were protected).
+    pub encrypted: bool,
+    /// The key broker's full transfer URL for the key.
+    pub kbs_url: Option<String>,
+    /// The key's id at the key broker.
+    pub key_id: Option<String>,
+}
+
+/// Why a fetch from the registry or the key broker failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// Worth retrying: the service is down, answered 5xx, or timed out.
+    #[error("{0}")]
+    Transient(String),
+    /// The key broker refused to release the key (403): its policy does not accept this TEE.
+    #[error("{0}")]
+    Denied(String),
+    /// Anything else that will not change by retrying (404, 400, a malformed answer).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// The registry, as the puller sees it.
+pub trait Registry: Send + Sync + fmt::Debug {
+    /// The info of a model.
+    fn info(&self, model_id: &str) -> Result<ModelInfo, FetchError>;
+    /// The blob at `url`, streamed.
+    fn open_blob(&self, url: &str) -> Result<Box<dyn Read + Send>, FetchError>;
+}
+
+/// The key broker's transfer endpoint, as the puller sees it.
+pub trait KeyBroker: Send + Sync + fmt::Debug {
+    /// `POST kbs_url` with `Attestation-Type: tee`, the evidence and the public key (both base64).
+    fn transfer(
+        &self,
+        kbs_url: &str,
+        tee: TeeKind,
+        quote_b64: &str,
+        user_data_b64: &str,
+    ) -> Result<WrappedKey, FetchError>;
+}
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// A transient failure that outlasted the retries.
+    #[error("{step}: {reason} (gave up after {attempts} attempts)")]
+    GaveUp {
+        /// The step.
+        step: Step,
+        /// The last failure.
+        reason: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A failure that retrying cannot fix.
+    #[error("{step}: {reason}")]
+    Permanent {
+        /// The step.
+        step: Step,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PullError {
+    fn permanent(step: Step, reason: impl fmt::Display) -> Self {
+        PullError::Permanent {
+            step,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The steps of a pull, for errors and timings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Fetching the model info.
+    Info,
+    /// Making the key pair and the evidence.
+    Evidence,
+    /// The key broker's transfer.
+    KeyTransfer,
+    /// Unwrapping the released key.
+    Unwrap,
+    /// Downloading and decrypting the blob.
+    Download,
+    /// Loading it into the engine.
+    Load,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Info => "model info",
+            Step::Evidence => "evidence",
+            Step::KeyTransfer => "key transfer",
+            Step::Unwrap => "key unwrap",
+            Step::Download => "blob download and decryption",
+            Step::Load => "model load",
+        })
+    }
+}
+
+/// How long each step of a successful pull took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Fetching the info.
+    pub info: Duration,
+    /// Key pair and evidence.
+    pub evidence: Duration,
+    /// The key broker's transfer and the unwrap.
+    pub key_transfer: Duration,
+    /// Time spent waiting for the blob's bytes.
+    pub download: Duration,
+    /// Time spent decrypting and checking (the rest of the streaming step).
+    pub decrypt: Duration,
+    /// The engine's load and optimisation.
+    pub load: Duration,
+    /// Ciphertext bytes read.
+    pub blob_bytes: u64,
+    /// Attempts made (1 when nothing was retried).
+    pub attempts: u32,
+}
+
+impl Timings {
+    /// The whole pull.
+    pub fn total(&self) -> Duration {
+        self.info + self.evidence + self.key_transfer + self.download + self.decrypt + self.load
+    }
+}
+
+/// Retry schedule for transient failures: `base`, doubling, capped at `cap`, `attempts` in all.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// First wait.
+    pub base: Duration,
+    /// Longest wait.
+    pub cap: Duration,
+    /// Attempts in all (at least 1).
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            attempts: 8,
+        }
+    }
+}
+
+impl Backoff {
+    fn wait(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// Largest model the puller decrypts into memory.
+pub const MAX_MODEL_BYTES: u64 = 8 << 30;
+
+/// Pulls models: the TEE's attester, the engine, and the two services.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    /// This TEE.
+    pub attester: Arc<dyn Attester>,
+    /// The engine that loads the decrypted model.
+    pub engine: Arc<dyn Engine>,
+    /// The registry.
+    pub registry: Arc<dyn Registry>,
+    /// The key broker.
+    pub key_broker: Arc<dyn KeyBroker>,
+    /// Retries of transient failures.
+    pub backoff: Backoff,
+}
+
+/// A blob reader that counts its bytes and the time spent waiting for them.
+struct Timed<R> {
+    inner: R,
+    waited: Duration,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Timed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let started = Instant::now();
+        let n = self.inner.read(buf)?;
+        self.waited += started.elapsed();
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// An I/O failure while reading the blob is the network's (transient); anything else the
+/// decryptor says is about the bytes themselves (permanent).
+fn classify_envelope(e: EnvelopeError) -> Result<PullError, FetchError> {
+    match e {
+        EnvelopeError::Io(io) => Err(FetchError::Transient(format!("the download broke: {io}"))),
+        EnvelopeError::AuthenticationFailed { .. } => Ok(PullError::permanent(
+            Step::Download,
+            format!("integrity check failed: {e} (the blob was altered, or the key is not its key)"),
+        )),
+        other => Ok(PullError::permanent(Step::Download, format!("integrity check failed: {other}"))),
+    }
+}
+
+impl Puller {
+    /// Pulls `model_id` and serves it as `name`, marking it loading meanwhile and failed (with the
+    /// reason) if the pull fails. The repository's other models are untouched either way.
+    pub fn pull_into(
+        &self,
+        repository: &Repository,
+        name: &str,
+        model_id: &str,
+    ) -> Result<(Arc<ServedModel>, Timings), PullError> {
+        let _ = repository.set_pending(name, Pending::Loading);
+        match self.pull(model_id) {
+            Ok((model, timings)) => {
+                let source = Source::Registry {
+                    model_id: model_id.to_owned(),
+                };
+                match repository.insert(name, None, model, source) {
+                    Ok(served) => Ok((served, timings)),
+                    Err(e) => {
+                        let error = PullError::permanent(Step::Load, e);
+                        let _ = repository.set_pending(
+                            name,
+                            Pending::Failed {
+                                reason: error.to_string(),
+                            },
+                        );
+                        Err(error)
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = repository.set_pending(
+                    name,
+                    Pending::Failed {
+                        reason: error.to_string(),
+                    },
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Pulls and loads one model, retrying transient failures.
+    pub fn pull(
+        &self,
+        model_id: &str,
+    ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), PullError> {
+        let attempts = self.backoff.attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(model_id) {
+                Ok((model, mut timings)) => {
+                    timings.attempts = attempt;
+                    return Ok((model, timings));
+                }
+                Err(Attempt::Permanent(e)) => return Err(e),
+                Err(Attempt::Transient(step, reason)) => {
+                    if attempt >= attempts {
+                        return Err(PullError::GaveUp {
+                            step,
+                            reason,
+                            attempts: attempt,
+                        });
+                    }
+                    let wait = self.backoff.wait(attempt);
+                    tracing::warn!(
+                        model_id,
+                        step = %step,
+                        error = %reason,
+                        attempt,
+                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "pull failed; retrying"
+                    );
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn attempt(
+        &self,
+        model_id: &str,
+    ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
+        let mut timings = Timings::default();
+        let started = Instant::now();
+        let info = self.registry.info(model_id).map_err(|e| Attempt::from_fetch(Step::Info, e))?;
+        timings.info = started.elapsed();
+        if !info.encrypted {
+            return Err(Attempt::permanent(
+                Step::Info,
+                "the model is not encrypted; pulled models must be protected",
+            ));
+        }
+        let kbs_url = info
+            .kbs_url
+            .clone()
+            .ok_or_else(|| Attempt::permanent(Step::Info, "the model info has no kbs_url"))?;
+
+        let started = Instant::now();
+        let tee = self.attester.tee();
+        let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)
+            .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
+        let public = pair.public_key().map_err(|e| Attempt::permanent(Step::Evidence, e))?;
+        let user_data = public.spki_der().to_vec();
+        let report_data = sha512(&user_data);
+        let evidence: Evidence = self
+            .attester
+            .evidence(&report_data)
+            .map_err(|e| Attempt::Transient(Step::Evidence, e.to_string()))?;
+        timings.evidence = started.elapsed();
+
+        let started = Instant::now();
+        let wrapped = self
+            .key_broker
+            .transfer(
+                &kbs_url,
+                tee,
+                &BASE64.encode(evidence.to_json()),
+                &BASE64.encode(&user_data),
+            )
+            .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
+        let key = pair
+            .unwrap_transfer(&wrapped)
+            .map_err(|e| Attempt::permanent(Step::Unwrap, e))?;
+        drop(pair);
+        timings.key_transfer = started.elapsed();
+
+        let started = Instant::now();
+        let blob = self
+            .registry
+            .open_blob(&info.url)
+            .map_err(|e| Attempt::from_fetch(Step::Download, e))?;
+        let mut timed = Timed {
+            inner: blob,
+            waited: Duration::ZERO,
+            bytes: 0,
+        };
+        let plaintext = decrypt_blob(&mut timed, &key, info.key_id.as_deref())?;
+        drop(key);
+        let streamed = started.elapsed();
+        timings.download = timed.waited;
+        timings.decrypt = streamed.saturating_sub(timed.waited);
+        timings.blob_bytes = timed.bytes;
+
+        let started = Instant::now();
+        let model = self
+            .engine
+            .load(&plaintext)
+            .map_err(|e| Attempt::permanent(Step::Load, e))?;
+        drop(plaintext);
+        timings.load = started.elapsed();
+        Ok((model, timings))
+    }
+}
+
+/// One attempt's failure.
+enum Attempt {
+    Transient(Step, String),
+    Permanent(PullError),
+}
+
+impl Attempt {
+    fn permanent(step: Step, reason: impl fmt::Display) -> Self {
+        Attempt::Permanent(PullError::permanent(step, reason))
+    }
+
+    fn from_fetch(step: Step, e: FetchError) -> Self {
+        match e {
+            FetchError::Transient(reason) => Attempt::Transient(step, reason),
+            FetchError::Denied(reason) => {
+                Attempt::permanent(step, format!("the key broker refused the key: {reason}"))
+            }
+            FetchError::Permanent(reason) => Attempt::permanent(step, reason),
+        }
+    }
+}
+
+fn sha512(bytes: &[u8]) -> [u8; 64] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, bytes);
+    let mut out = [0u8; 64];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Decrypts a v2 blob chunk by chunk (checking the authenticated plaintext SHA-256), or a v1 blob
+/// whole, into one zeroized buffer.
+fn decrypt_blob(
+    blob: &mut dyn Read,
+    key: &Aes256Key,
+    expected_key_id: Option<&str>,
+) -> Result<Zeroizing<Vec<u8>>, Attempt> {
+    let io = |e: std::io::Error| Attempt::Transient(Step::Download, format!("the download broke: {e}"));
+    let mut prefix = [0u8; Format::DETECT_LEN];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        let n = blob.read(&mut prefix[filled..]).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    let format = Format::detect(&prefix[..filled])
+        .map_err(|e| Attempt::permanent(Step::Download, format!("integrity check failed: {e}")))?;
+    let mut chained = std::io::Cursor::new(prefix[..filled].to_vec()).chain(blob);
+    let envelope = |e: EnvelopeError| match classify_envelope(e) {
+        Ok(permanent) => Attempt::Permanent(permanent),
+        Err(FetchError::Transient(r)) => Attempt::Transient(Step::Download, r),
+        Err(other) => Attempt::permanent(Step::Download, other),
+    };
+    match format {
+        Format::V2 => {
+            let mut decryptor = v2::Decryptor::new(&mut chained, key, v2::HashCheck::Verify)
+                .map_err(envelope)?;
+            let header = decryptor.header().clone();
+            if let Some(expected) = expected_key_id {
+                if !header.key_id.is_empty() && header.key_id != expected {
+                    return Err(Attempt::permanent(
+                        Step::Download,
+                        format!(
+                            "the blob is encrypted under key '{}', the model info names '{expected}'",
+                            header.key_id
+                        ),
+                    ));
+                }
+            }
+            if header.plaintext_len > MAX_MODEL_BYTES {
+                return Err(Attempt::permanent(
+                    Step::Download,
+                    format!("the model is {} bytes, over the limit of {MAX_MODEL_BYTES}", header.plaintext_len),
+                ));
+            }
+            let capacity = usize::try_from(header.plaintext_len).unwrap_or(0);
+            let mut plaintext = Zeroizing::new(Vec::with_capacity(capacity));
+            while let Some(chunk) = decryptor.next_chunk().map_err(envelope)? {
+                plaintext.extend_from_slice(chunk);
+            }
+            Ok(plaintext)
+        }
+        Format::V1 => {
+            // v1 authenticates the whole blob at once: it is read whole, then opened in place.
+            let mut sealed = Vec::new();
+            (&mut chained)
+                .take(MAX_MODEL_BYTES + 64)
+                .read_to_end(&mut sealed)
+                .map_err(io)?;
+            v1::open_owned(key, sealed).map_err(envelope)
+        }
+    }
+}

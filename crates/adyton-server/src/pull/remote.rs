@@ -1,0 +1,44 @@
+//! The registry and the key broker over HTTP, through `adyton-client`.
+
+use adyton_attest::TeeKind;
+use adyton_client::ClientError;
+use adyton_envelope::wrap::WrappedKey;
+
+use super::{FetchError, KeyBroker};
+
+/// Sorts a client error: no answer or a 5xx is worth retrying; 403 is a refusal; the rest is
+/// permanent.
+pub fn classify(e: &ClientError) -> FetchError {
+    let text = e.to_string();
+    match e.status() {
+        None => match e {
+            ClientError::Transport { .. } => FetchError::Transient(text),
+            _ => FetchError::Permanent(text),
+        },
+        Some(403) => FetchError::Denied(text),
+        Some(408 | 429) => FetchError::Transient(text),
+        Some(s) if s >= 500 => FetchError::Transient(text),
+        Some(_) => FetchError::Permanent(text),
+    }
+}
+
+/// The key broker's transfer endpoint over HTTP.
+#[derive(Debug, Default)]
+pub struct HttpKeyBroker;
+
+impl KeyBroker for HttpKeyBroker {
+    fn transfer(
+        &self,
+        kbs_url: &str,
+        tee: TeeKind,
+        quote_b64: &str,
+        user_data_b64: &str,
+    ) -> Result<WrappedKey, FetchError> {
+        let answer = adyton_client::kbs::transfer(kbs_url, tee.as_str(), quote_b64, user_data_b64)
+            .map_err(|e| classify(&e))?;
+        Ok(WrappedKey {
+            wrapped_key: answer.wrapped_key,
+            wrapped_swk: answer.wrapped_swk,
+        })
+    }
+}

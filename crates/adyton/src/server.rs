@@ -1,0 +1,342 @@
+//! `adyton server serve`: the inference server, from a TOML configuration file (`--config`,
+//! `docs/server-config.md`) or, in the local trial, from flags alone.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adyton_attest::attested_tls::AttestedTlsError;
+use adyton_attest::attester::{self, Attester, AttesterPaths, TeeChoice};
+use adyton_attest::TeeKind;
+use adyton_server::http::{
+    self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState, Settings,
+};
+use adyton_server::repository::{Repository, Source};
+use adyton_server::runtime::tract::TractEngine;
+use adyton_server::runtime::Engine;
+use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::cli::ServerServeArgs;
+use crate::files::AtomicOutput;
+use crate::net::{shutdown_signal, TlsListener};
+
+/// Largest token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
+/// Largest plain model file loaded from disk.
+const MAX_MODEL_FILE: u64 = 4 << 30;
+
+/// `server.toml` (docs/server-config.md). Unknown keys are refused so that a typo is not ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    tee: Option<String>,
+    sim_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    certificate_out: Option<PathBuf>,
+    workers: Option<usize>,
+    queue: Option<usize>,
+    max_models: Option<usize>,
+    max_upload_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_tensor_elements: Option<usize>,
+    #[serde(default, rename = "model")]
+    models: Vec<ModelEntry>,
+}
+
+/// A plain (not secret) model file to serve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    name: String,
+    path: PathBuf,
+    version: Option<u64>,
+}
+
+/// Settings after merging the file and the flags (flags win).
+#[derive(Debug)]
+struct Resolved {
+    listen: SocketAddr,
+    tee: TeeChoice,
+    sim_key: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    certificate_out: Option<PathBuf>,
+    max_models: usize,
+    settings: Settings,
+    models: Vec<ModelEntry>,
+}
+
+fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut file = toml::from_str::<ConfigFile>(&text).with_context(|| {
+                format!("{} is not a valid server configuration", path.display())
+            })?;
+            // Paths in the file are relative to the file's directory.
+            let base = path.parent().unwrap_or(Path::new("."));
+            for p in [
+                &mut file.sim_key,
+                &mut file.token_file,
+                &mut file.certificate_out,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *p = base.join(&*p);
+            }
+            for model in &mut file.models {
+                model.path = base.join(&model.path);
+            }
+            file
+        }
+        None => ConfigFile::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("--listen is required without --config (or set `listen` in the file)")?;
+    let tee_text = args
+        .tee
+        .clone()
+        .or(file.tee)
+        .unwrap_or_else(|| "auto".to_owned());
+    let tee: TeeChoice = tee_text
+        .parse()
+        .with_context(|| format!("unknown TEE '{tee_text}' (auto, sgx, tdx, snp or sim)"))?;
+    let mut models = file.models;
+    for spec in &args.models {
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--model takes NAME=PATH.onnx, not '{spec}'"))?;
+        models.push(ModelEntry {
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            version: None,
+        });
+    }
+    let mut settings = Settings::default();
+    if let Some(n) = args.workers.or(file.workers) {
+        if n == 0 {
+            bail!("workers must be at least 1");
+        }
+        settings.workers = n;
+    }
+    settings.queue = args.queue.or(file.queue).unwrap_or(settings.workers * 16);
+    if let Some(n) = args.max_upload_bytes.or(file.max_upload_bytes) {
+        settings.max_upload = n;
+    }
+    if let Some(n) = args.max_request_bytes.or(file.max_request_bytes) {
+        settings.max_infer_body = n;
+    }
+    if let Some(n) = file.max_tensor_elements {
+        settings.limits.max_elements = n;
+        settings.limits.max_total_elements = settings.limits.max_total_elements.max(n);
+    }
+    Ok(Resolved {
+        listen,
+        tee,
+        sim_key: args.sim_key.clone().or(file.sim_key),
+        token_file: args.token_file.clone().or(file.token_file),
+        certificate_out: args.certificate_out.clone().or(file.certificate_out),
+        max_models: args.max_models.or(file.max_models).unwrap_or(16),
+        settings,
+        models,
+    })
+}
+
+fn read_token(path: &Path) -> Result<AdminToken> {
+    let mut text = Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open the token file {}", path.display()))?
+        .take(MAX_TOKEN_FILE)
+        .read_to_string(&mut text)
+        .with_context(|| {
+            format!(
+                "cannot read the token file {} (it must be text)",
+                path.display()
+            )
+        })?;
+    AdminToken::new(&text).with_context(|| format!("the token file {} is empty", path.display()))
+}
+
+/// Evidence over the TLS key and a client's nonce, from the server's attester.
+#[derive(Debug)]
+struct Freshness {
+    identity: Arc<AttestedIdentity>,
+    attester: Arc<dyn Attester>,
+}
+
+impl FreshEvidence for Freshness {
+    fn evidence_for_nonce(&self, nonce: &[u8]) -> Result<String, FreshEvidenceError> {
+        self.identity
+            .fresh_evidence(self.attester.as_ref(), nonce)
+            .map(|e| e.to_json())
+            .map_err(|e| match e {
+                TlsIdentityError::Binding(AttestedTlsError::NonceLength { .. }) => {
+                    FreshEvidenceError::BadNonce(e.to_string())
+                }
+                other => FreshEvidenceError::Tee(other.to_string()),
+            })
+    }
+}
+
+fn sim_banner() {
+    eprintln!(
+        "\n\
+         ************************************************************************\n\
+         *  WARNING: tee = sim. This server runs in NO trusted execution         *\n\
+         *  environment. Its evidence is made with a software key that anyone    *\n\
+         *  can hold: it proves NOTHING. Models and inputs are NOT protected.    *\n\
+         *  Use it for development and tests only. Clients accept it only when   *\n\
+         *  their policy names SIM.                                              *\n\
+         ************************************************************************\n"
+    );
+}
+
+/// Panics inside the engine are caught and answered as errors; their messages may quote tensor
+/// or weight values, so only where they happened is printed.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!("error: a panic was caught{place} (its message is withheld: it may quote data)");
+    }));
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ADYTON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// `adyton server serve`.
+pub fn serve(args: &ServerServeArgs) -> Result<()> {
+    let resolved = resolve(args)?;
+    init_logging();
+    quiet_panics();
+    let admin_token = match &resolved.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => {
+            eprintln!("note: no --token-file: model upload and delete are disabled");
+            None
+        }
+    };
+    let mut paths = AttesterPaths::default();
+    if let Some(key) = &resolved.sim_key {
+        paths.sim_key = key.clone();
+    }
+    let attester: Arc<dyn Attester> = Arc::from(
+        attester::attester_for(resolved.tee, &paths)
+            .context("cannot open the TEE's attestation interface")?,
+    );
+    if attester.tee() == TeeKind::Sim {
+        sim_banner();
+    }
+    let identity = Arc::new(
+        AttestedIdentity::generate(attester.as_ref())
+            .context("cannot make the attested TLS identity")?,
+    );
+    eprintln!(
+        "attested TLS: {} evidence over a fresh key; certificate SHA-256 {}",
+        attester.tee(),
+        hex::encode(identity.certificate_sha256())
+    );
+    if let Some(path) = &resolved.certificate_out {
+        let mut out = AtomicOutput::create(path, true)?;
+        std::io::Write::write_all(out.file(), identity.certificate_pem().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        out.commit()?;
+        eprintln!("wrote the certificate to {}", path.display());
+    }
+
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+    let repository = Arc::new(Repository::new(resolved.max_models));
+    for entry in &resolved.models {
+        load_file_model(engine.as_ref(), &repository, entry)?;
+    }
+    let freshness: Arc<dyn FreshEvidence> = Arc::new(Freshness {
+        identity: Arc::clone(&identity),
+        attester: Arc::clone(&attester),
+    });
+    let state = Arc::new(ServerState::new(
+        engine,
+        repository,
+        resolved.settings.clone(),
+        admin_token,
+        Some(freshness),
+    ));
+    let config = identity.rustls_server_config();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let listen = resolved.listen;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let (listener, acceptor) = TlsListener::new(listener, addr, config);
+        eprintln!("listening on https://{addr}");
+        let served = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        acceptor.abort();
+        served.context("the HTTPS server failed")?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}
+
+fn load_file_model(engine: &dyn Engine, repository: &Repository, entry: &ModelEntry) -> Result<()> {
+    let file = std::fs::File::open(&entry.path).with_context(|| {
+        format!(
+            "model '{}': cannot open {}",
+            entry.name,
+            entry.path.display()
+        )
+    })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > MAX_MODEL_FILE {
+        bail!(
+            "model '{}': {} is over {MAX_MODEL_FILE} bytes",
+            entry.name,
+            entry.path.display()
+        );
+    }
+    let mut reader = file.take(MAX_MODEL_FILE);
+    let model = engine.load_from_reader(&mut reader).with_context(|| {
+        format!(
+            "model '{}': cannot load {}",
+            entry.name,
+            entry.path.display()
+        )
+    })?;
+    let served = repository
+        .insert(&entry.name, entry.version, model, Source::File)
+        .with_context(|| format!("model '{}'", entry.name))?;
+    eprintln!(
+        "model '{}' version {} loaded from {} ({} plan): inputs {}; outputs {}",
+        served.name,
+        served.version,
+        entry.path.display(),
+        served.model.plan().as_str(),
+        http::describe_signature(&served.model.signature().inputs),
+        http::describe_signature(&served.model.signature().outputs),
+    );
+    Ok(())
+}

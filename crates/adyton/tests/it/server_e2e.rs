@@ -1,0 +1,483 @@
+//! `adyton server serve` end to end, over real sockets: Adyton's attested TLS verifier accepts the
+//! SIM server only under a policy that names this build, and the certificate it verified is then
+//! pinned by clients that cannot verify attestation: curl and tritonclient, unchanged.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use adyton_attest::{Collateral, Policy};
+use adyton_client::attested_tls::{client_config, AttestedServerVerifier};
+
+use crate::support::{adyton_ok, ServerProcess};
+
+const TOKEN: &str = "s3cret-upload-token";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Writes the test models into `dir` with scripts/make_test_models.py.
+fn make_models(dir: &Path) {
+    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = workspace().join("scripts/make_test_models.py");
+    let out = Command::new(&interpreter)
+        .arg(script)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make_test_models.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    server: ServerProcess,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+}
+
+fn start_server() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    make_models(&dir.join("models"));
+    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
+    command
+        .args(["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"])
+        .args([
+            "--sim-key",
+            "sim.key",
+            "--token-file",
+            "token",
+            "--certificate-out",
+            "printed.pem",
+        ])
+        .args([
+            "--model",
+            "add=models/add.onnx",
+            "--model",
+            "multi=models/multi_io.onnx",
+        ])
+        .args(["--workers", "2"])
+        .current_dir(&dir);
+    let server = ServerProcess::start(command);
+    let addr = server
+        .url
+        .strip_prefix("https://")
+        .expect("an https URL")
+        .to_owned();
+    Setup {
+        _dir: tmp,
+        dir,
+        server,
+        addr,
+    }
+}
+
+/// A SIM policy pinning this build's measurement (what `adyton attest measure` prints).
+fn policy_for_this_build(dir: &Path) -> Policy {
+    let out = adyton_ok(&["attest", "measure"], dir);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let measurement = stdout.lines().last().unwrap().trim().to_owned();
+    Policy::from_toml(&format!("[sim]\nmeasurement = [\"{measurement}\"]\n")).unwrap()
+}
+
+/// One request over a connection that Adyton's verifier accepted; returns the verifier's record
+/// and the raw HTTP answer.
+fn attested_get(
+    addr: &str,
+    policy: Policy,
+    path: &str,
+) -> Result<(Arc<AttestedServerVerifier>, String), String> {
+    let verifier = Arc::new(AttestedServerVerifier::new(policy, Collateral::none()));
+    let config = client_config(Arc::clone(&verifier)).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("adyton.invalid").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let socket = TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: adyton\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok((verifier, answer))
+}
+
+fn curl(args: &[&str], dir: &Path) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("curl runs")
+}
+
+fn curl_ok(args: &[&str], dir: &Path) -> String {
+    let out = curl(args, dir);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sim_server_is_verified_then_pinned_by_curl_and_tritonclient() {
+    let s = start_server();
+    assert!(
+        s.server
+            .startup
+            .iter()
+            .any(|l| l.contains("WARNING: tee = sim")),
+        "no SIM warning: {:?}",
+        s.server.startup
+    );
+
+    // Adyton's verifier: the evidence in the certificate, this build's measurement, the key.
+    let (verifier, answer) =
+        attested_get(&s.addr, policy_for_this_build(&s.dir), "/v2/health/ready")
+            .expect("the attested connection is accepted");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"ready\":true}"), "{answer}");
+    let verified = verifier.verified().expect("claims recorded");
+    assert_eq!(verified.claims.tee, adyton_attest::TeeKind::Sim);
+    let sha = hex::encode(verified.certificate_sha256);
+    assert!(
+        s.server.startup.iter().any(|l| l.contains(&sha)),
+        "the server printed another certificate: {sha} vs {:?}",
+        s.server.startup
+    );
+    // Pin what the verifier accepted: the certificate file the server wrote is checked to be
+    // exactly that one first.
+    use rustls_pki_types::pem::PemObject as _;
+    let written =
+        rustls_pki_types::CertificateDer::from_pem_file(s.dir.join("printed.pem")).unwrap();
+    assert_eq!(written.as_ref(), verified.certificate_der.as_ref() as &[u8]);
+    std::fs::copy(s.dir.join("printed.pem"), s.dir.join("verified.pem")).unwrap();
+
+    let base = format!("https://{}", s.addr);
+    let cacert = ["--cacert", "verified.pem"];
+    // curl: health, metadata, infer, upload, delete.
+    let ready = curl_ok(
+        &[&cacert[..], &[&format!("{base}/v2/health/ready")]].concat(),
+        &s.dir,
+    );
+    assert_eq!(ready, "{\"ready\":true}");
+    let body = r#"{"id":"c1","inputs":[{"name":"a","shape":[1,3],"datatype":"FP32","data":[1,2,3]},{"name":"b","shape":[1,3],"datatype":"FP32","data":[[4,5,6]]}]}"#;
+    let inferred = curl_ok(
+        &[
+            &cacert[..],
+            &["-d", body, &format!("{base}/v2/models/add/infer")],
+        ]
+        .concat(),
+        &s.dir,
+    );
+    let v: serde_json::Value = serde_json::from_str(&inferred).unwrap();
+    assert_eq!(v["id"], "c1");
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([5.0, 7.0, 9.0]));
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let uploaded = curl_ok(
+        &[
+            &cacert[..],
+            &[
+                "-H",
+                &auth,
+                "--data-binary",
+                "@models/dynamic_batch.onnx",
+                &format!("{base}/adyton/v1/models/mine"),
+            ],
+        ]
+        .concat(),
+        &s.dir,
+    );
+    assert!(uploaded.contains("\"version\":\"1\""), "{uploaded}");
+    let meta = curl_ok(
+        &[&cacert[..], &[&format!("{base}/v2/models/mine")]].concat(),
+        &s.dir,
+    );
+    assert!(meta.contains("[-1,4]"), "{meta}");
+    let refused = curl_ok(
+        &[
+            &cacert[..],
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                &format!("{base}/adyton/v1/models/mine"),
+            ],
+        ]
+        .concat(),
+        &s.dir,
+    );
+    assert_eq!(refused, "401");
+    let deleted = curl_ok(
+        &[
+            &cacert[..],
+            &[
+                "-H",
+                &auth,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "DELETE",
+                &format!("{base}/adyton/v1/models/mine"),
+            ],
+        ]
+        .concat(),
+        &s.dir,
+    );
+    assert_eq!(deleted, "200");
+    // Without the pinned certificate, curl refuses the server (exit 60: certificate problem).
+    let unpinned = curl(&[&format!("{base}/v2/health/live")], &s.dir);
+    assert_eq!(
+        unpinned.status.code(),
+        Some(60),
+        "{}",
+        String::from_utf8_lossy(&unpinned.stderr)
+    );
+    let metrics = curl_ok(
+        &[&cacert[..], &[&format!("{base}/metrics")]].concat(),
+        &s.dir,
+    );
+    assert!(
+        metrics.contains("nv_inference_request_success{model=\"add\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+
+    // tritonclient, unchanged, pinned to the same certificate.
+    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = workspace().join("tests/clients/triton_client.py");
+    let out = Command::new(&interpreter)
+        .arg(script)
+        .arg(&s.addr)
+        .arg("verified.pem")
+        .current_dir(&s.dir)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient:\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("ok   infer add binary=True")
+            && printed.contains("ok   infer add binary=False"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn attested_connection_is_refused_under_another_policy_before_anything_is_sent() {
+    let s = start_server();
+    let other_build =
+        Policy::from_toml(&format!("[sim]\nmeasurement = [\"{}\"]\n", "ab".repeat(48))).unwrap();
+    let e = attested_get(&s.addr, other_build, "/v2/health/ready").unwrap_err();
+    assert!(e.contains("measurement"), "{e}");
+    let tdx_only =
+        Policy::from_toml(&format!("[tdx]\nmrtd = [\"{}\"]\n", "ab".repeat(48))).unwrap();
+    let e = attested_get(&s.addr, tdx_only, "/v2/health/ready").unwrap_err();
+    assert!(!e.is_empty());
+    // Fresh evidence over a nonce of the client's own.
+    let pem = std::fs::read_to_string(s.dir.join("printed.pem")).unwrap();
+    let base = format!("https://{}", s.addr);
+    let nonce = "00112233445566778899aabbccddeeff";
+    let evidence = curl_ok(
+        &[
+            "--cacert",
+            "printed.pem",
+            &format!("{base}/adyton/v1/attestation?nonce={nonce}"),
+        ],
+        &s.dir,
+    );
+    let parsed = adyton_attest::Evidence::from_json(evidence.as_bytes()).unwrap();
+    assert_eq!(parsed.tee, adyton_attest::TeeKind::Sim);
+    let short = curl_ok(
+        &[
+            "--cacert",
+            "printed.pem",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/adyton/v1/attestation?nonce=00"),
+        ],
+        &s.dir,
+    );
+    assert_eq!(short, "400");
+    drop(pem);
+}
+
+/// One TLS connection that Adyton's verifier accepted, for raw HTTP/1.1 bytes.
+fn attested_stream(
+    addr: &str,
+    dir: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let verifier = Arc::new(AttestedServerVerifier::new(
+        policy_for_this_build(dir),
+        Collateral::none(),
+    ));
+    let config = client_config(verifier).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("adyton.invalid").unwrap();
+    let connection = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(connection, TcpStream::connect(addr).unwrap())
+}
+
+#[test]
+fn a_truncated_body_is_a_400_and_the_server_serves_on() {
+    let s = start_server();
+    let mut tls = attested_stream(&s.addr, &s.dir);
+    let partial = r#"{"inputs":[{"name":"a","shape":[1,3],"datatype":"FP32","data":[1,2"#;
+    let head = format!(
+        "POST /v2/models/add/infer HTTP/1.1\r\nHost: adyton\r\nContent-Length: 4096\r\n\r\n{partial}"
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    // The client gives up half-way: it closes its side of the connection.
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "a truncated body got: {answer}"
+    );
+    assert!(answer.contains("could not be read"), "{answer}");
+    // The server is still up and serving.
+    let base = format!("https://{}", s.addr);
+    let live = curl_ok(
+        &["--cacert", "printed.pem", &format!("{base}/v2/health/live")],
+        &s.dir,
+    );
+    assert_eq!(live, "{\"live\":true}");
+}
+
+#[test]
+fn serve_from_a_configuration_file_with_paths_relative_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let etc = dir.join("etc");
+    make_models(&etc.join("models"));
+    std::fs::write(etc.join("token"), TOKEN).unwrap();
+    std::fs::write(
+        etc.join("server.toml"),
+        r#"
+listen = "127.0.0.1:0"
+tee = "sim"
+sim_key = "sim.key"
+token_file = "token"
+certificate_out = "server.pem"
+workers = 1
+queue = 4
+
+[[model]]
+name = "dyn"
+path = "models/dynamic_batch.onnx"
+version = 7
+"#,
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
+    command
+        .args(["server", "serve", "--config", "etc/server.toml"])
+        .current_dir(dir);
+    let server = ServerProcess::start(command);
+    let base = server.url.clone();
+    let meta = curl_ok(
+        &[
+            "--cacert",
+            "etc/server.pem",
+            &format!("{base}/v2/models/dyn"),
+        ],
+        dir,
+    );
+    assert!(meta.contains("\"versions\":[\"7\"]"), "{meta}");
+    assert!(
+        server
+            .startup
+            .iter()
+            .any(|l| l.contains("model 'dyn' version 7")),
+        "{:?}",
+        server.startup
+    );
+}
+
+#[test]
+fn bad_configurations_are_refused_before_listening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_models(&dir.join("models"));
+    std::fs::write(
+        dir.join("typo.toml"),
+        "listen = \"127.0.0.1:0\"\nworkerz = 2\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adyton"))
+            .args(["server", "serve"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--config", "typo.toml", "--tee", "sim", "--sim-key", "k"]);
+    assert!(e.contains("workerz"), "{e}");
+    let e = run(&["--tee", "sim", "--sim-key", "k"]);
+    assert!(e.contains("--listen"), "{e}");
+    let e = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tee",
+        "sim",
+        "--sim-key",
+        "k",
+        "--model",
+        "det=models/unsupported_op.onnx",
+    ]);
+    assert!(e.contains("model 'det'") && e.contains("Det"), "{e}");
+    assert!(!e.contains("listening on"), "{e}");
+    let e = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tee",
+        "sim",
+        "--sim-key",
+        "k",
+        "--model",
+        "nameonly",
+    ]);
+    assert!(e.contains("NAME=PATH"), "{e}");
+    let e = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--tee",
+        "sim",
+        "--sim-key",
+        "k",
+        "--token-file",
+        "missing",
+    ]);
+    assert!(e.contains("token file"), "{e}");
+    let e = run(&["--listen", "127.0.0.1:0", "--tee", "tdx"]);
+    assert!(
+        e.contains("TEE") || e.contains("tsm") || e.contains("attestation"),
+        "{e}"
+    );
+}
