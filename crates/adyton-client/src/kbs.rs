@@ -356,8 +356,14 @@ pub struct TransferAnswer {
 impl fmt::Debug for TransferAnswer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransferAnswer")
-            .field("wrapped_key", &format_args!("<{} bytes>", self.wrapped_key.len()))
-            .field("wrapped_swk", &format_args!("<{} bytes>", self.wrapped_swk.len()))
+            .field(
+                "wrapped_key",
+                &format_args!("<{} bytes>", self.wrapped_key.len()),
+            )
+            .field(
+                "wrapped_swk",
+                &format_args!("<{} bytes>", self.wrapped_swk.len()),
+            )
             .finish()
     }
 }

@@ -768,7 +768,12 @@ async fn upload(
 
 /// `POST /adyton/v1/models/{name}:pull` with `{"model_id": "..."}`: pulls a protected model from the
 /// registry in the background (202); its state shows in `GET /v2/models/{name}` and `.../ready`.
-async fn start_pull(app: &AppState, name: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn start_pull(
+    app: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     check_name(name)?;
     let Some(puller) = app.puller.clone() else {
         return Err(ApiError::new(
@@ -781,29 +786,24 @@ async fn start_pull(app: &AppState, name: &str, headers: &HeaderMap, body: Body)
     struct PullRequest {
         model_id: String,
     }
-    let request: PullRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the body must be {{\"model_id\": \"...\"}}: {e}")))?;
-    check_name(&request.model_id)
-        .map_err(|_| ApiError::bad_request("model_id must be 1 to 128 letters, digits, '.', '_' or '-'"))?;
+    let request: PullRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body must be {{\"model_id\": \"...\"}}: {e}"))
+    })?;
+    check_name(&request.model_id).map_err(|_| {
+        ApiError::bad_request("model_id must be 1 to 128 letters, digits, '.', '_' or '-'")
+    })?;
     if let Some(summary) = app.repository.summary(name) {
         if summary.pending == Some(crate::repository::Pending::Loading) {
-            return Err(ApiError::new(StatusCode::CONFLICT, format!("model '{name}' is already being pulled")));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("model '{name}' is already being pulled"),
+            ));
         }
     }
-    app.repository.set_pending(name, crate::repository::Pending::Loading)?;
-    let repository = Arc::clone(&app.repository);
-    let (name, model_id) = (name.to_owned(), request.model_id);
-    let answer = json!({ "name": name, "model_id": model_id, "state": "LOADING" });
-    tokio::task::spawn_blocking(move || {
-        match puller.pull_into(&repository, &name, &model_id) {
-            Ok((served, timings)) => tracing::info!(
-                model = %name, model_id = %model_id, version = served.version,
-                total_ms = u64::try_from(timings.total().as_millis()).unwrap_or(u64::MAX),
-                "model pulled"
-            ),
-            Err(e) => tracing::warn!(model = %name, model_id = %model_id, error = %e, "pull failed"),
-        }
-    });
+    app.repository
+        .set_pending(name, crate::repository::Pending::Loading)?;
+    let answer = json!({ "name": name, "model_id": request.model_id, "state": "LOADING" });
+    Puller::spawn(puller, Arc::clone(&app.repository), name, &request.model_id);
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 

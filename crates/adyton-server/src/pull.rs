@@ -197,7 +197,9 @@ impl Default for Backoff {
 
 impl Backoff {
     fn wait(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.cap)
     }
 }
@@ -244,9 +246,14 @@ fn classify_envelope(e: EnvelopeError) -> Result<PullError, FetchError> {
         EnvelopeError::Io(io) => Err(FetchError::Transient(format!("the download broke: {io}"))),
         EnvelopeError::AuthenticationFailed { .. } => Ok(PullError::permanent(
             Step::Download,
-            format!("integrity check failed: {e} (the blob was altered, or the key is not its key)"),
+            format!(
+                "integrity check failed: {e} (the blob was altered, or the key is not its key)"
+            ),
         )),
-        other => Ok(PullError::permanent(Step::Download, format!("integrity check failed: {other}"))),
+        other => Ok(PullError::permanent(
+            Step::Download,
+            format!("integrity check failed: {other}"),
+        )),
     }
 }
 
@@ -289,6 +296,39 @@ impl Puller {
                 Err(error)
             }
         }
+    }
+
+    /// Pulls `model_id` as `name` on a thread of its own, logging the outcome with the timing of
+    /// every step (the model's state shows in the repository meanwhile).
+    pub fn spawn(
+        puller: Arc<Puller>,
+        repository: Arc<Repository>,
+        name: &str,
+        model_id: &str,
+    ) -> std::thread::JoinHandle<()> {
+        let (name, model_id) = (name.to_owned(), model_id.to_owned());
+        let _ = repository.set_pending(&name, Pending::Loading);
+        std::thread::spawn(
+            move || match puller.pull_into(&repository, &name, &model_id) {
+                Ok((served, t)) => tracing::info!(
+                    model = %name,
+                    model_id = %model_id,
+                    version = served.version,
+                    info_ms = millis(t.info),
+                    evidence_ms = millis(t.evidence),
+                    key_transfer_ms = millis(t.key_transfer),
+                    download_ms = millis(t.download),
+                    decrypt_ms = millis(t.decrypt),
+                    load_ms = millis(t.load),
+                    blob_bytes = t.blob_bytes,
+                    attempts = t.attempts,
+                    "model pulled and loaded"
+                ),
+                Err(e) => {
+                    tracing::error!(model = %name, model_id = %model_id, error = %e, "model not loaded")
+                }
+            },
+        )
     }
 
     /// Pulls and loads one model, retrying transient failures.
@@ -335,7 +375,10 @@ impl Puller {
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
         let mut timings = Timings::default();
         let started = Instant::now();
-        let info = self.registry.info(model_id).map_err(|e| Attempt::from_fetch(Step::Info, e))?;
+        let info = self
+            .registry
+            .info(model_id)
+            .map_err(|e| Attempt::from_fetch(Step::Info, e))?;
         timings.info = started.elapsed();
         if !info.encrypted {
             return Err(Attempt::permanent(
@@ -352,7 +395,9 @@ impl Puller {
         let tee = self.attester.tee();
         let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
-        let public = pair.public_key().map_err(|e| Attempt::permanent(Step::Evidence, e))?;
+        let public = pair
+            .public_key()
+            .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
         let user_data = public.spki_der().to_vec();
         let report_data = sha512(&user_data);
         let evidence: Evidence = self
@@ -427,6 +472,10 @@ impl Attempt {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn sha512(bytes: &[u8]) -> [u8; 64] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, bytes);
     let mut out = [0u8; 64];
@@ -441,7 +490,8 @@ fn decrypt_blob(
     key: &Aes256Key,
     expected_key_id: Option<&str>,
 ) -> Result<Zeroizing<Vec<u8>>, Attempt> {
-    let io = |e: std::io::Error| Attempt::Transient(Step::Download, format!("the download broke: {e}"));
+    let io =
+        |e: std::io::Error| Attempt::Transient(Step::Download, format!("the download broke: {e}"));
     let mut prefix = [0u8; Format::DETECT_LEN];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -461,8 +511,8 @@ fn decrypt_blob(
     };
     match format {
         Format::V2 => {
-            let mut decryptor = v2::Decryptor::new(&mut chained, key, v2::HashCheck::Verify)
-                .map_err(envelope)?;
+            let mut decryptor =
+                v2::Decryptor::new(&mut chained, key, v2::HashCheck::Verify).map_err(envelope)?;
             let header = decryptor.header().clone();
             if let Some(expected) = expected_key_id {
                 if !header.key_id.is_empty() && header.key_id != expected {
@@ -478,7 +528,10 @@ fn decrypt_blob(
             if header.plaintext_len > MAX_MODEL_BYTES {
                 return Err(Attempt::permanent(
                     Step::Download,
-                    format!("the model is {} bytes, over the limit of {MAX_MODEL_BYTES}", header.plaintext_len),
+                    format!(
+                        "the model is {} bytes, over the limit of {MAX_MODEL_BYTES}",
+                        header.plaintext_len
+                    ),
                 ));
             }
             let capacity = usize::try_from(header.plaintext_len).unwrap_or(0);

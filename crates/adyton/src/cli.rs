@@ -64,7 +64,14 @@ pub struct ServerServeArgs {
     /// A plain ONNX model to serve, as NAME=PATH; repeatable. For models that are not secret.
     #[arg(long = "model", value_name = "NAME=PATH")]
     pub models: Vec<String>,
-    /// A file holding the bearer token that model upload and delete require.
+    /// A protected model to pull from the registry at start, as NAME=MODEL_ID; repeatable. Its key
+    /// is released by the key broker named in the model's info, to this TEE's evidence.
+    #[arg(long = "pull", value_name = "NAME=MODEL_ID")]
+    pub pulls: Vec<String>,
+    /// The registry that protected models are pulled from (also for POST .../{name}:pull).
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// A file holding the bearer token that model upload, pull and delete require.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Write the attested certificate (PEM) here, for clients that pin it (curl, tritonclient).

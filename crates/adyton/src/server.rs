@@ -12,7 +12,9 @@ use adyton_attest::TeeKind;
 use adyton_server::http::{
     self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState, Settings,
 };
-use adyton_server::repository::{Repository, Source};
+use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
+use adyton_server::pull::{Backoff, Puller};
+use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::Engine;
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
@@ -44,16 +46,19 @@ struct ConfigFile {
     max_upload_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     max_tensor_elements: Option<usize>,
+    /// The registry that protected models are pulled from.
+    registry: Option<String>,
     #[serde(default, rename = "model")]
     models: Vec<ModelEntry>,
 }
 
-/// A plain (not secret) model file to serve.
+/// A model to serve: a plain (not secret) file, or a protected model pulled from the registry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelEntry {
     name: String,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    model_id: Option<String>,
     version: Option<u64>,
 }
 
@@ -68,6 +73,7 @@ struct Resolved {
     max_models: usize,
     settings: Settings,
     models: Vec<ModelEntry>,
+    registry: Option<String>,
 }
 
 fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
@@ -91,7 +97,9 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
                 *p = base.join(&*p);
             }
             for model in &mut file.models {
-                model.path = base.join(&model.path);
+                if let Some(path) = &mut model.path {
+                    *path = base.join(&*path);
+                }
             }
             file
         }
@@ -116,9 +124,36 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
             .with_context(|| format!("--model takes NAME=PATH.onnx, not '{spec}'"))?;
         models.push(ModelEntry {
             name: name.to_owned(),
-            path: PathBuf::from(path),
+            path: Some(PathBuf::from(path)),
+            model_id: None,
             version: None,
         });
+    }
+    for spec in &args.pulls {
+        let (name, model_id) = spec
+            .split_once('=')
+            .with_context(|| format!("--pull takes NAME=MODEL_ID, not '{spec}'"))?;
+        models.push(ModelEntry {
+            name: name.to_owned(),
+            path: None,
+            model_id: Some(model_id.to_owned()),
+            version: None,
+        });
+    }
+    for model in &models {
+        match (&model.path, &model.model_id) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => bail!(
+                "model '{}' needs exactly one of `path` (a plain file) and `model_id` (pulled from the registry)",
+                model.name
+            ),
+        }
+    }
+    let registry = args.registry.clone().or(file.registry);
+    if registry.is_none() && models.iter().any(|m| m.model_id.is_some()) {
+        bail!(
+            "models pulled by model_id need a registry (--registry URL, or `registry` in the file)"
+        );
     }
     let mut settings = Settings::default();
     if let Some(n) = args.workers.or(file.workers) {
@@ -147,6 +182,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         max_models: args.max_models.or(file.max_models).unwrap_or(16),
         settings,
         models,
+        registry,
     })
 }
 
@@ -263,19 +299,49 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
     let repository = Arc::new(Repository::new(resolved.max_models));
     for entry in &resolved.models {
-        load_file_model(engine.as_ref(), &repository, entry)?;
+        if let Some(path) = &entry.path {
+            load_file_model(engine.as_ref(), &repository, entry, path)?;
+        }
+    }
+    let puller = match &resolved.registry {
+        Some(url) => Some(Arc::new(Puller {
+            attester: Arc::clone(&attester),
+            engine: Arc::clone(&engine),
+            registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
+            key_broker: Arc::new(HttpKeyBroker),
+            backoff: Backoff::default(),
+        })),
+        None => None,
+    };
+    // Protected models are pulled in the background; readiness waits for them.
+    for entry in &resolved.models {
+        if let (Some(model_id), Some(puller)) = (&entry.model_id, &puller) {
+            repository
+                .set_pending(&entry.name, Pending::Loading)
+                .with_context(|| format!("model '{}'", entry.name))?;
+            Puller::spawn(
+                Arc::clone(puller),
+                Arc::clone(&repository),
+                &entry.name,
+                model_id,
+            );
+        }
     }
     let freshness: Arc<dyn FreshEvidence> = Arc::new(Freshness {
         identity: Arc::clone(&identity),
         attester: Arc::clone(&attester),
     });
-    let state = Arc::new(ServerState::new(
+    let mut state = ServerState::new(
         engine,
         repository,
         resolved.settings.clone(),
         admin_token,
         Some(freshness),
-    ));
+    );
+    if let Some(puller) = puller {
+        state = state.with_puller(puller);
+    }
+    let state = Arc::new(state);
     let config = identity.rustls_server_config();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -302,30 +368,26 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     })
 }
 
-fn load_file_model(engine: &dyn Engine, repository: &Repository, entry: &ModelEntry) -> Result<()> {
-    let file = std::fs::File::open(&entry.path).with_context(|| {
-        format!(
-            "model '{}': cannot open {}",
-            entry.name,
-            entry.path.display()
-        )
-    })?;
+fn load_file_model(
+    engine: &dyn Engine,
+    repository: &Repository,
+    entry: &ModelEntry,
+    path: &Path,
+) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("model '{}': cannot open {}", entry.name, path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     if size > MAX_MODEL_FILE {
         bail!(
             "model '{}': {} is over {MAX_MODEL_FILE} bytes",
             entry.name,
-            entry.path.display()
+            path.display()
         );
     }
     let mut reader = file.take(MAX_MODEL_FILE);
-    let model = engine.load_from_reader(&mut reader).with_context(|| {
-        format!(
-            "model '{}': cannot load {}",
-            entry.name,
-            entry.path.display()
-        )
-    })?;
+    let model = engine
+        .load_from_reader(&mut reader)
+        .with_context(|| format!("model '{}': cannot load {}", entry.name, path.display()))?;
     let served = repository
         .insert(&entry.name, entry.version, model, Source::File)
         .with_context(|| format!("model '{}'", entry.name))?;
@@ -333,7 +395,7 @@ fn load_file_model(engine: &dyn Engine, repository: &Repository, entry: &ModelEn
         "model '{}' version {} loaded from {} ({} plan): inputs {}; outputs {}",
         served.name,
         served.version,
-        entry.path.display(),
+        path.display(),
         served.model.plan().as_str(),
         http::describe_signature(&served.model.signature().inputs),
         http::describe_signature(&served.model.signature().outputs),

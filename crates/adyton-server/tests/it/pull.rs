@@ -1,0 +1,389 @@
+//! Flow B with the real SIM attester, the real engine and real envelopes, and a registry and a key
+//! broker in memory: what is pulled, what is refused and why, and what is retried.
+
+use std::io::{Cursor, Read};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use adyton_attest::attester::sim::SimAttester;
+use adyton_attest::{sim::SimReport, Evidence, TeeKind};
+use adyton_envelope::wrap::{wrap_for_tee, ModulusOrder, TeePublicKey, WrappedKey};
+use adyton_envelope::{v1, v2, Aes256Key};
+use adyton_server::pull::{
+    Backoff, FetchError, KeyBroker, ModelInfo, PullError, Puller, Registry, Step,
+};
+use adyton_server::repository::{Pending, Repository};
+use adyton_server::runtime::tract::TractEngine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::support::model;
+
+/// A registry in memory. `failures` transient failures come first.
+#[derive(Debug)]
+struct MemoryRegistry {
+    info: ModelInfo,
+    blob: Mutex<Vec<u8>>,
+    failures: AtomicU32,
+    /// Ends every download after this many bytes, with an I/O error.
+    cut_at: Option<usize>,
+}
+
+/// A reader that fails after `left` bytes, as a dropped connection does.
+struct Cut {
+    inner: Cursor<Vec<u8>>,
+    left: usize,
+}
+
+impl Read for Cut {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset",
+            ));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+impl Registry for MemoryRegistry {
+    fn info(&self, model_id: &str) -> Result<ModelInfo, FetchError> {
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            return Err(FetchError::Transient(
+                "HTTP 503: the registry is restarting".into(),
+            ));
+        }
+        if model_id != self.info.id {
+            return Err(FetchError::Permanent(format!(
+                "HTTP 404: no model {model_id}"
+            )));
+        }
+        Ok(self.info.clone())
+    }
+
+    fn open_blob(&self, _url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
+        let blob = self.blob.lock().unwrap().clone();
+        Ok(match self.cut_at {
+            Some(left) => Box::new(Cut {
+                inner: Cursor::new(blob),
+                left,
+            }),
+            None => Box::new(Cursor::new(blob)),
+        })
+    }
+}
+
+/// A key broker in memory that checks, as the real one does, that the SIM evidence's report data
+/// is SHA-512 of the public key, and that the measurement is the one its policy allows.
+#[derive(Debug)]
+struct MemoryBroker {
+    key: Aes256Key,
+    allowed_measurement: [u8; 48],
+    transfers: AtomicU32,
+}
+
+impl KeyBroker for MemoryBroker {
+    fn transfer(
+        &self,
+        _url: &str,
+        tee: TeeKind,
+        quote_b64: &str,
+        user_data_b64: &str,
+    ) -> Result<WrappedKey, FetchError> {
+        self.transfers.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(tee, TeeKind::Sim);
+        let evidence = Evidence::from_json(&BASE64.decode(quote_b64).unwrap()).unwrap();
+        let report = SimReport::parse(&evidence.quote).unwrap();
+        let user_data = BASE64.decode(user_data_b64).unwrap();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &user_data);
+        assert_eq!(
+            &report.report_data[..],
+            digest.as_ref(),
+            "report data binds the public key"
+        );
+        if report.measurement != self.allowed_measurement {
+            return Err(FetchError::Denied(
+                "HTTP 403: measurement is not in the policy".into(),
+            ));
+        }
+        let public = TeePublicKey::from_user_data(&user_data, ModulusOrder::BigEndian).unwrap();
+        Ok(wrap_for_tee(&public, &self.key).unwrap())
+    }
+}
+
+const MEASUREMENT: [u8; 48] = [0x42; 48];
+
+fn attester(measurement: [u8; 48]) -> Arc<SimAttester> {
+    Arc::new(SimAttester::with_measurement([7; 32], measurement).unwrap())
+}
+
+fn key() -> Aes256Key {
+    Aes256Key::from_slice(&[0x33; 32]).unwrap()
+}
+
+fn v2_blob(plaintext: &[u8], key_id: &str) -> Vec<u8> {
+    let options = v2::EncryptOptions {
+        chunk_size: 4096,
+        key_id: key_id.into(),
+        content_type: v2::CONTENT_TYPE_ONNX.into(),
+    };
+    v2::seal(&key(), plaintext, &options).unwrap()
+}
+
+fn info(key_id: &str) -> ModelInfo {
+    ModelInfo {
+        id: "m1".into(),
+        url: "http://registry.invalid/blobs/m1".into(),
+        encrypted: true,
+        kbs_url: Some(format!("http://kbs.invalid/kbs/v1/keys/{key_id}/transfer")),
+        key_id: Some(key_id.into()),
+    }
+}
+
+struct Fixture {
+    registry: Arc<MemoryRegistry>,
+    broker: Arc<MemoryBroker>,
+    puller: Puller,
+}
+
+fn fixture(blob: Vec<u8>, measurement: [u8; 48]) -> Fixture {
+    let registry = Arc::new(MemoryRegistry {
+        info: info("k1"),
+        blob: Mutex::new(blob),
+        failures: AtomicU32::new(0),
+        cut_at: None,
+    });
+    let broker = Arc::new(MemoryBroker {
+        key: key(),
+        allowed_measurement: MEASUREMENT,
+        transfers: AtomicU32::new(0),
+    });
+    let puller = Puller {
+        attester: attester(measurement),
+        engine: Arc::new(TractEngine::new()),
+        registry: registry.clone(),
+        key_broker: broker.clone(),
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(4),
+            attempts: 4,
+        },
+    };
+    Fixture {
+        registry,
+        broker,
+        puller,
+    }
+}
+
+fn reason(e: &PullError) -> String {
+    e.to_string()
+}
+
+#[test]
+fn a_v2_model_is_pulled_decrypted_in_memory_and_served() {
+    let f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+    let repository = Repository::new(4);
+    let (served, timings) = f.puller.pull_into(&repository, "add", "m1").unwrap();
+    assert_eq!(served.version, 1);
+    assert_eq!(served.model.signature().inputs.len(), 2);
+    assert!(repository.all_ready());
+    assert_eq!(timings.attempts, 1);
+    assert!(timings.blob_bytes > model("add").len() as u64);
+    assert!(timings.total() >= timings.load);
+    assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_v1_model_is_pulled_too() {
+    let blob = v1::seal(&key(), &model("add")).unwrap();
+    let f = fixture(blob, MEASUREMENT);
+    let (model, _) = f.puller.pull("m1").unwrap();
+    assert_eq!(model.signature().outputs[0].name, "sum");
+}
+
+#[test]
+fn zeroed_weights_are_refused_as_an_integrity_failure() {
+    let mut blob = v2_blob(&model("dynamic_batch"), "k1");
+    let middle = blob.len() / 2;
+    blob[middle..middle + 64].fill(0);
+    let f = fixture(blob, MEASUREMENT);
+    let repository = Repository::new(4);
+    let e = f.puller.pull_into(&repository, "m", "m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::Permanent {
+                step: Step::Download,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(reason(&e).contains("integrity check failed"), "{e}");
+    // Nothing is served from it, and the failure shows.
+    let summary = repository.summary("m").unwrap();
+    assert!(summary.versions.is_empty());
+    assert!(
+        matches!(summary.pending, Some(Pending::Failed { ref reason }) if reason.contains("integrity"))
+    );
+}
+
+#[test]
+fn zeroed_v1_blob_and_truncated_blobs_are_refused() {
+    let mut blob = v1::seal(&key(), &model("add")).unwrap();
+    let n = blob.len();
+    blob[n / 2..n / 2 + 16].fill(0);
+    let e = fixture(blob, MEASUREMENT).puller.pull("m1").unwrap_err();
+    assert!(reason(&e).contains("integrity check failed"), "{e}");
+
+    let full = v2_blob(&model("dynamic_batch"), "k1");
+    for cut in [full.len() - 1, full.len() / 2, 40, 3] {
+        let e = fixture(full[..cut].to_vec(), MEASUREMENT)
+            .puller
+            .pull("m1")
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PullError::Permanent {
+                    step: Step::Download,
+                    ..
+                }
+            ),
+            "cut at {cut}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn the_wrong_key_is_refused() {
+    let other = Aes256Key::from_slice(&[0x44; 32]).unwrap();
+    let options = v2::EncryptOptions {
+        key_id: "k1".into(),
+        ..Default::default()
+    };
+    let blob = v2::seal(&other, &model("add"), &options).unwrap();
+    let e = fixture(blob, MEASUREMENT).puller.pull("m1").unwrap_err();
+    assert!(reason(&e).contains("authentication failed"), "{e}");
+}
+
+#[test]
+fn a_blob_under_another_key_id_is_refused_by_name() {
+    let e = fixture(v2_blob(&model("add"), "k2"), MEASUREMENT)
+        .puller
+        .pull("m1")
+        .unwrap_err();
+    assert!(
+        reason(&e).contains("'k2'") && reason(&e).contains("'k1'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_policy_refusal_is_permanent_and_not_retried() {
+    let f = fixture(v2_blob(&model("add"), "k1"), [0x99; 48]);
+    let repository = Repository::new(4);
+    let e = f.puller.pull_into(&repository, "m", "m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::Permanent {
+                step: Step::KeyTransfer,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        reason(&e).contains("refused the key") && reason(&e).contains("measurement"),
+        "{e}"
+    );
+    assert_eq!(
+        f.broker.transfers.load(Ordering::SeqCst),
+        1,
+        "a refusal is not retried"
+    );
+    assert!(!repository.all_ready());
+}
+
+#[test]
+fn transient_failures_are_retried_then_given_up() {
+    let f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+    f.registry.failures.store(2, Ordering::SeqCst);
+    let (_, timings) = f.puller.pull("m1").unwrap();
+    assert_eq!(timings.attempts, 3);
+
+    f.registry.failures.store(100, Ordering::SeqCst);
+    let e = f.puller.pull("m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::GaveUp {
+                step: Step::Info,
+                attempts: 4,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_broken_download_is_transient() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let mut f = fixture(blob.clone(), MEASUREMENT);
+    let registry = Arc::new(MemoryRegistry {
+        info: info("k1"),
+        blob: Mutex::new(blob),
+        failures: AtomicU32::new(0),
+        cut_at: Some(100),
+    });
+    f.puller.registry = registry;
+    let e = f.puller.pull("m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::GaveUp {
+                step: Step::Download,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(reason(&e).contains("connection reset"), "{e}");
+}
+
+#[test]
+fn unknown_and_unencrypted_models_are_refused() {
+    let f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+    let e = f.puller.pull("nope").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::Permanent {
+                step: Step::Info,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let mut plain = info("k1");
+    plain.encrypted = false;
+    let registry = Arc::new(MemoryRegistry {
+        info: plain,
+        blob: Mutex::new(model("add")),
+        failures: AtomicU32::new(0),
+        cut_at: None,
+    });
+    let mut puller = f.puller.clone();
+    puller.registry = registry;
+    let e = puller.pull("m1").unwrap_err();
+    assert!(reason(&e).contains("not encrypted"), "{e}");
+}
