@@ -1,7 +1,6 @@
 //! The key broker's admin API: login, transfer policies and keys (`docs/kbs.md`, "Admin API").
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -9,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{api_error, ClientError};
+use crate::http::{self, Timeouts};
 
 type Result<T> = std::result::Result<T, ClientError>;
 
@@ -110,24 +110,12 @@ impl KbsClient {
     /// A client of the KBS at `base_url` (`http://host:port` or `https://...`, with or without a
     /// trailing `/`). Certificates are always checked against Mozilla's roots.
     pub fn new(base_url: &str) -> Result<Self> {
-        let base_url = normalise_base_url(base_url)?;
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .root_certs(ureq::tls::RootCerts::WebPki)
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(CALL_TIMEOUT))
-            // A redirect could carry the bearer token to another host.
-            .max_redirects(0)
-            .user_agent(concat!("adyton-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let base_url = http::normalise_base_url(base_url)?;
+        let agent = http::agent(Timeouts {
+            connect: CONNECT_TIMEOUT,
+            call: Some(CALL_TIMEOUT),
+            stall: None,
+        });
         Ok(Self { base_url, agent })
     }
 
@@ -274,10 +262,7 @@ impl KbsClient {
         body: Option<&[u8]>,
     ) -> Result<T> {
         let (request, bytes) = self.exchange(method, path, token, body)?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::InvalidResponse {
-            request,
-            reason: e.to_string(),
-        })
+        http::decode_json(request, &bytes)
     }
 
     fn send_no_content(&self, method: Method, path: String, token: &Token) -> Result<()> {
@@ -295,7 +280,7 @@ impl KbsClient {
     ) -> Result<(String, Vec<u8>)> {
         let url = format!("{}{path}", self.base_url);
         let request = format!("{} {path}", method.as_str());
-        let bearer = token.map(|t| Zeroizing::new(format!("Bearer {}", t.expose_secret())));
+        let bearer = token.map(http::bearer);
         let answer = match method {
             Method::Get | Method::Delete => {
                 let mut builder = if method == Method::Get {
@@ -316,31 +301,12 @@ impl KbsClient {
                 builder.send(body.unwrap_or(b"{}"))
             }
         };
-        let mut answer = answer.map_err(|source| ClientError::Transport {
+        let answer = answer.map_err(|source| ClientError::Transport {
             request: request.clone(),
             source,
         })?;
-        let status = answer.status().as_u16();
-        let bytes = answer
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_LEN)
-            .read_to_vec()
-            .map_err(|e| match e {
-                ureq::Error::BodyExceedsLimit(_) => ClientError::ResponseTooLarge {
-                    request: request.clone(),
-                    limit: MAX_RESPONSE_LEN,
-                },
-                source => ClientError::Transport {
-                    request: request.clone(),
-                    source,
-                },
-            })?;
-        if (200..300).contains(&status) {
-            Ok((request, bytes))
-        } else {
-            Err(api_error(request, status, &bytes))
-        }
+        let bytes = http::answer_body(request.clone(), answer, MAX_RESPONSE_LEN)?;
+        Ok((request, bytes))
     }
 }
 
@@ -397,6 +363,8 @@ pub fn transfer(
             source,
         })?;
     let status = answer.status().as_u16();
+    // Not `http::answer_body`: here an answer over the limit stays a `Transport` error, which the
+    // server's puller treats as transient.
     let bytes = answer
         .body_mut()
         .with_config()
@@ -413,7 +381,7 @@ pub fn transfer(
         request: request.clone(),
         reason,
     };
-    let json: TransferJson = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let json: TransferJson = http::decode_json(request.clone(), &bytes)?;
     let decode = |field: &str, text: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(text)
@@ -468,27 +436,6 @@ fn item_path(collection: &str, id: &str) -> Result<String> {
         });
     }
     Ok(format!("{collection}/{id}"))
-}
-
-/// Checks that `url` is http or https with a host, and strips trailing `/`s.
-fn normalise_base_url(url: &str) -> Result<String> {
-    let bad = |reason| ClientError::InvalidUrl {
-        url: url.to_owned(),
-        reason,
-    };
-    let trimmed = url.trim().trim_end_matches('/');
-    let uri: ureq::http::Uri = trimmed.parse().map_err(|_| bad("it does not parse"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(bad("the scheme must be http or https")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad("it names no host"));
-    }
-    if uri.query().is_some() {
-        return Err(bad("it must not have a query"));
-    }
-    Ok(trimmed.to_owned())
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Typed clients of Adyton's services, over HTTP only: this crate never links a service crate.
 //!
-//! So far: [`KbsClient`], the key broker's admin API (`docs/kbs.md`, "Admin API"). The client is
-//! blocking (`ureq` on rustls with aws-lc-rs, Mozilla's roots compiled in), so callers need no async
-//! runtime.
+//! So far: [`KbsClient`], the key broker's admin API (`docs/kbs.md`, "Admin API"), and
+//! [`RegistryClient`], the model registry (`docs/registry.md`), whose downloads resume after a
+//! dropped connection ([`ResumingReader`]). The clients are blocking (`ureq` on rustls with
+//! aws-lc-rs, Mozilla's roots compiled in), so callers need no async runtime.
 //!
 //! [`attested_tls`] holds the rustls verifier that accepts an inference server only on attestation
 //! evidence bound to its TLS key.
@@ -11,7 +12,10 @@
 
 pub mod attested_tls;
 mod error;
+mod http;
 pub mod kbs;
+pub mod registry;
 
 pub use error::ClientError;
 pub use kbs::{KbsClient, KeyInfo, KeyInformation, PolicyInfo, Token};
+pub use registry::{BlobSummary, ModelInfo, RegistryClient, ResumingReader, RetryPolicy};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, kbs, kbs_client, model, server};
+use crate::{attest, kbs, kbs_client, model, publish, registry, server};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -31,6 +31,63 @@ enum Command {
     /// Run the inference server: ONNX models over the Open Inference Protocol and attested TLS.
     #[command(subcommand)]
     Server(ServerCommand),
+
+    /// Run the model registry: model info and encrypted blobs, on a filesystem or S3.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the registry's HTTP API (docs/registry.md) until SIGINT or SIGTERM.
+    ///
+    /// With --config, settings come from a TOML file (docs/registry.md, "Configuration"), flags
+    /// overriding it. Without it, a local trial: blobs in --data-dir, writes allowed with the token
+    /// in --token-file. Blobs are stored and served as they are: the registry never sees a key.
+    #[command(after_help = "Examples:\n  \
+        adyton registry serve --listen 127.0.0.1:8080 --data-dir registry --token-file token\n  \
+        adyton registry serve --config registry.toml")]
+    Serve(RegistryServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryServeArgs {
+    /// Configuration file (TOML; see docs/registry.md). Flags given on the command line override
+    /// its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
+    /// `listening on http://ADDR`, or `https://` with TLS) [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Directory of the filesystem store (blobs and model info). Created with mode 0700 if
+    /// missing. Required unless the configuration file sets `data_dir` or an S3 store.
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A file holding the bearer token that writes (uploads, info, deletes) require; without
+    /// one, every write is refused (401).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The URL clients reach this registry at, used in the models' `url` [default:
+    /// http(s)://ADDR, the address bound].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Largest blob accepted, e.g. 512M or 20G [default: 8G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    pub max_blob_bytes: Option<u64>,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-private-key.
+    #[arg(long, value_name = "FILE", requires = "tls_private_key")]
+    pub tls_certificate: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
+    pub tls_private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,6 +461,65 @@ pub enum ModelCommand {
 
     /// Show an envelope's header without the key, and check its length.
     Inspect(InspectArgs),
+
+    /// Publish a model: encrypt it with a fresh key, import the key into the KBS under a transfer
+    /// policy, upload the encrypted blob to the registry and write its info.
+    ///
+    /// The KBS token is the one `adyton kbs login` saved. If a step fails, the steps before it
+    /// are undone where possible (the KBS key is deleted, the uploaded blob removed), and what
+    /// remains is said. The model id is printed alone on the last line.
+    #[command(
+        disable_version_flag = true,
+        after_help = "Examples:\n  \
+        adyton model publish model.onnx --registry http://127.0.0.1:8080 --registry-token-file token \\\n      \
+        --kbs http://127.0.0.1:8443 --policy POLICY_ID\n  \
+        adyton model publish model.onnx ... --format v1 --id mlp-1 --name mlp --version 1"
+    )]
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The plaintext ONNX model.
+    #[arg(value_name = "MODEL")]
+    pub input: PathBuf,
+
+    /// The registry's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub registry: String,
+
+    /// A file holding the registry's write token.
+    #[arg(long, value_name = "FILE")]
+    pub registry_token_file: PathBuf,
+
+    /// The KBS's base URL, e.g. http://127.0.0.1:8443.
+    #[arg(long, value_name = "URL")]
+    pub kbs: String,
+
+    /// The token file written by `adyton kbs login` [default: $ADYTON_KBS_TOKEN if set, else
+    /// $HOME/.config/adyton/kbs-token].
+    #[arg(long, value_name = "FILE")]
+    pub kbs_token_file: Option<PathBuf>,
+
+    /// The id of the KBS transfer policy that guards the model's key.
+    #[arg(long, value_name = "ID")]
+    pub policy: String,
+
+    /// Envelope format: v2 (chunked, streamed) or v1 (CNAP's, whole file in memory, at most 4 GiB).
+    #[arg(long, value_enum, default_value_t = FormatArg::V2)]
+    pub format: FormatArg,
+
+    /// The model's id in the registry [default: the file's name and a random suffix].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// The model's display name [default: the file's name without extension].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The model's version.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
 }
 
 /// Envelope format to write.
@@ -531,6 +647,7 @@ impl Cli {
             Command::Model(ModelCommand::Encrypt(args)) => model::encrypt(&args),
             Command::Model(ModelCommand::Decrypt(args)) => model::decrypt(&args),
             Command::Model(ModelCommand::Inspect(args)) => model::inspect(&args),
+            Command::Model(ModelCommand::Publish(args)) => publish::publish(&args),
             Command::Attest(AttestCommand::Report(args)) => attest::report(&args),
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
             Command::Attest(AttestCommand::Measure) => attest::measure(),
@@ -540,6 +657,7 @@ impl Cli {
             Command::Kbs(KbsCommand::Policy(command)) => kbs_client::policy(&command),
             Command::Kbs(KbsCommand::Key(command)) => kbs_client::key(&command),
             Command::Server(ServerCommand::Serve(args)) => server::serve(&args),
+            Command::Registry(RegistryCommand::Serve(args)) => registry::serve(&args),
         }
     }
 }

@@ -92,6 +92,22 @@ impl AtomicOutput {
     }
 }
 
+/// The bytes of a file of at most `limit` bytes, in memory that is zeroized on drop (the file may
+/// hold a secret). `what` names the file in messages ("token file").
+pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let file =
+        File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    // One byte more than the limit, so that a larger file is noticed without reading it all.
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!("{what} {} is larger than {limit} bytes", path.display());
+    }
+    Ok(bytes)
+}
+
 /// Reads a key file: exactly 32 raw bytes, as CNAP's tools keep them.
 pub fn read_key_file(path: &Path) -> Result<Aes256Key> {
     let mut file =
@@ -106,13 +122,7 @@ pub fn read_key_file(path: &Path) -> Result<Aes256Key> {
             meta.len()
         );
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        eprintln!(
-            "warning: key file {} can be read by other users (mode {:o}); run chmod 600 on it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
+    crate::secrets::warn_if_readable_by_others(path, "key file", &meta);
     let mut bytes = Zeroizing::new([0u8; AES256_KEY_LEN]);
     file.read_exact(bytes.as_mut_slice())
         .with_context(|| format!("cannot read key file {}", path.display()))?;

@@ -2,7 +2,7 @@
 //! trial, from flags and the environment; and hash admin passwords for the configuration file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::cli::KbsServeArgs;
-use crate::net::{shutdown_signal, TlsListener};
+use crate::files::read_limited;
+use crate::net::{self, TlsFiles};
 
 /// The environment variable holding the master key (64 hex digits or base64 of 32 bytes).
 const MASTER_KEY_ENV: &str = "ADYTON_KBS_MASTER_KEY";
@@ -40,10 +41,7 @@ const MAX_COLLATERAL_LEN: u64 = 16 << 20;
 pub fn serve(args: &KbsServeArgs) -> Result<()> {
     // Everything that can be wrong in the configuration is found before anything is opened or bound.
     let settings = Settings::resolve(args)?;
-    let tls = match &settings.tls {
-        Some(tls) => Some(Arc::new(load_tls(tls)?)),
-        None => None,
-    };
+    let tls = settings.tls.as_ref().map(TlsFiles::load).transpose()?;
     let users = match &settings.admins {
         Some(admins) => configured_admin_users(admins, &settings.source)?,
         None => admin_users()?,
@@ -70,39 +68,8 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     }
     eprintln!("audit log: {}", audit_path.display());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let listen = settings.listen;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
-        let router = http::router_with_admin(state, admin);
-        match tls {
-            None => {
-                eprintln!("listening on http://{addr}");
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-                    .context("the HTTP server failed")?;
-            }
-            Some(config) => {
-                let (listener, acceptor) = TlsListener::new(listener, addr, config);
-                eprintln!("listening on https://{addr}");
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await;
-                acceptor.abort();
-                served.context("the HTTPS server failed")?;
-            }
-        }
-        eprintln!("shut down");
-        Ok(())
+    net::serve(settings.listen, tls, |_| {
+        http::router_with_admin(state, admin)
     })
 }
 
@@ -169,7 +136,7 @@ struct ConfigFile {
     audit_log: Option<PathBuf>,
     #[serde(default)]
     admin: Vec<AdminEntry>,
-    tls: Option<TlsSection>,
+    tls: Option<TlsFiles>,
     store: Option<StoreSection>,
     /// Refused with an explanation rather than as an unknown field.
     #[serde(rename = "master_key", default, deserialize_with = "refuse_master_key")]
@@ -207,13 +174,6 @@ struct AdminEntry {
     _password: (),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsSection {
-    certificate: PathBuf,
-    private_key: PathBuf,
-}
-
 fn refuse_master_key<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
     Err(serde::de::Error::custom(
         "`master_key` is not allowed: the master key is never kept in the configuration file \
@@ -248,7 +208,7 @@ struct Settings {
     audit_log: PathBuf,
     /// `Some` with `--config` (possibly empty); `None` in the local trial.
     admins: Option<Vec<AdminEntry>>,
-    tls: Option<TlsSection>,
+    tls: Option<TlsFiles>,
     store: StoreSetting,
 }
 
@@ -318,13 +278,8 @@ fn open_store(setting: &StoreSetting, data_dir: &Path) -> Result<Arc<dyn Store>>
 
 impl Settings {
     fn resolve(args: &KbsServeArgs) -> Result<Self> {
-        let flag_tls = match (&args.tls_certificate, &args.tls_private_key) {
-            (Some(certificate), Some(private_key)) => Some(TlsSection {
-                certificate: certificate.clone(),
-                private_key: private_key.clone(),
-            }),
-            _ => None,
-        };
+        let flag_tls =
+            TlsFiles::from_flags(args.tls_certificate.as_ref(), args.tls_private_key.as_ref());
         let Some(path) = &args.config else {
             let data_dir = args
                 .data_dir
@@ -362,7 +317,7 @@ impl Settings {
             .audit_log
             .map(&rel)
             .unwrap_or_else(|| data_dir.join(AUDIT_FILE));
-        let tls = flag_tls.or(file.tls.map(|t| TlsSection {
+        let tls = flag_tls.or(file.tls.map(|t| TlsFiles {
             certificate: rel(t.certificate),
             private_key: rel(t.private_key),
         }));
@@ -391,16 +346,10 @@ impl Settings {
 const MAX_CONFIG_LEN: u64 = 1 << 20;
 
 fn load_config(path: &Path) -> Result<ConfigFile> {
-    let file = File::open(path)
-        .with_context(|| format!("cannot open the configuration file {}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_LEN + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-    if text.len() as u64 > MAX_CONFIG_LEN {
-        anyhow::bail!("{} is larger than {MAX_CONFIG_LEN} bytes", path.display());
-    }
-    toml::from_str(&text).map_err(|e| {
+    let bytes = read_limited(path, MAX_CONFIG_LEN, "the configuration file")?;
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+    toml::from_str(text).map_err(|e| {
         // The parser quotes the offending line, and the line of a refused secret holds the secret:
         // for those, the line number and the explanation only.
         if e.message().contains("is not allowed") {
@@ -465,35 +414,6 @@ fn configured_admin_users(admins: &[AdminEntry], source: &str) -> Result<AdminUs
     Ok(users)
 }
 
-/// The rustls server configuration (aws-lc-rs) from PEM files.
-fn load_tls(tls: &TlsSection) -> Result<rustls::ServerConfig> {
-    use rustls_pki_types::pem::PemObject as _;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-    let cert_path = tls.certificate.display();
-    let certs = CertificateDer::pem_file_iter(&tls.certificate)
-        .with_context(|| format!("cannot read the TLS certificate {cert_path}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("cannot parse the TLS certificate {cert_path} (PEM)"))?;
-    if certs.is_empty() {
-        anyhow::bail!("the TLS certificate {cert_path} holds no PEM CERTIFICATE block");
-    }
-    let key_path = tls.private_key.display();
-    let key = PrivateKeyDer::from_pem_file(&tls.private_key).with_context(|| {
-        format!(
-            "cannot read the TLS private key {key_path} (PEM: PKCS#8, PKCS#1 or SEC1 PRIVATE KEY)"
-        )
-    })?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("cannot set up TLS")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .with_context(|| format!("cannot use the TLS certificate {cert_path} with the key {key_path}"))
-}
-
 /// The master key: from the environment, else from `--master-key-file`, else `DIR/master.key`
 /// (generated on first use).
 fn load_master_key(file: Option<&Path>, dir: &Path) -> Result<MasterKey> {
@@ -552,18 +472,7 @@ fn admin_users() -> Result<AdminUsers> {
 }
 
 fn load_collateral(path: &Path) -> Result<Collateral> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    // One byte more than the limit, so that a larger file is noticed without reading it all.
-    file.take(MAX_COLLATERAL_LEN + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() as u64 > MAX_COLLATERAL_LEN {
-        anyhow::bail!(
-            "{} is larger than {MAX_COLLATERAL_LEN} bytes",
-            path.display()
-        );
-    }
+    let bytes = read_limited(path, MAX_COLLATERAL_LEN, "the collateral file")?;
     Collateral::from_json(&bytes).with_context(|| format!("cannot use {}", path.display()))
 }
 

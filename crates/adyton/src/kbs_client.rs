@@ -1,10 +1,10 @@
 //! `adyton kbs login|policy|key`: the operator's commands of the key broker's admin API, over HTTP
 //! with `adyton-client`.
 
-use std::fs::{self, File};
-use std::io::{self, BufRead as _, IsTerminal as _, Read as _, Write as _};
+use std::fs;
+use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use adyton_client::{ClientError, KbsClient, KeyInfo, PolicyInfo, Token};
@@ -15,16 +15,11 @@ use crate::cli::{
     KbsClientArgs, KbsItemArgs, KbsKeyCommand, KbsKeyCreateArgs, KbsLoginArgs, KbsPolicyCommand,
     KbsPolicyCreateArgs,
 };
-use crate::files::{self, print_stdout, AtomicOutput};
+use crate::files::{self, print_stdout, read_limited, AtomicOutput};
+use crate::secrets::{default_kbs_token_file, kbs_token_file, read_token_file};
 
 /// The environment variable holding the operator's password for `login`.
 const PASSWORD_ENV: &str = "ADYTON_KBS_ADMIN_PASSWORD";
-/// The environment variable naming a token file, when `--token-file` is not given.
-const TOKEN_ENV: &str = "ADYTON_KBS_TOKEN";
-/// The token file under `$HOME`.
-const DEFAULT_TOKEN_FILE: &str = ".config/adyton/kbs-token";
-/// Largest token file read; tokens are a few dozen characters.
-const MAX_TOKEN_FILE_LEN: u64 = 4096;
 /// Largest policy file read.
 const MAX_POLICY_FILE_LEN: u64 = 1 << 20;
 /// The TEE tables a policy file may hold, with the KBS's name of each attestation type.
@@ -40,7 +35,7 @@ pub fn login(args: &KbsLoginArgs) -> Result<()> {
     let client = connect(&args.url)?;
     let path = match &args.token_file {
         Some(path) => path.clone(),
-        None => default_token_file()?,
+        None => default_kbs_token_file("--token-file")?,
     };
     let password = read_password(&args.user)?;
     let token = client
@@ -208,21 +203,21 @@ fn create_key(args: &KbsKeyCreateArgs) -> Result<()> {
 /// the table as JSON. Files with several TEE tables are refused, since a transfer policy names one
 /// attestation type.
 fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
-    let text = read_limited(path, MAX_POLICY_FILE_LEN, "policy file")?;
-    let text = String::from_utf8(text)
+    let bytes = read_limited(path, MAX_POLICY_FILE_LEN, "policy file")?;
+    let text = std::str::from_utf8(&bytes)
         .with_context(|| format!("policy file {} is not UTF-8", path.display()))?;
     let is_json = path.extension().is_some_and(|ext| ext == "json");
     // Parse with the verifier's own rules first, so that a misspelt field fails here.
     let parsed = if is_json {
-        adyton_attest::policy::Policy::from_json(&text)
+        adyton_attest::policy::Policy::from_json(text)
     } else {
-        adyton_attest::policy::Policy::from_toml(&text)
+        adyton_attest::policy::Policy::from_toml(text)
     };
     parsed.with_context(|| format!("policy file {} is not a valid policy", path.display()))?;
     let document: serde_json::Map<String, serde_json::Value> = if is_json {
-        serde_json::from_str(&text).context("the policy JSON is not an object")?
+        serde_json::from_str(text).context("the policy JSON is not an object")?
     } else {
-        let table: toml::Table = toml::from_str(&text)
+        let table: toml::Table = toml::from_str(text)
             .with_context(|| format!("policy file {} is not TOML", path.display()))?;
         match serde_json::to_value(table).context("the policy cannot be expressed as JSON")? {
             serde_json::Value::Object(map) => map,
@@ -260,12 +255,8 @@ fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
 /// The client and the stored token.
 fn session(args: &KbsClientArgs) -> Result<(KbsClient, Token)> {
     let client = connect(&args.url)?;
-    let path = match (&args.token_file, std::env::var_os(TOKEN_ENV)) {
-        (Some(path), _) => path.clone(),
-        (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
-        _ => default_token_file()?,
-    };
-    let token = read_token_file(&path)?;
+    let path = kbs_token_file(args.token_file.as_ref(), "--token-file")?;
+    let token = read_token(&path)?;
     Ok((client, token))
 }
 
@@ -289,13 +280,6 @@ fn explain(err: ClientError, client: &KbsClient) -> anyhow::Error {
     match hint {
         Some(hint) => err.context(hint),
         None => err,
-    }
-}
-
-fn default_token_file() -> Result<PathBuf> {
-    match std::env::var_os("HOME") {
-        Some(home) if !home.is_empty() => Ok(PathBuf::from(home).join(DEFAULT_TOKEN_FILE)),
-        _ => bail!("HOME is not set: give --token-file"),
     }
 }
 
@@ -347,41 +331,11 @@ fn write_token_file(path: &Path, token: &Token) -> Result<()> {
     out.commit()
 }
 
-fn read_token_file(path: &Path) -> Result<Token> {
-    let bytes = Zeroizing::new(
-        read_limited(path, MAX_TOKEN_FILE_LEN, "token file").context(
-            "no token: run `adyton kbs login` first, or give --token-file or ADYTON_KBS_TOKEN",
-        )?,
-    );
-    if let Ok(meta) = fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            eprintln!(
-                "warning: token file {} can be read by other users (mode {:o}); run chmod 600 on it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            );
-        }
-    }
-    let text = std::str::from_utf8(&bytes)
-        .with_context(|| format!("token file {} is not text", path.display()))?;
-    let token = Token::new(text);
-    if token.expose_secret().is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
-}
-
-fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
-    let file =
-        File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        bail!("{what} {} is larger than {limit} bytes", path.display());
-    }
-    Ok(bytes)
+fn read_token(path: &Path) -> Result<Token> {
+    let text = read_token_file(path, "token file").context(
+        "no token: run `adyton kbs login` first, or give --token-file or ADYTON_KBS_TOKEN",
+    )?;
+    Ok(Token::new(text.as_str()))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -428,6 +382,7 @@ fn timestamp(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn policy_file(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);

@@ -9,6 +9,9 @@ mod kbs;
 mod kbs_client;
 mod model;
 mod net;
+mod publish;
+mod registry;
+mod secrets;
 mod server;
 
 use std::process::ExitCode;

@@ -20,14 +20,12 @@ use adyton_server::runtime::Engine;
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use zeroize::Zeroizing;
 
 use crate::cli::ServerServeArgs;
 use crate::files::AtomicOutput;
-use crate::net::{shutdown_signal, TlsListener};
+use crate::net;
+use crate::secrets::read_token_file;
 
-/// Largest token file read.
-const MAX_TOKEN_FILE: u64 = 4096;
 /// Largest plain model file loaded from disk.
 const MAX_MODEL_FILE: u64 = 4 << 30;
 
@@ -187,18 +185,8 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
 }
 
 fn read_token(path: &Path) -> Result<AdminToken> {
-    let mut text = Zeroizing::new(String::new());
-    std::fs::File::open(path)
-        .with_context(|| format!("cannot open the token file {}", path.display()))?
-        .take(MAX_TOKEN_FILE)
-        .read_to_string(&mut text)
-        .with_context(|| {
-            format!(
-                "cannot read the token file {} (it must be text)",
-                path.display()
-            )
-        })?;
-    AdminToken::new(&text).with_context(|| format!("the token file {} is empty", path.display()))
+    let text = read_token_file(path, "token file")?;
+    AdminToken::new(&text).with_context(|| format!("token file {} is empty", path.display()))
 }
 
 /// Evidence over the TLS key and a client's nonce, from the server's attester.
@@ -344,28 +332,7 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     let state = Arc::new(state);
     let config = identity.rustls_server_config();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let listen = resolved.listen;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener
-            .local_addr()
-            .context("cannot read the bound address")?;
-        let (listener, acceptor) = TlsListener::new(listener, addr, config);
-        eprintln!("listening on https://{addr}");
-        let served = axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
-        acceptor.abort();
-        served.context("the HTTPS server failed")?;
-        eprintln!("shut down");
-        Ok(())
-    })
+    net::serve(resolved.listen, Some(config), |_| http::router(state))
 }
 
 fn load_file_model(

@@ -1,0 +1,236 @@
+//! `adyton registry serve`: run the model registry, from a TOML configuration file (`--config`)
+//! or, in the local trial, from flags (docs/registry.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adyton_registry::blob::s3::S3Config;
+use adyton_registry::blob::{self, StoreConfig};
+use adyton_registry::http::{self, RegistryState, WriteToken};
+use adyton_registry::registry::{Registry, DEFAULT_MAX_BLOB_BYTES};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::RegistryServeArgs;
+use crate::files::read_limited;
+use crate::net::{self, TlsFiles};
+use crate::secrets::read_token_file;
+
+/// The default listen address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Largest configuration file read.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
+
+/// `registry.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    /// The filesystem store's directory (`[store] backend = "fs"`, the default).
+    data_dir: Option<PathBuf>,
+    public_url: Option<String>,
+    token_file: Option<PathBuf>,
+    max_blob_bytes: Option<u64>,
+    tls: Option<TlsFiles>,
+    store: Option<StoreSection>,
+}
+
+/// `[store]`: where blobs and model info are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    backend: Backend,
+    /// S3 only.
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+    /// Refused with an explanation rather than as an unknown field.
+    #[serde(
+        rename = "access_key_id",
+        default,
+        deserialize_with = "refuse_credentials"
+    )]
+    _access_key_id: (),
+    #[serde(
+        rename = "secret_access_key",
+        default,
+        deserialize_with = "refuse_credentials"
+    )]
+    _secret_access_key: (),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    Fs,
+    S3,
+}
+
+fn refuse_credentials<'de, D: serde::Deserializer<'de>>(_: D) -> Result<(), D::Error> {
+    Err(serde::de::Error::custom(
+        "S3 credentials are not allowed in the configuration file: set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY in the registry's environment",
+    ))
+}
+
+/// The settings `serve` runs with: the file (if any), overridden by flags.
+struct Settings {
+    listen: String,
+    store: StoreConfig,
+    public_url: Option<String>,
+    token_file: Option<PathBuf>,
+    max_blob_bytes: u64,
+    tls: Option<TlsFiles>,
+}
+
+impl Settings {
+    fn resolve(args: &RegistryServeArgs) -> Result<Self> {
+        let flag_tls =
+            TlsFiles::from_flags(args.tls_certificate.as_ref(), args.tls_private_key.as_ref());
+        let Some(path) = &args.config else {
+            let data_dir = args
+                .data_dir
+                .clone()
+                .context("--data-dir is required without --config")?;
+            return Ok(Self {
+                listen: args
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+                store: StoreConfig::Fs { data_dir },
+                public_url: args.public_url.clone(),
+                token_file: args.token_file.clone(),
+                max_blob_bytes: args.max_blob_bytes.unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+                tls: flag_tls,
+            });
+        };
+        let file = load_config(path)?;
+        let source = path.display().to_string();
+        // Relative paths in the file are relative to the file's directory.
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let data_dir = args.data_dir.clone().or(file.data_dir.map(&rel));
+        let store = match file.store {
+            None
+            | Some(StoreSection {
+                backend: Backend::Fs,
+                endpoint: None,
+                bucket: None,
+                region: None,
+                allow_http: false,
+                ..
+            }) => StoreConfig::Fs {
+                data_dir: data_dir.with_context(|| {
+                    format!(
+                        "{source}: `data_dir` is missing (set it in the file or pass --data-dir)"
+                    )
+                })?,
+            },
+            Some(StoreSection {
+                backend: Backend::Fs,
+                ..
+            }) => bail!(
+                "{source}: [store] `endpoint`, `bucket`, `region` and `allow_http` are only for \
+                 backend = \"s3\""
+            ),
+            Some(StoreSection {
+                backend: Backend::S3,
+                endpoint,
+                bucket,
+                region,
+                allow_http,
+                ..
+            }) => {
+                if args.data_dir.is_some() {
+                    bail!("--data-dir is for the filesystem store; {source} uses S3");
+                }
+                StoreConfig::S3(S3Config {
+                    endpoint,
+                    bucket: bucket
+                        .with_context(|| format!("{source}: [store] `bucket` is missing"))?,
+                    region,
+                    allow_http,
+                })
+            }
+        };
+        Ok(Self {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            store,
+            public_url: args.public_url.clone().or(file.public_url),
+            token_file: args.token_file.clone().or(file.token_file.map(&rel)),
+            max_blob_bytes: args
+                .max_blob_bytes
+                .or(file.max_blob_bytes)
+                .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+            tls: flag_tls.or(file.tls.map(|t| TlsFiles {
+                certificate: rel(t.certificate),
+                private_key: rel(t.private_key),
+            })),
+        })
+    }
+}
+
+/// `adyton registry serve`.
+pub fn serve(args: &RegistryServeArgs) -> Result<()> {
+    // Everything that can be wrong in the configuration is found before anything is bound.
+    let settings = Settings::resolve(args)?;
+    let tls = settings.tls.as_ref().map(TlsFiles::load).transpose()?;
+    let token = match &settings.token_file {
+        Some(path) => Some(read_write_token(path)?),
+        None => {
+            eprintln!("warning: no token file: every write (upload, info, delete) is refused");
+            None
+        }
+    };
+    if let Some(url) = &settings.public_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!("the public URL `{url}` is not an http(s) URL");
+        }
+    }
+    let store = blob::open(&settings.store).context("cannot open the blob store")?;
+    match &settings.store {
+        StoreConfig::Fs { data_dir } => eprintln!("blob store: {}", data_dir.display()),
+        StoreConfig::S3(s3) => eprintln!(
+            "blob store: S3 bucket {} at {}",
+            s3.bucket,
+            s3.endpoint.as_deref().unwrap_or("AWS")
+        ),
+    }
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    net::serve(&settings.listen, tls, |addr| {
+        let public_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        eprintln!("public URL: {public_url}");
+        let registry = Registry::new(store, &public_url, settings.max_blob_bytes);
+        http::router(Arc::new(RegistryState { registry, token }))
+    })
+}
+
+fn load_config(path: &Path) -> Result<ConfigFile> {
+    let bytes = read_limited(path, MAX_CONFIG_LEN, "the configuration file")?;
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+    toml::from_str(text).map_err(|e| {
+        // The parser quotes the offending line; for a refused credential that line holds it.
+        if e.message().contains("are not allowed") {
+            anyhow::anyhow!("{}: {}", path.display(), e.message())
+        } else {
+            anyhow::anyhow!("{}: {e}", path.display())
+        }
+    })
+}
+
+/// The write token from its file.
+fn read_write_token(path: &Path) -> Result<WriteToken> {
+    let text = read_token_file(path, "token file")?;
+    WriteToken::new(&text).with_context(|| format!("token file {} is empty", path.display()))
+}
