@@ -2,6 +2,7 @@
 """Compares Adyton with onnxruntime on real models (fetched by scripts/fetch_models).
 
     compare.py [--adyton BIN] [--models-dir DIR] [MODEL...]
+    compare.py --server HOST:PORT --cert CERT.pem --served-name NAME MODEL_PATH
 
 For each model (default: every model present in target/models/), builds deterministic inputs of
 the model's real names, types and layouts, runs them through onnxruntime (the reference) and
@@ -16,6 +17,10 @@ every output has the reference's shape and data type, integer outputs are equal,
 output's error is under 1e-4.
 
 A model that Adyton cannot load or run is a FAIL, with tract's reason in the table.
+
+With --server, the model is not served by a new process: NAME on the running server at HOST:PORT
+(its certificate pinned with --cert) is compared with onnxruntime on the plaintext MODEL_PATH. The
+protected-model pipeline test uses this on a model the server pulled and decrypted itself.
 
 The Adyton binary: --adyton, else $ADYTON_BIN, else the newer of target/release/adyton and
 target/debug/adyton.
@@ -163,24 +168,29 @@ def run_adyton(binary, name, path, feeds):
     """Returns (plan, {output: array}) from the server, or raises with the reason."""
     server = Server(binary, name, path)
     try:
-        client = httpclient.InferenceServerClient(
-            url=server.url, ssl=True, ssl_options={"ca_certs": server.cert},
-            connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
-        )
-        metadata = client.get_model_metadata(name)
-        plan = metadata.get("parameters", {}).get("plan", "?")
-        inputs = []
-        for input_name, value in feeds.items():
-            tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
-            tensor.set_data_from_numpy(value, binary_data=True)
-            inputs.append(tensor)
-        outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=True) for o in metadata["outputs"]]
-        result = client.infer(name, inputs, outputs=outputs)
-        values = {o["name"]: result.as_numpy(o["name"]) for o in metadata["outputs"]}
-        client.close()
-        return plan, values
+        return infer_on(server.url, server.cert, name, feeds)
     finally:
         server.close()
+
+
+def infer_on(url, cert, name, feeds):
+    """Runs `feeds` through model `name` of the server at `url` (HTTPS pinned to `cert`)."""
+    client = httpclient.InferenceServerClient(
+        url=url, ssl=True, ssl_options={"ca_certs": cert},
+        connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
+    )
+    metadata = client.get_model_metadata(name)
+    plan = metadata.get("parameters", {}).get("plan", "?")
+    inputs = []
+    for input_name, value in feeds.items():
+        tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
+        tensor.set_data_from_numpy(value, binary_data=True)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=True) for o in metadata["outputs"]]
+    result = client.infer(name, inputs, outputs=outputs)
+    values = {o["name"]: result.as_numpy(o["name"]) for o in metadata["outputs"]}
+    client.close()
+    return plan, values
 
 
 def datatype_of(array):
@@ -198,8 +208,9 @@ def relative_error(actual, expected):
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-6))
 
 
-def compare(binary, path):
-    """One table row: a dict with the model, package, plan, outputs, error and result."""
+def compare(binary, path, served=None):
+    """One table row: a dict with the model, package, plan, outputs, error and result. `served` is
+    (url, cert, name) of a running server to use instead of starting one."""
     name = path.stem.replace(".", "_")
     package, build_inputs = MODELS[path.name]
     row = {"model": path.name, "package": package, "plan": "-", "outputs": "-", "error": "-"}
@@ -211,7 +222,10 @@ def compare(binary, path):
 
     started = time.monotonic()
     try:
-        plan, actual = run_adyton(binary, name, path, feeds)
+        if served:
+            plan, actual = infer_on(served[0], served[1], served[2], feeds)
+        else:
+            plan, actual = run_adyton(binary, name, path, feeds)
     except Exception as e:  # noqa: BLE001 - any failure is reported in the table
         row.update(result="FAIL", reason=f"{type(e).__name__}: {e}")
         return row
@@ -253,8 +267,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adyton", help="the adyton binary")
     parser.add_argument("--models-dir", default=str(ROOT / "target" / "models"))
+    parser.add_argument("--server", help="HOST:PORT of a running server to compare instead")
+    parser.add_argument("--cert", help="with --server: its certificate (PEM), pinned")
+    parser.add_argument("--served-name", help="with --server: the model's name on it")
     parser.add_argument("models", nargs="*", help="model file names (default: all fetched)")
     args = parser.parse_args()
+
+    if args.server:
+        if not (args.cert and args.served_name and len(args.models) == 1):
+            sys.exit("compare.py: --server needs --cert, --served-name and one MODEL_PATH")
+        path = Path(args.models[0])
+        if path.name not in MODELS:
+            sys.exit(f"compare.py: unknown model {path.name} (known: {', '.join(MODELS)})")
+        row = compare(None, path, served=(args.server, args.cert, args.served_name))
+        print(f"{path.name}: {row['result']}" + (f" ({row['reason']})" if "reason" in row else ""))
+        return 0 if row["result"] == "pass" else 1
 
     binary = adyton_binary(args.adyton)
     models_dir = Path(args.models_dir)

@@ -9,6 +9,8 @@ mod kbs_client_cli;
 mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
+mod pipeline_e2e;
 mod real_models;
+mod registry_e2e;
 mod server_e2e;
 mod support;

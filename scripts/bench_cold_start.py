@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Measures the protected-model cold start: from `adyton server serve` to the model ready, broken
+into its steps, and the server's peak resident memory against plain tract loading the same
+plaintext model.
+
+    scripts/bench_cold_start.py [SIZE_MB ...]        # default: 90 400
+
+For each size: an ONNX model of that many MB of weights (scripts/make_big_model.py) is published
+encrypted (envelope v2) to a local registry, its key to a local key broker under a SIM policy for
+this build; a fresh `adyton server serve --tee sim --pull` pulls it. The server logs the time of
+every step (info, evidence, key transfer, download, decryption, load); the script reads them, and
+the server's peak resident memory (VmHWM) once the model is ready. The baseline is
+`examples/load_plain.rs`: the plaintext read from disk and loaded by the same engine, which is what
+plain tract does. Release builds; prints a markdown table.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "cold-start-bench-password"
+TOKEN = "cold-start-bench-token"
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(map(str, command))} failed:\n{result.stderr}")
+    return result.stdout
+
+
+class Process:
+    """A server process; waits for `listening on URL` and keeps every stderr line."""
+
+    def __init__(self, command, cwd, env):
+        self.lines = []
+        self.url = None
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.started = time.monotonic()
+        listening = threading.Event()
+
+        def read():
+            for line in self.process.stderr:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+                match = re.search(r"listening on (\S+)", line)
+                if match and self.url is None:
+                    self.url = match.group(1)
+                    listening.set()
+            listening.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        listening.wait(120)
+        if self.url is None:
+            self.stop()
+            sys.exit("a server did not start:\n" + "\n".join(l for _, l in self.lines[-10:]))
+
+    def find(self, pattern):
+        for at, line in self.lines:
+            if re.search(pattern, line):
+                return at, line
+        return None
+
+    def peak_rss_mib(self):
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def fields(line):
+    """key=value pairs of a tracing log line."""
+    return dict(re.findall(r"(\w+)=([^\s]+)", line))
+
+
+def main():
+    sizes = [float(s) for s in sys.argv[1:]] or [90.0, 400.0]
+    print("building release binaries...", file=sys.stderr, flush=True)
+    run(["cargo", "build", "--release", "-q", "-p", "adyton"], cwd=ROOT)
+    run(["cargo", "build", "--release", "-q", "-p", "adyton-server", "--example", "load_plain"], cwd=ROOT)
+    adyton = ROOT / "target/release/adyton"
+    load_plain = ROOT / "target/release/examples/load_plain"
+    python = os.environ.get("PYTHON", str(ROOT / ".venv/bin/python"))
+
+    work = tempfile.TemporaryDirectory(prefix="adyton-cold-start-")
+    d = Path(work.name)
+    env = {**os.environ, "ADYTON_SIM_KEY": str(d / "sim.key"), "ADYTON_LOG": "info"}
+    (d / "token").write_text(TOKEN + "\n")
+    kbs = Process([adyton, "kbs", "serve", "--listen", "127.0.0.1:0", "--data-dir", "kbs"], d,
+                  {**env, "ADYTON_KBS_ADMIN_PASSWORD": PASSWORD})
+    registry = Process([adyton, "registry", "serve", "--listen", "127.0.0.1:0", "--data-dir", "registry",
+                        "--token-file", "token"], d, env)
+    rows = []
+    try:
+        run([adyton, "kbs", "login", "--url", kbs.url, "--token-file", "kbs-token"], cwd=d,
+            env={**env, "ADYTON_KBS_ADMIN_PASSWORD": PASSWORD})
+        measurement = run([adyton, "attest", "measure"], cwd=d, env=env).strip().splitlines()[-1]
+        (d / "policy.toml").write_text(f'[sim]\nmeasurement = ["{measurement}"]\n')
+        policy = run([adyton, "kbs", "policy", "create", "--url", kbs.url, "--token-file", "kbs-token",
+                      "--file", "policy.toml"], cwd=d, env=env).strip().splitlines()[-1]
+        for size in sizes:
+            model = d / f"big{size:g}.onnx"
+            run([python, ROOT / "scripts/make_big_model.py", str(size), str(model)])
+            model_id = f"big{size:g}"
+            run([adyton, "model", "publish", str(model), "--registry", registry.url, "--registry-token-file",
+                 "token", "--kbs", kbs.url, "--kbs-token-file", "kbs-token", "--policy", policy,
+                 "--id", model_id], cwd=d, env=env)
+            plain = json.loads(run([load_plain, str(model)]))
+            server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
+                              "--registry", registry.url, "--pull", f"m={model_id}"], d, env)
+            try:
+                deadline = time.monotonic() + 600
+                done = None
+                while done is None and time.monotonic() < deadline:
+                    done = server.find("model pulled and loaded") or server.find("model not loaded")
+                    time.sleep(0.05)
+                if done is None or "not loaded" in done[1]:
+                    sys.exit(f"the pull failed: {done}")
+                t = fields(done[1])
+                rows.append({
+                    "size": f"{model.stat().st_size / 1e6:.0f} MB",
+                    "info": t["info_ms"], "evidence": t["evidence_ms"], "transfer": t["key_transfer_ms"],
+                    "download": t["download_ms"], "decrypt": t["decrypt_ms"], "load": t["load_ms"],
+                    "ready": f"{(done[0] - server.started) * 1000:.0f}",
+                    "server_peak": server.peak_rss_mib(),
+                    "plain_peak": plain["peak_rss_kib"] / 1024,
+                    "plain_load": plain["read_ms"] + plain["load_ms"],
+                })
+            finally:
+                server.stop()
+            model.unlink()
+    finally:
+        kbs.stop()
+        registry.stop()
+
+    print()
+    print("| model | info ms | evidence ms | key transfer ms | download ms | decrypt ms | load ms "
+          "| start to ready ms | server peak RSS MiB | plain tract peak RSS MiB | difference MiB | plain read+load ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['size']} | {r['info']} | {r['evidence']} | {r['transfer']} | {r['download']} | {r['decrypt']} "
+              f"| {r['load']} | {r['ready']} | {r['server_peak']:.0f} | {r['plain_peak']:.0f} "
+              f"| {r['server_peak'] - r['plain_peak']:+.0f} | {r['plain_load']} |")
+
+
+if __name__ == "__main__":
+    main()
