@@ -38,6 +38,9 @@ pub fn serve(
         match tls {
             None => {
                 eprintln!("listening on http://{addr}");
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown_signal())
                     .await
@@ -144,6 +147,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Small answers go out at once rather than waiting for Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
