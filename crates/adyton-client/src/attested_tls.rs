@@ -63,6 +63,19 @@ pub enum AttestationFailure {
     /// The server tried TLS 1.2, which this verifier does not speak.
     #[error("the server negotiated TLS 1.2; attested TLS requires TLS 1.3")]
     Tls12,
+
+    /// A later connection met a certificate other than the one verified first (the server may
+    /// have restarted with a new key, or another host answers): verify it again.
+    #[error(
+        "the server presented certificate SHA-256 {presented}, not the verified {verified}; \
+         connect again to verify it"
+    )]
+    CertificateChanged {
+        /// SHA-256 (hex) of the certificate verified at connect.
+        verified: String,
+        /// SHA-256 (hex) of the certificate presented now.
+        presented: String,
+    },
 }
 
 impl AttestationFailure {
@@ -261,6 +274,102 @@ impl ServerCertVerifier for AttestedServerVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// A rustls `ServerCertVerifier` that accepts exactly one certificate, verified before by an
+/// [`AttestedServerVerifier`], and checks that each handshake proves its key.
+///
+/// It lets one verified server be reached over many connections (a pool, keep-alive, retries)
+/// without verifying its evidence again, while a new key is refused: no byte reaches a key that
+/// was not verified.
+#[derive(Debug)]
+pub struct PinnedServerVerifier {
+    pinned: VerifiedServer,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedServerVerifier {
+    /// A verifier accepting only `server`'s certificate.
+    pub fn new(server: VerifiedServer) -> Self {
+        Self {
+            pinned: server,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        }
+    }
+
+    fn changed(&self, presented: &[u8]) -> AttestationFailure {
+        AttestationFailure::CertificateChanged {
+            verified: hex::encode(self.pinned.certificate_sha256),
+            presented: hex::encode(digest(&SHA256, presented).as_ref()),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(AttestationFailure::CertificateChain {
+                count: intermediates.len() + 1,
+            }
+            .into());
+        }
+        if end_entity.as_ref() != self.pinned.certificate_der.as_slice() {
+            return Err(self.changed(end_entity).into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(AttestationFailure::Tls12.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if cert.as_ref() != self.pinned.certificate_der.as_slice() {
+            return Err(self.changed(cert).into());
+        }
+        verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(self.pinned.spki_der.as_slice()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS 1.3-only client configuration on aws-lc-rs that trusts only the certificate `server`
+/// verified (see [`PinnedServerVerifier`]).
+pub fn pinned_client_config(server: VerifiedServer) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(server)))
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A TLS 1.3-only client configuration on aws-lc-rs that trusts servers through `verifier`.

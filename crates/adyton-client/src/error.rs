@@ -1,5 +1,7 @@
 //! The client's one error type.
 
+use crate::attested_tls::AttestationFailure;
+
 /// What went wrong talking to a service. No variant ever holds a token, a password or key bytes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,6 +37,43 @@ pub enum ClientError {
     /// A success status with a body that is not what the API documents.
     #[error("{request}: unexpected answer: {reason}")]
     InvalidResponse { request: String, reason: String },
+
+    /// The server's attestation failed: its evidence is not genuine, its certificate cannot be
+    /// read, or the evidence does not bind its TLS key (or this client's nonce). Nothing was sent.
+    #[error("attestation failed: {reason}")]
+    Attestation { reason: String },
+
+    /// The server's evidence is genuine but the caller's policy refuses it. Nothing was sent.
+    #[error("policy denied the server: {reason}")]
+    Policy { reason: String },
+
+    /// A request to an attested server did not get an answer: connection refused, timeout, a
+    /// broken connection.
+    #[error("{request} failed: {source}")]
+    Connection {
+        request: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<&AttestationFailure> for ClientError {
+    fn from(failure: &AttestationFailure) -> Self {
+        match failure {
+            AttestationFailure::Policy(reason) => Self::Policy {
+                reason: reason.to_string(),
+            },
+            other => Self::Attestation {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<AttestationFailure> for ClientError {
+    fn from(failure: AttestationFailure) -> Self {
+        Self::from(&failure)
+    }
 }
 
 impl ClientError {

@@ -6,7 +6,10 @@
 //! aws-lc-rs, Mozilla's roots compiled in), so callers need no async runtime.
 //!
 //! [`attested_tls`] holds the rustls verifier that accepts an inference server only on attestation
-//! evidence bound to its TLS key.
+//! evidence bound to its TLS key, and [`ServerClient`] is the inference server's client built on
+//! it: it verifies the server (and, optionally, fresh evidence over its own nonce) before it sends
+//! anything, then speaks the Open Inference Protocol only to the key it verified (`reqwest`'s
+//! blocking client on that rustls configuration).
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +18,10 @@ mod error;
 mod http;
 pub mod kbs;
 pub mod registry;
+pub mod server;
+mod tensor;
 
 pub use error::ClientError;
 pub use kbs::{KbsClient, KeyInfo, KeyInformation, PolicyInfo, Token};
 pub use registry::{BlobSummary, ModelInfo, RegistryClient, ResumingReader, RetryPolicy};
+pub use server::{ConnectOptions, InferTensor, ModelMetadata, ServerClient, TensorMetadata};

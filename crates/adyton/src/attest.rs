@@ -1,4 +1,5 @@
-//! `adyton attest`: make evidence, verify it, and print this build's SIM measurement.
+//! `adyton attest`: make evidence, verify it, verify a running inference server, and print this
+//! build's SIM measurement.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,7 +11,9 @@ use adyton_attest::{sim, Claims, Evidence, Policy, TeeKind, REPORT_DATA_LEN};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::cli::{ReportArgs, VerifyArgs};
+use adyton_client::{ConnectOptions, ServerClient, Token};
+
+use crate::cli::{AttestServerArgs, AttestedServerArgs, ReportArgs, VerifyArgs};
 use crate::files::{print_stdout, AtomicOutput};
 
 /// Largest evidence, quote or certificate file read.
@@ -106,6 +109,57 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
     }
     Ok(())
+}
+
+pub fn server(args: &AttestServerArgs) -> Result<()> {
+    let client = connect_server(&args.server, None)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let verified = client.verified();
+    let fresh = if client.fresh_claims().is_some() {
+        "verified (evidence over a nonce of this client's own, bound to the same key)"
+    } else {
+        "not asked (--no-nonce)"
+    };
+    if let Some(path) = &args.save_cert {
+        let mut output = AtomicOutput::create(path, args.force)?;
+        std::io::Write::write_all(output.file(), client.certificate_pem().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        output.commit()?;
+        eprintln!(
+            "wrote the verified certificate to {}; pin it with curl --cacert {0}",
+            path.display()
+        );
+    }
+    print_stdout(&format!(
+        "server:        {}\n{}fresh evidence: {fresh}\ncertificate SHA-256: {}",
+        client.base_url(),
+        claims_text(&verified.claims, now),
+        hex::encode(verified.certificate_sha256)
+    ))
+}
+
+/// Connects to an attested inference server and verifies it against the policy of `args`:
+/// nothing is sent to it before that succeeds.
+pub fn connect_server(args: &AttestedServerArgs, token: Option<Token>) -> Result<ServerClient> {
+    let policy = Policy::from_file(&args.policy)
+        .with_context(|| format!("cannot use policy {}", args.policy.display()))?;
+    let collateral = match &args.collateral {
+        Some(path) => Collateral::from_json(&read_limited(path)?)
+            .with_context(|| format!("cannot use collateral {}", path.display()))?,
+        None => Collateral::none(),
+    };
+    let options = ConnectOptions {
+        collateral,
+        token,
+        fresh_evidence: !args.no_nonce,
+        timeout: args.timeout.into(),
+    };
+    let client = ServerClient::connect(&args.url, policy, options)
+        .with_context(|| format!("cannot use the server at {}", args.url))?;
+    if client.verified().claims.insecure {
+        eprintln!("warning: the server attests with SIM evidence, which is INSECURE: it proves nothing about hardware");
+    }
+    Ok(client)
 }
 
 pub fn measure() -> Result<()> {

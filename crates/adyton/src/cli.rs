@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, kbs, kbs_client, model, publish, registry, server};
+use crate::{attest, demo, dev, kbs, kbs_client, model, publish, registry, server};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -16,6 +16,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole pipeline on this machine and check it: key broker, registry and server (SIM
+    /// TEE), an encrypted model pulled through attested key release, attested inference, and
+    /// the refusals. Exits 0 only if every check passed.
+    Demo,
+
+    /// Start the same stack as `demo` and leave it running until Ctrl-C, with its state in a
+    /// directory; prints the URLs, the admin token and ready-to-paste client commands.
+    #[command(after_help = "Examples:\n  \
+        adyton dev --state-dir dev-state\n  \
+        source dev-state/dev.env && curl --cacert \"$ADYTON_SERVER_CERT\" \"$ADYTON_SERVER_URL/v2/health/ready\"")]
+    Dev(DevArgs),
+
     /// Encrypt, decrypt and inspect model files (envelopes v1 and v2).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -23,6 +35,13 @@ enum Command {
     /// Make attestation evidence, verify it against vendor roots and a policy, measure this build.
     #[command(subcommand)]
     Attest(AttestCommand),
+
+    /// Run a model on an attested inference server: verify the server first, then send inputs
+    /// from .npy or JSON files, and print the outputs or write them as .npy, .npz or JSON.
+    #[command(after_help = "Examples:\n  \
+        adyton infer https://10.0.0.5:8443 add --policy policy.toml --input a=a.npy --input b=b.json\n  \
+        adyton infer https://10.0.0.5:8443 multi --policy policy.toml --input x=x.npy --input y=y.npy -o out.npz")]
+    Infer(Box<InferArgs>),
 
     /// Run the key broker (KBS): model keys released only to attested TEEs.
     #[command(subcommand)]
@@ -35,6 +54,14 @@ enum Command {
     /// Run the model registry: model info and encrypted blobs, on a filesystem or S3.
     #[command(subcommand)]
     Registry(RegistryCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the stack keeps its state (key broker, registry, SIM key, tokens, policy,
+    /// certificate, logs) and writes dev.env. Created with mode 0700; kept across runs.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +382,83 @@ pub enum AttestCommand {
 
     /// Print the SIM measurement of this build (hex, alone on the last line).
     Measure,
+
+    /// Connect to an inference server over attested TLS, verify it against a policy, and print
+    /// the claims and the certificate's SHA-256.
+    ///
+    /// --save-cert writes the verified certificate, so that clients that cannot verify
+    /// attestation (curl --cacert, tritonclient) can pin it.
+    #[command(after_help = "Examples:\n  \
+        adyton attest server https://10.0.0.5:8443 --policy policy.toml --save-cert server.pem\n  \
+        curl --cacert server.pem https://10.0.0.5:8443/v2/health/ready")]
+    Server(Box<AttestServerArgs>),
+}
+
+/// How to reach and verify an attested inference server.
+#[derive(Debug, Args)]
+pub struct AttestedServerArgs {
+    /// The server's URL: https://HOST:PORT.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// The policy the server's evidence must satisfy (TOML, or JSON when named .json).
+    #[arg(long, value_name = "POLICY")]
+    pub policy: PathBuf,
+
+    /// Collateral for the evidence's checks (a bundle file), for SGX, TDX and SNP servers.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
+
+    /// Skip the check of fresh evidence over a nonce of this client's own; the evidence in the
+    /// server's certificate is still verified.
+    #[arg(long)]
+    pub no_nonce: bool,
+
+    /// The limit of connecting and of each request.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub timeout: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AttestServerArgs {
+    #[command(flatten)]
+    pub server: AttestedServerArgs,
+
+    /// Write the verified certificate (PEM) here.
+    #[arg(long, value_name = "CERT.pem")]
+    pub save_cert: Option<PathBuf>,
+
+    /// Replace CERT.pem if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub server: AttestedServerArgs,
+
+    /// The model's name on the server.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+
+    /// An input: its name and a .npy or .json file (`{"shape", "datatype", "data"}` or a nested
+    /// array of the model's data type). Repeat for each input.
+    #[arg(long = "input", value_name = "NAME=FILE", required = true)]
+    pub inputs: Vec<String>,
+
+    /// Write the outputs to OUT.npy (one output), OUT.npz (any number) or OUT.json, instead of
+    /// printing them as JSON.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The server's bearer token, for servers that require one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -644,6 +748,8 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Demo => demo::run(),
+            Command::Dev(args) => dev::run(&args),
             Command::Model(ModelCommand::Encrypt(args)) => model::encrypt(&args),
             Command::Model(ModelCommand::Decrypt(args)) => model::decrypt(&args),
             Command::Model(ModelCommand::Inspect(args)) => model::inspect(&args),
@@ -651,6 +757,8 @@ impl Cli {
             Command::Attest(AttestCommand::Report(args)) => attest::report(&args),
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
             Command::Attest(AttestCommand::Measure) => attest::measure(),
+            Command::Attest(AttestCommand::Server(args)) => attest::server(&args),
+            Command::Infer(args) => crate::infer::infer(&args),
             Command::Kbs(KbsCommand::Serve(args)) => kbs::serve(&args),
             Command::Kbs(KbsCommand::HashPassword) => kbs::hash_password(),
             Command::Kbs(KbsCommand::Login(args)) => kbs_client::login(&args),

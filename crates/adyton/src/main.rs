@@ -4,7 +4,10 @@
 
 mod attest;
 mod cli;
+mod demo;
+mod dev;
 mod files;
+mod infer;
 mod kbs;
 mod kbs_client;
 mod model;
@@ -13,6 +16,7 @@ mod publish;
 mod registry;
 mod secrets;
 mod server;
+mod stack;
 
 use std::process::ExitCode;
 

@@ -24,8 +24,24 @@ const IO_BUFFER: usize = 1 << 20;
 /// What the info's `kbs` field says: the kind of key broker that holds the key.
 const KBS_KIND: &str = "adyton";
 
+/// What a publication made.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The model's id in the registry.
+    pub id: String,
+    /// The encrypted blob's size in bytes.
+    pub blob_size: u64,
+}
+
 /// `adyton model publish`.
 pub fn publish(args: &PublishArgs) -> Result<()> {
+    let published = publish_model(args, &mut |line| eprintln!("{line}"))?;
+    print_stdout(&published.id)
+}
+
+/// Publishes the model of `args`, telling each step done to `report`; `adyton model publish`
+/// and `adyton demo` share it.
+pub fn publish_model(args: &PublishArgs, report: &mut dyn FnMut(String)) -> Result<Published> {
     let (mut input, len) = open_input(&args.input)?;
     let id = match &args.id {
         Some(id) => id.clone(),
@@ -69,10 +85,10 @@ pub fn publish(args: &PublishArgs) -> Result<()> {
         )
         .with_context(|| format!("cannot create the key in the KBS at {}", kbs.base_url()))?;
     let key_id = created.id;
-    eprintln!(
+    report(format!(
         "created key {key_id} in the KBS under transfer policy {}",
         args.policy
-    );
+    ));
 
     // From here on, a failure deletes the key.
     let undo_key = |err: anyhow::Error| -> anyhow::Error {
@@ -96,10 +112,10 @@ pub fn publish(args: &PublishArgs) -> Result<()> {
         .with_context(|| format!("cannot upload the blob to {}", registry.base_url()));
     bar.finish_and_clear();
     let uploaded = uploaded.map_err(undo_key)?;
-    eprintln!(
+    report(format!(
         "uploaded {} bytes (sha256 {}) to {}",
         uploaded.size, uploaded.sha256, uploaded.url
-    );
+    ));
 
     let kbs_url = format!("{}/kbs/v1/keys/{key_id}/transfer", kbs.base_url());
     let name = args.name.clone().or_else(|| {
@@ -138,12 +154,15 @@ pub fn publish(args: &PublishArgs) -> Result<()> {
             return Err(undo_key(err));
         }
     };
-    eprintln!(
+    report(format!(
         "published model {id}: info at {}/models/{id}, blob at {}",
         registry.base_url(),
         stored.url.as_deref().unwrap_or("?")
-    );
-    print_stdout(&id)
+    ));
+    Ok(Published {
+        id,
+        blob_size: uploaded.size,
+    })
 }
 
 /// Encrypts the model into an anonymous temporary file; returns it rewound, with its length.

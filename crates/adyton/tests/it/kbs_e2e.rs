@@ -41,7 +41,7 @@ fn client_script() -> PathBuf {
 /// Runs the Python KBS client against `url`, with the SIM key and the admin token in its
 /// environment.
 fn client(dir: &Path, url: &str, token: Option<&str>, args: &[&str]) -> Output {
-    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let interpreter = crate::support::python_interpreter();
     let mut command = Command::new(&interpreter);
     command
         .arg(client_script())

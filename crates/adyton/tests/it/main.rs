@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod attest_cli;
+mod client_e2e;
+mod demo;
 mod interop;
 mod kbs_client_cli;
 mod kbs_config;

@@ -20,7 +20,7 @@ fn workspace() -> PathBuf {
 }
 
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+    crate::support::python_interpreter()
 }
 
 fn adyton(dir: &Path) -> Command {

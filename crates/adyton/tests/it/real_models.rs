@@ -16,7 +16,7 @@ fn workspace() -> PathBuf {
 }
 
 fn interpreter() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+    crate::support::python_interpreter()
 }
 
 #[test]

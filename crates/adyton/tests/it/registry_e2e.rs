@@ -17,7 +17,7 @@ fn workspace() -> PathBuf {
 }
 
 fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+    crate::support::python_interpreter()
 }
 
 fn run_ok(mut command: Command, what: &str) -> String {

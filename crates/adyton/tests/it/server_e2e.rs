@@ -21,7 +21,7 @@ fn workspace() -> PathBuf {
 
 /// Writes the test models into `dir` with scripts/make_test_models.py.
 fn make_models(dir: &Path) {
-    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let interpreter = crate::support::python_interpreter();
     let script = workspace().join("scripts/make_test_models.py");
     let out = Command::new(&interpreter)
         .arg(script)
@@ -258,7 +258,7 @@ fn sim_server_is_verified_then_pinned_by_curl_and_tritonclient() {
     );
 
     // tritonclient, unchanged, pinned to the same certificate.
-    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let interpreter = crate::support::python_interpreter();
     let script = workspace().join("tests/clients/triton_client.py");
     let out = Command::new(&interpreter)
         .arg(script)

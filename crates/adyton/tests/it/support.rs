@@ -41,7 +41,7 @@ fn reference_script(name: &str) -> PathBuf {
 /// Runs a reference Python script. The test suite's set-up installs Python's `cryptography`; a
 /// missing interpreter or package is a failure, never a skip.
 pub fn python(script: &str, args: &[&str], dir: &Path) -> Output {
-    let interpreter = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let interpreter = crate::support::python_interpreter();
     Command::new(&interpreter)
         .arg(reference_script(script))
         .args(args)
@@ -153,4 +153,17 @@ impl ServerProcess {
             }
         }
     }
+}
+
+/// The Python interpreter of the tests: `PYTHON` (set by `scripts/test`), else the workspace's
+/// `.venv` made by `scripts/setup`, else `python3`.
+pub fn python_interpreter() -> String {
+    if let Ok(python) = std::env::var("PYTHON") {
+        return python;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().into_owned();
+    }
+    "python3".into()
 }
