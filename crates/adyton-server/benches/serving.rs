@@ -13,7 +13,8 @@
 //! - onnxruntime from Python with 2 intra-op threads (`tests/models/ort_timing.py`);
 //! - Adyton's throughput with 1, 2 and 8 clients, each on its own keep-alive connection.
 //!
-//! tract and Adyton are measured in alternating rounds, so that both see the same background load.
+//! tract and Adyton latencies are measured in turn, one run of each at a time, so that both see the
+//! same background load.
 //! The server runs as `adyton server serve` does: a multi-threaded tokio runtime with a worker per
 //! core, and an inference pool of one worker per core.
 //!
@@ -44,8 +45,6 @@ use zeroize::Zeroizing;
 /// Inferences at once in the server, and the runtime's worker threads: one per core of the
 /// 2-core machine the results are recorded on.
 const WORKERS: usize = 2;
-/// Latency is measured in this many alternating rounds of tract then Adyton.
-const ROUNDS: usize = 6;
 const WARMUP: usize = 10;
 const CONCURRENCY: [usize; 3] = [1, 2, 8];
 /// The sequence length of the text model's inputs.
@@ -528,7 +527,7 @@ struct Row {
 }
 
 fn main() {
-    let iterations = env_number("ADYTON_BENCH_ITERATIONS", 300).max(ROUNDS);
+    let iterations = env_number("ADYTON_BENCH_ITERATIONS", 300).max(1);
     let seconds = env_number("ADYTON_BENCH_SECONDS", 5) as u64;
     let paths = fetch_models();
 
@@ -581,24 +580,21 @@ fn main() {
             model.run(tensors.clone()).unwrap();
             assert_eq!(connection.infer(bench.name, &body, json_len).status, 200);
         }
-        let per_round = iterations / ROUNDS;
+        // One tract run, then one request, in turn: both see the same background load.
         let (mut tract, mut adyton) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            for _ in 0..per_round {
-                let inputs = tensors.clone();
-                let started = Instant::now();
-                let outputs = model.run(inputs).unwrap();
-                tract.push(started.elapsed());
-                drop(outputs);
-            }
-            for _ in 0..per_round {
-                let started = Instant::now();
-                let answer = connection.infer(bench.name, &body, json_len);
-                adyton.push(started.elapsed());
-                assert_eq!(answer.status, 200);
-            }
+        for _ in 0..iterations {
+            let inputs = tensors.clone();
+            let started = Instant::now();
+            let outputs = model.run(inputs).unwrap();
+            tract.push(started.elapsed());
+            drop(outputs);
+
+            let started = Instant::now();
+            let answer = connection.infer(bench.name, &body, json_len);
+            adyton.push(started.elapsed());
+            assert_eq!(answer.status, 200);
         }
-        let onnxruntime = onnxruntime(path, per_round * ROUNDS);
+        let onnxruntime = onnxruntime(path, iterations);
 
         let body = Arc::new(body);
         let rates = CONCURRENCY
@@ -632,7 +628,7 @@ fn main() {
     println!(
         "Serving benchmark: {cores} cores, {} latency samples per column (p50 / p99 in ms), \
          throughput over {seconds} s per point; server: {WORKERS} inference workers.",
-        (iterations / ROUNDS) * ROUNDS
+        iterations
     );
     println!();
     println!(
