@@ -12,6 +12,7 @@ mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
 mod pipeline_e2e;
+mod python_sdk;
 mod real_models;
 mod registry_e2e;
 mod server_e2e;
