@@ -87,8 +87,9 @@ class Process:
 
 
 def fields(line):
-    """key=value pairs of a tracing log line."""
-    return dict(re.findall(r"(\w+)=([^\s]+)", line))
+    """key=value pairs of a tracing log line (colour codes removed)."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    return dict(re.findall(r"(\w+)=([^\s]+)", plain))
 
 
 def main():
