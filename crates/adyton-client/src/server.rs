@@ -115,6 +115,9 @@ pub struct ServerClient {
     verified: VerifiedServer,
     fresh_claims: Option<Claims>,
     token: Option<Token>,
+    /// Model metadata by name, so that an inference checks its inputs without a request of its
+    /// own; forgotten on upload, delete, and any refused inference (the server checks again).
+    metadata: std::sync::Mutex<std::collections::HashMap<String, ModelMetadata>>,
 }
 
 impl fmt::Debug for ServerClient {
@@ -177,6 +180,7 @@ impl ServerClient {
             verified,
             fresh_claims: None,
             token: options.token,
+            metadata: std::sync::Mutex::default(),
         };
         if options.fresh_evidence {
             client.fresh_claims = Some(client.check_fresh_evidence(&policy, &options.collateral)?);
@@ -233,7 +237,7 @@ impl ServerClient {
     /// fixed dimensions, data lengths): a mismatch is [`ClientError::InvalidInput`] naming the
     /// input, and nothing is sent.
     pub fn infer(&self, model: &str, inputs: &[InferTensor]) -> Result<Vec<InferTensor>> {
-        let metadata = self.model_metadata(model)?;
+        let metadata = self.cached_metadata(model)?;
         check_inputs(&metadata, inputs)?;
         let header = json!({
             "inputs": inputs.iter().map(|t| json!({
@@ -262,13 +266,36 @@ impl ServerClient {
             .header(INFERENCE_HEADER, header.len())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(zeroized_body(body));
-        let answer = self.call(&request, builder, Some(MAX_INFER_RESPONSE_LEN))?;
+        let answer = self
+            .call(&request, builder, Some(MAX_INFER_RESPONSE_LEN))
+            .inspect_err(|_| self.forget_metadata(model))?;
         parse_infer_answer(&request, &answer)
+    }
+
+    fn metadata_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, ModelMetadata>> {
+        self.metadata.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached_metadata(&self, model: &str) -> Result<ModelMetadata> {
+        if let Some(found) = self.metadata_cache().get(model) {
+            return Ok(found.clone());
+        }
+        let fetched = self.model_metadata(model)?;
+        self.metadata_cache()
+            .insert(model.to_owned(), fetched.clone());
+        Ok(fetched)
+    }
+
+    fn forget_metadata(&self, model: &str) {
+        self.metadata_cache().remove(model);
     }
 
     /// Uploads a plaintext ONNX model under `name` (`POST /adyton/v1/models/{name}`); the answer
     /// names its version and signature. Needs [`ConnectOptions::token`].
     pub fn upload_model(&self, name: &str, onnx: &[u8]) -> Result<Value> {
+        self.forget_metadata(name);
         let token = self.token("upload")?;
         let path = format!("/adyton/v1/models/{}", model_name(name)?);
         let request = format!("POST {path}");
@@ -278,13 +305,16 @@ impl ServerClient {
             .header(reqwest::header::AUTHORIZATION, bearer(token)?)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(zeroized_body(Zeroizing::new(onnx.to_vec())));
-        let body = self.call(&request, builder, None)?;
+        let body = self.call(&request, builder, None);
+        self.forget_metadata(name);
+        let body = body?;
         decode_json(request, &body.bytes)
     }
 
     /// Removes every version of a model (`DELETE /adyton/v1/models/{name}`). Needs
     /// [`ConnectOptions::token`].
     pub fn delete_model(&self, name: &str) -> Result<()> {
+        self.forget_metadata(name);
         let token = self.token("delete")?;
         let path = format!("/adyton/v1/models/{}", model_name(name)?);
         let request = format!("DELETE {path}");
