@@ -43,6 +43,20 @@ pub enum AttestError {
         reason: String,
     },
 
+    /// A sealing policy name that is not `exact-build` or `signer`.
+    #[error("unknown sealing policy `{name}`: expected exact-build or signer")]
+    UnknownSealingPolicy {
+        /// The name given.
+        name: String,
+    },
+
+    /// The TEE has no sealing key in hardware, so it cannot keep a key across an offline restart.
+    #[error("{tee} has no sealing key in hardware: offline provisioning needs SGX or SEV-SNP; a {tee} server keeps using online key release (--pull)")]
+    SealingUnsupported {
+        /// The TEE asked for.
+        tee: TeeKind,
+    },
+
     /// `auto` found no TEE. Adyton never falls back to SIM on its own.
     #[error("no TEE detected on this machine (looked for Gramine's /dev/attestation and configfs-tsm); use --tee sim explicitly for the insecure simulator")]
     NoTeeDetected,

@@ -6,6 +6,8 @@
 //! - [`verifier`]: evidence, collateral and a time in; typed [`Claims`] out.
 //! - [`policy`]: reference values per TEE, and the decision.
 //! - [`collateral`]: Intel and AMD collateral from a bundle file.
+//! - [`seal`]: sealing keys bound to this TEE's identity (Gramine SGX, SEV-SNP, SIM), for
+//!   offline devices.
 //!
 //! Verification takes the current time as a parameter, so that recorded real evidence is tested at
 //! a fixed date.
@@ -20,6 +22,7 @@ mod error;
 pub mod evidence;
 pub mod pccs;
 pub mod policy;
+pub mod seal;
 pub mod sim;
 pub mod verifier;
 
@@ -28,3 +31,4 @@ pub use collateral::Collateral;
 pub use error::{AttestError, Result};
 pub use evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
 pub use policy::Policy;
+pub use seal::{sealer_for, Sealer, SealingKey, SealingPolicy};

@@ -81,6 +81,10 @@ pub enum EnvelopeError {
     #[error("bad magic: not an Adyton v2 envelope")]
     BadMagic,
 
+    /// Sealed bytes do not start with `ADYSEAL1`.
+    #[error("bad magic: not Adyton sealed bytes (they start with ADYSEAL1)")]
+    BadSealedMagic,
+
     /// A v2 header's version is not 2.
     #[error("unsupported envelope version {found}, this build reads version 2")]
     UnsupportedVersion {

@@ -3,6 +3,7 @@
 //! - [`v1`]: the CNAP single-shot format, byte-compatible with the reference Python snippet.
 //! - [`v2`]: Adyton's chunked streaming format (`docs/envelope-v2.md`).
 //! - [`wrap`]: RSA-OAEP key wrapping as the key broker's transfer protocol uses it.
+//! - [`sealed`]: small secrets sealed under a TEE sealing key, for an offline device's disk.
 //! - [`Aes256Key`]: zeroizing key material with a redacted `Debug`.
 //!
 //! This crate knows bytes and cryptography only: it does no I/O beyond the `Read` and `Write`
@@ -13,6 +14,7 @@
 mod error;
 mod key;
 mod read_ahead;
+pub mod sealed;
 pub mod v1;
 pub mod v2;
 pub mod wrap;

@@ -30,6 +30,8 @@ pub struct AttesterPaths {
     pub tsm_report: PathBuf,
     /// The SIM attester's key file (32-byte Ed25519 seed, created on first use).
     pub sim_key: PathBuf,
+    /// The SEV-SNP guest device, whose derived keys seal on SNP (`SNP_GET_DERIVED_KEY`).
+    pub sev_guest: PathBuf,
 }
 
 impl Default for AttesterPaths {
@@ -38,6 +40,7 @@ impl Default for AttesterPaths {
             gramine: PathBuf::from("/dev/attestation"),
             tsm_report: PathBuf::from("/sys/kernel/config/tsm/report"),
             sim_key: sim::default_key_path(),
+            sev_guest: PathBuf::from("/dev/sev-guest"),
         }
     }
 }

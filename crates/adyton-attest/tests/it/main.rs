@@ -9,5 +9,6 @@ mod attesters;
 mod dcap;
 mod pccs;
 mod policy;
+mod seal;
 mod sim;
 mod snp;

@@ -5,5 +5,6 @@
 
 mod kat;
 mod properties;
+mod sealed;
 mod support;
 mod tamper_v2;
