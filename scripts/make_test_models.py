@@ -9,6 +9,10 @@ files, and the tests compute the expected outputs themselves:
   y_plus_1 = y + 1 (INT64 [3]) and x_total = the sum of every element of x (FP32, a scalar).
 - dynamic_batch.onnx: input x (FP32 [batch, 4], batch symbolic); output y = x @ W + B
   (FP32 [batch, 2]) with W = [[1, 0], [0, 1], [1, 1], [2, -1]] and B = [0.5, -1].
+- unknown_dim.onnx: input x (FP32 [batch, ?, 4]: the second dimension has neither a size nor a
+  name, as in PaddleOCR's recognizer); output y = squeeze(x, axis 1) * 2 (FP32 [batch, 4]). tract
+  cannot type an input with an unknown dimension, and the squeeze needs that dimension to be 1, so
+  the model loads only when the server is given the input's shape, e.g. [2, 1, 4] or [-1, 1, 4].
 - identity_<type>.onnx, for every fixed-size type (bool, uint8, uint16, uint32, uint64, int8,
   int16, int32, int64, fp16, fp32, fp64) and for string: input x, output y = x, shape [2, 3].
 - value_info_conflict.onnx: input x (FP32 [2, 3]); output y = -relu(x). The graph's value info
@@ -113,6 +117,23 @@ def dynamic_batch():
     )
 
 
+def unknown_dim():
+    return model(
+        "unknown_dim",
+        [
+            helper.make_node("Squeeze", ["x", "axes"], ["squeezed"]),
+            helper.make_node("Mul", ["squeezed", "two"], ["y"]),
+        ],
+        # dim_param "?" is how paddle2onnx writes a dimension it knows nothing about.
+        [tensor("x", TensorProto.FLOAT, ["batch", "?", 4])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+        ],
+    )
+
+
 def identity(elem_type):
     return model(
         "identity",
@@ -167,6 +188,7 @@ def main() -> None:
         "add": add(),
         "multi_io": multi_io(),
         "dynamic_batch": dynamic_batch(),
+        "unknown_dim": unknown_dim(),
         "value_info_conflict": value_info_conflict(),
         "unsupported_op": unsupported_op(),
         "external_data": external_data(),

@@ -18,6 +18,10 @@ output's error is under 1e-4.
 
 A model that Adyton cannot load or run is a FAIL, with tract's reason in the table.
 
+A model whose graph leaves an input's size open where tract needs it (PaddleOCR's recognizer:
+`x` is [N, 3, ?, W]) is served with that input's shape fixed (INPUT_SHAPES below, passed as
+`--input-shape`), the shape its package always runs it at and the one the inputs are built with.
+
 With --server, the model is not served by a new process: NAME on the running server at HOST:PORT
 (its certificate pinned with --cert) is compared with onnxruntime on the plaintext MODEL_PATH. The
 protected-model pipeline test uses this on a model the server pulled and decrypted itself.
@@ -101,6 +105,13 @@ MODELS = {
 }
 
 
+# file name -> {input: shape} given to the server with --input-shape. RapidOCR resizes every text
+# line to height 48; 320 is PaddleOCR's default recognition width.
+INPUT_SHAPES = {
+    "ch_PP-OCRv4_rec_infer.onnx": {"x": (1, 3, 48, 320)},
+}
+
+
 def adyton_binary(explicit):
     if explicit:
         return Path(explicit)
@@ -116,7 +127,7 @@ def adyton_binary(explicit):
 class Server:
     """`adyton server serve --tee sim` with one model, in a temporary directory."""
 
-    def __init__(self, binary, name, path):
+    def __init__(self, binary, name, path, input_shapes=None):
         self.dir = tempfile.TemporaryDirectory(prefix="adyton-compare-")
         self.cert = os.path.join(self.dir.name, "server.pem")
         self.stderr = []
@@ -126,6 +137,8 @@ class Server:
             "--sim-key", os.path.join(self.dir.name, "sim.key"),
             "--model", f"{name}={path}", "--certificate-out", self.cert, "--workers", "2",
         ]
+        for input_name, shape in (input_shapes or {}).items():
+            command += ["--input-shape", f"{name}:{input_name}={','.join(map(str, shape))}"]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, env={**os.environ, "ADYTON_LOG": "warn"},
@@ -166,7 +179,7 @@ class Server:
 
 def run_adyton(binary, name, path, feeds):
     """Returns (plan, {output: array}) from the server, or raises with the reason."""
-    server = Server(binary, name, path)
+    server = Server(binary, name, path, INPUT_SHAPES.get(path.name))
     try:
         return infer_on(server.url, server.cert, name, feeds)
     finally:

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use crate::repository::{Pending, Repository, ServedModel, Source};
-use crate::runtime::Engine;
+use crate::runtime::{Engine, LoadOptions};
 
 /// Size of the RSA key pair made for each transfer.
 pub const TRANSFER_RSA_BITS: usize = 3072;
@@ -266,8 +266,19 @@ impl Puller {
         name: &str,
         model_id: &str,
     ) -> Result<(Arc<ServedModel>, Timings), PullError> {
+        self.pull_into_with(repository, name, model_id, &LoadOptions::default())
+    }
+
+    /// [`Puller::pull_into`], with `options` given to the engine when it loads the model.
+    pub fn pull_into_with(
+        &self,
+        repository: &Repository,
+        name: &str,
+        model_id: &str,
+        options: &LoadOptions,
+    ) -> Result<(Arc<ServedModel>, Timings), PullError> {
         let _ = repository.set_pending(name, Pending::Loading);
-        match self.pull(model_id) {
+        match self.pull_with(model_id, options) {
             Ok((model, timings)) => {
                 let source = Source::Registry {
                     model_id: model_id.to_owned(),
@@ -306,10 +317,22 @@ impl Puller {
         name: &str,
         model_id: &str,
     ) -> std::thread::JoinHandle<()> {
+        Puller::spawn_with(puller, repository, name, model_id, LoadOptions::default())
+    }
+
+    /// [`Puller::spawn`], with `options` given to the engine when it loads the model (input
+    /// shapes from the server's configuration, say).
+    pub fn spawn_with(
+        puller: Arc<Puller>,
+        repository: Arc<Repository>,
+        name: &str,
+        model_id: &str,
+        options: LoadOptions,
+    ) -> std::thread::JoinHandle<()> {
         let (name, model_id) = (name.to_owned(), model_id.to_owned());
         let _ = repository.set_pending(&name, Pending::Loading);
-        std::thread::spawn(
-            move || match puller.pull_into(&repository, &name, &model_id) {
+        std::thread::spawn(move || {
+            match puller.pull_into_with(&repository, &name, &model_id, &options) {
                 Ok((served, t)) => tracing::info!(
                     model = %name,
                     model_id = %model_id,
@@ -327,8 +350,8 @@ impl Puller {
                 Err(e) => {
                     tracing::error!(model = %name, model_id = %model_id, error = %e, "model not loaded")
                 }
-            },
-        )
+            }
+        })
     }
 
     /// Pulls and loads one model, retrying transient failures.
@@ -336,11 +359,21 @@ impl Puller {
         &self,
         model_id: &str,
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), PullError> {
+        self.pull_with(model_id, &LoadOptions::default())
+    }
+
+    /// [`Puller::pull`], with `options` given to the engine when it loads the model. Options that
+    /// do not fit the model are a permanent failure of the load step.
+    pub fn pull_with(
+        &self,
+        model_id: &str,
+        options: &LoadOptions,
+    ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), PullError> {
         let attempts = self.backoff.attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(model_id) {
+            match self.attempt(model_id, options) {
                 Ok((model, mut timings)) => {
                     timings.attempts = attempt;
                     return Ok((model, timings));
@@ -372,6 +405,7 @@ impl Puller {
     fn attempt(
         &self,
         model_id: &str,
+        options: &LoadOptions,
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
         let mut timings = Timings::default();
         let started = Instant::now();
@@ -442,7 +476,7 @@ impl Puller {
         let started = Instant::now();
         let model = self
             .engine
-            .load(&plaintext)
+            .load_with(&plaintext, options)
             .map_err(|e| Attempt::permanent(Step::Load, e))?;
         drop(plaintext);
         timings.load = started.elapsed();

@@ -5,6 +5,7 @@
 
 pub mod tract;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
@@ -365,6 +366,68 @@ pub enum EngineError {
     /// Reading the model failed.
     #[error("reading the model failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The [`LoadOptions`] do not fit the model; the message names the input.
+    #[error(transparent)]
+    InputShape(#[from] InputShapeError),
+}
+
+/// What the operator tells the engine about a model that its graph does not say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Input shapes by input name, given to the engine in place of the graph's declared shapes
+    /// before the model is typed. Each must have the declared rank. On an axis, [`Dim::Fixed`]
+    /// fixes the size (it may not contradict a size the graph declares); [`Dim::Dynamic`] keeps the
+    /// graph's dimension, or makes it a symbol when the graph gives it neither a size nor a name.
+    ///
+    /// Some graphs cannot be typed without it: PaddleOCR's recognizer declares its input
+    /// `[N, 3, ?, W]` and squeezes the height away after downsampling, which needs the height (48).
+    /// A fixed dimension then shows as fixed in the model's [`Signature`], and inputs of another
+    /// size are refused before they reach the engine.
+    pub input_shapes: BTreeMap<String, Vec<Dim>>,
+}
+
+impl LoadOptions {
+    /// Whether the options change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.input_shapes.is_empty()
+    }
+}
+
+/// [`LoadOptions`] that do not fit the model: always names the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputShapeError {
+    /// A shape given for a name that is not one of the model's inputs.
+    #[error("a shape is given for input '{name}', which is not an input of this model (inputs: {inputs})")]
+    UnknownInput {
+        /// The name given.
+        name: String,
+        /// The model's inputs, comma-separated.
+        inputs: String,
+    },
+    /// A shape of another rank than the input's declared one.
+    #[error(
+        "the shape given for input '{name}' has {given} dimensions, the model declares {declared}"
+    )]
+    Rank {
+        /// The input.
+        name: String,
+        /// The declared rank.
+        declared: usize,
+        /// The rank given.
+        given: usize,
+    },
+    /// A size that contradicts the size the model declares on that axis.
+    #[error("the shape given for input '{name}' has {given} on axis {axis}, the model declares {declared}")]
+    Dimension {
+        /// The input.
+        name: String,
+        /// The axis.
+        axis: usize,
+        /// The declared size.
+        declared: usize,
+        /// The size given.
+        given: usize,
+    },
 }
 
 /// An input that does not match the model: always names the input.
@@ -434,17 +497,37 @@ pub enum InputError {
 
 /// The inference engine: turns ONNX bytes into a runnable model.
 pub trait Engine: Send + Sync + fmt::Debug {
-    /// Loads a model from ONNX bytes in memory, and optimises it once (falling back to a less
-    /// optimised plan, then to ignoring the graph's value info, and failing only when nothing
-    /// works, with the engine's reason).
-    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, EngineError>;
+    /// Loads a model from ONNX bytes in memory with `options` applied (input shapes, say), and
+    /// optimises it once (falling back to a less optimised plan, then to ignoring the graph's
+    /// value info, and failing only when nothing works, with the engine's reason). Options that
+    /// do not fit the model are an [`EngineError::InputShape`].
+    fn load_with(
+        &self,
+        onnx: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>, EngineError>;
 
-    /// Loads a model from a reader (a decrypting stream, say). The bytes are held only in memory
-    /// that is zeroized afterwards.
-    fn load_from_reader(&self, reader: &mut dyn Read) -> Result<Arc<dyn LoadedModel>, EngineError> {
+    /// Loads a model from ONNX bytes in memory, as its graph declares it: [`Engine::load_with`]
+    /// without options.
+    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        self.load_with(onnx, &LoadOptions::default())
+    }
+
+    /// Loads a model from a reader (a decrypting stream, say) with `options` applied. The bytes
+    /// are held only in memory that is zeroized afterwards.
+    fn load_from_reader_with(
+        &self,
+        reader: &mut dyn Read,
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let mut bytes = Zeroizing::new(Vec::new());
         reader.read_to_end(&mut bytes)?;
-        self.load(&bytes)
+        self.load_with(&bytes, options)
+    }
+
+    /// Loads a model from a reader without options.
+    fn load_from_reader(&self, reader: &mut dyn Read) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        self.load_from_reader_with(reader, &LoadOptions::default())
     }
 }
 

@@ -11,6 +11,9 @@
 //! 3. both again with the graph's `value_info` ignored, when that information contradicts the
 //!    graph or tract cannot type the model with it ([`Plan::ValueInfoIgnored`]).
 //!
+//! [`LoadOptions`] input shapes are given to tract as the inputs' facts before the graph is typed
+//! (`apply_input_shapes`), in every attempt, so the signature shows the sizes they fix.
+//!
 //! Every call into tract is guarded against panics, so a malformed model or an engine bug becomes
 //! an [`EngineError`] and never takes the server down.
 //!
@@ -30,16 +33,17 @@ use std::sync::Arc;
 use tract_onnx::data_resolver::ModelDataResolver;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{
-    f16, tract_ndarray, Datum, DatumType, Framework, InferenceModelExt, IntoTValue, OutletId,
-    RunOptions, TValue, TVec, Tensor as TractTensor, TractError, TractResult, TypedFact,
-    TypedModel, TypedRunnableModel,
+    f16, tract_ndarray, Datum, DatumType, Framework, InferenceFact, InferenceModel,
+    InferenceModelExt, IntoTValue, OutletId, RunOptions, TValue, TVec, Tensor as TractTensor,
+    ToDim, TractError, TractResult, TypedFact, TypedModel, TypedRunnableModel,
 };
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, GenericFactoid, ShapeFactoid};
 use tract_onnx::Onnx;
 use zeroize::Zeroizing;
 
 use super::{
-    DataType, Dim, Engine, EngineError, InputError, LoadedModel, Plan, Signature, Tensor,
-    TensorData, TensorSpec,
+    DataType, Dim, Engine, EngineError, InputError, InputShapeError, LoadOptions, LoadedModel,
+    Plan, Signature, Tensor, TensorData, TensorSpec,
 };
 
 /// The longest reason taken from tract, in bytes. Longer ones are cut: a reason names the node
@@ -78,7 +82,11 @@ impl fmt::Debug for TractEngine {
 }
 
 impl Engine for TractEngine {
-    fn load(&self, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, EngineError> {
+    fn load_with(
+        &self,
+        onnx: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>, EngineError> {
         let proto = guarded(|| self.onnx.proto_model_for_read(&mut &onnx[..])).map_err(|e| {
             EngineError::Load {
                 reason: format!("not an ONNX model: {e}"),
@@ -90,12 +98,12 @@ impl Engine for TractEngine {
             .is_some_and(|graph| !graph.value_info.is_empty());
 
         let mut failures = Vec::new();
-        match self.plan(&proto, false, &mut failures)? {
+        match self.plan(&proto, options, false, &mut failures)? {
             Some(model) => return Ok(Arc::new(model)),
             // Without value info, the second attempt would repeat the first.
             None if !has_value_info => {}
             None => {
-                if let Some(model) = self.plan(&proto, true, &mut failures)? {
+                if let Some(model) = self.plan(&proto, options, true, &mut failures)? {
                     return Ok(Arc::new(model));
                 }
             }
@@ -110,10 +118,11 @@ impl Engine for TractEngine {
 impl TractEngine {
     /// Types the model and builds the most optimised plan that tract manages. `None` when every
     /// step failed, with the reasons pushed to `failures`; an error only when the model is typed
-    /// but uses something the server does not serve.
+    /// but uses something the server does not serve, or when `options` do not fit it.
     fn plan(
         &self,
         proto: &ModelProto,
+        options: &LoadOptions,
         ignore_value_info: bool,
         failures: &mut Vec<String>,
     ) -> Result<Option<TractModel>, EngineError> {
@@ -123,13 +132,14 @@ impl TractEngine {
             ""
         };
         let onnx = self.onnx.clone().with_ignore_value_info(ignore_value_info);
-        let graph = match guarded(|| onnx.model_for_proto_model(proto)) {
+        let mut graph = match guarded(|| onnx.model_for_proto_model(proto)) {
             Ok(graph) => graph,
             Err(reason) => {
                 failures.push(format!("tract cannot read the graph{note}: {reason}"));
                 return Ok(None);
             }
         };
+        apply_input_shapes(&mut graph, options)?;
         let typed = match guarded(|| graph.into_typed()) {
             Ok(typed) => typed,
             Err(reason) => {
@@ -154,6 +164,92 @@ impl TractEngine {
             plan,
         }))
     }
+}
+
+/// Gives the graph's inputs the shapes of `options` (see [`LoadOptions::input_shapes`]), keeping
+/// their declared data types. Refuses an unknown input, another rank than the declared one, and a
+/// size that contradicts a declared size.
+fn apply_input_shapes(
+    graph: &mut InferenceModel,
+    options: &LoadOptions,
+) -> Result<(), EngineError> {
+    if options.input_shapes.is_empty() {
+        return Ok(());
+    }
+    let load_error = |e: TractError| EngineError::Load {
+        reason: tract_reason(&e),
+    };
+    let names: Vec<String> = graph
+        .input_outlets()
+        .map_err(load_error)?
+        .iter()
+        .map(|outlet| graph.nodes()[outlet.node].name.clone())
+        .collect();
+    for (name, dims) in &options.input_shapes {
+        let Some(index) = names.iter().position(|n| n == name) else {
+            return Err(InputShapeError::UnknownInput {
+                name: name.clone(),
+                inputs: names.join(", "),
+            }
+            .into());
+        };
+        let declared = graph.input_fact(index).map_err(load_error)?.clone();
+        // An open shape is one whose rank the graph does not declare: any rank fits it.
+        let declared_rank = declared.shape.dims().count();
+        if !declared.shape.is_open() && declared_rank != dims.len() {
+            return Err(InputShapeError::Rank {
+                name: name.clone(),
+                declared: declared_rank,
+                given: dims.len(),
+            }
+            .into());
+        }
+        let mut shape: TVec<DimFact> = TVec::new();
+        for (axis, &dim) in dims.iter().enumerate() {
+            let declared_dim = declared.shape.dim(axis).and_then(|d| d.concretize());
+            let dim = match (dim, declared_dim) {
+                (Dim::Fixed(given), declared_dim) => {
+                    let declared_size = declared_dim
+                        .and_then(|d| d.to_i64().ok())
+                        .and_then(|d| usize::try_from(d).ok());
+                    if let Some(declared) = declared_size.filter(|&d| d != given) {
+                        return Err(InputShapeError::Dimension {
+                            name: name.clone(),
+                            axis,
+                            declared,
+                            given,
+                        }
+                        .into());
+                    }
+                    given.to_dim()
+                }
+                (Dim::Dynamic, Some(declared)) => declared,
+                // tract cannot type an input with an unknown dimension: a fresh symbol stands
+                // for it, bound from each run's input like a named one.
+                (Dim::Dynamic, None) => graph
+                    .symbols
+                    .new_with_prefix(&symbol_prefix(name, axis))
+                    .to_dim(),
+            };
+            shape.push(GenericFactoid::Only(dim));
+        }
+        let fact = InferenceFact {
+            shape: ShapeFactoid::closed(shape),
+            ..declared
+        };
+        graph.set_input_fact(index, fact).map_err(load_error)?;
+    }
+    Ok(())
+}
+
+/// A symbol's name for axis `axis` of input `name`: letters, digits and `_` only, since tract
+/// reads symbols back from text in places.
+fn symbol_prefix(name: &str, axis: usize) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{name}_axis{axis}")
 }
 
 /// A step from a typed model to one that runs.

@@ -1,14 +1,15 @@
 //! The tract engine on the test models of `scripts/make_test_models.py`: loading and its
-//! fallbacks, signatures, outputs, dynamic batches, every data type, input checks, refusals and
-//! concurrent runs.
+//! fallbacks, signatures, outputs, dynamic batches, input shapes given at load, every data type,
+//! input checks, refusals and concurrent runs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread;
 
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::{
-    check_inputs, DataType, Dim, Engine, EngineError, InputError, LoadedModel, Plan, Signature,
-    Tensor, TensorData, TensorSpec,
+    check_inputs, DataType, Dim, Engine, EngineError, InputError, InputShapeError, LoadOptions,
+    LoadedModel, Plan, Signature, Tensor, TensorData, TensorSpec,
 };
 use half::f16;
 use zeroize::Zeroizing;
@@ -214,6 +215,162 @@ fn dynamic_batch_runs_any_batch_size() {
 }
 
 /// Six elements of `datatype`, chosen to include its extremes.
+/// Options giving input `x` the shape `dims`.
+fn x_shape(dims: &[Dim]) -> LoadOptions {
+    LoadOptions {
+        input_shapes: BTreeMap::from([("x".to_owned(), dims.to_vec())]),
+    }
+}
+
+fn load_with(name: &str, options: &LoadOptions) -> Result<Arc<dyn LoadedModel>, EngineError> {
+    TractEngine::new().load_with(&model(name), options)
+}
+
+#[test]
+fn an_unknown_input_dimension_needs_the_shape_given_at_load() {
+    // x is [batch, ?, 4] and the graph squeezes axis 1 away: tract can type neither.
+    let e = load_err(&model("unknown_dim"));
+    assert!(e.contains("Source node without a determined fact"), "{e}");
+    // Leaving the axis dynamic makes it a symbol, which the squeeze cannot prove to be 1.
+    let e = load_with("unknown_dim", &x_shape(&[Dim::Dynamic; 3])).unwrap_err();
+    assert!(matches!(e, EngineError::Load { .. }), "{e:?}");
+
+    let x = [1.0f32, -2.0, 3.5, 0.25, 8.0, -0.5, 0.0, 1e-3];
+    let doubled: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+
+    // Fixing the unknown axis and keeping the symbolic batch: any batch runs.
+    let options = x_shape(&[Dim::Dynamic, Dim::Fixed(1), Dim::Dynamic]);
+    let model = load_with("unknown_dim", &options).unwrap();
+    assert_eq!(model.plan(), Plan::Optimized);
+    assert_eq!(
+        *model.signature(),
+        Signature {
+            inputs: vec![spec(
+                "x",
+                DataType::F32,
+                &[Dim::Dynamic, Dim::Fixed(1), Dim::Fixed(4)]
+            )],
+            outputs: vec![spec("y", DataType::F32, &[Dim::Dynamic, Dim::Fixed(4)])],
+        }
+    );
+    for batch in [1usize, 2] {
+        let outputs = run(&*model, vec![("x", f32s(&[batch, 1, 4], &x[..batch * 4]))]);
+        assert_eq!(outputs[0].shape(), [batch, 4]);
+        assert_eq!(f32_values(&outputs[0]), doubled[..batch * 4]);
+    }
+
+    // Fixing every axis: the signature shows them all, and another batch is refused by name.
+    let model = load_with("unknown_dim", &x_shape(&fixed(&[2, 1, 4]))).unwrap();
+    assert_eq!(
+        model.signature().inputs,
+        [spec("x", DataType::F32, &fixed(&[2, 1, 4]))]
+    );
+    assert_eq!(
+        model.signature().outputs,
+        [spec("y", DataType::F32, &fixed(&[2, 4]))]
+    );
+    let outputs = run(&*model, vec![("x", f32s(&[2, 1, 4], &x))]);
+    assert_eq!(f32_values(&outputs[0]), doubled);
+    let e = check_inputs(
+        model.signature(),
+        vec![("x".to_owned(), f32s(&[1, 1, 4], &x[..4]))],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, InputError::Dimension { name, axis: 0, expected: 2, .. } if name == "x"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn input_shapes_can_fix_a_symbolic_dimension() {
+    let model = load_with("dynamic_batch", &x_shape(&fixed(&[3, 4]))).unwrap();
+    assert_eq!(
+        model.signature().inputs,
+        [spec("x", DataType::F32, &fixed(&[3, 4]))]
+    );
+    assert_eq!(
+        model.signature().outputs,
+        [spec("y", DataType::F32, &fixed(&[3, 2]))]
+    );
+    // Without options, and with empty ones, the batch stays dynamic.
+    for model in [
+        load("dynamic_batch"),
+        load_with("dynamic_batch", &LoadOptions::default()).unwrap(),
+    ] {
+        assert_eq!(
+            model.signature().inputs,
+            [spec("x", DataType::F32, &[Dim::Dynamic, Dim::Fixed(4)])]
+        );
+    }
+}
+
+#[test]
+fn input_shapes_that_do_not_fit_the_model_are_refused_by_name() {
+    let shape_error = |name: &str, options: &LoadOptions| match load_with(name, options) {
+        Err(EngineError::InputShape(e)) => e,
+        other => panic!("{name}: {other:?}"),
+    };
+
+    let mut options = x_shape(&[Dim::Dynamic, Dim::Fixed(1), Dim::Dynamic]);
+    options.input_shapes.insert("z".to_owned(), fixed(&[1]));
+    let e = shape_error("unknown_dim", &options);
+    assert_eq!(
+        e,
+        InputShapeError::UnknownInput {
+            name: "z".into(),
+            inputs: "x".into()
+        }
+    );
+    assert!(e.to_string().contains("input 'z'"), "{e}");
+
+    let e = shape_error("unknown_dim", &x_shape(&fixed(&[1, 4])));
+    assert_eq!(
+        e,
+        InputShapeError::Rank {
+            name: "x".into(),
+            declared: 3,
+            given: 2
+        }
+    );
+    assert!(e.to_string().contains("input 'x'"), "{e}");
+
+    // Axis 2 is declared 4.
+    let e = shape_error("unknown_dim", &x_shape(&fixed(&[1, 1, 5])));
+    assert_eq!(
+        e,
+        InputShapeError::Dimension {
+            name: "x".into(),
+            axis: 2,
+            declared: 4,
+            given: 5
+        }
+    );
+    assert!(e.to_string().contains("input 'x'"), "{e}");
+
+    // Fixed models are checked the same way: add's inputs are [1, 3].
+    let options = LoadOptions {
+        input_shapes: BTreeMap::from([("b".to_owned(), fixed(&[2, 3]))]),
+    };
+    assert_eq!(
+        shape_error("add", &options),
+        InputShapeError::Dimension {
+            name: "b".into(),
+            axis: 0,
+            declared: 1,
+            given: 2
+        }
+    );
+    // Giving a fixed model its own shape changes nothing.
+    let options = LoadOptions {
+        input_shapes: BTreeMap::from([("a".to_owned(), fixed(&[1, 3]))]),
+    };
+    assert_eq!(
+        load_with("add", &options).unwrap().signature(),
+        load("add").signature()
+    );
+}
+
 fn sample(datatype: DataType) -> Tensor {
     fn le<T, const N: usize>(values: [T; 6], encode: fn(T) -> [u8; N]) -> Zeroizing<Vec<u8>> {
         Zeroizing::new(values.into_iter().flat_map(encode).collect())

@@ -481,3 +481,98 @@ fn bad_configurations_are_refused_before_listening() {
         "{e}"
     );
 }
+
+#[test]
+fn input_shapes_from_the_file_and_the_flags_reach_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_models(&dir.join("models"));
+    // unknown_dim.onnx declares x as [batch, ?, 4]: it loads only with x's shape given.
+    std::fs::write(
+        dir.join("server.toml"),
+        r#"
+listen = "127.0.0.1:0"
+tee = "sim"
+sim_key = "sim.key"
+certificate_out = "server.pem"
+workers = 1
+
+[[model]]
+name = "batched"
+path = "models/unknown_dim.onnx"
+input_shapes = { x = [-1, 1, 4] }
+"#,
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
+    command
+        .args(["server", "serve", "--config", "server.toml"])
+        .args(["--model", "pinned=models/unknown_dim.onnx"])
+        .args(["--input-shape", "pinned:x=2,1,4"])
+        .current_dir(dir);
+    let server = ServerProcess::start(command);
+    let startup = server.startup.join("\n");
+    assert!(
+        startup.contains("model 'batched' version 1") && startup.contains("x: FP32[-1,1,4]"),
+        "{startup}"
+    );
+    assert!(startup.contains("x: FP32[2,1,4]"), "{startup}");
+    let base = server.url.clone();
+    let meta = curl_ok(
+        &[
+            "--cacert",
+            "server.pem",
+            &format!("{base}/v2/models/pinned"),
+        ],
+        dir,
+    );
+    assert!(meta.contains(r#""shape":[2,1,4]"#), "{meta}");
+    let answer = curl_ok(
+        &[
+            "--cacert",
+            "server.pem",
+            "-d",
+            r#"{"inputs": [{"name": "x", "shape": [2, 1, 4], "datatype": "FP32",
+                "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}"#,
+            &format!("{base}/v2/models/pinned/infer"),
+        ],
+        dir,
+    );
+    assert!(
+        answer.contains("[2.0,4.0,6.0,8.0,10.0,12.0,14.0,16.0]"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn input_shapes_that_do_not_fit_are_refused_before_listening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_models(&dir.join("models"));
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adyton"))
+            .args(["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"])
+            .args(["--sim-key", "k", "--model", "m=models/unknown_dim.onnx"])
+            .args(extra)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!e.contains("listening on"), "{e}");
+        e
+    };
+    let e = run(&[]);
+    assert!(
+        e.contains("model 'm'") && e.contains("Source node without a determined fact"),
+        "{e}"
+    );
+    let e = run(&["--input-shape", "m:z=2,1,4"]);
+    assert!(e.contains("model 'm'") && e.contains("input 'z'"), "{e}");
+    let e = run(&["--input-shape", "m:x=2,1"]);
+    assert!(e.contains("input 'x'") && e.contains("declares 3"), "{e}");
+    let e = run(&["--input-shape", "m:x=2,1,5"]);
+    assert!(e.contains("input 'x'") && e.contains("axis 2"), "{e}");
+    let e = run(&["--input-shape", "other:x=2,1,4"]);
+    assert!(e.contains("no model is named 'other'"), "{e}");
+}
