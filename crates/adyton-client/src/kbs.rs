@@ -1,4 +1,5 @@
-//! The key broker's admin API: login, transfer policies and keys (`docs/kbs.md`, "Admin API").
+//! The key broker's admin API: login, transfer policies and keys (`docs/kbs.md`, "Admin API"), and
+//! the offline transfer of a device's provisioning request (`docs/kbs.md`, "Offline transfer").
 
 use std::fmt;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{api_error, ClientError};
 use crate::http::{self, Timeouts};
+use crate::offline::{self, ProvisionRequest};
 
 type Result<T> = std::result::Result<T, ClientError>;
 
@@ -253,6 +255,25 @@ impl KbsClient {
         self.send_no_content(Method::Delete, item_path(KEYS_PATH, id)?, token)
     }
 
+    /// Has the key broker answer a device's provisioning request (`design.md`, flow D):
+    /// `POST /kbs/v1/keys/{key_id}/offline-transfer` with the request file's JSON, as an operator.
+    /// The broker decides as for an online transfer without a nonce (the evidence must verify,
+    /// bind SHA-512 of the request's public key and satisfy the key's transfer policy) and answers
+    /// the model key wrapped to that public key; every decision is audited with the request id,
+    /// the model and the operator.
+    pub fn offline_transfer(
+        &self,
+        token: &Token,
+        request: &ProvisionRequest,
+    ) -> Result<TransferAnswer> {
+        // The id goes into the URL path: check it here too, whatever made `request`.
+        offline::check_id("provisioning request", "key_id", &request.key_id)?;
+        let path = format!("{KEYS_PATH}/{}/offline-transfer", request.key_id);
+        let body = request.to_json();
+        let (request, bytes) = self.exchange(Method::Post, path, Some(token), Some(&body))?;
+        decode_transfer_answer(request, &bytes)
+    }
+
     /// Sends a request and decodes its JSON answer.
     fn send<T: serde::de::DeserializeOwned>(
         &self,
@@ -377,11 +398,16 @@ pub fn transfer(
     if !(200..300).contains(&status) {
         return Err(api_error(request, status, &bytes));
     }
+    decode_transfer_answer(request, &bytes)
+}
+
+/// A transfer's `{"wrapped_key", "wrapped_swk"}` answer, decoded from base64.
+fn decode_transfer_answer(request: String, bytes: &[u8]) -> Result<TransferAnswer> {
     let invalid = |reason: String| ClientError::InvalidResponse {
         request: request.clone(),
         reason,
     };
-    let json: TransferJson = http::decode_json(request.clone(), &bytes)?;
+    let json: TransferJson = http::decode_json(request.clone(), bytes)?;
     let decode = |field: &str, text: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(text)
@@ -504,6 +530,37 @@ mod tests {
         let err = client.list_keys(&Token::new("the-token")).unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(text.contains("GET /kbs/v1/keys"), "{text}");
+        assert!(!text.contains("the-token"), "{text}");
+    }
+
+    #[test]
+    fn offline_transfers_check_the_key_id_and_name_no_secret() {
+        let mut request = crate::offline::ProvisionRequest {
+            format: crate::offline::REQUEST_FORMAT.into(),
+            request_id: "r-1".into(),
+            model: "m".into(),
+            key_id: "../admin".into(),
+            tee: "SIM".into(),
+            sealing_policy: "signer".into(),
+            public_key: "AAAA".into(),
+            evidence: "AAAA".into(),
+            created_at: 0,
+        };
+        // Nothing listens on port 1 of the loopback address; the id is refused before that.
+        let client = KbsClient::new("http://127.0.0.1:1").unwrap();
+        let err = client
+            .offline_transfer(&Token::new("the-token"), &request)
+            .unwrap_err();
+        assert!(matches!(err, ClientError::InvalidInput { .. }), "{err:?}");
+        request.key_id = "k-1".into();
+        let err = client
+            .offline_transfer(&Token::new("the-token"), &request)
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            text.contains("POST /kbs/v1/keys/k-1/offline-transfer"),
+            "{text}"
+        );
         assert!(!text.contains("the-token"), "{text}");
     }
 

@@ -10,6 +10,9 @@
 //! it: it verifies the server (and, optionally, fresh evidence over its own nonce) before it sends
 //! anything, then speaks the Open Inference Protocol only to the key it verified (`reqwest`'s
 //! blocking client on that rustls configuration).
+//!
+//! [`offline`] holds the files of offline provisioning: a device's [`ProvisionRequest`] and the
+//! key broker's [`ProvisionResponse`], which [`KbsClient::offline_transfer`] obtains.
 
 #![forbid(unsafe_code)]
 
@@ -17,11 +20,13 @@ pub mod attested_tls;
 mod error;
 mod http;
 pub mod kbs;
+pub mod offline;
 pub mod registry;
 pub mod server;
 mod tensor;
 
 pub use error::ClientError;
-pub use kbs::{KbsClient, KeyInfo, KeyInformation, PolicyInfo, Token};
+pub use kbs::{KbsClient, KeyInfo, KeyInformation, PolicyInfo, Token, TransferAnswer};
+pub use offline::{ProvisionRequest, ProvisionResponse};
 pub use registry::{BlobSummary, ModelInfo, RegistryClient, ResumingReader, RetryPolicy};
 pub use server::{ConnectOptions, InferTensor, ModelMetadata, ServerClient, TensorMetadata};

@@ -57,6 +57,13 @@ pub enum KbsError {
     #[error("report data mismatch: the evidence does not bind this public key")]
     ReportDataMismatch,
 
+    /// An offline transfer for a TEE that cannot seal the key it would receive (TDX).
+    #[error("{tee} has no sealing key: offline provisioning needs SGX or SEV-SNP")]
+    NoSealingKey {
+        /// The TEE named by the request.
+        tee: String,
+    },
+
     /// A nonce was expired, replayed, forged or malformed.
     #[error("bad nonce: {reason}")]
     BadNonce {

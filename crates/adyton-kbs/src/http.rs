@@ -9,6 +9,10 @@
 //!   - with `Authorization: Bearer <token>` (else 401): `POST`, `GET` (list) on
 //!     `/kbs/v1/key-transfer-policies` and `/kbs/v1/keys`, and `GET`, `DELETE` on `.../{id}`.
 //!     A key's bytes are never returned; deleting a policy that keys use is 409.
+//!   - `POST /kbs/v1/keys/{id}/offline-transfer`, with a bearer token: a device's provisioning
+//!     request (`adyton-provision-request/1`, `design.md` flow D) carried by an operator; the
+//!     transfer's decision without a nonce, TDX refused (400: it cannot seal), audited with the
+//!     request id, the model and the operator.
 //! - `GET /kbs/v1/openapi.json`: the OpenAPI 3.1 document of all of these (`docs/kbs-openapi.json`),
 //!   unauthenticated. [`ROUTES`] lists every route; the router is built from it.
 //!
@@ -46,7 +50,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 use crate::admin::{AdminAction, AdminAuth, AdminError, AdminEvent, AdminUsers};
 use crate::error::KbsError;
 use crate::store::{KeyRecord, PolicyRecord};
-use crate::transfer::{Broker, TransferDecision, TransferRequest};
+use crate::transfer::{Broker, OfflineTransferRequest, TransferDecision, TransferRequest};
 
 /// The largest transfer request body accepted. A quote with its certificate chain is a few KiB; an
 /// SNP report with a VCEK chain under 16 KiB. 1 MiB leaves room and bounds the memory a client can
@@ -246,6 +250,8 @@ pub fn router_with_admin(state: Arc<KbsState>, admin: Arc<AdminAuth>) -> Router 
 
 /// `POST`: the key transfer and the nonce flow.
 const TRANSFER_PATH: &str = "/kbs/v1/keys/{id}/transfer";
+/// `POST`: an operator's answer to an offline device's provisioning request.
+const OFFLINE_TRANSFER_PATH: &str = "/kbs/v1/keys/{id}/offline-transfer";
 /// `POST`: an operator's login.
 const TOKEN_PATH: &str = "/kbs/v1/token";
 /// `POST`, `GET`: create and list transfer policies.
@@ -264,6 +270,7 @@ const OPENAPI_PATH: &str = "/kbs/v1/openapi.json";
 /// answer `HEAD`, as axum does.)
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", TRANSFER_PATH),
+    ("POST", OFFLINE_TRANSFER_PATH),
     ("POST", TOKEN_PATH),
     ("POST", POLICIES_PATH),
     ("GET", POLICIES_PATH),
@@ -284,6 +291,7 @@ pub const OPENAPI_JSON: &str = include_str!("../../../docs/kbs-openapi.json");
 fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("POST", TRANSFER_PATH) => post(transfer_key),
+        ("POST", OFFLINE_TRANSFER_PATH) => post(offline_transfer),
         ("POST", TOKEN_PATH) => post(issue_token),
         ("POST", POLICIES_PATH) => post(create_policy),
         ("GET", POLICIES_PATH) => get(list_policies),
@@ -569,6 +577,21 @@ async fn delete_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn offline_transfer(
+    State(app): State<AppState>,
+    operator: Operator,
+    Path(key_id): Path<String>,
+    AdminJson(body): AdminJson<ProvisionRequestJson>,
+) -> Result<Json<TransferReply>, ApiError> {
+    let request = body.into_request(&key_id)?;
+    // Verification is CPU work, like the online transfer's.
+    let reply = blocking(app, move |app, now| {
+        app.offline_transfer(&operator, &key_id, &request, now)
+    })
+    .await?;
+    Ok(Json(reply))
+}
+
 /// Runs store, disk and argon2 work on the blocking pool, with the state's current time.
 async fn blocking<T: Send + 'static>(
     app: AppState,
@@ -594,6 +617,26 @@ impl AppState {
         Ok(TokenReply {
             token: issued.token.to_string(),
             expires_in: issued.expires_in,
+        })
+    }
+
+    /// Answers a provisioning request, audited either way.
+    fn offline_transfer(
+        &self,
+        operator: &Operator,
+        key_id: &str,
+        request: &OfflineTransferRequest,
+        now: u64,
+    ) -> Result<TransferReply, ApiError> {
+        let (outcome, decision) =
+            self.kbs
+                .broker
+                .offline_transfer(key_id, request, &operator.user, now);
+        self.kbs.audit.record(&decision);
+        let (wrapped, _claims) = outcome?;
+        Ok(TransferReply::Key {
+            wrapped_key: BASE64.encode(&wrapped.wrapped_key),
+            wrapped_swk: BASE64.encode(&wrapped.wrapped_swk),
         })
     }
 
@@ -721,6 +764,93 @@ impl Drop for KeyInformation {
     }
 }
 
+/// The `format` of a provisioning request.
+const PROVISION_REQUEST_FORMAT: &str = "adyton-provision-request/1";
+/// Longest id of a provisioning request (`request_id`, `model`, `key_id`), in bytes.
+const MAX_PROVISION_ID_LEN: usize = 128;
+
+/// `POST /kbs/v1/keys/{id}/offline-transfer`'s body: a device's provisioning request file, as
+/// `adyton-client`'s `ProvisionRequest` writes it. Unlike the transfer's body, unknown fields are
+/// refused: the file has a versioned format of its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionRequestJson {
+    format: String,
+    request_id: String,
+    model: String,
+    key_id: String,
+    tee: String,
+    sealing_policy: String,
+    public_key: String,
+    evidence: String,
+    /// Required, so that the whole format is checked; the broker keeps its own time.
+    #[serde(rename = "created_at")]
+    _created_at: u64,
+}
+
+impl ProvisionRequestJson {
+    /// Checks the format, the ids (the body's `key_id` must be the path's) and the sealing policy,
+    /// and decodes the base64 fields. The TEE is the broker's to judge.
+    fn into_request(self, path_key_id: &str) -> Result<OfflineTransferRequest, ApiError> {
+        if self.format != PROVISION_REQUEST_FORMAT {
+            return Err(ApiError::bad_request(format!(
+                "format `{}`, expected `{PROVISION_REQUEST_FORMAT}`",
+                self.format
+                    .chars()
+                    .take(64)
+                    .collect::<String>()
+                    .escape_debug()
+            )));
+        }
+        for (field, id) in [
+            ("request_id", &self.request_id),
+            ("model", &self.model),
+            ("key_id", &self.key_id),
+        ] {
+            check_provision_id(field, id)?;
+        }
+        if self.key_id != path_key_id {
+            return Err(ApiError::bad_request(format!(
+                "the request is for key `{}`, not for `{}` named in the path",
+                self.key_id,
+                path_key_id
+                    .chars()
+                    .take(128)
+                    .collect::<String>()
+                    .escape_debug()
+            )));
+        }
+        if !matches!(self.sealing_policy.as_str(), "exact-build" | "signer") {
+            return Err(ApiError::bad_request(
+                "sealing_policy must be `exact-build` or `signer`",
+            ));
+        }
+        Ok(OfflineTransferRequest {
+            request_id: self.request_id,
+            model: self.model,
+            tee: self.tee,
+            public_key: decode_base64("public_key", &self.public_key)?,
+            evidence: decode_base64("evidence", &self.evidence)?,
+        })
+    }
+}
+
+/// 1 to 128 characters of `[A-Za-z0-9._:-]`, so that what reaches the audit log is plain.
+fn check_provision_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let ok = (1..=MAX_PROVISION_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{field}` must be 1 to {MAX_PROVISION_ID_LEN} characters of letters, digits, `.`, `_`, \
+             `:` and `-`"
+        )))
+    }
+}
+
 /// An authenticated operator: the user of a live `Authorization: Bearer` token.
 struct Operator {
     user: String,
@@ -808,7 +938,7 @@ impl ApiError {
 impl From<KbsError> for ApiError {
     fn from(err: KbsError) -> Self {
         let status = match &err {
-            KbsError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            KbsError::BadRequest { .. } | KbsError::NoSealingKey { .. } => StatusCode::BAD_REQUEST,
             KbsError::UnknownKey { .. } | KbsError::UnknownPolicy { .. } => StatusCode::NOT_FOUND,
             KbsError::AlreadyExists { .. } | KbsError::PolicyInUse { .. } => StatusCode::CONFLICT,
             KbsError::AttestationTypeMismatch { .. }

@@ -8,6 +8,10 @@
 //!
 //! `user_data` is the TEE's RSA public key as sent: DER SubjectPublicKeyInfo, or Intel's raw
 //! `u32le exponent || modulus` (little-endian modulus under SGX, big-endian otherwise).
+//!
+//! The offline transfer ([`Broker::offline_transfer`], `design.md` flow D) is the same decision
+//! without a nonce, for a device with no network whose provisioning request an operator carries
+//! to the broker; its audit decision also names the request, the model and the operator.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -139,6 +143,37 @@ pub struct TransferDecision {
     pub allowed: bool,
     /// Why not, when denied.
     pub reason: Option<String>,
+    /// For an offline transfer, what it was for and who asked; absent (not `null`) from the audit
+    /// line of an online transfer, whose lines are unchanged by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline: Option<OfflineContext>,
+}
+
+/// What marks a transfer decision as offline: the device's request, its model and the operator
+/// who carried the request to the broker. It holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OfflineContext {
+    /// The device's `request_id`.
+    pub request_id: String,
+    /// The model the device will serve.
+    pub model: String,
+    /// The admin user whose token made the request.
+    pub operator: String,
+}
+
+/// A device's provisioning request (`adyton-provision-request/1`), decoded from its HTTP form.
+#[derive(Clone, Debug)]
+pub struct OfflineTransferRequest {
+    /// The device's request id.
+    pub request_id: String,
+    /// The model the device will serve.
+    pub model: String,
+    /// The TEE the device names: `SGX`, `SNP` or `SIM` (`TDX` is refused: it cannot seal).
+    pub tee: String,
+    /// The decoded public key: DER SubjectPublicKeyInfo of the device's RSA key.
+    pub public_key: Vec<u8>,
+    /// The decoded evidence: Adyton evidence JSON, whose report data must be SHA-512(public_key).
+    pub evidence: Vec<u8>,
 }
 
 /// The key broker's core: policies, keys, and transfers.
@@ -234,12 +269,53 @@ impl Broker {
             measurement: None,
             allowed: false,
             reason: None,
+            offline: None,
         };
         let outcome = self.decide(key_id, request, now, &mut decision);
         match &outcome {
             Ok(_) => decision.allowed = true,
             Err(e) => decision.reason = Some(e.to_string()),
         }
+        (outcome, decision)
+    }
+
+    /// Decides an offline transfer: the online decision without a nonce, so the evidence must
+    /// verify, its report data must equal SHA-512(`public_key`) and the key's policy must allow
+    /// it; before that, the TEE must be able to seal what it receives (not TDX) and the public key
+    /// must be DER SubjectPublicKeyInfo. The decision names the request, the model and `operator`,
+    /// and is returned either way, for the audit log.
+    pub fn offline_transfer(
+        &self,
+        key_id: &str,
+        request: &OfflineTransferRequest,
+        operator: &str,
+        now: u64,
+    ) -> (Result<(WrappedKey, Claims)>, TransferDecision) {
+        let context = OfflineContext {
+            request_id: request.request_id.chars().take(128).collect(),
+            model: request.model.chars().take(128).collect(),
+            operator: operator.chars().take(128).collect(),
+        };
+        if let Err(refusal) = check_offline(request) {
+            let decision = TransferDecision {
+                time: now,
+                key_id: key_id.chars().take(128).collect(),
+                tee: request.tee.chars().take(16).collect(),
+                measurement: None,
+                allowed: false,
+                reason: Some(refusal.to_string()),
+                offline: Some(context),
+            };
+            return (Err(refusal), decision);
+        }
+        let transfer = TransferRequest {
+            attestation_type: request.tee.clone(),
+            quote: request.evidence.clone(),
+            user_data: request.public_key.clone(),
+            nonce: None,
+        };
+        let (outcome, mut decision) = self.transfer(key_id, &transfer, now);
+        decision.offline = Some(context);
         (outcome, decision)
     }
 
@@ -303,6 +379,27 @@ impl Broker {
         let wrapped = wrap::wrap_for_tee(&public_key, &model_key)?;
         Ok((wrapped, claims))
     }
+}
+
+/// What an offline transfer needs beyond the online decision: a TEE that can seal (SGX, SNP and
+/// SIM can; TDX has no sealing key in hardware, so a key released to it could not survive a
+/// restart without the network), and a public key in DER, as the provisioning file specifies.
+fn check_offline(request: &OfflineTransferRequest) -> Result<()> {
+    let tee: TeeKind = request
+        .tee
+        .parse()
+        .map_err(|e: adyton_attest::AttestError| KbsError::BadRequest {
+            reason: format!("tee: {e}"),
+        })?;
+    if tee == TeeKind::Tdx {
+        return Err(KbsError::NoSealingKey {
+            tee: tee.to_string(),
+        });
+    }
+    TeePublicKey::from_spki_der(&request.public_key).map_err(|e| KbsError::BadRequest {
+        reason: format!("public_key: {e}"),
+    })?;
+    Ok(())
 }
 
 /// Reads a transfer's `quote` for `tee`: Adyton evidence JSON (as `adyton attest report` writes it)

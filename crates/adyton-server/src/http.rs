@@ -385,6 +385,7 @@ fn metadata(app: &ServerState, name: &str, version: Option<&str>) -> Result<Json
                 Source::File => json!("file"),
                 Source::Upload => json!("upload"),
                 Source::Registry { model_id } => json!({ "registry": model_id }),
+                Source::Sealed { model_id } => json!({ "sealed": model_id }),
             },
         },
     })))

@@ -5,6 +5,8 @@
 //!   the one implementation, and the only module that knows tract.
 //! - [`pull`]: flow B, an encrypted model pulled from the registry with its key released by the
 //!   key broker to this TEE.
+//! - [`device`]: flow D, an offline device's state: models provisioned once by file, their keys
+//!   sealed to this TEE, served after a restart with no network.
 //! - [`protocol`]: infer request and response bodies (JSON and binary tensors).
 //! - [`repository`]: the models being served, with versions and loading states.
 //! - [`metrics`]: Prometheus metrics under Triton's names.
@@ -14,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod http;
 pub mod metrics;
 pub mod protocol;

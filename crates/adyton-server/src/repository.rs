@@ -23,6 +23,11 @@ pub enum Source {
         /// The registry's model id.
         model_id: String,
     },
+    /// Provisioned offline and sealed to this TEE (`device`), decrypted at start.
+    Sealed {
+        /// The model's id.
+        model_id: String,
+    },
 }
 
 /// A loaded model version.

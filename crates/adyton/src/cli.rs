@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, demo, dev, kbs, kbs_client, model, publish, registry, server};
+use crate::{attest, demo, dev, kbs, kbs_client, model, provision, publish, registry, server};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -129,6 +129,78 @@ pub enum ServerCommand {
         adyton server serve --listen 127.0.0.1:8443 --tee sim --model add=add.onnx --token-file token\n  \
         adyton server serve --config server.toml")]
     Serve(ServerServeArgs),
+
+    /// Offline device, step 1 of 3: make a provisioning request to carry to the model provider.
+    ///
+    /// Installs the encrypted model blob in the state directory, makes an RSA-3072 key pair inside
+    /// the TEE, seals its private key to this TEE, and writes the request: the public key and
+    /// evidence over its SHA-512. The provider answers it with `adyton kbs transfer --offline`;
+    /// `adyton server provision-accept` takes the answer. TDX is refused: it has no sealing key.
+    #[command(after_help = "Examples:\n  \
+        adyton server provision-request --model scanner-v3 --blob scanner-v3.enc -o request.json\n  \
+        adyton server provision-request --tee sim --state-dir device --model digits --blob digits.enc \
+        --sealing signer -o request.json")]
+    ProvisionRequest(ProvisionRequestArgs),
+
+    /// Offline device, step 3 of 3: accept the provider's response to a provisioning request.
+    ///
+    /// Unseals the request's private key, unwraps the model key, checks that it opens the model
+    /// blob, seals it to this TEE and deletes the provisioning key pair. From then on
+    /// `adyton server serve --state-dir DIR` serves the model with no network. A response is
+    /// accepted once, and only by the device that made its request.
+    #[command(after_help = "Example:\n  adyton server provision-accept response.json")]
+    ProvisionAccept(ProvisionAcceptArgs),
+}
+
+/// Where an offline device keeps its state, and which TEE it seals to.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device's state directory: encrypted blobs, sealed keys, pending requests [default:
+    /// $ADYTON_STATE_DIR if set, else /var/lib/adyton].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The TEE to seal to: auto, sgx, snp or sim (INSECURE). TDX has no sealing key [default:
+    /// auto].
+    #[arg(long, value_name = "TEE")]
+    pub tee: Option<String>,
+    /// The SIM attester's key file, the SIM device's identity [default: $ADYTON_SIM_KEY if set,
+    /// else ~/.local/share/adyton/sim-attester.key].
+    #[arg(long, value_name = "FILE")]
+    pub sim_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionRequestArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The model's id on this device, which it is served as.
+    #[arg(long, value_name = "ID")]
+    pub model: String,
+    /// The encrypted model blob (envelope v2 or v1), as the provider delivered it.
+    #[arg(long, value_name = "FILE")]
+    pub blob: PathBuf,
+    /// The key broker's id of the model key [default: the key id in the blob's v2 header].
+    #[arg(long, value_name = "ID")]
+    pub key_id: Option<String>,
+    /// What the model key is sealed to: exact-build (this build's measurement: an upgrade needs
+    /// a new provisioning) or signer (any build by this signer: an upgrade keeps the model).
+    #[arg(long, value_name = "POLICY", default_value = "exact-build")]
+    pub sealing: adyton_attest::seal::SealingPolicy,
+    /// Where to write the request.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionAcceptArgs {
+    /// The response file written by `adyton kbs transfer --offline`.
+    #[arg(value_name = "RESPONSE")]
+    pub response: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -152,9 +224,18 @@ pub struct ServerServeArgs {
     /// is released by the key broker named in the model's info, to this TEE's evidence.
     #[arg(long = "pull", value_name = "NAME=MODEL_ID")]
     pub pulls: Vec<String>,
+    /// The shape of a served model's input, as NAME:INPUT=DIMS, e.g. ocr:x=1,3,48,320; -1 keeps
+    /// that dimension as the model declares it. Repeatable. For models whose graph leaves an
+    /// input's size open where the engine needs it (docs/server-config.md, "Input shapes").
+    #[arg(long = "input-shape", value_name = "NAME:INPUT=DIMS")]
+    pub input_shapes: Vec<String>,
     /// The registry that protected models are pulled from (also for POST .../{name}:pull).
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
+    /// An offline device's state directory: serve the models provisioned there, their keys
+    /// unsealed by this TEE, with no network (docs/offline.md).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// A file holding the bearer token that model upload, pull and delete require.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -218,6 +299,38 @@ pub enum KbsCommand {
     /// Create (or import), list, show and delete model keys. Key bytes are never shown.
     #[command(subcommand)]
     Key(KbsKeyCommand),
+
+    /// Answer an offline device's provisioning request with its key, wrapped to the device.
+    ///
+    /// A device with no network writes a provisioning request (its attestation evidence over a
+    /// public key of its own) and someone carries the file here. The KBS checks the evidence and
+    /// the key's transfer policy as for an online transfer, wraps the key to the device's public
+    /// key, and audits the decision with the request id, the model and your user name. The
+    /// response file goes back to the device, which unwraps the key and seals it to its TEE. It
+    /// holds no usable key for anyone else. TDX devices are refused: TDX cannot seal. Online
+    /// servers need none of this: they fetch their keys from the KBS themselves.
+    #[command(after_help = "Examples:\n  \
+        adyton kbs transfer --url https://kbs.example --offline request.json -o response.json")]
+    Transfer(KbsTransferArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KbsTransferArgs {
+    #[command(flatten)]
+    pub client: KbsClientArgs,
+
+    /// The device's provisioning request file. Only offline transfers are made here, so this
+    /// flag is required.
+    #[arg(long, value_name = "REQUEST.json")]
+    pub offline: PathBuf,
+
+    /// Where to write the provisioning response for the device.
+    #[arg(short, long, value_name = "RESPONSE.json")]
+    pub output: PathBuf,
+
+    /// Replace RESPONSE.json if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where the KBS is, how to authenticate, and how to print.
@@ -764,7 +877,10 @@ impl Cli {
             Command::Kbs(KbsCommand::Login(args)) => kbs_client::login(&args),
             Command::Kbs(KbsCommand::Policy(command)) => kbs_client::policy(&command),
             Command::Kbs(KbsCommand::Key(command)) => kbs_client::key(&command),
+            Command::Kbs(KbsCommand::Transfer(args)) => kbs_client::transfer(&args),
             Command::Server(ServerCommand::Serve(args)) => server::serve(&args),
+            Command::Server(ServerCommand::ProvisionRequest(args)) => provision::request(&args),
+            Command::Server(ServerCommand::ProvisionAccept(args)) => provision::accept(&args),
             Command::Registry(RegistryCommand::Serve(args)) => registry::serve(&args),
         }
     }

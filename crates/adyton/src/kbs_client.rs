@@ -1,19 +1,22 @@
-//! `adyton kbs login|policy|key`: the operator's commands of the key broker's admin API, over HTTP
-//! with `adyton-client`.
+//! `adyton kbs login|policy|key|transfer`: the operator's commands of the key broker's admin API,
+//! over HTTP with `adyton-client`.
 
 use std::fs;
 use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use adyton_client::{ClientError, KbsClient, KeyInfo, PolicyInfo, Token};
+use adyton_client::offline::MAX_PROVISION_FILE_LEN;
+use adyton_client::{
+    ClientError, KbsClient, KeyInfo, PolicyInfo, ProvisionRequest, ProvisionResponse, Token,
+};
 use anyhow::{bail, Context, Result};
 use zeroize::Zeroizing;
 
 use crate::cli::{
     KbsClientArgs, KbsItemArgs, KbsKeyCommand, KbsKeyCreateArgs, KbsLoginArgs, KbsPolicyCommand,
-    KbsPolicyCreateArgs,
+    KbsPolicyCreateArgs, KbsTransferArgs,
 };
 use crate::files::{self, print_stdout, read_limited, AtomicOutput};
 use crate::secrets::{default_kbs_token_file, kbs_token_file, read_token_file};
@@ -152,6 +155,60 @@ pub fn key(command: &KbsKeyCommand) -> Result<()> {
             print_deleted(args.json, "key", id)
         }
     }
+}
+
+/// `adyton kbs transfer --offline REQUEST.json -o RESPONSE.json`.
+pub fn transfer(args: &KbsTransferArgs) -> Result<()> {
+    let path = &args.offline;
+    // The request is checked, and an existing output refused, before anything is sent: the KBS
+    // audits every answer, and an answer that could not be written would be audited for nothing.
+    let bytes = read_limited(path, MAX_PROVISION_FILE_LEN as u64, "provisioning request")?;
+    let request = ProvisionRequest::from_json(&bytes)
+        .with_context(|| format!("{} is not a valid provisioning request", path.display()))?;
+    let mut out = AtomicOutput::create(&args.output, args.force)?;
+    let (client, token) = session(&args.client)?;
+    let answer = client
+        .offline_transfer(&token, &request)
+        .map_err(|e| explain(e, &client))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let response = ProvisionResponse::for_request(&request, &answer, now)?;
+    out.file()
+        .write_all(&response.to_json())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    out.commit()?;
+
+    // The summary names the request and where the answer went; the wrapped key stays in the file.
+    eprintln!(
+        "released key {} to {} device request {} for model {} (sealing policy {}, device public \
+         key sha256 {})",
+        request.key_id,
+        request.tee,
+        request.request_id,
+        request.model,
+        request.sealing_policy,
+        response.public_key_sha256
+    );
+    if request.tee == "SIM" {
+        eprintln!("warning: INSECURE: a simulated TEE, for development and tests only");
+    }
+    eprintln!(
+        "wrote {}: carry it to the device that wrote {}",
+        args.output.display(),
+        path.display()
+    );
+    if args.client.json {
+        print_json(&serde_json::json!({
+            "request_id": request.request_id,
+            "model": request.model,
+            "key_id": request.key_id,
+            "tee": request.tee,
+            "public_key_sha256": response.public_key_sha256,
+            "response": args.output.display().to_string(),
+        }))?;
+    }
+    Ok(())
 }
 
 fn create_policy(args: &KbsPolicyCreateArgs) -> Result<()> {

@@ -12,6 +12,7 @@ mod kbs;
 mod kbs_client;
 mod model;
 mod net;
+mod provision;
 mod publish;
 mod registry;
 mod secrets;

@@ -1,6 +1,7 @@
 //! `adyton server serve`: the inference server, from a TOML configuration file (`--config`,
 //! `docs/server-config.md`) or, in the local trial, from flags alone.
 
+use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
 use adyton_server::pull::{Backoff, Puller};
 use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
-use adyton_server::runtime::Engine;
+use adyton_server::runtime::{Dim, Engine, LoadOptions};
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -46,6 +47,8 @@ struct ConfigFile {
     max_tensor_elements: Option<usize>,
     /// The registry that protected models are pulled from.
     registry: Option<String>,
+    /// An offline device's state directory: its sealed models are served (docs/offline.md).
+    state_dir: Option<PathBuf>,
     #[serde(default, rename = "model")]
     models: Vec<ModelEntry>,
 }
@@ -58,6 +61,69 @@ struct ModelEntry {
     path: Option<PathBuf>,
     model_id: Option<String>,
     version: Option<u64>,
+    /// Input shapes given to the engine, by input name: sizes, -1 keeping a dimension as the
+    /// model declares it. `--input-shape` adds to these and replaces them input by input.
+    #[serde(default)]
+    input_shapes: BTreeMap<String, Vec<i64>>,
+    /// `input_shapes`, checked, as the engine takes them (filled in by `resolve`).
+    #[serde(skip)]
+    load_options: LoadOptions,
+}
+
+impl ModelEntry {
+    fn new(name: &str, path: Option<PathBuf>, model_id: Option<String>) -> ModelEntry {
+        ModelEntry {
+            name: name.to_owned(),
+            path,
+            model_id,
+            version: None,
+            input_shapes: BTreeMap::new(),
+            load_options: LoadOptions::default(),
+        }
+    }
+}
+
+/// The engine's options from a model's `input_shapes`: each dimension a size, or -1.
+fn load_options(model: &ModelEntry) -> Result<LoadOptions> {
+    let mut options = LoadOptions::default();
+    for (input, sizes) in &model.input_shapes {
+        let dims = sizes
+            .iter()
+            .map(|&size| match size {
+                -1 => Ok(Dim::Dynamic),
+                size => usize::try_from(size).map(Dim::Fixed).map_err(|_| {
+                    anyhow::anyhow!(
+                        "model '{}': the shape of input '{input}' has {size}; a dimension is a size or -1",
+                        model.name
+                    )
+                }),
+            })
+            .collect::<Result<Vec<Dim>>>()?;
+        options.input_shapes.insert(input.clone(), dims);
+    }
+    Ok(options)
+}
+
+/// `--input-shape NAME:INPUT=DIMS`: the model, the input and its dimensions (comma-separated sizes
+/// or -1). The input is split at the last `=`, since ONNX names may hold `:` (`input:0`).
+fn parse_input_shape(spec: &str) -> Result<(String, String, Vec<i64>)> {
+    let malformed = || {
+        anyhow::anyhow!("--input-shape takes NAME:INPUT=DIMS (e.g. ocr:x=1,3,48,320), not '{spec}'")
+    };
+    let (model, rest) = spec.split_once(':').ok_or_else(malformed)?;
+    let (input, dims) = rest.rsplit_once('=').ok_or_else(malformed)?;
+    if model.is_empty() || input.is_empty() {
+        return Err(malformed());
+    }
+    let dims = if dims.trim().is_empty() {
+        // A scalar input has no dimensions.
+        Vec::new()
+    } else {
+        dims.split(',')
+            .map(|d| d.trim().parse::<i64>().map_err(|_| malformed()))
+            .collect::<Result<Vec<i64>>>()?
+    };
+    Ok((model.to_owned(), input.to_owned(), dims))
 }
 
 /// Settings after merging the file and the flags (flags win).
@@ -72,6 +138,7 @@ struct Resolved {
     settings: Settings,
     models: Vec<ModelEntry>,
     registry: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
@@ -88,6 +155,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
                 &mut file.sim_key,
                 &mut file.token_file,
                 &mut file.certificate_out,
+                &mut file.state_dir,
             ]
             .into_iter()
             .flatten()
@@ -120,23 +188,29 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         let (name, path) = spec
             .split_once('=')
             .with_context(|| format!("--model takes NAME=PATH.onnx, not '{spec}'"))?;
-        models.push(ModelEntry {
-            name: name.to_owned(),
-            path: Some(PathBuf::from(path)),
-            model_id: None,
-            version: None,
-        });
+        models.push(ModelEntry::new(name, Some(PathBuf::from(path)), None));
     }
     for spec in &args.pulls {
         let (name, model_id) = spec
             .split_once('=')
             .with_context(|| format!("--pull takes NAME=MODEL_ID, not '{spec}'"))?;
-        models.push(ModelEntry {
-            name: name.to_owned(),
-            path: None,
-            model_id: Some(model_id.to_owned()),
-            version: None,
-        });
+        models.push(ModelEntry::new(name, None, Some(model_id.to_owned())));
+    }
+    for spec in &args.input_shapes {
+        let (name, input, dims) = parse_input_shape(spec)?;
+        let mut found = false;
+        for model in models.iter_mut().filter(|m| m.name == name) {
+            model.input_shapes.insert(input.clone(), dims.clone());
+            found = true;
+        }
+        if !found {
+            bail!(
+                "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
+            );
+        }
+    }
+    for model in &mut models {
+        model.load_options = load_options(model)?;
     }
     for model in &models {
         match (&model.path, &model.model_id) {
@@ -181,6 +255,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         settings,
         models,
         registry,
+        state_dir: args.state_dir.clone().or(file.state_dir),
     })
 }
 
@@ -262,6 +337,15 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     if let Some(key) = &resolved.sim_key {
         paths.sim_key = key.clone();
     }
+    // Offline mode needs the TEE's sealing key: a TEE without one (TDX) is refused before the
+    // server starts, with the reason.
+    let sealer = match &resolved.state_dir {
+        Some(_) => Some(
+            adyton_attest::seal::sealer_for(resolved.tee, &paths)
+                .context("--state-dir: offline mode needs this TEE's sealing key")?,
+        ),
+        None => None,
+    };
     let attester: Arc<dyn Attester> = Arc::from(
         attester::attester_for(resolved.tee, &paths)
             .context("cannot open the TEE's attestation interface")?,
@@ -293,6 +377,9 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
             load_file_model(engine.as_ref(), &repository, entry, path)?;
         }
     }
+    if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
+        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository)?;
+    }
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
             attester: Arc::clone(&attester),
@@ -309,11 +396,12 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
             repository
                 .set_pending(&entry.name, Pending::Loading)
                 .with_context(|| format!("model '{}'", entry.name))?;
-            Puller::spawn(
+            Puller::spawn_with(
                 Arc::clone(puller),
                 Arc::clone(&repository),
                 &entry.name,
                 model_id,
+                entry.load_options.clone(),
             );
         }
     }
@@ -355,7 +443,7 @@ fn load_file_model(
     }
     let mut reader = file.take(MAX_MODEL_FILE);
     let model = engine
-        .load_from_reader(&mut reader)
+        .load_from_reader_with(&mut reader, &entry.load_options)
         .with_context(|| format!("model '{}': cannot load {}", entry.name, path.display()))?;
     let served = repository
         .insert(&entry.name, entry.version, model, Source::File)
@@ -370,4 +458,112 @@ fn load_file_model(
         http::describe_signature(&served.model.signature().outputs),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `adyton server serve`'s arguments alone.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServerServeArgs,
+    }
+
+    fn resolve_with(file: Option<&str>, flags: &[&str]) -> Result<Resolved> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
+        let config = dir.path().join("server.toml");
+        let config_arg = config.to_string_lossy().into_owned();
+        if let Some(text) = file {
+            std::fs::write(&config, text).unwrap();
+            argv.extend(["--config", &config_arg]);
+        }
+        argv.extend(flags);
+        resolve(&Serve::try_parse_from(argv).unwrap().args)
+    }
+
+    fn shapes(resolved: &Resolved, name: &str) -> BTreeMap<String, Vec<Dim>> {
+        resolved
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .load_options
+            .input_shapes
+            .clone()
+    }
+
+    #[test]
+    fn input_shapes_come_from_the_file_and_the_flags() {
+        let file = r#"
+registry = "http://127.0.0.1:1"
+
+[[model]]
+name = "ocr"
+path = "ocr.onnx"
+input_shapes = { x = [1, 3, 48, 320] }
+
+[[model]]
+name = "pulled"
+model_id = "m-1"
+input_shapes = { "input:0" = [-1, 4], y = [] }
+
+[[model]]
+name = "plain"
+path = "plain.onnx"
+"#;
+        let resolved = resolve_with(
+            Some(file),
+            &[
+                "--model",
+                "extra=extra.onnx",
+                "--input-shape",
+                "extra:ids=-1, 128",
+                "--input-shape",
+                "pulled:y=2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            shapes(&resolved, "ocr"),
+            BTreeMap::from([("x".to_owned(), [1, 3, 48, 320].map(Dim::Fixed).to_vec())])
+        );
+        // The flag replaces the file's shape of `y`, input by input.
+        assert_eq!(
+            shapes(&resolved, "pulled"),
+            BTreeMap::from([
+                ("input:0".to_owned(), vec![Dim::Dynamic, Dim::Fixed(4)]),
+                ("y".to_owned(), vec![Dim::Fixed(2)]),
+            ])
+        );
+        assert_eq!(
+            shapes(&resolved, "extra"),
+            BTreeMap::from([("ids".to_owned(), vec![Dim::Dynamic, Dim::Fixed(128)])])
+        );
+        assert!(shapes(&resolved, "plain").is_empty());
+    }
+
+    #[test]
+    fn bad_input_shapes_are_refused() {
+        let error = |file: Option<&str>, flags: &[&str]| {
+            format!("{:#}", resolve_with(file, flags).unwrap_err())
+        };
+        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "b:x=1"]);
+        assert!(e.contains("no model is named 'b'"), "{e}");
+        for spec in ["a=1,2", "a:x", "a:x=1,two", ":x=1", "a:=1"] {
+            let e = error(None, &["--model", "a=a.onnx", "--input-shape", spec]);
+            assert!(e.contains("NAME:INPUT=DIMS"), "{spec}: {e}");
+        }
+        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "a:x=1,-2"]);
+        assert!(e.contains("model 'a'") && e.contains("input 'x'"), "{e}");
+        let e = error(
+            Some("[[model]]\nname = \"a\"\npath = \"a.onnx\"\ninput_shapes = { x = [1.5] }\n"),
+            &[],
+        );
+        assert!(e.contains("input_shapes") || e.contains("integer"), "{e}");
+    }
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod http;
+mod offline;
 mod openapi;
 mod postgres;
 mod store;

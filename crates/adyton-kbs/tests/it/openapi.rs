@@ -243,6 +243,11 @@ fn every_operation_documents_its_statuses_and_the_error_body() {
         ),
         (
             "POST",
+            "/kbs/v1/keys/{id}/offline-transfer",
+            &["200", "400", "401", "403", "404", "413", "500"],
+        ),
+        (
+            "POST",
             "/kbs/v1/token",
             &["200", "400", "401", "413", "429", "500"],
         ),

@@ -3,6 +3,7 @@
 // Tests may unwrap and panic: a failure is the test's report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod device;
 mod http;
 mod pull;
 mod runtime;

@@ -11,6 +11,7 @@ mod kbs_client_cli;
 mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
+mod offline;
 mod pipeline_e2e;
 mod python_sdk;
 mod real_models;

@@ -1,0 +1,185 @@
+//! `adyton server provision-request` and `adyton server provision-accept`: an offline device's
+//! one-time provisioning by file (flow D, `docs/offline.md`), and the sealed models that
+//! `adyton server serve --state-dir` loads with no network.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
+use adyton_attest::seal::{self, Sealer};
+use adyton_attest::TeeKind;
+use adyton_server::device::{DeviceState, RequestParams, MAX_RESPONSE_LEN};
+use adyton_server::repository::Repository;
+use adyton_server::runtime::Engine;
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{DeviceArgs, ProvisionAcceptArgs, ProvisionRequestArgs};
+use crate::files::AtomicOutput;
+
+/// The state directory when neither --state-dir nor ADYTON_STATE_DIR names one.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/adyton";
+
+/// The state directory of `args`: --state-dir, else $ADYTON_STATE_DIR, else the default.
+pub fn state_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ADYTON_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn paths(sim_key: Option<&Path>) -> AttesterPaths {
+    let mut paths = AttesterPaths::default();
+    if let Some(key) = sim_key {
+        paths.sim_key = key.to_path_buf();
+    }
+    paths
+}
+
+fn tee_choice(text: Option<&str>) -> Result<TeeChoice> {
+    text.unwrap_or("auto")
+        .parse()
+        .context("--tee: expected auto, sgx, tdx, snp or sim")
+}
+
+/// This TEE's sealer, with the reason when it has none (TDX, or no TEE).
+pub fn sealer(tee: TeeChoice, sim_key: Option<&Path>) -> Result<Box<dyn Sealer>> {
+    seal::sealer_for(tee, &paths(sim_key)).context("offline mode needs this TEE's sealing key")
+}
+
+fn sim_warning(tee: TeeKind) {
+    if tee == TeeKind::Sim {
+        eprintln!(
+            "warning: tee = sim: the sealing key is derived from a software key file; a SIM \
+             device protects NOTHING (development and tests only)"
+        );
+    }
+}
+
+/// `adyton server provision-request`.
+pub fn request(args: &ProvisionRequestArgs) -> Result<()> {
+    let DeviceArgs {
+        state_dir: dir,
+        tee,
+        sim_key,
+    } = &args.device;
+    let choice = tee_choice(tee.as_deref())?;
+    // The sealer first: a TEE that cannot seal (TDX) is refused before anything else is done.
+    let sealer = sealer(choice, sim_key.as_deref())?;
+    let attester = attester::attester_for(choice, &paths(sim_key.as_deref()))
+        .context("cannot open the TEE's attestation interface")?;
+    sim_warning(attester.tee());
+    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let dir = state_dir(dir.as_deref());
+    let state = DeviceState::open(&dir)
+        .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+    let mut blob = std::fs::File::open(&args.blob)
+        .with_context(|| format!("cannot open the model blob {}", args.blob.display()))?;
+    let request = state
+        .create_request(
+            attester.as_ref(),
+            sealer.as_ref(),
+            &RequestParams {
+                model: &args.model,
+                key_id: args.key_id.as_deref(),
+                sealing_policy: args.sealing,
+                now: now(),
+            },
+            &mut blob,
+        )
+        .context("cannot make the provisioning request")?;
+    std::io::Write::write_all(output.file(), &request.to_json())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    output.commit()?;
+    eprintln!(
+        "wrote provisioning request {} to {}\n  model {}, key {}, {} evidence over SHA-512 of a \
+         fresh RSA-3072 public key; its private key is sealed to this TEE ({} policy) in {}\n  \
+         carry it to the model provider, who answers with `adyton kbs transfer --offline`; then \
+         run `adyton server provision-accept RESPONSE.json` here",
+        request.request_id,
+        args.output.display(),
+        request.model,
+        request.key_id,
+        request.tee,
+        args.sealing,
+        dir.display(),
+    );
+    Ok(())
+}
+
+/// `adyton server provision-accept`.
+pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
+    let DeviceArgs {
+        state_dir: dir,
+        tee,
+        sim_key,
+    } = &args.device;
+    let choice = tee_choice(tee.as_deref())?;
+    let sealer = sealer(choice, sim_key.as_deref())?;
+    sim_warning(sealer.tee());
+    let bytes = read_bounded(&args.response, MAX_RESPONSE_LEN)?;
+    let dir = state_dir(dir.as_deref());
+    let state = DeviceState::open(&dir)
+        .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+    let record = state
+        .accept(sealer.as_ref(), &bytes, now())
+        .with_context(|| format!("cannot accept {}", args.response.display()))?;
+    eprintln!(
+        "model {} provisioned: its key is sealed to this {} TEE ({} policy) in {}; the \
+         provisioning key pair is deleted\n  serve it with no network: adyton server serve \
+         --state-dir {} ...",
+        record.model,
+        record.tee,
+        record.sealing_policy,
+        dir.display(),
+        dir.display(),
+    );
+    Ok(())
+}
+
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!("{} is over {limit} bytes", path.display());
+    }
+    Ok(bytes)
+}
+
+/// Loads the sealed models of the state directory `dir` into `repository`. A model that does not
+/// unseal or open is logged and left in its failed state; the others are served.
+pub fn load_sealed(
+    dir: &Path,
+    sealer: &dyn Sealer,
+    engine: &Arc<dyn Engine>,
+    repository: &Repository,
+) -> Result<()> {
+    let state = DeviceState::open(dir)
+        .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+    let outcomes = state
+        .load_all(sealer, engine, repository)
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
+    if outcomes.is_empty() {
+        eprintln!(
+            "note: no sealed model in {} (provision one with `adyton server provision-request`)",
+            dir.display()
+        );
+    }
+    for (model, outcome) in outcomes {
+        match outcome {
+            Ok(()) => tracing::info!(model = %model, "sealed model unsealed and loaded"),
+            Err(e) => tracing::error!(model = %model, error = %e, "sealed model not loaded"),
+        }
+    }
+    Ok(())
+}
