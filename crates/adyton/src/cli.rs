@@ -138,8 +138,7 @@ pub enum ServerCommand {
     /// `adyton server provision-accept` takes the answer. TDX is refused: it has no sealing key.
     #[command(after_help = "Examples:\n  \
         adyton server provision-request --model scanner-v3 --blob scanner-v3.enc -o request.json\n  \
-        adyton server provision-request --tee sim --state-dir device --model digits --blob digits.enc \
-        --sealing signer -o request.json")]
+        adyton server provision-request --tee sim --model digits --blob digits.enc --sealing signer -o req.json")]
     ProvisionRequest(ProvisionRequestArgs),
 
     /// Offline device, step 3 of 3: accept the provider's response to a provisioning request.
