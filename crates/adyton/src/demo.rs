@@ -2,12 +2,16 @@
 //! with the SIM TEE and embedded storage. It starts the key broker, the registry and the inference
 //! server, publishes the digits classifier encrypted under a policy that pins this build, lets
 //! the server pull it through attested key release, classifies the held-out digits over attested
-//! TLS, and shows two refusals. It fails unless every result is the expected one.
+//! TLS, shows two refusals, and provisions an offline device by file (flow D) that then serves the
+//! model with no network. It fails unless every result is the expected one.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use adyton_attest::attester::sim::SimAttester;
 
 use adyton_attest::Policy;
 use adyton_client::{ClientError, ConnectOptions, InferTensor, ServerClient};
@@ -33,10 +37,11 @@ pub fn run() -> Result<()> {
          TEE: SIM (INSECURE: a software attester, for machines without TEE hardware). State: {}\n",
         dir.path().display()
     );
-    let mut progress = Progress::new(6);
+    let mut progress = Progress::new(7);
     let stack = Stack::start(Layout::new(dir.path())?, &mut progress)?;
     let first = classify_held_out_digits(&stack, &mut progress)?;
     show_refusals(&stack, &mut progress)?;
+    offline_device(&stack, &mut progress)?;
     let total = progress.elapsed();
     drop(stack);
     println!(
@@ -308,6 +313,223 @@ fn show_refusals(stack: &Stack, progress: &mut Progress) -> Result<()> {
         "refusals: another build is refused by the client and by the key broker",
         &details,
     );
+    Ok(())
+}
+
+/// Step 7: flow D. A device with no network is provisioned once by file through the key broker's
+/// audited offline transfer, restarts with no network and serves the model; a copy of its disk on
+/// another device does not unseal.
+fn offline_device(stack: &Stack, progress: &mut Progress) -> Result<()> {
+    let layout = &stack.layout;
+    let device = layout.dir.join("device");
+    let mut details = Vec::new();
+    // The encrypted blob, as the provider ships it with the device's installer.
+    let shipped = layout.dir.join("digits.enc");
+    std::fs::copy(
+        layout.registry_dir.join("blobs").join(&stack.published.id),
+        &shipped,
+    )
+    .context("cannot copy the encrypted model for the device")?;
+    let run = |args: &[&str]| -> Result<String> {
+        let out = layout
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run adyton {}", args.join(" ")))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            bail!("adyton {} failed: {}", args.join(" "), stderr.trim());
+        }
+        Ok(stderr)
+    };
+    let device_dir = device.to_string_lossy().into_owned();
+    let sim_key = layout.sim_key.to_string_lossy().into_owned();
+    let device_args = [
+        "--state-dir",
+        &device_dir,
+        "--tee",
+        "sim",
+        "--sim-key",
+        &sim_key,
+    ];
+
+    let started = Instant::now();
+    let mut args = vec!["server", "provision-request"];
+    args.extend(device_args);
+    args.extend([
+        "--model",
+        MODEL_NAME,
+        "--blob",
+        "digits.enc",
+        "-o",
+        "request.json",
+    ]);
+    run(&args)?;
+    let request: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("request.json")).context("cannot read request.json")?,
+    )
+    .context("request.json is not JSON")?;
+    let request_id = request["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    details.push(format!(
+        "on the device: provisioning request {request_id} (SIM evidence over a fresh RSA key, \
+         whose private key is sealed to the device) ({})",
+        seconds(started.elapsed())
+    ));
+
+    let started = Instant::now();
+    let kbs_token = layout.kbs_token_file.to_string_lossy().into_owned();
+    run(&[
+        "kbs",
+        "transfer",
+        "--offline",
+        "request.json",
+        "-o",
+        "response.json",
+        "--url",
+        &stack.kbs.url,
+        "--token-file",
+        &kbs_token,
+    ])?;
+    let audit = std::fs::read_to_string(layout.kbs_dir.join("audit.jsonl"))
+        .context("cannot read the key broker's audit log")?;
+    let audited = audit
+        .lines()
+        .any(|l| l.contains(&request_id) && l.contains("\"allowed\":true"));
+    if !audited {
+        bail!("the key broker's audit log has no allowed offline transfer for {request_id}");
+    }
+    details.push(format!(
+        "at the provider: `adyton kbs transfer --offline` checked the evidence against the \
+         transfer policy and wrapped the key to the request's key; audited ({})",
+        seconds(started.elapsed())
+    ));
+
+    let started = Instant::now();
+    let mut args = vec!["server", "provision-accept", "response.json"];
+    args.extend(device_args);
+    run(&args)?;
+    if run(&args).is_ok() {
+        bail!("the device accepted the same response twice");
+    }
+    details.push(format!(
+        "on the device: the response accepted (the model key unwrapped, checked against the blob \
+         and sealed to the device; the provisioning key deleted); accepting it again is refused \
+         ({})",
+        seconds(started.elapsed())
+    ));
+
+    // The device restarts with no network: no registry, no key broker, proxies to nowhere.
+    let started = Instant::now();
+    let server = start_offline_server(layout, &device, &layout.sim_key, "device-server")?;
+    wait_for_model(&server, &stack.policy, MODEL_NAME)?
+        .map_err(|reason| anyhow::anyhow!("the device did not serve the model: {reason}"))?;
+    let test = TestSet::embedded()?;
+    let client =
+        ServerClient::connect(&server.url, stack.policy.clone(), ConnectOptions::default())
+            .context("the client refused the device's server")?;
+    let mut predictions = Vec::with_capacity(test.count);
+    for rows in test.pixels.chunks(BATCH) {
+        let mut data = Vec::with_capacity(rows.len() * 64 * 4);
+        for pixel in rows.iter().flatten() {
+            data.extend_from_slice(&f32::from(*pixel).to_le_bytes());
+        }
+        let input = InferTensor::new("pixels", "FP32", vec![rows.len(), 64], data);
+        let outputs = client.infer(MODEL_NAME, &[input])?;
+        predictions.extend(labels_of(&outputs, rows.len())?);
+    }
+    if predictions != test.sklearn_predictions {
+        bail!("the device's predictions differ from scikit-learn's");
+    }
+    drop(client);
+    server.stop();
+    details.push(format!(
+        "the device restarted with no network (no registry, no key broker), unsealed the key and \
+         served the model: {} digits, every prediction as scikit-learn's ({})",
+        test.count,
+        seconds(started.elapsed())
+    ));
+
+    // The disk copied to another device (another SIM identity): nothing unseals.
+    let copy = layout.dir.join("device-copy");
+    copy_dir(&device, &copy)?;
+    let other_key = layout.dir.join("other-device-sim.key");
+    let server = start_offline_server(layout, &copy, &other_key, "copied-device-server")?;
+    let other = SimAttester::from_key_file(&other_key)
+        .context("cannot open the other device's SIM key")?
+        .public_key();
+    let measurement =
+        adyton_attest::sim::measurement_of_this_build().context("cannot measure this build")?;
+    let watcher = Policy::from_toml(&sim_policy_toml(&[measurement], Some(other)))?;
+    let reason = match wait_for_model(&server, &watcher, MODEL_NAME)? {
+        Err(reason) => reason,
+        Ok(_) => bail!("a copy of the device's disk was served by another device"),
+    };
+    if !reason.contains("cannot unseal") {
+        bail!("the copied disk failed for another reason: {reason}");
+    }
+    server.stop();
+    details.push(format!(
+        "the device's disk copied to another device (another SIM key): refused: {reason}"
+    ));
+    progress.step(
+        "offline device: provisioned once by file, restarted with no network, its disk useless \
+         elsewhere",
+        &details,
+    );
+    Ok(())
+}
+
+/// Starts `adyton server serve` on a device's state directory with no registry, no key broker and
+/// every proxy pointing at a closed port.
+fn start_offline_server(
+    layout: &Layout,
+    state_dir: &Path,
+    sim_key: &Path,
+    name: &str,
+) -> Result<crate::stack::Service> {
+    let mut command =
+        layout.command(&["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"]);
+    command
+        .arg("--sim-key")
+        .arg(sim_key)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--certificate-out")
+        .arg(layout.dir.join(format!("{name}.pem")))
+        .args(["--workers", "2"]);
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        command.env(var, "http://127.0.0.1:9");
+    }
+    crate::stack::Service::start(
+        "offline inference server",
+        command,
+        &layout.dir.join(format!("{name}.log")),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        }
+    }
     Ok(())
 }
 

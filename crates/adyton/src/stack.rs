@@ -272,12 +272,12 @@ impl Layout {
         })
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         self.command_of(&self.exe, args)
     }
 
     /// A command running `exe` (this executable, or another build of it) in the state directory.
-    fn command_of(&self, exe: &Path, args: &[&str]) -> Command {
+    pub fn command_of(&self, exe: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(exe);
         command
             .args(args)

@@ -30,8 +30,8 @@ fn the_demo_checks_the_pipeline_and_shows_both_refusals() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "[1/6] key broker on http://127.0.0.1:",
-        "[4/6] inference server on https://127.0.0.1:",
+        "[1/7] key broker on http://127.0.0.1:",
+        "[4/7] inference server on https://127.0.0.1:",
         "pulled `digits` through attested key release",
         "accuracy 96.39 % (347/360); scikit-learn measured 96.39 % (347/360)",
         "predictions that differ from scikit-learn's: 0",
@@ -39,6 +39,10 @@ fn the_demo_checks_the_pipeline_and_shows_both_refusals() {
         "nv_inference_count for `digits`: 360 before, 360 after",
         "the key broker refused it the key",
         "1 key transfer allowed, 1 denied",
+        "[7/7] offline device: provisioned once by file",
+        "accepting it again is refused",
+        "served the model: 360 digits, every prediction as scikit-learn's",
+        "another device (another SIM key): refused: cannot unseal the key of model `digits`",
         "every check passed",
     ] {
         assert!(
