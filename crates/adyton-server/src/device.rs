@@ -19,6 +19,7 @@
 //! authenticated data names the model, the key id, the TEE, the sealing policy, the blob's hash
 //! and the request it came from, so a record edited to point elsewhere does not unseal.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -38,7 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::pull::{MAX_MODEL_BYTES, TRANSFER_RSA_BITS};
 use crate::repository::{check_name, Pending, Repository, Source};
-use crate::runtime::Engine;
+use crate::runtime::{Engine, LoadOptions};
 
 /// The `format` of a provisioned model's record.
 pub const MODEL_FORMAT: &str = "adyton-device-model/1";
@@ -620,22 +621,25 @@ impl DeviceState {
         )
     }
 
-    /// Loads every provisioned model into `repository`, served under its model id. A model that
-    /// fails (a key that does not unseal, an altered blob) is recorded as failed with the reason;
-    /// the others load regardless. Returns each model's outcome.
+    /// Loads every provisioned model into `repository`, served under its model id, with the
+    /// engine's `options` for that id if any. A model that fails (a key that does not unseal, an
+    /// altered blob) is recorded as failed with the reason; the others load regardless. Returns
+    /// each model's outcome.
     pub fn load_all(
         &self,
         sealer: &dyn Sealer,
         engine: &Arc<dyn Engine>,
         repository: &Repository,
+        options: &BTreeMap<String, LoadOptions>,
     ) -> Result<Vec<(String, Result<()>)>> {
+        let no_options = LoadOptions::default();
         let mut outcomes = Vec::new();
         for (model, record) in self.models()? {
             let _ = repository.set_pending(&model, Pending::Loading);
             let outcome = record.and_then(|record| {
                 let plaintext = self.open_model(sealer, &record)?;
                 let loaded = engine
-                    .load(&plaintext)
+                    .load_with(&plaintext, options.get(&model).unwrap_or(&no_options))
                     .map_err(|e| DeviceError::Invalid(format!("the model does not load: {e}")))?;
                 drop(plaintext);
                 repository

@@ -2,6 +2,7 @@
 //! one-time provisioning by file (flow D, `docs/offline.md`), and the sealed models that
 //! `adyton server serve --state-dir` loads with no network.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +12,7 @@ use adyton_attest::seal::{self, Sealer};
 use adyton_attest::TeeKind;
 use adyton_server::device::{DeviceState, RequestParams, MAX_RESPONSE_LEN};
 use adyton_server::repository::Repository;
-use adyton_server::runtime::Engine;
+use adyton_server::runtime::{Engine, LoadOptions};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{DeviceArgs, ProvisionAcceptArgs, ProvisionRequestArgs};
@@ -156,18 +157,37 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Loads the sealed models of the state directory `dir` into `repository`. A model that does not
-/// unseal or open is logged and left in its failed state; the others are served.
+/// Loads the sealed models of the state directory `dir` into `repository`, with the engine's
+/// `options` by model id. A model that does not unseal or open is logged and left in its failed
+/// state; the others are served. Options for a model that is not provisioned there are an error.
 pub fn load_sealed(
     dir: &Path,
     sealer: &dyn Sealer,
     engine: &Arc<dyn Engine>,
     repository: &Repository,
+    options: &BTreeMap<String, LoadOptions>,
 ) -> Result<()> {
     let state = DeviceState::open(dir)
         .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+    let provisioned: Vec<String> = state
+        .models()
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?
+        .into_iter()
+        .map(|(model, _)| model)
+        .collect();
+    if let Some(unknown) = options.keys().find(|name| !provisioned.contains(name)) {
+        bail!(
+            "model '{unknown}' has settings but is not provisioned in {} (provisioned: {})",
+            dir.display(),
+            if provisioned.is_empty() {
+                "none".to_owned()
+            } else {
+                provisioned.join(", ")
+            }
+        );
+    }
     let outcomes = state
-        .load_all(sealer, engine, repository)
+        .load_all(sealer, engine, repository, options)
         .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
     if outcomes.is_empty() {
         eprintln!(

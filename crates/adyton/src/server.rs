@@ -196,6 +196,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
             .with_context(|| format!("--pull takes NAME=MODEL_ID, not '{spec}'"))?;
         models.push(ModelEntry::new(name, None, Some(model_id.to_owned())));
     }
+    let state_dir = args.state_dir.clone().or(file.state_dir);
     for spec in &args.input_shapes {
         let (name, input, dims) = parse_input_shape(spec)?;
         let mut found = false;
@@ -203,7 +204,12 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
             model.input_shapes.insert(input.clone(), dims.clone());
             found = true;
         }
-        if !found {
+        if !found && state_dir.is_some() {
+            // A model provisioned on this device (checked against the state directory at start).
+            let mut sealed = ModelEntry::new(&name, None, None);
+            sealed.input_shapes.insert(input.clone(), dims.clone());
+            models.push(sealed);
+        } else if !found {
             bail!(
                 "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
             );
@@ -215,6 +221,12 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
     for model in &models {
         match (&model.path, &model.model_id) {
             (Some(_), None) | (None, Some(_)) => {}
+            (None, None) if state_dir.is_some() => {}
+            (None, None) => bail!(
+                "model '{}' needs one of `path` (a plain file) and `model_id` (pulled from the \
+                 registry), or `state_dir` for a model provisioned on this device",
+                model.name
+            ),
             _ => bail!(
                 "model '{}' needs exactly one of `path` (a plain file) and `model_id` (pulled from the registry)",
                 model.name
@@ -255,7 +267,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         settings,
         models,
         registry,
-        state_dir: args.state_dir.clone().or(file.state_dir),
+        state_dir,
     })
 }
 
@@ -378,7 +390,14 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
         }
     }
     if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
-        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository)?;
+        // `[[model]]` entries with neither `path` nor `model_id` give settings to sealed models.
+        let options: BTreeMap<String, LoadOptions> = resolved
+            .models
+            .iter()
+            .filter(|m| m.path.is_none() && m.model_id.is_none())
+            .map(|m| (m.name.clone(), m.load_options.clone()))
+            .collect();
+        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &options)?;
     }
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
@@ -565,5 +584,38 @@ path = "plain.onnx"
             &[],
         );
         assert!(e.contains("input_shapes") || e.contains("integer"), "{e}");
+    }
+
+    #[test]
+    fn sealed_models_take_input_shapes_only_with_a_state_dir() {
+        // With a state directory, a name that no other model has is a model provisioned there.
+        let resolved = resolve_with(
+            Some("state_dir = \"device\"\n[[model]]\nname = \"ocr\"\ninput_shapes = { x = [1, 3, 48, 320] }\n"),
+            &["--input-shape", "face:input=1,3,112,112"],
+        )
+        .unwrap();
+        assert!(resolved.state_dir.as_ref().unwrap().ends_with("device"));
+        assert_eq!(
+            shapes(&resolved, "ocr"),
+            BTreeMap::from([("x".to_owned(), [1, 3, 48, 320].map(Dim::Fixed).to_vec())])
+        );
+        assert_eq!(
+            shapes(&resolved, "face"),
+            BTreeMap::from([(
+                "input".to_owned(),
+                [1, 3, 112, 112].map(Dim::Fixed).to_vec()
+            )])
+        );
+        // Without one, the same is refused.
+        let e = format!(
+            "{:#}",
+            resolve_with(Some("[[model]]\nname = \"ocr\"\n"), &[]).unwrap_err()
+        );
+        assert!(e.contains("state_dir"), "{e}");
+        let e = format!(
+            "{:#}",
+            resolve_with(None, &["--input-shape", "face:input=1"]).unwrap_err()
+        );
+        assert!(e.contains("no model is named 'face'"), "{e}");
     }
 }

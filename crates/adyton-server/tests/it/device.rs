@@ -349,3 +349,53 @@ fn malformed_blobs_and_model_ids_are_refused_before_anything_is_pending() {
     assert!(refused.to_string().contains("disagrees"), "{refused}");
     assert_eq!(count(&dir.path().join("requests")), 0);
 }
+
+#[test]
+fn sealed_models_load_with_their_input_shapes_and_fail_alone_without() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use adyton_server::repository::Repository;
+    use adyton_server::runtime::tract::TractEngine;
+    use adyton_server::runtime::{Dim, Engine, LoadOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = DeviceState::open(dir.path()).unwrap();
+    let (_, sealer) = device(1, MEASUREMENT);
+    // `unknown_dim` ([batch, ?, 4]) loads only with its input shape; `add` needs none.
+    for name in ["unknown_dim", "add"] {
+        let plain = crate::support::model(name);
+        let request = request(&state, 1, SealingPolicy::ExactBuild, name, &blob(&plain));
+        state
+            .accept(&sealer, &response_to(&request, &model_key()), 1)
+            .unwrap();
+    }
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+
+    let repository = Repository::new(16);
+    let outcomes = state
+        .load_all(&sealer, &engine, &repository, &BTreeMap::new())
+        .unwrap();
+    let outcome = |name: &str| outcomes.iter().find(|(m, _)| m == name).unwrap().1.as_ref();
+    assert!(outcome("add").is_ok());
+    let refused = outcome("unknown_dim").unwrap_err().to_string();
+    assert!(refused.contains("does not load"), "{refused}");
+    assert!(repository.get("add", None).is_ok());
+    assert!(repository.get("unknown_dim", None).is_err());
+
+    let repository = Repository::new(16);
+    let options = BTreeMap::from([(
+        "unknown_dim".to_owned(),
+        LoadOptions {
+            input_shapes: BTreeMap::from([(
+                "x".to_owned(),
+                vec![Dim::Dynamic, Dim::Fixed(1), Dim::Fixed(4)],
+            )]),
+        },
+    )]);
+    let outcomes = state
+        .load_all(&sealer, &engine, &repository, &options)
+        .unwrap();
+    assert!(outcomes.iter().all(|(_, outcome)| outcome.is_ok()));
+    assert!(repository.get("unknown_dim", None).is_ok());
+}
