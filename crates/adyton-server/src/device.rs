@@ -30,14 +30,15 @@ use adyton_attest::attester::Attester;
 use adyton_attest::seal::{Sealer, SealingPolicy};
 use adyton_client::offline::{ProvisionRequest, ProvisionResponse, REQUEST_FORMAT};
 use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
-use adyton_envelope::{sealed, v1, v2, Aes256Key, EnvelopeError, Format};
+use adyton_envelope::{sealed, v2, Aes256Key, EnvelopeError, Format};
 use aws_lc_rs::digest::{Context, SHA256, SHA512};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::pull::{MAX_MODEL_BYTES, TRANSFER_RSA_BITS};
+use crate::blob::{OpenError, MAX_MODEL_BYTES};
+use crate::pull::TRANSFER_RSA_BITS;
 use crate::repository::{check_name, Pending, Repository, Source};
 use crate::runtime::{Engine, LoadOptions};
 
@@ -752,8 +753,7 @@ fn aad(fields: &[&str]) -> Vec<u8> {
     out
 }
 
-/// Decrypts the blob at `path` into memory: v2 chunk by chunk with its plaintext hash checked, v1
-/// whole.
+/// Decrypts the blob at `path` into memory (`blob::open`).
 fn open_blob(path: &Path, key: &Aes256Key, key_id: Option<&str>) -> Result<Zeroizing<Vec<u8>>> {
     let blob_error = |reason: String| DeviceError::Blob {
         path: path.to_path_buf(),
@@ -766,60 +766,14 @@ fn open_blob(path: &Path, key: &Aes256Key, key_id: Option<&str>) -> Result<Zeroi
             source: e,
         },
     })?;
-    let mut prefix = [0u8; Format::DETECT_LEN];
-    let filled = read_up_to(&mut file, &mut prefix).map_err(io_error(path))?;
-    let format = Format::detect(&prefix[..filled])
-        .map_err(|e| blob_error(format!("is not a model envelope: {e}")))?;
-    let mut reader = io::Cursor::new(prefix[..filled].to_vec()).chain(file);
-    let refused = |e: EnvelopeError| blob_error(format!("does not open with the model key: {e}"));
-    match format {
-        Format::V2 => {
-            let mut decryptor =
-                v2::Decryptor::new(&mut reader, key, v2::HashCheck::Verify).map_err(refused)?;
-            let header = decryptor.header().clone();
-            if let Some(expected) = key_id {
-                if !header.key_id.is_empty() && header.key_id != expected {
-                    return Err(blob_error(format!(
-                        "is encrypted under key {}, not {expected}",
-                        header.key_id
-                    )));
-                }
-            }
-            if header.plaintext_len > MAX_MODEL_BYTES {
-                return Err(blob_error(format!(
-                    "holds {} bytes, over the limit of {MAX_MODEL_BYTES}",
-                    header.plaintext_len
-                )));
-            }
-            let capacity = usize::try_from(header.plaintext_len).unwrap_or(0);
-            let mut plaintext = Zeroizing::new(Vec::with_capacity(capacity));
-            while let Some(chunk) = decryptor.next_chunk().map_err(refused)? {
-                plaintext.extend_from_slice(chunk);
-            }
-            Ok(plaintext)
-        }
-        Format::V1 => {
-            let mut sealed = Vec::new();
-            reader
-                .take(MAX_MODEL_BYTES + 64)
-                .read_to_end(&mut sealed)
-                .map_err(io_error(path))?;
-            v1::open_owned(key, sealed).map_err(refused)
-        }
-    }
-}
-
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+    crate::blob::open(&mut file, key, key_id).map_err(|e| match e {
+        OpenError::Io(source) => DeviceError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        OpenError::Envelope(e) => blob_error(format!("does not open with the model key: {e}")),
+        other => blob_error(other.to_string()),
+    })
 }
 
 fn corrupt(path: &Path, reason: impl std::fmt::Display) -> DeviceError {

@@ -5,6 +5,7 @@
 //!   the one implementation, and the only module that knows tract.
 //! - [`pull`]: flow B, an encrypted model pulled from the registry with its key released by the
 //!   key broker to this TEE.
+//! - [`blob`]: an encrypted model blob opened into memory, for [`pull`] and [`device`].
 //! - [`device`]: flow D, an offline device's state: models provisioned once by file, their keys
 //!   sealed to this TEE, served after a restart with no network.
 //! - [`protocol`]: infer request and response bodies (JSON and binary tensors).
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blob;
 pub mod device;
 pub mod http;
 pub mod metrics;

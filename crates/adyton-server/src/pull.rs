@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 use adyton_attest::attester::Attester;
 use adyton_attest::{Evidence, TeeKind};
 use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
-use adyton_envelope::{v1, v2, Aes256Key, EnvelopeError, Format};
+use adyton_envelope::{Aes256Key, EnvelopeError};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::blob::OpenError;
+pub use crate::blob::MAX_MODEL_BYTES;
 use crate::repository::{Pending, Repository, ServedModel, Source};
 use crate::runtime::{Engine, LoadOptions};
 
@@ -203,9 +205,6 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 }
-
-/// Largest model the puller decrypts into memory.
-pub const MAX_MODEL_BYTES: u64 = 8 << 30;
 
 /// Pulls models: the TEE's attester, the engine, and the two services.
 #[derive(Debug, Clone)]
@@ -517,72 +516,24 @@ fn sha512(bytes: &[u8]) -> [u8; 64] {
     out
 }
 
-/// Decrypts a v2 blob chunk by chunk (checking the authenticated plaintext SHA-256), or a v1 blob
-/// whole, into one zeroized buffer.
+/// Decrypts the blob into one zeroized buffer (`blob::open`), sorting its failures: a broken
+/// download is transient, a refused envelope permanent.
 fn decrypt_blob(
     blob: &mut dyn Read,
     key: &Aes256Key,
     expected_key_id: Option<&str>,
 ) -> Result<Zeroizing<Vec<u8>>, Attempt> {
-    let io =
-        |e: std::io::Error| Attempt::Transient(Step::Download, format!("the download broke: {e}"));
-    let mut prefix = [0u8; Format::DETECT_LEN];
-    let mut filled = 0;
-    while filled < prefix.len() {
-        let n = blob.read(&mut prefix[filled..]).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    let format = Format::detect(&prefix[..filled])
-        .map_err(|e| Attempt::permanent(Step::Download, format!("integrity check failed: {e}")))?;
-    let mut chained = std::io::Cursor::new(prefix[..filled].to_vec()).chain(blob);
-    let envelope = |e: EnvelopeError| match classify_envelope(e) {
-        Ok(permanent) => Attempt::Permanent(permanent),
-        Err(FetchError::Transient(r)) => Attempt::Transient(Step::Download, r),
-        Err(other) => Attempt::permanent(Step::Download, other),
-    };
-    match format {
-        Format::V2 => {
-            let mut decryptor =
-                v2::Decryptor::new(&mut chained, key, v2::HashCheck::Verify).map_err(envelope)?;
-            let header = decryptor.header().clone();
-            if let Some(expected) = expected_key_id {
-                if !header.key_id.is_empty() && header.key_id != expected {
-                    return Err(Attempt::permanent(
-                        Step::Download,
-                        format!(
-                            "the blob is encrypted under key '{}', the model info names '{expected}'",
-                            header.key_id
-                        ),
-                    ));
-                }
-            }
-            if header.plaintext_len > MAX_MODEL_BYTES {
-                return Err(Attempt::permanent(
-                    Step::Download,
-                    format!(
-                        "the model is {} bytes, over the limit of {MAX_MODEL_BYTES}",
-                        header.plaintext_len
-                    ),
-                ));
-            }
-            let capacity = usize::try_from(header.plaintext_len).unwrap_or(0);
-            let mut plaintext = Zeroizing::new(Vec::with_capacity(capacity));
-            while let Some(chunk) = decryptor.next_chunk().map_err(envelope)? {
-                plaintext.extend_from_slice(chunk);
-            }
-            Ok(plaintext)
-        }
-        Format::V1 => {
-            // v1 authenticates the whole blob at once: it is read whole, then opened in place.
-            let mut sealed = Vec::new();
-            (&mut chained)
-                .take(MAX_MODEL_BYTES + 64)
-                .read_to_end(&mut sealed)
-                .map_err(io)?;
-            v1::open_owned(key, sealed).map_err(envelope)
-        }
-    }
+    crate::blob::open(blob, key, expected_key_id).map_err(|e| match e {
+        OpenError::Io(e) => Attempt::Transient(Step::Download, format!("the download broke: {e}")),
+        OpenError::Envelope(e) => match classify_envelope(e) {
+            Ok(permanent) => Attempt::Permanent(permanent),
+            Err(FetchError::Transient(r)) => Attempt::Transient(Step::Download, r),
+            Err(other) => Attempt::permanent(Step::Download, other),
+        },
+        OpenError::KeyId { found, expected } => Attempt::permanent(
+            Step::Download,
+            format!("the blob is encrypted under key '{found}', the model info names '{expected}'"),
+        ),
+        too_large @ OpenError::TooLarge { .. } => Attempt::permanent(Step::Download, too_large),
+    })
 }
