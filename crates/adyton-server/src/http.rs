@@ -43,7 +43,7 @@ use crate::metrics::{FailureReason, Metrics};
 use crate::protocol::{self, Limits, Output};
 use crate::pull::Puller;
 use crate::repository::{check_name, Repository, RepositoryError, ServedModel, Source, Summary};
-use crate::runtime::{check_inputs, Dim, Engine, EngineError, TensorSpec};
+use crate::runtime::{check_inputs, Dim, Engine, EngineError, LoadOptions, TensorSpec};
 
 /// The extensions `GET /v2` lists.
 pub const EXTENSIONS: &[&str] = &[
@@ -786,6 +786,9 @@ async fn start_pull(
     #[derive(serde::Deserialize)]
     struct PullRequest {
         model_id: String,
+        /// Input shapes for the engine, by input name: sizes, or -1 for the declared dimension.
+        #[serde(default)]
+        input_shapes: std::collections::BTreeMap<String, Vec<i64>>,
     }
     let request: PullRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("the body must be {{\"model_id\": \"...\"}}: {e}"))
@@ -793,6 +796,7 @@ async fn start_pull(
     check_name(&request.model_id).map_err(|_| {
         ApiError::bad_request("model_id must be 1 to 128 letters, digits, '.', '_' or '-'")
     })?;
+    let options = load_options(&request.input_shapes)?;
     if let Some(summary) = app.repository.summary(name) {
         if summary.pending == Some(crate::repository::Pending::Loading) {
             return Err(ApiError::new(
@@ -804,8 +808,53 @@ async fn start_pull(
     app.repository
         .set_pending(name, crate::repository::Pending::Loading)?;
     let answer = json!({ "name": name, "model_id": request.model_id, "state": "LOADING" });
-    Puller::spawn(puller, Arc::clone(&app.repository), name, &request.model_id);
+    Puller::spawn_with(
+        puller,
+        Arc::clone(&app.repository),
+        name,
+        &request.model_id,
+        options,
+    );
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// Most inputs, and most dimensions of one, a pull request may give shapes for.
+const MAX_SHAPED_INPUTS: usize = 64;
+const MAX_SHAPE_RANK: usize = 16;
+
+/// A pull request's `input_shapes` as the engine takes them; whether they fit the model is the
+/// engine's check, reported in the model's failed state.
+fn load_options(
+    shapes: &std::collections::BTreeMap<String, Vec<i64>>,
+) -> Result<LoadOptions, ApiError> {
+    if shapes.len() > MAX_SHAPED_INPUTS {
+        return Err(ApiError::bad_request(format!(
+            "input_shapes names {} inputs; at most {MAX_SHAPED_INPUTS}",
+            shapes.len()
+        )));
+    }
+    let mut options = LoadOptions::default();
+    for (input, sizes) in shapes {
+        if sizes.len() > MAX_SHAPE_RANK {
+            return Err(ApiError::bad_request(format!(
+                "input_shapes: input '{input}' has {} dimensions; at most {MAX_SHAPE_RANK}",
+                sizes.len()
+            )));
+        }
+        let dims = sizes
+            .iter()
+            .map(|&size| match size {
+                -1 => Ok(Dim::Dynamic),
+                size => usize::try_from(size).map(Dim::Fixed).map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "input_shapes: input '{input}' has {size}; a dimension is a size or -1"
+                    ))
+                }),
+            })
+            .collect::<Result<Vec<Dim>, ApiError>>()?;
+        options.input_shapes.insert(input.clone(), dims);
+    }
+    Ok(options)
 }
 
 async fn delete_model(

@@ -387,3 +387,92 @@ fn unknown_and_unencrypted_models_are_refused() {
     let e = puller.pull("m1").unwrap_err();
     assert!(reason(&e).contains("not encrypted"), "{e}");
 }
+
+/// `POST /adyton/v1/models/{name}:pull` through the router, with and without the input shapes a
+/// model needs: the pull's outcome shows in the model's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_endpoint_takes_input_shapes() {
+    use adyton_server::http::{router, AdminToken, ServerState, Settings};
+    use adyton_server::runtime::Engine;
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    const TOKEN: &str = "pull-token";
+    let f = fixture(v2_blob(&model("unknown_dim"), "k1"), MEASUREMENT);
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+    let repository = Arc::new(Repository::new(8));
+    let state = ServerState::new(
+        engine,
+        Arc::clone(&repository),
+        Settings::default(),
+        AdminToken::new(TOKEN),
+        None,
+    )
+    .with_puller(Arc::new(f.puller));
+    let app = router(Arc::new(state));
+    let pull = |name: &'static str, body: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = axum::http::Request::post(format!("/adyton/v1/models/{name}:pull"))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .body(Body::from(body))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let settled = |name: &'static str| {
+        let repository = Arc::clone(&repository);
+        async move {
+            for _ in 0..2000 {
+                match repository.summary(name).and_then(|s| s.pending) {
+                    Some(Pending::Loading) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    other => return other,
+                }
+            }
+            panic!("the pull of {name} did not settle");
+        }
+    };
+
+    // Without its shape, the model does not load, and says why.
+    let (status, body) = pull("plain", r#"{"model_id": "m1"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    match settled("plain").await {
+        Some(Pending::Failed { reason }) => {
+            assert!(reason.contains("load"), "{reason}")
+        }
+        other => panic!("expected a failed load, got {other:?}"),
+    }
+    // With it, the model loads with the fixed dimension in its signature.
+    let (status, body) = pull(
+        "shaped",
+        r#"{"model_id": "m1", "input_shapes": {"x": [-1, 1, 4]}}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(settled("shaped").await, None);
+    let served = repository.get("shaped", None).unwrap();
+    assert_eq!(
+        served.model.signature().inputs[0]
+            .shape
+            .as_ref()
+            .unwrap()
+            .len(),
+        3
+    );
+    // Malformed shapes are refused before anything is pulled.
+    for body in [
+        r#"{"model_id": "m1", "input_shapes": {"x": [-2]}}"#,
+        r#"{"model_id": "m1", "input_shapes": {"x": "1,2"}}"#,
+        r#"{"model_id": "m1", "input_shapes": {"x": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}}"#,
+    ] {
+        let (status, answer) = pull("bad", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    assert!(repository.summary("bad").is_none());
+}
