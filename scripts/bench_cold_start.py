@@ -12,6 +12,12 @@ every step (info, evidence, key transfer, download, decryption, load); the scrip
 the server's peak resident memory (VmHWM) once the model is ready. The baseline is
 `examples/load_plain.rs`: the plaintext read from disk and loaded by the same engine, which is what
 plain tract does. Release builds; prints a markdown table.
+
+Then the same model on an offline device (flow D, docs/offline.md): a provisioning request, the key
+broker's offline transfer and the device's acceptance (which checks the key against the whole
+blob), each timed, and a fresh `adyton server serve --state-dir` with no registry: the time from
+its start to the model ready (the key unsealed, the blob decrypted in memory, the model loaded) and
+its peak resident memory. A second table.
 """
 
 import json
@@ -92,6 +98,44 @@ def fields(line):
     return dict(re.findall(r"(\w+)=([^\s]+)", plain))
 
 
+def timed(command, **kwargs):
+    started = time.monotonic()
+    run(command, **kwargs)
+    return (time.monotonic() - started) * 1000
+
+
+def offline_device(adyton, d, env, kbs_url, model_id, model, plain):
+    """Provisions `model_id`'s blob on a fresh device state and times a restart with no network."""
+    state = d / f"device-{model_id}"
+    blob = d / "registry" / "blobs" / model_id
+    device = ["--state-dir", str(state), "--tee", "sim"]
+    request = timed([adyton, "server", "provision-request", *device, "--model", "m", "--blob", str(blob),
+                     "-o", f"{model_id}-request.json"], cwd=d, env=env)
+    transfer = timed([adyton, "kbs", "transfer", "--offline", f"{model_id}-request.json", "-o",
+                      f"{model_id}-response.json", "--url", kbs_url, "--token-file", "kbs-token"],
+                     cwd=d, env=env)
+    accept = timed([adyton, "server", "provision-accept", f"{model_id}-response.json", *device], cwd=d, env=env)
+    no_network = {**env, **{v: "http://127.0.0.1:9" for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}}
+    server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", *device], d, no_network)
+    try:
+        deadline = time.monotonic() + 600
+        done = None
+        while done is None and time.monotonic() < deadline:
+            done = server.find("sealed model unsealed and loaded") or server.find("sealed model not loaded")
+            time.sleep(0.05)
+        if done is None or "not loaded" in done[1]:
+            sys.exit(f"the sealed model did not load: {done}")
+        return {
+            "size": f"{model.stat().st_size / 1e6:.0f} MB",
+            "request": request, "transfer": transfer, "accept": accept,
+            "ready": (done[0] - server.started) * 1000,
+            "server_peak": server.peak_rss_mib(),
+            "plain_peak": plain["peak_rss_kib"] / 1024,
+        }
+    finally:
+        server.stop()
+
+
 def main():
     sizes = [float(s) for s in sys.argv[1:]] or [90.0, 400.0]
     print("building release binaries...", file=sys.stderr, flush=True)
@@ -110,6 +154,7 @@ def main():
     registry = Process([adyton, "registry", "serve", "--listen", "127.0.0.1:0", "--data-dir", "registry",
                         "--token-file", "token"], d, env)
     rows = []
+    offline = []
     try:
         run([adyton, "kbs", "login", "--url", kbs.url, "--token-file", "kbs-token"], cwd=d,
             env={**env, "ADYTON_KBS_ADMIN_PASSWORD": PASSWORD})
@@ -147,6 +192,7 @@ def main():
                 })
             finally:
                 server.stop()
+            offline.append(offline_device(adyton, d, env, kbs.url, model_id, model, plain))
             model.unlink()
     finally:
         kbs.stop()
@@ -160,6 +206,13 @@ def main():
         print(f"| {r['size']} | {r['info']} | {r['evidence']} | {r['transfer']} | {r['download']} | {r['decrypt']} "
               f"| {r['load']} | {r['ready']} | {r['server_peak']:.0f} | {r['plain_peak']:.0f} "
               f"| {r['server_peak'] - r['plain_peak']:+.0f} | {r['plain_load']} |")
+    print()
+    print("| model (offline device) | request ms | offline transfer ms | accept ms | start to ready ms "
+          "| server peak RSS MiB | plain tract peak RSS MiB | difference MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in offline:
+        print(f"| {r['size']} | {r['request']:.0f} | {r['transfer']:.0f} | {r['accept']:.0f} | {r['ready']:.0f} "
+              f"| {r['server_peak']:.0f} | {r['plain_peak']:.0f} | {r['server_peak'] - r['plain_peak']:+.0f} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -252,6 +252,22 @@ impl DeviceState {
         self.root.join("models").join(format!("{model}.json"))
     }
 
+    /// Holds the state directory's lock (`DIR/.lock`, an advisory `flock`) until the file is
+    /// dropped, so that two provisioning commands on one device run one after the other (the
+    /// blob clean-up of one never sees the other's blob before its request is recorded).
+    fn lock(&self) -> Result<File> {
+        let path = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        file.lock().map_err(io_error(&path))?;
+        Ok(file)
+    }
+
     /// Copies an encrypted blob into `blobs/`, named by its SHA-256, and reads its header.
     pub fn install_blob(&self, blob: &mut dyn Read) -> Result<BlobInfo> {
         let dir = self.root.join("blobs");
@@ -320,6 +336,7 @@ impl DeviceState {
         blob: &mut dyn Read,
     ) -> Result<ProvisionRequest> {
         check_name(params.model).map_err(|e| DeviceError::Invalid(format!("--model: {e}")))?;
+        let _lock = self.lock()?;
         if attester.tee() != sealer.tee() {
             return Err(DeviceError::Invalid(format!(
                 "the attester is {} but the sealer is {}",
@@ -416,6 +433,7 @@ impl DeviceState {
     pub fn accept(&self, sealer: &dyn Sealer, response: &[u8], now: u64) -> Result<ModelRecord> {
         let response = ProvisionResponse::from_json(response)
             .map_err(|e| DeviceError::Invalid(format!("the response file: {e}")))?;
+        let _lock = self.lock()?;
         if uuid::Uuid::parse_str(&response.request_id).is_err() {
             return Err(DeviceError::Invalid(format!(
                 "the response's request_id {:?} is not a request id made by a device",

@@ -399,3 +399,37 @@ fn sealed_models_load_with_their_input_shapes_and_fail_alone_without() {
     assert!(outcomes.iter().all(|(_, outcome)| outcome.is_ok()));
     assert!(repository.get("unknown_dim", None).is_ok());
 }
+
+#[test]
+fn provisioning_commands_running_at_once_leave_every_model_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = DeviceState::open(dir.path()).unwrap();
+    let (_, sealer) = device(1, MEASUREMENT);
+    // A first model, accepted while the others' requests and acceptances run at once: every
+    // acceptance cleans up blobs, and must never take a blob whose request is being made.
+    let models: Vec<(String, Vec<u8>)> = (0..4u8)
+        .map(|i| (format!("m{i}"), plaintext().iter().map(|b| b ^ i).collect()))
+        .collect();
+    std::thread::scope(|scope| {
+        for (name, plain) in &models {
+            let state = &state;
+            scope.spawn(move || {
+                let request = request(state, 1, SealingPolicy::ExactBuild, name, &blob(plain));
+                let (_, sealer) = device(1, MEASUREMENT);
+                state
+                    .accept(&sealer, &response_to(&request, &model_key()), 1)
+                    .unwrap();
+            });
+        }
+    });
+    let records = state.models().unwrap();
+    assert_eq!(records.len(), models.len());
+    for ((name, record), (expected_name, plain)) in records.into_iter().zip(&models) {
+        assert_eq!(&name, expected_name);
+        assert_eq!(
+            *state.open_model(&sealer, &record.unwrap()).unwrap(),
+            *plain
+        );
+    }
+    assert_eq!(count(&dir.path().join("blobs")), models.len());
+}
