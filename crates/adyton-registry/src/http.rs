@@ -168,6 +168,13 @@ async fn upload_blob(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // Blobs are immutable. An upload to an existing id is refused before anything is stored, but
+    // only once a small body has been read: a client still sending it then reads the 409, instead
+    // of a connection reset in the middle of its request.
+    if state.registry.blob_size(&id).await.is_ok() {
+        drain(body, DRAIN_LIMIT).await;
+        return Err(RegistryError::BlobExists { id }.into());
+    }
     let stream = body
         .into_data_stream()
         .map_err(|e| BlobError::Interrupted {
@@ -176,6 +183,25 @@ async fn upload_blob(
         .boxed();
     let summary = state.registry.upload_blob(&id, stream, announced).await?;
     Ok((StatusCode::CREATED, Json(summary)))
+}
+
+/// How much of a refused upload's body is read before the answer, and for how long at most.
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards up to `limit` bytes of `body` (at most [`DRAIN_TIME`]).
+async fn drain(body: Body, limit: usize) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > limit {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn download_blob(
