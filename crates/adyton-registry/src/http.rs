@@ -1,6 +1,7 @@
 //! The registry's HTTP API (`docs/registry.md`). The only module that knows axum.
 //!
 //! - `GET /healthz`: `{"status": "ok"}`.
+//! - `GET /openapi.json`: the OpenAPI 3.1 document of this API (`docs/registry-openapi.json`).
 //! - `GET /models`: every model's info, by id; `GET /models/{id}`: one (CNAP's schema).
 //! - `PUT /models/{id}`: create or replace the info (JSON, at most [`MAX_INFO_BYTES`]);
 //!   `DELETE /models/{id}`: remove the info and the blob. Both need the bearer token.
@@ -79,8 +80,11 @@ const HEALTH_PATH: &str = "/healthz";
 const MODELS_PATH: &str = "/models";
 const MODEL_PATH: &str = "/models/{id}";
 const BLOB_PATH: &str = "/blobs/{id}";
+/// `GET`: the OpenAPI document of this API.
+const OPENAPI_PATH: &str = "/openapi.json";
 
-/// Every `(method, path)` served; the router is built from this list.
+/// Every `(method, path)` served; the router is built from this list. `docs/registry-openapi.json`
+/// documents exactly these; the tests hold both to it.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", HEALTH_PATH),
     ("GET", MODELS_PATH),
@@ -90,7 +94,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", BLOB_PATH),
     ("GET", BLOB_PATH),
     ("HEAD", BLOB_PATH),
+    ("GET", OPENAPI_PATH),
 ];
+
+/// The OpenAPI 3.1 document of this API, served at `GET /openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/registry-openapi.json");
 
 fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     use axum::routing::{delete, head, put};
@@ -103,6 +111,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("PUT", BLOB_PATH) => put(upload_blob),
         ("GET", BLOB_PATH) => get(download_blob),
         ("HEAD", BLOB_PATH) => head(blob_head),
+        ("GET", OPENAPI_PATH) => get(openapi),
         _ => return None,
     })
 }
@@ -118,6 +127,11 @@ pub fn router(state: Arc<RegistryState>) -> Router {
         // Bounds the info bodies; blob uploads read the raw body, counted against their own limit.
         .layer(DefaultBodyLimit::max(MAX_INFO_BYTES))
         .with_state(state)
+}
+
+/// The OpenAPI document; public, like every read.
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
 async fn health() -> Json<serde_json::Value> {
