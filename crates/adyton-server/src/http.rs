@@ -13,7 +13,9 @@
 //! - `GET /adyton/v1/attestation?nonce=HEX`: fresh evidence over the TLS key and the nonce;
 //! - `POST /adyton/v1/models/{name}` (confidential upload) and `DELETE /adyton/v1/models/{name}`,
 //!   with `Authorization: Bearer <token>`;
-//! - `GET /metrics`: Prometheus, with Triton's metric names.
+//! - `GET /metrics`: Prometheus, with Triton's metric names;
+//! - `GET /adyton/v1/openapi.json`: the OpenAPI 3.1 document of all of these
+//!   (`docs/server-openapi.json`). [`ROUTES`] lists every route; the router is built from it.
 //!
 //! Errors are `{"error": "..."}`: 400 bad input (naming the input), 401 no or wrong token, 404
 //! unknown model or version, 409 a taken version, 413 a body over the limit, 503 a full pool (with
@@ -31,7 +33,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
@@ -241,34 +243,83 @@ impl From<RepositoryError> for ApiError {
     }
 }
 
-/// The router of every endpoint.
+const LIVE_PATH: &str = "/v2/health/live";
+const READY_PATH: &str = "/v2/health/ready";
+const SERVER_METADATA_PATH: &str = "/v2";
+const MODELS_PATH: &str = "/v2/models";
+const MODEL_PATH: &str = "/v2/models/{name}";
+const MODEL_VERSION_PATH: &str = "/v2/models/{name}/versions/{version}";
+const MODEL_READY_PATH: &str = "/v2/models/{name}/ready";
+const MODEL_VERSION_READY_PATH: &str = "/v2/models/{name}/versions/{version}/ready";
+const INFER_PATH: &str = "/v2/models/{name}/infer";
+const INFER_VERSION_PATH: &str = "/v2/models/{name}/versions/{version}/infer";
+const ATTESTATION_PATH: &str = "/adyton/v1/attestation";
+/// `POST`: a confidential upload, or with `{name}` ending in `:pull`, a pull from the registry.
+const ADYTON_MODEL_PATH: &str = "/adyton/v1/models/{name}";
+const OPENAPI_PATH: &str = "/adyton/v1/openapi.json";
+const METRICS_PATH: &str = "/metrics";
+
+/// Every `(method, path)` the router serves, in axum's (and OpenAPI's) `{param}` syntax; the
+/// router is built from this list. `docs/server-openapi.json` documents exactly these (with
+/// `POST /adyton/v1/models/{name}:pull` apart); the tests hold both to it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", LIVE_PATH),
+    ("GET", READY_PATH),
+    ("GET", SERVER_METADATA_PATH),
+    ("GET", MODELS_PATH),
+    ("GET", MODEL_PATH),
+    ("GET", MODEL_VERSION_PATH),
+    ("GET", MODEL_READY_PATH),
+    ("GET", MODEL_VERSION_READY_PATH),
+    ("POST", INFER_PATH),
+    ("POST", INFER_VERSION_PATH),
+    ("GET", ATTESTATION_PATH),
+    ("POST", ADYTON_MODEL_PATH),
+    ("DELETE", ADYTON_MODEL_PATH),
+    ("GET", OPENAPI_PATH),
+    ("GET", METRICS_PATH),
+];
+
+/// The OpenAPI 3.1 document of this API, served at `GET /adyton/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/server-openapi.json");
+
+/// The handler of one entry of [`ROUTES`]; `None` for a pair no handler serves, which the tests
+/// catch.
+fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
+    Some(match (method, path) {
+        ("GET", LIVE_PATH) => get(live),
+        ("GET", READY_PATH) => get(ready),
+        ("GET", SERVER_METADATA_PATH) => get(server_metadata),
+        ("GET", MODELS_PATH) => get(list_models),
+        ("GET", MODEL_PATH) => get(model_metadata),
+        ("GET", MODEL_VERSION_PATH) => get(model_metadata_version),
+        ("GET", MODEL_READY_PATH) => get(model_ready),
+        ("GET", MODEL_VERSION_READY_PATH) => get(model_ready_version),
+        ("POST", INFER_PATH) => post(infer),
+        ("POST", INFER_VERSION_PATH) => post(infer_version),
+        ("GET", ATTESTATION_PATH) => get(attestation),
+        ("POST", ADYTON_MODEL_PATH) => post(upload),
+        ("DELETE", ADYTON_MODEL_PATH) => delete(delete_model),
+        ("GET", OPENAPI_PATH) => get(openapi),
+        ("GET", METRICS_PATH) => get(metrics),
+        _ => return None,
+    })
+}
+
+/// The OpenAPI document; public, like the model metadata.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// The router of every endpoint: exactly [`ROUTES`].
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new()
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2", get(server_metadata))
-        .route("/v2/models", get(list_models))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_version),
-        )
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_version),
-        )
-        .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
-        )
-        .route("/adyton/v1/attestation", get(attestation))
-        .route(
-            "/adyton/v1/models/{name}",
-            post(upload).delete(delete_model),
-        )
-        .route("/metrics", get(metrics))
+    ROUTES
+        .iter()
+        .filter_map(|&(method, path)| Some((path, handler(method, path)?)))
+        .fold(Router::new(), |router, (path, handler)| {
+            // Two methods on one path merge into one method router.
+            router.route(path, handler)
+        })
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn(request_span))
         .with_state(state)

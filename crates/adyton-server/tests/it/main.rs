@@ -5,6 +5,7 @@
 
 mod device;
 mod http;
+mod openapi;
 mod pull;
 mod runtime;
 mod support;
