@@ -5,13 +5,20 @@
 //! - A login returns a bearer token: 32 random bytes, base64url. The broker keeps only the token's
 //!   SHA-256, with its user and expiry ([`TOKEN_LIFETIME_SECS`]). A presented token is looked up by
 //!   its SHA-256: the lookup's timing depends on the hash, never on the secret token itself.
-//! - After [`MAX_FAILED_LOGINS`] failures for a username within [`FAILURE_WINDOW_SECS`], further
-//!   attempts for it are refused until the window passes.
+//! - Failed logins are limited per client address, never per username, so that no one can lock an
+//!   operator out from elsewhere: after [`LoginLimits::free_failures`] failures an address waits,
+//!   twice as long after each further failure (up to [`LoginLimits::max_backoff_secs`]). Above
+//!   [`LoginLimits::global_failures_per_minute`] failures from all addresses together, only
+//!   addresses that logged in successfully within the last day may try, until the minute passes.
+//! - Passwords are checked on a [`PasswordPool`]: a few threads and a short queue, so that a flood of
+//!   logins costs at most `threads` × 19 MiB of argon2 memory; beyond the queue, a login is refused
+//!   as busy (503 with `Retry-After`) without hashing anything.
 //!
-//! Everything here takes the time as an argument; no I/O. Nothing here logs.
+//! Everything here but the pool takes the time as an argument; no I/O. Nothing here logs.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::net::IpAddr;
+use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -24,17 +31,43 @@ use zeroize::Zeroizing;
 
 /// How long a token is valid.
 pub const TOKEN_LIFETIME_SECS: u64 = 900;
-/// Failed logins for one username allowed within [`FAILURE_WINDOW_SECS`].
-pub const MAX_FAILED_LOGINS: u32 = 5;
-/// The window of the failed-login limit.
-pub const FAILURE_WINDOW_SECS: u64 = 60;
 /// The user of the local-trial mode, whose password comes from `ADYTON_KBS_ADMIN_PASSWORD`.
 pub const TRIAL_ADMIN_USER: &str = "admin";
 
-/// Most usernames whose failures are tracked at once. When full of live windows, logins for
-/// untracked usernames are refused as rate-limited: failing closed keeps a password spray from
-/// escaping the limit by flooding it.
-const MAX_TRACKED_USERNAMES: usize = 10_000;
+/// Most client addresses whose failures are tracked at once. When full, the entry least recently
+/// failed is forgotten: a flood from many addresses then meets the global limit.
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
+/// Most addresses remembered for a successful login (the global limit lets them through).
+const MAX_TRUSTED_ADDRESSES: usize = 1_000;
+/// How long a successful login lets its address past the global limit.
+const TRUSTED_FOR_SECS: u64 = 86_400;
+
+/// The limits on failed logins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Failed logins from one address before it must wait.
+    pub free_failures: u32,
+    /// The longest wait imposed on one address.
+    pub max_backoff_secs: u64,
+    /// An address's failures are forgotten after this long without a new one.
+    pub forget_after_secs: u64,
+    /// Failed logins per minute from all addresses together before only trusted addresses (a
+    /// successful login within the last day) may try.
+    pub global_failures_per_minute: u32,
+}
+
+impl Default for LoginLimits {
+    /// 5 free failures per address, then 1 s, 2 s, 4 s ... up to 15 minutes; 300 failures a minute
+    /// from everyone (more than the password pool of a small machine checks anyway).
+    fn default() -> Self {
+        Self {
+            free_failures: 5,
+            max_backoff_secs: 900,
+            forget_after_secs: 900,
+            global_failures_per_minute: 300,
+        }
+    }
+}
 /// Most live tokens. When full, the token closest to expiry is dropped.
 const MAX_TOKENS: usize = 10_000;
 /// Longer usernames are truncated for rate limiting and audit.
@@ -49,9 +82,19 @@ pub enum AdminError {
     #[error("invalid credentials")]
     InvalidCredentials,
 
-    /// Too many failed logins for this username; retry after the window.
-    #[error("too many failed logins; try again later")]
-    TooManyAttempts,
+    /// Too many failed logins from this address (or from everyone); retry after `retry_after`.
+    #[error("too many failed logins; try again in {retry_after} s")]
+    TooManyAttempts {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+
+    /// Every password check is busy; retry after `retry_after`.
+    #[error("too many logins at once; try again in {retry_after} s")]
+    Busy {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
 
     /// No token, a malformed one, an unknown one, or an expired one.
     #[error("authentication required")]
@@ -184,23 +227,39 @@ struct Session {
     expires_at: u64,
 }
 
-struct Failures {
+/// One address's failed logins.
+struct AddressFailures {
+    /// Failures (attempts in flight count until they succeed).
     count: u32,
-    window_start: u64,
+    /// When the latest one began.
+    last: u64,
+    /// No attempt before this time.
+    blocked_until: u64,
 }
 
 #[derive(Default)]
 struct Sessions {
     /// SHA-256 of the token → its session.
     tokens: HashMap<[u8; 32], Session>,
-    /// Username (truncated) → its failed logins in the current window.
-    failures: HashMap<String, Failures>,
+    /// Client address (IPv6 by /64) → its failed logins.
+    failures: HashMap<IpAddr, AddressFailures>,
+    /// Client address → its last successful login.
+    trusted: HashMap<IpAddr, u64>,
+    /// Failed logins from everyone in the minute that began at `.0`.
+    global: (u64, u32),
 }
 
-/// Operators, their live tokens and the failed-login limit.
+/// A login attempt admitted by the limits, counted as a failure until it succeeds.
+#[derive(Debug)]
+pub struct LoginAttempt {
+    client: IpAddr,
+}
+
+/// Operators, their live tokens and the failed-login limits.
 pub struct AdminAuth {
     users: AdminUsers,
     sessions: Mutex<Sessions>,
+    limits: LoginLimits,
 }
 
 impl std::fmt::Debug for AdminAuth {
@@ -212,21 +271,125 @@ impl std::fmt::Debug for AdminAuth {
 }
 
 impl AdminAuth {
-    /// Authentication for `users`, with no live token.
+    /// Authentication for `users`, with no live token and the default limits.
     pub fn new(users: AdminUsers) -> Self {
+        Self::with_limits(users, LoginLimits::default())
+    }
+
+    /// Authentication for `users` under `limits`.
+    pub fn with_limits(users: AdminUsers, limits: LoginLimits) -> Self {
         Self {
             users,
             sessions: Mutex::new(Sessions::default()),
+            limits,
         }
     }
 
-    /// Checks a password and issues a token. CPU-heavy (argon2): call it off the async workers.
-    pub fn login(&self, user: &str, password: &str, now: u64) -> Result<IssuedToken, AdminError> {
-        let limit_key: String = user.chars().take(MAX_USERNAME_CHARS).collect();
-        // The attempt counts as a failure before the password is checked, and is forgiven on
-        // success: concurrent attempts cannot all slip past the limit while argon2 runs.
-        self.count_attempt(&limit_key, now)?;
-        if !self.users.verify(user, password) {
+    /// The operators.
+    pub fn users(&self) -> &AdminUsers {
+        &self.users
+    }
+
+    /// Checks a password and issues a token, all on the calling thread. CPU-heavy (argon2): the
+    /// HTTP API runs [`AdminUsers::verify`] on a [`PasswordPool`] between [`Self::begin_login`]
+    /// and [`Self::finish_login`] instead.
+    pub fn login(
+        &self,
+        client: IpAddr,
+        user: &str,
+        password: &str,
+        now: u64,
+    ) -> Result<IssuedToken, AdminError> {
+        let attempt = self.begin_login(client, now)?;
+        let verified = self.users.verify(user, password);
+        self.finish_login(attempt, user, verified, now)
+    }
+
+    /// Admits a login attempt from `client`, or refuses it under the limits. The attempt counts
+    /// as a failure from now on and is forgiven if it succeeds: concurrent attempts cannot all slip
+    /// past the limit while argon2 runs.
+    pub fn begin_login(&self, client: IpAddr, now: u64) -> Result<LoginAttempt, AdminError> {
+        let client = limit_key(client);
+        let limits = self.limits;
+        let mut sessions = self.lock();
+        let sessions = &mut *sessions;
+        if sessions.global.0 + 60 <= now {
+            sessions.global = (now, 0);
+        }
+        let trusted = sessions
+            .trusted
+            .get(&client)
+            .is_some_and(|&at| now < at + TRUSTED_FOR_SECS);
+        if !trusted && sessions.global.1 >= limits.global_failures_per_minute {
+            return Err(AdminError::TooManyAttempts {
+                retry_after: (sessions.global.0 + 60).saturating_sub(now).max(1),
+            });
+        }
+        if let Some(entry) = sessions.failures.get(&client) {
+            if now < entry.blocked_until {
+                return Err(AdminError::TooManyAttempts {
+                    retry_after: entry.blocked_until - now,
+                });
+            }
+        }
+        if !sessions.failures.contains_key(&client)
+            && sessions.failures.len() >= MAX_TRACKED_ADDRESSES
+        {
+            let forget = limits.forget_after_secs;
+            sessions
+                .failures
+                .retain(|_, f| now < f.last + forget || now < f.blocked_until);
+            if sessions.failures.len() >= MAX_TRACKED_ADDRESSES {
+                let oldest = sessions
+                    .failures
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(addr, _)| *addr);
+                if let Some(addr) = oldest {
+                    sessions.failures.remove(&addr);
+                }
+            }
+        }
+        let entry = sessions.failures.entry(client).or_insert(AddressFailures {
+            count: 0,
+            last: now,
+            blocked_until: 0,
+        });
+        if now >= entry.last + limits.forget_after_secs && now >= entry.blocked_until {
+            entry.count = 0;
+        }
+        entry.count += 1;
+        entry.last = now;
+        if entry.count > limits.free_failures {
+            let doublings = (entry.count - limits.free_failures - 1).min(20);
+            let backoff = (1u64 << doublings).min(limits.max_backoff_secs);
+            entry.blocked_until = now + backoff;
+        }
+        sessions.global.1 = sessions.global.1.saturating_add(1);
+        Ok(LoginAttempt { client })
+    }
+
+    /// Undoes an admitted attempt whose password was never checked (the pool was busy).
+    pub fn abandon_login(&self, attempt: LoginAttempt) {
+        let mut sessions = self.lock();
+        sessions.global.1 = sessions.global.1.saturating_sub(1);
+        if let Some(entry) = sessions.failures.get_mut(&attempt.client) {
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count <= self.limits.free_failures {
+                entry.blocked_until = 0;
+            }
+        }
+    }
+
+    /// Ends an admitted attempt: a token if `verified`, else the failure stands.
+    pub fn finish_login(
+        &self,
+        attempt: LoginAttempt,
+        user: &str,
+        verified: bool,
+        now: u64,
+    ) -> Result<IssuedToken, AdminError> {
+        if !verified {
             return Err(AdminError::InvalidCredentials);
         }
         let mut raw = Zeroizing::new([0u8; TOKEN_LEN]);
@@ -235,7 +398,26 @@ impl AdminAuth {
             .map_err(|_| internal("random source failed"))?;
         let token = Zeroizing::new(BASE64URL.encode(raw.as_ref()));
         let mut sessions = self.lock();
-        sessions.failures.remove(&limit_key);
+        sessions.failures.remove(&attempt.client);
+        sessions.global.1 = sessions.global.1.saturating_sub(1);
+        if !sessions.trusted.contains_key(&attempt.client)
+            && sessions.trusted.len() >= MAX_TRUSTED_ADDRESSES
+        {
+            sessions
+                .trusted
+                .retain(|_, &mut at| now < at + TRUSTED_FOR_SECS);
+            if sessions.trusted.len() >= MAX_TRUSTED_ADDRESSES {
+                let oldest = sessions
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, &at)| at)
+                    .map(|(addr, _)| *addr);
+                if let Some(addr) = oldest {
+                    sessions.trusted.remove(&addr);
+                }
+            }
+        }
+        sessions.trusted.insert(attempt.client, now);
         sessions.tokens.retain(|_, s| s.expires_at > now);
         if sessions.tokens.len() >= MAX_TOKENS {
             let soonest = sessions
@@ -274,35 +456,106 @@ impl AdminAuth {
         }
     }
 
-    fn count_attempt(&self, limit_key: &str, now: u64) -> Result<(), AdminError> {
-        let mut sessions = self.lock();
-        let failures = &mut sessions.failures;
-        let live = |f: &Failures| now < f.window_start + FAILURE_WINDOW_SECS;
-        if !failures.contains_key(limit_key) && failures.len() >= MAX_TRACKED_USERNAMES {
-            failures.retain(|_, f| live(f));
-            if failures.len() >= MAX_TRACKED_USERNAMES {
-                return Err(AdminError::TooManyAttempts);
-            }
-        }
-        let entry = failures.entry(limit_key.to_owned()).or_insert(Failures {
-            count: 0,
-            window_start: now,
-        });
-        if !live(entry) {
-            *entry = Failures {
-                count: 0,
-                window_start: now,
-            };
-        }
-        if entry.count >= MAX_FAILED_LOGINS {
-            return Err(AdminError::TooManyAttempts);
-        }
-        entry.count += 1;
-        Ok(())
+    /// Ends a token's session at once (a login whose audit record could not be written).
+    pub fn revoke(&self, token: &str) {
+        self.lock().tokens.remove(&token_hash(token));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The key the limits count under: an IPv4 address, or an IPv6 address's /64 (one host usually
+/// holds a whole /64), with IPv4-mapped IPv6 addresses read as IPv4.
+fn limit_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that check passwords: argon2id takes 19 MiB and tens of milliseconds per check, so
+/// the checks run on a fixed few threads (their memory is reused from check to check) with a short
+/// queue, and a login beyond the queue is refused at once as [`AdminError::Busy`].
+pub struct PasswordPool {
+    jobs: mpsc::SyncSender<Job>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for PasswordPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordPool")
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordPool {
+    /// Half the machine's cores (1 to 4) with a queue of 8: logins never take every core from
+    /// transfers, and at most a few hundred milliseconds of checks wait.
+    pub fn with_defaults() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::new((cores / 2).clamp(1, 4), 8)
+    }
+
+    /// `threads` checking threads and `queue` checks waiting at most. The threads end when the
+    /// pool is dropped. If no thread can be started, every check fails as an internal error.
+    pub fn new(threads: usize, queue: usize) -> Self {
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut started = 0;
+        for n in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kbs-password-{n}"))
+                .spawn(move || loop {
+                    let job = receiver
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        Self {
+            jobs,
+            threads: started,
+        }
+    }
+
+    /// Checks `password` for `user` on the pool, or refuses at once when the queue is full.
+    pub async fn verify(
+        &self,
+        users: Arc<AdminAuth>,
+        user: String,
+        password: Zeroizing<String>,
+    ) -> Result<bool, AdminError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(users.users.verify(&user, &password));
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => AdminError::Busy { retry_after: 1 },
+            mpsc::TrySendError::Disconnected(_) => internal("the password threads are gone"),
+        })?;
+        answer
+            .await
+            .map_err(|_| internal("a password check was dropped"))
     }
 }
 

@@ -86,12 +86,42 @@ pub enum KbsError {
         reason: String,
     },
 
+    /// The store's disk (or the owner's quota) is full: the write did not happen, and the same
+    /// request may succeed once space is freed. The store needs no restart for that.
+    #[error("storage full: {reason}")]
+    StorageFull {
+        /// What failed, and on what.
+        reason: String,
+    },
+
     /// The master key is missing, unreadable or unsafe.
     #[error("master key: {reason}")]
     MasterKey {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl KbsError {
+    /// The error of an I/O failure: [`KbsError::StorageFull`] for a full disk or quota (`ENOSPC`,
+    /// `EDQUOT`), [`KbsError::Store`] otherwise.
+    pub(crate) fn from_io(context: &str, err: &std::io::Error) -> Self {
+        let reason = format!("{context}: {err}");
+        if is_storage_full(err) {
+            Self::StorageFull { reason }
+        } else {
+            Self::Store { reason }
+        }
+    }
+}
+
+/// `ENOSPC` (no space left on the device) and `EDQUOT` (the disk quota is exceeded): Linux's
+/// numbers, the only platform the broker builds for.
+pub(crate) fn is_storage_full(err: &std::io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    err.kind() == std::io::ErrorKind::StorageFull
+        || matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 /// The result type of this crate.

@@ -28,13 +28,13 @@
 //! Nothing secret is logged: not the key, not the wrapped bytes, not `user_data`, not a password or
 //! a token.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use adyton_attest::{AttestError, TeeKind};
 use axum::body::Bytes;
 use axum::extract::{
-    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -47,123 +47,18 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::admin::{AdminAction, AdminAuth, AdminError, AdminEvent, AdminUsers};
+use crate::admin::{AdminAction, AdminAuth, AdminError, AdminEvent, AdminUsers, PasswordPool};
+use crate::audit::AuditError;
 use crate::error::KbsError;
-use crate::store::{KeyRecord, PolicyRecord};
-use crate::transfer::{Broker, OfflineTransferRequest, TransferDecision, TransferRequest};
+use crate::store::{KeyRecord, PolicyRecord, REQUIRE_NONCE_FIELD};
+use crate::transfer::{Broker, OfflineTransferRequest, TransferRequest};
 
 /// The largest transfer request body accepted. A quote with its certificate chain is a few KiB; an
 /// SNP report with a VCEK chain under 16 KiB. 1 MiB leaves room and bounds the memory a client can
 /// make the broker hold.
 pub const TRANSFER_BODY_LIMIT: usize = 1 << 20;
 
-/// Where transfer decisions go. Every transfer attempt that reaches the broker is recorded once,
-/// allowed or denied.
-pub trait AuditSink: Send + Sync {
-    /// Records one decision. It holds no secret.
-    fn record(&self, decision: &TransferDecision);
-
-    /// Records one admin action (login, policy or key change). It holds no secret. Sinks that
-    /// predate the admin API ignore it.
-    fn record_admin(&self, _event: &AdminEvent) {}
-}
-
-/// An audit sink writing one JSON object per line.
-pub struct JsonLinesAudit<W: Write + Send> {
-    out: Mutex<W>,
-}
-
-impl<W: Write + Send> std::fmt::Debug for JsonLinesAudit<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLinesAudit").finish_non_exhaustive()
-    }
-}
-
-impl<W: Write + Send> JsonLinesAudit<W> {
-    /// An audit log written to `out`.
-    pub fn new(out: W) -> Self {
-        Self {
-            out: Mutex::new(out),
-        }
-    }
-
-    /// The writer, back.
-    pub fn into_inner(self) -> W {
-        self.out
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl<W: Write + Send> JsonLinesAudit<W> {
-    fn write_line(&self, record: &impl Serialize) -> std::io::Result<()> {
-        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        // One write per line, so lines from concurrent transfers never interleave.
-        let mut line = serde_json::to_vec(record)?;
-        line.push(b'\n');
-        out.write_all(&line)?;
-        out.flush()
-    }
-}
-
-impl<W: Write + Send> AuditSink for JsonLinesAudit<W> {
-    fn record(&self, decision: &TransferDecision) {
-        if let Err(e) = self.write_line(decision) {
-            // The decision itself holds no secret, so naming the key id here is safe.
-            eprintln!(
-                "adyton-kbs: audit write failed for key {}: {e}",
-                decision.key_id
-            );
-        }
-    }
-
-    fn record_admin(&self, event: &AdminEvent) {
-        if let Err(e) = self.write_line(event) {
-            eprintln!("adyton-kbs: audit write failed for an admin event: {e}");
-        }
-    }
-}
-
-/// An audit sink that keeps decisions in memory, for tests and diagnostics.
-#[derive(Debug, Default)]
-pub struct MemoryAudit {
-    decisions: Mutex<Vec<TransferDecision>>,
-    admin_events: Mutex<Vec<AdminEvent>>,
-}
-
-impl MemoryAudit {
-    /// The decisions recorded so far, oldest first.
-    pub fn decisions(&self) -> Vec<TransferDecision> {
-        self.decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The admin events recorded so far, oldest first.
-    pub fn admin_events(&self) -> Vec<AdminEvent> {
-        self.admin_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl AuditSink for MemoryAudit {
-    fn record(&self, decision: &TransferDecision) {
-        self.decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(decision.clone());
-    }
-
-    fn record_admin(&self, event: &AdminEvent) {
-        self.admin_events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(event.clone());
-    }
-}
+pub use crate::audit::{AuditSink, JsonLinesAudit, MemoryAudit};
 
 /// The current time in unix seconds; a plain function so tests can fix it.
 pub type Clock = fn() -> u64;
@@ -204,11 +99,11 @@ impl KbsState {
     }
 
     /// Answers a call to the transfer endpoint: a nonce, or the transfer, audited.
-    fn answer(&self, call: TransferCall) -> Result<TransferReply, KbsError> {
+    fn answer(&self, call: TransferCall) -> Result<TransferReply, ApiError> {
         let now = (self.clock)();
         let request = match call.body {
             TransferBody::NonceRequest => {
-                let nonce = self.broker.nonce(now)?;
+                let nonce = self.broker.nonce(now).map_err(ApiError::from)?;
                 return Ok(TransferReply::Nonce {
                     nonce: BASE64.encode(nonce),
                 });
@@ -216,7 +111,8 @@ impl KbsState {
             TransferBody::Transfer(request) => request,
         };
         let (outcome, decision) = self.broker.transfer(&call.key_id, &request, now);
-        self.audit.record(&decision);
+        // Fail closed: no answer, and above all no key, without its audit record.
+        self.audit.record(&decision).map_err(ApiError::audit)?;
         let (wrapped, _claims) = outcome?;
         Ok(TransferReply::Key {
             wrapped_key: BASE64.encode(&wrapped.wrapped_key),
@@ -237,6 +133,16 @@ pub fn router(state: Arc<KbsState>) -> Router {
 ///
 /// The routes mounted are exactly [`ROUTES`]: the router is built from that list.
 pub fn router_with_admin(state: Arc<KbsState>, admin: Arc<AdminAuth>) -> Router {
+    router_with_admin_pool(state, admin, PasswordPool::with_defaults())
+}
+
+/// [`router_with_admin`], with passwords checked on `passwords`.
+pub fn router_with_admin_pool(
+    state: Arc<KbsState>,
+    admin: Arc<AdminAuth>,
+    passwords: PasswordPool,
+) -> Router {
+    let passwords = Arc::new(passwords);
     ROUTES
         .iter()
         .filter_map(|&(method, path)| Some((path, handler(method, path)?)))
@@ -245,7 +151,11 @@ pub fn router_with_admin(state: Arc<KbsState>, admin: Arc<AdminAuth>) -> Router 
             router.route(path, handler)
         })
         .layer(DefaultBodyLimit::max(TRANSFER_BODY_LIMIT))
-        .with_state(AppState { kbs: state, admin })
+        .with_state(AppState {
+            kbs: state,
+            admin,
+            passwords,
+        })
 }
 
 /// `POST`: the key transfer and the nonce flow.
@@ -316,6 +226,7 @@ async fn openapi() -> impl IntoResponse {
 struct AppState {
     kbs: Arc<KbsState>,
     admin: Arc<AdminAuth>,
+    passwords: Arc<PasswordPool>,
 }
 
 impl FromRef<AppState> for Arc<KbsState> {
@@ -362,12 +273,33 @@ enum TransferBody {
     Transfer(TransferRequest),
 }
 
-/// The JSON body as sent; unknown fields are ignored, as Intel's KBS clients send extras.
+/// The JSON body as sent; unknown fields are ignored, as Intel's KBS clients send extras. A field
+/// that is present must be a string: `"quote": null` is a malformed request, not a nonce request
+/// (which is a body without `quote`).
 #[derive(Deserialize)]
 struct TransferJson {
-    quote: Option<String>,
-    user_data: Option<String>,
-    nonce: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    quote: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    user_data: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    nonce: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`), with its value (`None` for `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// A present field's string, or a 400 for `null`.
+fn non_null(field: &str, value: Option<Option<String>>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(Some(text)) => Ok(Some(text)),
+        Some(None) => Err(ApiError::bad_request(format!(
+            "`{field}` is null: give a base64 string, or leave the field out"
+        ))),
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for TransferCall {
@@ -406,18 +338,17 @@ fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<Transfe
     }
     let json: TransferJson = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
-    let Some(quote) = json.quote else {
+    let user_data = non_null("user_data", json.user_data)?;
+    let nonce = non_null("nonce", json.nonce)?;
+    let Some(quote) = non_null("quote", json.quote)? else {
         return Ok(TransferBody::NonceRequest);
     };
-    let user_data = json
-        .user_data
-        .ok_or_else(|| ApiError::bad_request("missing `user_data`"))?;
+    let user_data = user_data.ok_or_else(|| ApiError::bad_request("missing `user_data`"))?;
     Ok(TransferBody::Transfer(TransferRequest {
         attestation_type,
         quote: decode_base64("quote", &quote)?,
         user_data: decode_base64("user_data", &user_data)?,
-        nonce: json
-            .nonce
+        nonce: nonce
             .map(|nonce| decode_base64("nonce", &nonce))
             .transpose()?,
     }))
@@ -434,12 +365,10 @@ fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
 
 async fn issue_token(
     State(app): State<AppState>,
+    ClientAddress(client): ClientAddress,
     AdminJson(login): AdminJson<LoginJson>,
 ) -> Result<Json<TokenReply>, ApiError> {
-    // Argon2 is deliberately slow CPU work: keep it off the async workers.
-    Ok(Json(
-        blocking(app, move |app, now| app.login(&login, now)).await?,
-    ))
+    Ok(Json(app.login(client, login).await?))
 }
 
 async fn create_policy(
@@ -451,7 +380,12 @@ async fn create_policy(
     let record = blocking(app, move |app, now| {
         let outcome = app.kbs.broker.create_policy(tee, table, now);
         let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        app.audit_change(now, &operator, AdminAction::CreatePolicy, target, &outcome);
+        let audited = app.audit_change(now, &operator, AdminAction::CreatePolicy, target, &outcome);
+        if let (Err(e), Ok(record)) = (audited, &outcome) {
+            // An unaudited policy must not stay: take it back out.
+            let _ = app.kbs.broker.store().delete_policy(&record.id);
+            return Err(e);
+        }
         Ok(outcome?)
     })
     .await?;
@@ -492,13 +426,15 @@ async fn delete_policy(
             Ok(false) => Err(unknown_policy(&id)),
             other => other.map(drop),
         };
+        // A deletion cannot be taken back; it only ever removes access. Its audit failure is still
+        // answered 503, so that the operator knows the record is missing.
         app.audit_change(
             now,
             &operator,
             AdminAction::DeletePolicy,
             Some(id),
             &outcome,
-        );
+        )?;
         Ok(outcome?)
     })
     .await?;
@@ -529,7 +465,12 @@ async fn create_key(
         let key_data = key_data.as_ref().map(|k| k.as_slice());
         let outcome = app.kbs.broker.create_key(&policy_id, key_data, now);
         let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        app.audit_change(now, &operator, AdminAction::CreateKey, target, &outcome);
+        let audited = app.audit_change(now, &operator, AdminAction::CreateKey, target, &outcome);
+        if let (Err(e), Ok(record)) = (audited, &outcome) {
+            // An unaudited key must not stay: take it back out.
+            let _ = app.kbs.broker.store().delete_key(&record.id);
+            return Err(e);
+        }
         Ok(outcome?)
     })
     .await?;
@@ -570,7 +511,7 @@ async fn delete_key(
             Ok(false) => Err(unknown_key(&id)),
             other => other.map(drop),
         };
-        app.audit_change(now, &operator, AdminAction::DeleteKey, Some(id), &outcome);
+        app.audit_change(now, &operator, AdminAction::DeleteKey, Some(id), &outcome)?;
         Ok(outcome?)
     })
     .await?;
@@ -606,13 +547,45 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl AppState {
-    /// Checks a password and issues a token; the attempt is audited either way.
-    fn login(&self, login: &LoginJson, now: u64) -> Result<TokenReply, ApiError> {
-        let outcome = self.admin.login(&login.username, &login.password, now);
-        let mut event = AdminEvent::new(now, &login.username, AdminAction::Login);
+    /// Checks a password (on the password pool) and issues a token; the attempt is audited either
+    /// way, and a token is answered only once its login's record is written.
+    async fn login(&self, client: IpAddr, mut login: LoginJson) -> Result<TokenReply, ApiError> {
+        let now = (self.kbs.clock)();
+        let username = login.username.clone();
+        let outcome = match self.admin.begin_login(client, now) {
+            Err(refused) => Err(refused),
+            Ok(attempt) => {
+                let password = Zeroizing::new(std::mem::take(&mut login.password));
+                let checked = self
+                    .passwords
+                    .verify(self.admin.clone(), login.username.clone(), password)
+                    .await;
+                match checked {
+                    Ok(verified) => {
+                        let now = (self.kbs.clock)();
+                        self.admin.finish_login(attempt, &username, verified, now)
+                    }
+                    Err(busy) => {
+                        // Never checked: it does not count against the address.
+                        self.admin.abandon_login(attempt);
+                        Err(busy)
+                    }
+                }
+            }
+        };
+        let mut event = AdminEvent::new(now, &username, AdminAction::Login);
         event.allowed = outcome.is_ok();
         event.reason = outcome.as_ref().err().map(ToString::to_string);
-        self.kbs.audit.record_admin(&event);
+        let app = self.clone();
+        let recorded = tokio::task::spawn_blocking(move || app.kbs.audit.record_admin(&event))
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        if let Err(e) = recorded {
+            if let Ok(issued) = &outcome {
+                self.admin.revoke(&issued.token);
+            }
+            return Err(ApiError::audit(e));
+        }
         let issued = outcome?;
         Ok(TokenReply {
             token: issued.token.to_string(),
@@ -632,7 +605,7 @@ impl AppState {
             self.kbs
                 .broker
                 .offline_transfer(key_id, request, &operator.user, now);
-        self.kbs.audit.record(&decision);
+        self.kbs.audit.record(&decision).map_err(ApiError::audit)?;
         let (wrapped, _claims) = outcome?;
         Ok(TransferReply::Key {
             wrapped_key: BASE64.encode(&wrapped.wrapped_key),
@@ -640,7 +613,8 @@ impl AppState {
         })
     }
 
-    /// Records a policy or key change, done or refused.
+    /// Records a policy or key change, done or refused. An error means the record could not be
+    /// written: the caller undoes what it can and answers 503.
     fn audit_change<T>(
         &self,
         now: u64,
@@ -648,12 +622,12 @@ impl AppState {
         action: AdminAction,
         target: Option<String>,
         outcome: &Result<T, KbsError>,
-    ) {
+    ) -> Result<(), ApiError> {
         let mut event = AdminEvent::new(now, &operator.user, action);
         event.target = target.map(|id| id.chars().take(128).collect());
         event.allowed = outcome.is_ok();
         event.reason = outcome.as_ref().err().map(ToString::to_string);
-        self.kbs.audit.record_admin(&event);
+        self.kbs.audit.record_admin(&event).map_err(ApiError::audit)
     }
 }
 
@@ -675,6 +649,15 @@ fn unknown_key(id: &str) -> KbsError {
 fn parse_policy_body(
     mut body: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(TeeKind, serde_json::Value), ApiError> {
+    let require_nonce = match body.remove(REQUIRE_NONCE_FIELD) {
+        None => false,
+        Some(serde_json::Value::Bool(value)) => value,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`require_nonce` must be true or false",
+            ))
+        }
+    };
     let tee: TeeKind = match body.remove("attestation_type") {
         Some(serde_json::Value::String(name)) => name
             .parse()
@@ -693,10 +676,19 @@ fn parse_policy_body(
             "unexpected field `{other}`: the policy for {tee} sits under `{name}` alone"
         )));
     }
-    if !table.is_object() {
-        return Err(ApiError::bad_request(format!("`{name}` must be an object")));
+    let mut table = match table {
+        serde_json::Value::Object(fields) => fields,
+        _ => return Err(ApiError::bad_request(format!("`{name}` must be an object"))),
+    };
+    if table.contains_key(REQUIRE_NONCE_FIELD) {
+        return Err(ApiError::bad_request(format!(
+            "`{REQUIRE_NONCE_FIELD}` belongs beside `attestation_type`, not under `{name}`"
+        )));
     }
-    Ok((tee, table))
+    if require_nonce {
+        table.insert(REQUIRE_NONCE_FIELD.into(), serde_json::Value::Bool(true));
+    }
+    Ok((tee, serde_json::Value::Object(table)))
 }
 
 fn policy_json(record: &PolicyRecord) -> serde_json::Value {
@@ -705,7 +697,12 @@ fn policy_json(record: &PolicyRecord) -> serde_json::Value {
         "attestation_type": record.attestation_type,
         "created_at": record.created_at,
     });
-    json[record.attestation_type.as_str().to_ascii_lowercase()] = record.table.clone();
+    let mut table = record.table.clone();
+    if let Some(fields) = table.as_object_mut() {
+        fields.remove(REQUIRE_NONCE_FIELD);
+    }
+    json[REQUIRE_NONCE_FIELD] = serde_json::Value::Bool(record.require_nonce());
+    json[record.attestation_type.as_str().to_ascii_lowercase()] = table;
     json
 }
 
@@ -897,10 +894,35 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidCredentials | AdminError::Unauthenticated => {
                 StatusCode::UNAUTHORIZED
             }
-            AdminError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            AdminError::TooManyAttempts { retry_after } | AdminError::Busy { retry_after } => {
+                let status = if matches!(err, AdminError::Busy { .. }) {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::TOO_MANY_REQUESTS
+                };
+                let mut refused = Self::new(status, err.to_string());
+                refused.retry_after = Some(*retry_after);
+                return refused;
+            }
             AdminError::Internal { .. } => return Self::internal(&err),
         };
         Self::new(status, err.to_string())
+    }
+}
+
+/// The client's IP address, from the connection (`ConnectInfo`), for the login limits. A router
+/// served without connection info (in-process tests) sees every client as `0.0.0.0`.
+struct ClientAddress(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        Ok(Self(address))
     }
 }
 
@@ -909,6 +931,8 @@ impl From<AdminError> for ApiError {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (429 and 503).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -916,7 +940,20 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// A 503: the audit record could not be written, so the request is refused (fail closed).
+    /// The cause goes to stderr; the client learns only that the broker cannot serve now.
+    fn audit(err: AuditError) -> Self {
+        eprintln!("adyton-kbs: audit write failed, request refused: {err}");
+        let mut refused = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written; nothing was done or released",
+        );
+        refused.retry_after = Some(5);
+        refused
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -945,6 +982,14 @@ impl From<KbsError> for ApiError {
             | KbsError::ReportDataMismatch
             | KbsError::BadNonce { .. } => StatusCode::FORBIDDEN,
             KbsError::Attestation(e) => attestation_status(e),
+            KbsError::StorageFull { .. } => {
+                // The path and the cause go to the log; the client learns what to do.
+                eprintln!("adyton-kbs: storage full: {err}");
+                return Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the key broker's storage is full; retry once space is freed",
+                );
+            }
             KbsError::Envelope(_) | KbsError::Store { .. } | KbsError::MasterKey { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -981,6 +1026,12 @@ fn attestation_status(err: &AttestError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.message }));
-        (self.status, body).into_response()
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 mod error;
 pub mod http;
 pub mod master_key;

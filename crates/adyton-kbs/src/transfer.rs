@@ -366,6 +366,13 @@ impl Broker {
         let claims = verifier::verify(&evidence, &self.collateral, now)?;
         decision.measurement = Some(claims.primary_measurement());
 
+        if request.nonce.is_none() && policy_record.require_nonce() {
+            return Err(KbsError::BadNonce {
+                reason: "the key's transfer policy requires a nonce: ask for one with a request \
+                         without `quote`, and bind it into the evidence's report data"
+                    .into(),
+            });
+        }
         if let Some(nonce) = &request.nonce {
             self.nonces.redeem(nonce, now)?;
         }

@@ -27,12 +27,27 @@ pub struct PolicyRecord {
     pub created_at: u64,
 }
 
+/// The key of the table that holds the broker's own `require_nonce` setting, kept with the TEE's
+/// reference values so that the stores' schemas need no column for it.
+pub const REQUIRE_NONCE_FIELD: &str = "require_nonce";
+
 impl PolicyRecord {
-    /// The attestation policy: this record's table under its TEE's name.
+    /// The attestation policy: this record's table under its TEE's name (without the broker's own
+    /// settings, which the attestation policy does not know).
     pub fn policy(&self) -> Result<Policy> {
         let name = self.attestation_type.as_str().to_ascii_lowercase();
-        let doc = serde_json::json!({ name: self.table });
+        let mut table = self.table.clone();
+        if let Some(fields) = table.as_object_mut() {
+            fields.remove(REQUIRE_NONCE_FIELD);
+        }
+        let doc = serde_json::json!({ name: table });
         Ok(Policy::from_json(&doc.to_string())?)
+    }
+
+    /// Whether a transfer under this policy must bind a nonce from the broker (no replayable,
+    /// nonce-less CNAP-style transfers).
+    pub fn require_nonce(&self) -> bool {
+        self.table.get(REQUIRE_NONCE_FIELD) == Some(&serde_json::Value::Bool(true))
     }
 }
 

@@ -2,6 +2,7 @@
 //! key management without key bytes in any answer, the audit of admin changes, and an end-to-end
 //! run where a key imported over HTTP is released by a SIM transfer on the same router.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -9,14 +10,18 @@ use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::Collateral;
 use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
-use adyton_kbs::admin::{AdminAction, AdminAuth, AdminUsers};
+use adyton_kbs::admin::{
+    AdminAction, AdminAuth, AdminError, AdminUsers, LoginLimits, PasswordPool,
+};
 use adyton_kbs::http::{
-    router, router_with_admin, AuditSink, Clock, JsonLinesAudit, KbsState, MemoryAudit,
+    router, router_with_admin, router_with_admin_pool, AuditSink, Clock, JsonLinesAudit, KbsState,
+    MemoryAudit,
 };
 use adyton_kbs::master_key::MasterKey;
 use adyton_kbs::store::redb::RedbStore;
 use adyton_kbs::transfer::{expected_report_data, Broker};
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
@@ -44,6 +49,7 @@ struct Reply {
     status: StatusCode,
     text: String,
     json: Value,
+    retry_after: Option<String>,
 }
 
 fn state(dir: &tempfile::TempDir, audit: Arc<MemoryAudit>, clock: Clock) -> Arc<KbsState> {
@@ -87,7 +93,22 @@ impl Fixture {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Reply {
+        self.call_from(None, method, path, token, body).await
+    }
+
+    async fn call_from(
+        &self,
+        client: Option<IpAddr>,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
+        if let Some(ip) = client {
+            // What `into_make_service_with_connect_info` adds for a real connection.
+            request = request.extension(ConnectInfo(SocketAddr::new(ip, 40000)));
+        }
         if let Some(token) = token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
@@ -99,10 +120,31 @@ impl Fixture {
             .await
             .unwrap();
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, text, json }
+        Reply {
+            status,
+            text,
+            json,
+            retry_after,
+        }
+    }
+
+    async fn login_from(&self, client: IpAddr, username: &str, password: &str) -> Reply {
+        let body = json!({ "username": username, "password": password });
+        self.call_from(
+            Some(client),
+            Method::POST,
+            "/kbs/v1/token",
+            None,
+            Some(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
     }
 
     async fn login_as(&self, username: &str, password: &str) -> Reply {
@@ -215,34 +257,169 @@ async fn a_wrong_password_and_an_unknown_user_get_the_same_401() {
 }
 
 #[tokio::test]
-async fn the_sixth_failed_login_is_429_until_the_window_passes() {
+async fn failed_logins_are_limited_per_address_and_never_lock_the_operator_out_from_elsewhere() {
     static CLOCK: AtomicU64 = AtomicU64::new(NOW);
     fn clock() -> u64 {
         CLOCK.load(Ordering::SeqCst)
     }
     let f = fixture_with_clock(clock);
+    let attacker: IpAddr = "192.0.2.66".parse().unwrap();
+    let operator: IpAddr = "198.51.100.7".parse().unwrap();
     for _ in 0..5 {
         assert_error(
-            &f.login_as("admin", "guess").await,
+            &f.login_from(attacker, "admin", "guess").await,
             StatusCode::UNAUTHORIZED,
         );
     }
-    let reply = f.login_as("admin", "guess").await;
-    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS);
-    // Not even the right password gets through while the window lasts.
+    // The sixth failure is counted, and the address must then wait, with Retry-After.
     assert_error(
-        &f.login_as("admin", PASSWORD).await,
-        StatusCode::TOO_MANY_REQUESTS,
-    );
-    // The limit is per username: another name is still answered (and refused) normally.
-    assert_error(
-        &f.login_as("someone", "guess").await,
+        &f.login_from(attacker, "admin", "guess").await,
         StatusCode::UNAUTHORIZED,
     );
-
-    CLOCK.store(NOW + 61, Ordering::SeqCst);
-    let reply = f.login_as("admin", PASSWORD).await;
+    let reply = f.login_from(attacker, "admin", PASSWORD).await;
+    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.retry_after.as_deref(), Some("1"));
+    // The operator, from another address, logs in as `admin` at once.
+    let reply = f.login_from(operator, "admin", PASSWORD).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+
+    // The attacker's waits double: 1 s, then 2 s, then 4 s.
+    CLOCK.store(NOW + 1, Ordering::SeqCst);
+    assert_error(
+        &f.login_from(attacker, "admin", "guess").await,
+        StatusCode::UNAUTHORIZED,
+    );
+    let reply = f.login_from(attacker, "admin", "guess").await;
+    assert_error(&reply, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.retry_after.as_deref(), Some("2"));
+    CLOCK.store(NOW + 3, Ordering::SeqCst);
+    assert_error(
+        &f.login_from(attacker, "admin", "guess").await,
+        StatusCode::UNAUTHORIZED,
+    );
+    let reply = f.login_from(attacker, "admin", "guess").await;
+    assert_eq!(reply.retry_after.as_deref(), Some("4"));
+
+    // An IPv6 client is limited by its /64: another address of the same /64 waits too.
+    let v6_a: IpAddr = "2001:db8:1:2::a".parse().unwrap();
+    let v6_b: IpAddr = "2001:db8:1:2::b".parse().unwrap();
+    for _ in 0..6 {
+        f.login_from(v6_a, "admin", "guess").await;
+    }
+    assert_error(
+        &f.login_from(v6_b, "admin", PASSWORD).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+
+    // Once the wait is over, the right password from the attacker's address works again, and
+    // forgives its failures.
+    CLOCK.store(NOW + 10, Ordering::SeqCst);
+    let reply = f.login_from(attacker, "admin", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+#[test]
+fn above_the_global_limit_only_addresses_with_a_recent_login_may_try() {
+    let users = AdminUsers::with_password("admin", PASSWORD).unwrap();
+    let limits = LoginLimits {
+        global_failures_per_minute: 10,
+        ..LoginLimits::default()
+    };
+    let auth = AdminAuth::with_limits(users, limits);
+    let operator: IpAddr = "198.51.100.7".parse().unwrap();
+    auth.login(operator, "admin", PASSWORD, NOW).unwrap();
+    // Ten addresses fail once each: the global limit is reached.
+    for n in 0..10u8 {
+        let from = IpAddr::from([203, 0, 113, n]);
+        assert!(matches!(
+            auth.login(from, "admin", "guess", NOW),
+            Err(AdminError::InvalidCredentials)
+        ));
+    }
+    let stranger = IpAddr::from([203, 0, 113, 200]);
+    assert!(matches!(
+        auth.login(stranger, "admin", PASSWORD, NOW + 5),
+        Err(AdminError::TooManyAttempts { retry_after: 55 })
+    ));
+    // The operator's address logged in successfully before: it still may.
+    auth.login(operator, "admin", PASSWORD, NOW + 5).unwrap();
+    // A minute later, everyone may try again.
+    auth.login(stranger, "admin", PASSWORD, NOW + 60).unwrap();
+}
+
+#[tokio::test]
+async fn logins_beyond_the_password_pool_are_503_with_retry_after_and_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(MemoryAudit::default());
+    let users = AdminUsers::with_password("admin", PASSWORD).unwrap();
+    let auth = Arc::new(AdminAuth::new(users));
+    // One thread and one waiting check: the rest of a burst finds the pool full.
+    let app = router_with_admin_pool(
+        state(&dir, audit.clone(), fixed_clock),
+        auth,
+        PasswordPool::new(1, 1),
+    );
+    let f = Fixture {
+        _dir: dir,
+        app,
+        audit,
+    };
+    let from: IpAddr = "192.0.2.1".parse().unwrap();
+    let logins = (0..16).map(|_| f.login_from(from, "admin", "guess"));
+    let replies = futures_join_all(logins).await;
+    let busy: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!busy.is_empty(), "16 concurrent logins on a pool of one");
+    for reply in &busy {
+        assert_error(reply, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.retry_after.as_deref(), Some("1"));
+    }
+    // Busy refusals were never checked, so they do not count against the address: at most
+    // the checked ones did.
+    let checked = replies.len() - busy.len();
+    assert!(checked >= 1);
+    if checked <= 5 {
+        let reply = f.login_from(from, "admin", PASSWORD).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+}
+
+/// Runs the futures concurrently on the current task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs = Vec::with_capacity(set.len());
+    // Poll all of them until each completes: a tiny join_all without another dependency.
+    let mut pending: Vec<Option<_>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => {
+                        *result = Some(output);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.extend(results.into_iter().flatten());
+    outputs
 }
 
 fn admin_routes() -> Vec<(Method, &'static str)> {
@@ -530,7 +707,7 @@ async fn admin_changes_are_audited_without_secrets() {
     // The JSON-lines sink writes one line per event, with no password, token or key.
     let sink = JsonLinesAudit::new(Vec::new());
     for event in &events {
-        sink.record_admin(event);
+        sink.record_admin(event).unwrap();
     }
     let log = String::from_utf8(sink.into_inner()).unwrap();
     assert_eq!(log.lines().count(), events.len());

@@ -178,7 +178,7 @@ async fn the_honest_transfer_releases_the_key_and_is_audited() {
 
     // The JSON-lines sink writes that decision as one line without any secret.
     let sink = JsonLinesAudit::new(Vec::new());
-    sink.record(&decisions[0]);
+    sink.record(&decisions[0]).unwrap();
     let log = String::from_utf8(sink.into_inner()).unwrap();
     assert_eq!(log.lines().count(), 1);
     assert!(log.ends_with('\n'));

@@ -211,7 +211,7 @@ async fn an_offline_request_is_answered_with_the_key_and_audited_as_offline() {
 
     // The audit line names the request, the model and the operator, and holds no secret.
     let sink = JsonLinesAudit::new(Vec::new());
-    sink.record(decision);
+    sink.record(decision).unwrap();
     let log = String::from_utf8(sink.into_inner()).unwrap();
     let line: Value = serde_json::from_str(log.trim_end()).unwrap();
     assert_eq!(
