@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use adyton_attest::Collateral;
-use adyton_kbs::http::{router, KbsState, MemoryAudit, OPENAPI_JSON, ROUTES};
+use adyton_kbs::admin::{AdminAuth, AdminUsers};
+use adyton_kbs::http::{router, router_with_admin, KbsState, MemoryAudit, OPENAPI_JSON, ROUTES};
 use adyton_kbs::master_key::MasterKey;
 use adyton_kbs::store::redb::RedbStore;
 use adyton_kbs::transfer::Broker;
@@ -276,5 +277,170 @@ fn every_operation_documents_its_statuses_and_the_error_body() {
                 "{method} {path}: no {status}"
             );
         }
+    }
+}
+
+/// The request examples of one operation: `example` and every `examples.*.value`, by name.
+fn request_examples(doc: &Value, method: &str, path: &str) -> Vec<(String, Value)> {
+    let media = &operation(doc, method, path)["requestBody"]["content"]["application/json"];
+    let mut examples = Vec::new();
+    if let Some(example) = media.get("example") {
+        examples.push(("example".to_owned(), example.clone()));
+    }
+    if let Some(named) = media.get("examples").and_then(Value::as_object) {
+        for (name, example) in named {
+            let example = resolve(doc, example);
+            examples.push((name.clone(), example["value"].clone()));
+        }
+    }
+    examples
+}
+
+async fn post_json(
+    app: &Router,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(Method::POST).uri(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// Every request example in the document is one the broker accepts: the login example logs in (as
+/// the operator it names), the policy examples create policies, the key examples create keys
+/// (under a policy the examples created: its id is the server's), and the transfer example gets a
+/// nonce.
+#[tokio::test]
+async fn every_request_example_is_accepted() {
+    let doc = document();
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("kbs.redb")).unwrap();
+    let (master, _) = MasterKey::load_or_generate(dir.path()).unwrap();
+    let broker = Broker::new(Arc::new(store), master, Collateral::none()).unwrap();
+    let state = KbsState::new(broker, Arc::new(MemoryAudit::default()), clock);
+    let logins = request_examples(&doc, "POST", "/kbs/v1/token");
+    assert!(!logins.is_empty(), "no login example");
+    let login = &logins[0].1;
+    let users = AdminUsers::with_password(
+        login["username"].as_str().unwrap(),
+        login["password"].as_str().unwrap(),
+    )
+    .unwrap();
+    let app = router_with_admin(Arc::new(state), Arc::new(AdminAuth::new(users)));
+
+    let mut token = String::new();
+    for (name, example) in &logins {
+        let (status, reply) = post_json(&app, "/kbs/v1/token", None, example).await;
+        assert_eq!(status, StatusCode::OK, "login example {name}: {reply}");
+        token = reply["token"].as_str().unwrap().to_owned();
+    }
+
+    let mut policy_id = None;
+    let policies = request_examples(&doc, "POST", "/kbs/v1/key-transfer-policies");
+    assert!(policies.len() >= 2, "policy examples: {policies:?}");
+    for (name, example) in &policies {
+        let (status, reply) =
+            post_json(&app, "/kbs/v1/key-transfer-policies", Some(&token), example).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "policy example {name}: {reply}"
+        );
+        assert_eq!(reply["attestation_type"], example["attestation_type"]);
+        policy_id = Some(reply["id"].as_str().unwrap().to_owned());
+    }
+
+    let keys = request_examples(&doc, "POST", "/kbs/v1/keys");
+    assert!(!keys.is_empty(), "no key example");
+    for (name, example) in &keys {
+        let mut example = example.clone();
+        example["transfer_policy_id"] = Value::String(policy_id.clone().unwrap());
+        let (status, reply) = post_json(&app, "/kbs/v1/keys", Some(&token), &example).await;
+        assert_eq!(status, StatusCode::CREATED, "key example {name}: {reply}");
+    }
+
+    let transfers = request_examples(&doc, "POST", "/kbs/v1/keys/{id}/transfer");
+    assert!(!transfers.is_empty(), "no transfer example");
+    for (name, example) in &transfers {
+        let (status, reply) = post_json(&app, "/kbs/v1/keys/some-id/transfer", None, example).await;
+        assert_eq!(status, StatusCode::OK, "transfer example {name}: {reply}");
+        assert!(reply["nonce"].is_string(), "{reply}");
+    }
+
+    // No operation with a body is left out of the examples, except the offline transfer, whose
+    // body is a device's signed evidence and cannot be a fixed example.
+    for &(method, path) in ROUTES {
+        if method == "POST" && path != "/kbs/v1/keys/{id}/offline-transfer" {
+            assert!(
+                !request_examples(&doc, method, path).is_empty(),
+                "{method} {path}: no request example"
+            );
+        }
+    }
+}
+
+/// The schemas refuse what the broker refuses: spot checks of the constraints the broker enforces.
+#[test]
+fn the_schemas_constrain_what_the_broker_checks() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let base64 = &schemas["Base64"];
+    assert_eq!(base64["contentEncoding"], "base64");
+    let pattern = base64["pattern"].as_str().unwrap();
+    assert!(
+        pattern.starts_with('^') && pattern.ends_with('$'),
+        "{pattern}"
+    );
+    // `quote` is a non-empty base64 string: `null` is not a string.
+    let quote = &schemas["TransferRequest"]["properties"]["quote"];
+    assert_eq!(quote["allOf"][0]["$ref"], "#/components/schemas/Base64");
+    assert!(quote["minLength"].as_u64().unwrap() > 0);
+    // The offline transfer's body refuses unknown fields, as the broker does; policies too.
+    assert_eq!(schemas["ProvisionRequest"]["additionalProperties"], false);
+    for variant in schemas["PolicyRequest"]["oneOf"].as_array().unwrap() {
+        assert_eq!(variant["additionalProperties"], false);
+        assert_eq!(variant["properties"]["require_nonce"]["type"], "boolean");
+        assert_eq!(variant["properties"]["require_nonce"]["default"], false);
+        let table = resolve(
+            &doc,
+            &variant["properties"][variant["required"][1].as_str().unwrap()],
+        );
+        assert_eq!(table["additionalProperties"], false);
+    }
+    assert_eq!(
+        schemas["LoginRequest"]["properties"]["username"]["maxLength"],
+        128
+    );
+    // Busy and rate-limited logins say when to come back.
+    let token = &operation(&doc, "POST", "/kbs/v1/token")["responses"];
+    for status in ["429", "503"] {
+        assert!(
+            token[status]["headers"]["Retry-After"].is_object(),
+            "token {status}: no Retry-After"
+        );
+    }
+    // Every operation that writes the store documents a full disk.
+    for (method, path) in [
+        ("POST", "/kbs/v1/key-transfer-policies"),
+        ("DELETE", "/kbs/v1/key-transfer-policies/{id}"),
+        ("POST", "/kbs/v1/keys"),
+        ("DELETE", "/kbs/v1/keys/{id}"),
+    ] {
+        assert!(
+            operation(&doc, method, path)["responses"]["507"].is_object(),
+            "{method} {path}: no 507"
+        );
     }
 }
