@@ -11,14 +11,22 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use adyton_attest::TeeKind;
 use adyton_envelope::v2::{self, EncryptOptions};
 use adyton_envelope::{Aes256Key, EnvelopeError};
+use adyton_kbs::http::ApiError;
 use adyton_kbs::master_key::{MasterKey, MASTER_KEY_FILE, MODEL_KEY_CONTENT_TYPE};
 use adyton_kbs::store::redb::RedbStore;
 use adyton_kbs::store::{KeyRecord, PolicyRecord, Store};
 use adyton_kbs::KbsError;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
+use http_body_util::BodyExt as _;
+use redb::backends::FileBackend;
+use redb::StorageBackend;
 
 // ---------------------------------------------------------------------------------------------
 // Records
@@ -503,6 +511,228 @@ fn redb_refuses_a_record_filed_under_another_id() {
         }
         other => panic!("misfiled record: unexpected {other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk: redb's file fails with ENOSPC on demand, and the store recovers without a restart
+
+/// `ENOSPC`, as the kernel reports a full disk.
+fn disk_full() -> std::io::Error {
+    std::io::Error::from_raw_os_error(28)
+}
+
+/// The database file, whose writes, syncs and growth fail with `ENOSPC` while `full` is set, as
+/// on a full disk (reads still work there).
+#[derive(Debug)]
+struct FillableDisk {
+    file: FileBackend,
+    full: Arc<AtomicBool>,
+}
+
+impl FillableDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            Err(disk_full())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StorageBackend for FillableDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.file.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if len > self.file.len()? {
+            self.check()?;
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+        self.check()?;
+        self.file.sync_data(eventual)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.file.write(offset, data)
+    }
+}
+
+/// A store on a disk that fills up when the returned flag is set.
+fn store_on_fillable_disk(path: &Path) -> (RedbStore, Arc<AtomicBool>) {
+    let full = Arc::new(AtomicBool::new(false));
+    let flag = full.clone();
+    let store = RedbStore::open_with_backend(path, move |file| FillableDisk {
+        file,
+        full: flag.clone(),
+    })
+    .unwrap();
+    (store, full)
+}
+
+fn assert_storage_full<T: std::fmt::Debug>(what: &str, result: Result<T, KbsError>) {
+    match result {
+        Err(KbsError::StorageFull { reason }) => {
+            assert!(reason.contains("No space left"), "{what}: {reason}")
+        }
+        other => panic!("{what} on a full disk: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn redb_recovers_from_a_full_disk_without_a_restart() {
+    let (_dir, path) = temp_db();
+    let (store, full) = store_on_fillable_disk(&path);
+    store.insert_policy(&policy("policy-f")).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let id = format!("key-before-{i:02}");
+        store.insert_key(&key(&id, "policy-f")).unwrap();
+        acknowledged.push(id);
+    }
+
+    full.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        assert_storage_full(
+            "insert",
+            store.insert_key(&key(&format!("key-full-{i}"), "policy-f")),
+        );
+    }
+    assert_storage_full("new policy", store.insert_policy(&policy("policy-full")));
+    assert_storage_full("delete", store.delete_key(&acknowledged[0]).map(drop));
+    // Reads need the database open, and reopening it needs to write (redb's recovery): while
+    // the disk is full they fail the same clear way.
+    assert_storage_full("list", store.keys());
+    assert_storage_full("read", store.key(&acknowledged[1]));
+
+    // Space is freed: the next calls work, on the same store.
+    full.store(false, Ordering::SeqCst);
+    let listed = store.keys().unwrap();
+    assert_eq!(
+        listed.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
+        acknowledged,
+        "acknowledged keys are all there, and no refused write is"
+    );
+    listed.iter().for_each(assert_intact);
+    store.insert_key(&key("key-after", "policy-f")).unwrap();
+    store.insert_policy(&policy("policy-after")).unwrap();
+    assert!(store.delete_key(&acknowledged[0]).unwrap());
+    assert_eq!(store.keys().unwrap().len(), acknowledged.len());
+
+    // And the file holds it all for the next process.
+    drop(store);
+    let reopened = RedbStore::open(&path).unwrap();
+    let keys = reopened.keys().unwrap();
+    assert_eq!(keys.len(), acknowledged.len());
+    assert!(keys.iter().any(|k| k.id == "key-after"));
+    keys.iter().for_each(assert_intact);
+    assert_eq!(reopened.policies().unwrap().len(), 2);
+}
+
+/// Readers and writers on other threads while the disk fills and is freed, ten times: each call
+/// succeeds or fails cleanly (never a half-open store, never a panic), no acknowledged key is
+/// lost, and every call works afterwards.
+#[test]
+fn redb_reopens_under_concurrent_calls() {
+    let (_dir, path) = temp_db();
+    let (store, full) = store_on_fillable_disk(&path);
+    store.insert_policy(&policy("policy-c")).unwrap();
+    for i in 0..10 {
+        store
+            .insert_key(&key(&format!("key-base-{i}"), "policy-c"))
+            .unwrap();
+    }
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    let clean_failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (store, acknowledged, done, clean_failures) =
+                (&store, &acknowledged, &done, &clean_failures);
+            scope.spawn(move || {
+                // Bounded, in case the other side stops early.
+                for i in 0..100_000 {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let id = format!("key-{t}-{i:05}");
+                    match store.insert_key(&key(&id, "policy-c")) {
+                        Ok(()) => acknowledged.lock().unwrap().push(id),
+                        Err(KbsError::StorageFull { .. } | KbsError::Store { .. }) => {
+                            clean_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(other) => panic!("insert {id}: unexpected {other:?}"),
+                    }
+                    match store.keys() {
+                        Ok(keys) => assert!(keys.len() >= 10),
+                        Err(KbsError::StorageFull { .. } | KbsError::Store { .. }) => {
+                            clean_failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(other) => panic!("list: unexpected {other:?}"),
+                    }
+                }
+            });
+        }
+        scope.spawn(|| {
+            for round in 0..10 {
+                full.store(true, Ordering::SeqCst);
+                match store.insert_key(&key(&format!("key-filler-{round}"), "policy-c")) {
+                    Err(KbsError::StorageFull { .. } | KbsError::Store { .. }) => {}
+                    other => panic!("round {round}: a write on a full disk: {other:?}"),
+                }
+                full.store(false, Ordering::SeqCst);
+                // Space is back: this call works, whatever the others are doing.
+                assert!(store.keys().unwrap().len() >= 10, "round {round}");
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+    });
+    let keys = store.keys().unwrap();
+    for id in acknowledged.lock().unwrap().iter() {
+        assert!(
+            keys.iter().any(|k| &k.id == id),
+            "acknowledged {id} is lost"
+        );
+    }
+    assert!(!keys.iter().any(|k| k.id.starts_with("key-filler")));
+    keys.iter().for_each(assert_intact);
+    store.insert_key(&key("key-last", "policy-c")).unwrap();
+    eprintln!(
+        "{} acknowledged inserts, {} clean failures on other threads",
+        acknowledged.lock().unwrap().len(),
+        clean_failures.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn storage_full_is_507_with_a_clear_message() {
+    let error = KbsError::StorageFull {
+        reason: "cannot commit /var/lib/adyton/kbs.redb: No space left on device".into(),
+    };
+    let api = ApiError::from(error);
+    assert_eq!(api.status(), StatusCode::INSUFFICIENT_STORAGE);
+    let response = api.into_response();
+    let body = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(response.into_body().collect())
+        .unwrap()
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        body["error"],
+        "the key broker's storage is full; retry once space is freed"
+    );
+    // The path stays in the log.
+    assert!(!body.to_string().contains("/var/lib"));
 }
 
 // ---------------------------------------------------------------------------------------------
