@@ -2,7 +2,8 @@
 //! (`design.md`, "Inference"; `docs/server.md`).
 //!
 //! - `GET /v2/health/live`, `GET /v2/health/ready`: `{"live":true}`, `{"ready":...}` (503 while a
-//!   configured model is loading or failed);
+//!   model the server was started with is loading or failed; a model uploaded or pulled over the
+//!   API has its own readiness only);
 //! - `GET /v2`: server metadata and extensions;
 //! - `GET /v2/models`: every model, its versions and state;
 //! - `GET /v2/models/{name}[/versions/{v}]`: model metadata from the ONNX graph (-1 for dynamic
@@ -17,9 +18,11 @@
 //! - `GET /adyton/v1/openapi.json`: the OpenAPI 3.1 document of all of these
 //!   (`docs/server-openapi.json`). [`ROUTES`] lists every route; the router is built from it.
 //!
-//! Errors are `{"error": "..."}`: 400 bad input (naming the input), 401 no or wrong token, 404
-//! unknown model or version, 409 a taken version, 413 a body over the limit, 503 a full pool (with
-//! `Retry-After`) or a model not loaded, 500 engine failures.
+//! Errors are `{"error": "..."}`: 400 bad input (naming the input, or a framing header given
+//! twice), 401 no or wrong token, 404 unknown model or version, 409 a taken version, 413 a body
+//! over the limit, 422 outputs over the output limits (naming the output and the limit) or a model
+//! that does not load (over the load budget, say), 503 a full pool (with `Retry-After`) or a model
+//! not loaded, 500 engine failures.
 //!
 //! No tensor, weight or token is ever logged: logs carry model names, sizes, statuses and times.
 
@@ -79,8 +82,11 @@ pub struct Settings {
     pub max_infer_body: usize,
     /// Largest uploaded model.
     pub max_upload: usize,
-    /// Tensor element limits.
+    /// Tensor element limits, of inputs and of the outputs sent back.
     pub limits: Limits,
+    /// Largest JSON part of an infer response, bounded from element counts before it is built.
+    /// Binary outputs are bounded by `max_infer_body` instead, as request bodies are.
+    pub max_json_response: usize,
     /// Inferences running at once (the blocking threads).
     pub workers: usize,
     /// Requests that may wait for a worker; beyond that, 503.
@@ -96,6 +102,9 @@ impl Default for Settings {
             max_infer_body: 64 << 20,
             max_upload: 1 << 30,
             limits: Limits::default(),
+            // As large as a request body: JSON is the verbose encoding, and beyond this the
+            // binary extension carries the same tensors in a fraction of the bytes and memory.
+            max_json_response: 64 << 20,
             workers,
             queue: workers * 16,
             retry_after_secs: 1,
@@ -167,6 +176,9 @@ impl ServerState {
         attestation: Option<Arc<dyn FreshEvidence>>,
     ) -> Self {
         let workers = settings.workers.max(1);
+        // The models held when the server's state is made are the ones it was started with;
+        // readiness waits for them, and for nothing added later over the API.
+        repository.mark_configured();
         ServerState {
             engine,
             repository,
@@ -355,7 +367,7 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(app): State<AppState>) -> Response {
-    let ready = app.repository.all_ready();
+    let ready = app.repository.ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -476,8 +488,43 @@ async fn model_ready_version(
     readiness(&app, &name, Some(&version))
 }
 
-/// Reads a body into zeroized memory, refusing more than `limit` bytes (413) and bodies that end
-/// before their `Content-Length` (400).
+/// The header that splits a binary-extension body into its JSON part and its tensor data.
+const INFERENCE_HEADER_CONTENT_LENGTH: &str = "Inference-Header-Content-Length";
+
+/// The one value of a header the server reads, `None` when absent. A header given more than once
+/// is refused (400): where a body is split or who is asking must not depend on which of two
+/// values a proxy and this server each take.
+fn single_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "the {name} header is given more than once"
+        )));
+    }
+    Ok(first)
+}
+
+/// A header that holds one byte count: ASCII digits only (no sign, no list, no spaces inside).
+fn byte_count_header(headers: &HeaderMap, name: &str) -> Result<Option<usize>, ApiError> {
+    let Some(value) = single_header(headers, name)? else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request(format!("the {name} header must be one byte count")))
+}
+
+/// Reads a body into zeroized memory, refusing more than `limit` bytes (413), and a
+/// `Content-Length` given twice or not one byte count (400).
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -490,14 +537,11 @@ async fn read_body(
             format!("the {what} is over the limit of {limit} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let declared = byte_count_header(headers, "Content-Length")?;
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let capacity = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let capacity = declared.unwrap_or(0);
     let mut out = Zeroizing::new(Vec::with_capacity(capacity));
     let mut body = body;
     while let Some(frame) = body.frame().await {
@@ -546,22 +590,8 @@ async fn run_infer(
             .failure(&name, &version_label, reason, started.elapsed());
         e
     };
-    let header_length = match headers.get("inference-header-content-length") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    fail(
-                        FailureReason::Rejected,
-                        ApiError::bad_request(
-                            "Inference-Header-Content-Length must be a byte count",
-                        ),
-                    )
-                })?,
-        ),
-    };
+    let header_length = byte_count_header(&headers, INFERENCE_HEADER_CONTENT_LENGTH)
+        .map_err(|e| fail(FailureReason::Rejected, e))?;
     let body = read_body(&headers, body, app.settings.max_infer_body, "request body")
         .await
         .map_err(|e| fail(FailureReason::Rejected, e))?;
@@ -639,27 +669,46 @@ async fn run_infer(
             ))
         }
     };
-    let response = encode_outputs(
-        &served,
-        &request.id,
-        &request.outputs,
-        request.binary_output,
-        &outputs,
-    );
+    let chosen = choose_outputs(&served, &request.outputs, request.binary_output, &outputs);
+    // The outputs are checked before anything is encoded: a small request can ask a model for a
+    // huge output (two vectors broadcast into a matrix, an Expand), and its JSON, at about 20 bytes and a
+    // serde_json value per element, would take many times the tensor's memory.
+    //
+    // 422, not 413 or 500: the request is well-formed and within every request limit, and the
+    // server is working; what the request asks for produces more than this server sends, and
+    // the same request will be refused again (413 would tell the client its body is too large,
+    // and clients shrink bodies in answer to it).
+    let version_text = served.version.to_string();
+    protocol::check_outputs(
+        &chosen,
+        &app.settings.limits,
+        app.settings.max_infer_body,
+        app.settings.max_json_response,
+        protocol::json_response_overhead(&served.name, &version_text, request.id.as_deref()),
+    )
+    .map_err(|e| {
+        fail(
+            FailureReason::Rejected,
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        )
+    })?;
+    let response = encode_outputs(&served.name, &version_text, request.id.as_deref(), &chosen);
+    drop(chosen);
+    drop(outputs);
     app.metrics
         .success(&name, &version_label, batch, started.elapsed(), queue_time);
     Ok(response)
 }
 
-fn encode_outputs(
-    served: &ServedModel,
-    id: &Option<String>,
+/// The outputs to send: those asked for (all when none is named), each in binary or JSON.
+fn choose_outputs<'a>(
+    served: &'a ServedModel,
     requested: &[protocol::RequestedOutput],
     binary_default: bool,
-    outputs: &[crate::runtime::Tensor],
-) -> Response {
+    outputs: &'a [crate::runtime::Tensor],
+) -> Vec<Output<'a>> {
     let specs = &served.model.signature().outputs;
-    let chosen: Vec<Output<'_>> = if requested.is_empty() {
+    if requested.is_empty() {
         specs
             .iter()
             .zip(outputs)
@@ -681,13 +730,11 @@ fn encode_outputs(
                 })
             })
             .collect()
-    };
-    let encoded = protocol::encode_response(
-        &served.name,
-        &served.version.to_string(),
-        id.as_deref(),
-        &chosen,
-    );
+    }
+}
+
+fn encode_outputs(name: &str, version: &str, id: Option<&str>, chosen: &[Output<'_>]) -> Response {
+    let encoded = protocol::encode_response(name, version, id, chosen);
     let mut response = Response::new(Body::from(encoded.body.to_vec()));
     let headers = response.headers_mut();
     match encoded.header_length {
@@ -748,8 +795,7 @@ fn authorize(app: &ServerState, headers: &HeaderMap) -> Result<(), ApiError> {
             "model upload and delete are disabled: the server has no token configured",
         ));
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
+    let presented = single_header(headers, "Authorization")?
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {

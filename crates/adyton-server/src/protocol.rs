@@ -397,6 +397,183 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
+/// Why an inference's outputs are not sent. Every message names the output or the limit, and the
+/// setting that raises it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputLimitError {
+    /// One output has more elements than an input may have.
+    #[error(
+        "output '{name}' has {elements} elements, over the limit of {limit} elements per tensor \
+         (max_tensor_elements)"
+    )]
+    Elements {
+        /// The output.
+        name: String,
+        /// Its element count.
+        elements: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The outputs together have more elements than a request's inputs may have.
+    #[error("the outputs have {elements} elements in all, over the limit of {limit}")]
+    TotalElements {
+        /// Their element count.
+        elements: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The outputs together take more bytes than a request body may.
+    #[error(
+        "the outputs take {bytes} bytes (output '{largest}' the largest), over the limit of \
+         {limit} bytes (max_request_bytes)"
+    )]
+    Bytes {
+        /// The largest output.
+        largest: String,
+        /// Their size in bytes, as binary tensor data.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The response as JSON could be larger than the JSON limit.
+    #[error(
+        "the response as JSON could take up to {estimate} bytes, over the limit of {limit} bytes \
+         (max_json_response_bytes); ask for binary outputs, the compact encoding: \
+         \"parameters\": {{\"binary_data_output\": true}} on the request, or \
+         \"parameters\": {{\"binary_data\": true}} on an output"
+    )]
+    JsonTooLarge {
+        /// The upper bound of the JSON's size.
+        estimate: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Checks the outputs about to be encoded against the limits inputs have (elements per tensor and
+/// in all, `max_bytes` of tensor data), and bounds the JSON part of the response by
+/// `max_json_bytes` before it is built. The JSON size is an upper bound computed from element
+/// counts ([`json_size_bound`]), so a response that passes never builds a larger string.
+pub fn check_outputs(
+    outputs: &[Output<'_>],
+    limits: &Limits,
+    max_bytes: usize,
+    max_json_bytes: usize,
+    overhead: usize,
+) -> Result<(), OutputLimitError> {
+    let mut elements = 0usize;
+    let mut bytes = 0usize;
+    let mut largest: Option<(&str, usize)> = None;
+    let mut json = overhead;
+    for output in outputs {
+        let count = output.tensor.len();
+        if count > limits.max_elements {
+            return Err(OutputLimitError::Elements {
+                name: output.name.to_owned(),
+                elements: count,
+                limit: limits.max_elements,
+            });
+        }
+        elements = elements.saturating_add(count);
+        let size = binary_size(output.tensor);
+        bytes = bytes.saturating_add(size);
+        if largest.is_none_or(|(_, n)| size > n) {
+            largest = Some((output.name, size));
+        }
+        json = json.saturating_add(json_size_bound(output));
+    }
+    if elements > limits.max_total_elements {
+        return Err(OutputLimitError::TotalElements {
+            elements,
+            limit: limits.max_total_elements,
+        });
+    }
+    if bytes > max_bytes {
+        return Err(OutputLimitError::Bytes {
+            largest: largest.map_or_else(String::new, |(name, _)| name.to_owned()),
+            bytes,
+            limit: max_bytes,
+        });
+    }
+    if json > max_json_bytes {
+        return Err(OutputLimitError::JsonTooLarge {
+            estimate: json,
+            limit: max_json_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// A tensor's size as binary tensor data: its bytes, and for `BYTES` a 4-byte length per element.
+fn binary_size(tensor: &Tensor) -> usize {
+    match tensor.data() {
+        TensorData::Fixed(bytes) => bytes.len(),
+        TensorData::Bytes(elements) => elements
+            .iter()
+            .fold(0usize, |n, e| n.saturating_add(e.len()).saturating_add(4)),
+    }
+}
+
+/// The most bytes an element of `datatype` takes in JSON, with its separating comma. Floats are
+/// written by serde_json's shortest round-trip form: an f64 takes at most 24 characters
+/// (`-2.2250738585072014e-308`), an FP32 value (at most 9 significant digits, see [`shortest`])
+/// at most 19 (`-1234567900000000.0`), an FP16 value at most 15 (`-0.000061035156`); the strings
+/// for non-finite values are shorter (`"-Infinity"`).
+fn json_element_bound(datatype: DataType) -> usize {
+    match datatype {
+        DataType::Bool => 6,
+        DataType::U8 => 4,
+        DataType::I8 => 5,
+        DataType::U16 => 6,
+        DataType::I16 => 7,
+        DataType::U32 => 11,
+        DataType::I32 => 12,
+        DataType::U64 | DataType::I64 => 21,
+        DataType::F16 => 16,
+        DataType::F32 => 20,
+        DataType::F64 => 25,
+        // Counted per byte by the caller.
+        DataType::Bytes => 3,
+    }
+}
+
+/// Room for one output's name, data type and shape, and for the response's own fields, beyond
+/// what names and shapes add.
+const JSON_OUTPUT_OVERHEAD: usize = 96;
+
+/// An upper bound of the bytes one output adds to the response's JSON, from its element count
+/// (and for `BYTES`, its element lengths), without encoding it.
+pub fn json_size_bound(output: &Output<'_>) -> usize {
+    // A name is escaped at most 6 bytes per byte (`\u001f`); a dimension is at most 20 digits.
+    let tensor = output.tensor;
+    let fixed = JSON_OUTPUT_OVERHEAD
+        .saturating_add(output.name.len().saturating_mul(6))
+        .saturating_add(tensor.shape().len().saturating_mul(21));
+    if output.binary {
+        // `"parameters":{"binary_data_size":N}` instead of the data.
+        return fixed.saturating_add(64);
+    }
+    let data = match tensor.data() {
+        // Quotes and comma, then each byte escaped (`\u0000`) or replaced (U+FFFD, 3 bytes) in
+        // at most 6 bytes.
+        TensorData::Bytes(elements) => elements.iter().fold(0usize, |n, e| {
+            n.saturating_add(json_element_bound(DataType::Bytes))
+                .saturating_add(e.len().saturating_mul(6))
+        }),
+        TensorData::Fixed(_) => tensor
+            .len()
+            .saturating_mul(json_element_bound(tensor.datatype())),
+    };
+    fixed.saturating_add(data)
+}
+
+/// An upper bound of the bytes the response's own fields take in JSON: the model's name and
+/// version and the request id, each escaped at most 6 bytes per byte.
+pub fn json_response_overhead(model_name: &str, model_version: &str, id: Option<&str>) -> usize {
+    let text = model_name.len() + model_version.len() + id.map_or(0, str::len);
+    JSON_OUTPUT_OVERHEAD.saturating_add(text.saturating_mul(6))
+}
+
 /// Encodes an infer response.
 pub fn encode_response(
     model_name: &str,
@@ -599,6 +776,130 @@ mod tests {
         assert!(parse_request(huge.as_bytes(), None, &limits()).is_err());
         assert!(parse_request(b"{\"inputs\":", None, &limits()).is_err());
         assert!(parse_request(b"{\"inputs\":[]}", None, &limits()).is_err());
+    }
+
+    /// The widest values of each type: the JSON bound must hold for them.
+    fn widest(datatype: DataType) -> Tensor {
+        let bytes: Vec<u8> = match datatype {
+            DataType::Bool => vec![0, 1],
+            DataType::U8 => vec![255],
+            DataType::I8 => (-128i8).to_le_bytes().to_vec(),
+            DataType::U16 => u16::MAX.to_le_bytes().to_vec(),
+            DataType::I16 => i16::MIN.to_le_bytes().to_vec(),
+            DataType::U32 => u32::MAX.to_le_bytes().to_vec(),
+            DataType::I32 => i32::MIN.to_le_bytes().to_vec(),
+            DataType::U64 => u64::MAX.to_le_bytes().to_vec(),
+            DataType::I64 => i64::MIN.to_le_bytes().to_vec(),
+            DataType::F16 => [-6.1035156e-5f32, -65504.0, -5.9604645e-8, f32::NEG_INFINITY]
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            DataType::F32 => [
+                -1.234_567_9e15f32,
+                -1.234_567_9e-5,
+                -1.175_494_4e-38,
+                -1.401e-45,
+                f32::MIN,
+                f32::NAN,
+            ]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+            DataType::F64 => [
+                -2.225_073_858_507_201_4e-308f64,
+                -1.234_567_890_123_456_7e-5,
+                f64::MIN,
+            ]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+            DataType::Bytes => {
+                let elements = vec![Zeroizing::new(vec![0u8, 0x1f, 0xff, b'"'])];
+                return Tensor::from_strings(vec![1], elements).unwrap();
+            }
+        };
+        let n = bytes.len() / datatype.element_size().unwrap();
+        Tensor::from_le_bytes(datatype, vec![n], Zeroizing::new(bytes)).unwrap()
+    }
+
+    #[test]
+    fn the_json_bound_holds_for_the_widest_values_of_every_type() {
+        for datatype in DataType::ALL {
+            let tensor = widest(datatype);
+            let output = Output {
+                name: "y\u{1}",
+                tensor: &tensor,
+                binary: false,
+            };
+            let encoded = encode_response("m\"", "1", Some("r"), std::slice::from_ref(&output));
+            let bound = json_size_bound(&output) + json_response_overhead("m\"", "1", Some("r"));
+            assert!(
+                encoded.body.len() <= bound,
+                "{datatype}: {} bytes, bound {bound}",
+                encoded.body.len()
+            );
+            let data = serde_json::to_vec(&json_data(&tensor)).unwrap();
+            assert!(
+                data.len() <= tensor.len() * json_element_bound(datatype) + 6 * tensor.byte_len(),
+                "{datatype}: {}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+    }
+
+    #[test]
+    fn outputs_are_checked_against_every_limit() {
+        let t = Tensor::from_le_bytes(DataType::F32, vec![2, 50], Zeroizing::new(vec![0; 400]))
+            .unwrap();
+        let output = |binary| Output {
+            name: "y",
+            tensor: &t,
+            binary,
+        };
+        let limits = |max_elements, max_total_elements| Limits {
+            max_elements,
+            max_total_elements,
+        };
+        let check = |outputs: &[Output<'_>], l: Limits, bytes, json| {
+            check_outputs(outputs, &l, bytes, json, 0)
+        };
+        assert_eq!(check(&[output(false)], limits(100, 100), 400, 2200), Ok(()));
+        assert!(matches!(
+            check(&[output(false)], limits(99, 1000), 400, 1 << 20),
+            Err(OutputLimitError::Elements {
+                elements: 100,
+                limit: 99,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check(
+                &[output(true), output(true)],
+                limits(100, 150),
+                1 << 20,
+                1 << 20
+            ),
+            Err(OutputLimitError::TotalElements {
+                elements: 200,
+                limit: 150
+            })
+        ));
+        assert!(matches!(
+            check(&[output(true)], limits(100, 100), 399, 1 << 20),
+            Err(OutputLimitError::Bytes {
+                bytes: 400,
+                limit: 399,
+                ..
+            })
+        ));
+        let e = check(&[output(false)], limits(100, 100), 400, 1000).unwrap_err();
+        assert!(matches!(
+            e,
+            OutputLimitError::JsonTooLarge { limit: 1000, .. }
+        ));
+        assert!(e.to_string().contains("binary_data_output"), "{e}");
+        // In binary, the same output passes the JSON bound.
+        assert_eq!(check(&[output(true)], limits(100, 100), 400, 1000), Ok(()));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum Pending {
 struct Entry {
     versions: BTreeMap<u64, Arc<ServedModel>>,
     pending: Option<Pending>,
+    /// Given to the server at start (a file, the configuration, the state directory, a pull
+    /// configured at start): the server is ready only when it serves it.
+    configured: bool,
 }
 
 /// Why a lookup or change failed.
@@ -195,6 +198,15 @@ impl Repository {
         Ok(served)
     }
 
+    /// Marks the names held now (loaded, loading or failed) as the server's configured models:
+    /// [`Repository::ready`] waits for them. Names added later, by an upload or a pull requested
+    /// over the API, are not configured: their failures are their own state only.
+    pub fn mark_configured(&self) {
+        for entry in self.write().values_mut() {
+            entry.configured = true;
+        }
+    }
+
     /// Marks a name as loading or failed (shown while it has no loaded version).
     pub fn set_pending(&self, name: &str, pending: Pending) -> Result<(), RepositoryError> {
         check_name(name)?;
@@ -267,6 +279,17 @@ impl Repository {
     pub fn all_ready(&self) -> bool {
         self.read().values().all(|e| !e.versions.is_empty())
     }
+
+    /// Whether the server can serve its configured models ([`Repository::mark_configured`]):
+    /// each has a loaded version. This is the server's readiness (`/v2/health/ready`), which an
+    /// orchestrator takes the server out of service on: a model that an administrator uploads or
+    /// pulls over the API, and that fails, is shown failed on its own and changes nothing here.
+    pub fn ready(&self) -> bool {
+        self.read()
+            .values()
+            .filter(|e| e.configured)
+            .all(|e| !e.versions.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +358,43 @@ mod tests {
         assert!(e.contains("policy denied"), "{e}");
         repo.insert("p", None, fake(), Source::File).unwrap();
         assert!(repo.all_ready());
+    }
+
+    #[test]
+    fn readiness_waits_for_configured_models_only() {
+        let repo = Repository::new(8);
+        repo.insert("file", None, fake(), Source::File).unwrap();
+        repo.set_pending("pulled", Pending::Loading).unwrap();
+        repo.mark_configured();
+        assert!(!repo.ready(), "a configured pull is loading");
+        repo.insert("pulled", None, fake(), Source::File).unwrap();
+        assert!(repo.ready());
+        // A later pull that fails is that model's state alone.
+        repo.set_pending(
+            "asked-later",
+            Pending::Failed {
+                reason: "HTTP 404: no model".into(),
+            },
+        )
+        .unwrap();
+        assert!(repo.ready());
+        assert!(!repo.all_ready());
+
+        // A configured pull that fails makes the server unready...
+        let repo = Repository::new(8);
+        repo.set_pending("pulled", Pending::Loading).unwrap();
+        repo.mark_configured();
+        repo.set_pending(
+            "pulled",
+            Pending::Failed {
+                reason: "policy denied".into(),
+            },
+        )
+        .unwrap();
+        assert!(!repo.ready());
+        // ...until the operator deletes it: then the server no longer waits for it.
+        repo.remove("pulled");
+        assert!(repo.ready());
     }
 
     #[test]

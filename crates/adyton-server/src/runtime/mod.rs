@@ -181,6 +181,24 @@ pub enum TensorError {
     },
 }
 
+/// Sizes as people read them: `1.0 GiB`.
+pub fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    // Precision is not needed in a message; the value is only shown.
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// The number of elements of `shape`, or `None` on overflow.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -369,6 +387,21 @@ pub enum EngineError {
     /// The [`LoadOptions`] do not fit the model; the message names the input.
     #[error(transparent)]
     InputShape(#[from] InputShapeError),
+    /// The model's constants, declared or computed from constant shapes, need more memory than
+    /// the engine's load budget; found on the graph before the engine allocates them.
+    #[error(
+        "model constants need {}, over the load budget of {} (the largest: {largest})",
+        human_bytes(*.needed),
+        human_bytes(u128::from(*.budget))
+    )]
+    OverBudget {
+        /// Bytes the constants need.
+        needed: u128,
+        /// The budget, in bytes.
+        budget: u64,
+        /// The largest constant: where, its shape, type and size.
+        largest: String,
+    },
 }
 
 /// What the operator tells the engine about a model that its graph does not say.

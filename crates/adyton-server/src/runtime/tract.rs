@@ -46,6 +46,14 @@ use super::{
     Plan, Signature, Tensor, TensorData, TensorSpec,
 };
 
+mod budget;
+
+/// The default [`TractEngine::with_load_budget`]: 4 GiB. An ONNX model without external data
+/// (which is refused) is one protobuf message, at most 2 GiB, so a model's stored weights are at
+/// most 2 GiB; 4 GiB leaves as much again for constants computed from them, and refuses a
+/// model whose graph computes more than that from a few bytes of shape.
+pub const DEFAULT_LOAD_BUDGET: u64 = 4 << 30;
+
 /// The longest reason taken from tract, in bytes. Longer ones are cut: a reason names the node
 /// and the cause, and anything beyond this is a dump of the graph.
 const MAX_REASON_LEN: usize = 2048;
@@ -54,6 +62,7 @@ const MAX_REASON_LEN: usize = 2048;
 #[derive(Clone)]
 pub struct TractEngine {
     onnx: Onnx,
+    load_budget: u64,
 }
 
 impl TractEngine {
@@ -65,7 +74,24 @@ impl TractEngine {
             provider: Arc::new(NoExternalData),
             ..tract_onnx::onnx()
         };
-        TractEngine { onnx }
+        TractEngine {
+            onnx,
+            load_budget: DEFAULT_LOAD_BUDGET,
+        }
+    }
+
+    /// The same engine, refusing models whose constants need more than `bytes`: the declared
+    /// initializers and constants, and the constants the graph computes from constant shapes
+    /// (`ConstantOfShape`, `Expand`, `Tile`, `Range`, `Resize`, ...). The check reads the ONNX
+    /// graph before tract builds or allocates anything, so such a model is refused at once.
+    pub fn with_load_budget(mut self, bytes: u64) -> TractEngine {
+        self.load_budget = bytes;
+        self
+    }
+
+    /// The load budget, in bytes.
+    pub fn load_budget(&self) -> u64 {
+        self.load_budget
     }
 }
 
@@ -77,7 +103,9 @@ impl Default for TractEngine {
 
 impl fmt::Debug for TractEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TractEngine").finish_non_exhaustive()
+        f.debug_struct("TractEngine")
+            .field("load_budget", &self.load_budget)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,6 +120,16 @@ impl Engine for TractEngine {
                 reason: format!("not an ONNX model: {e}"),
             }
         })?;
+        let constants = budget::constant_bytes(&proto);
+        if constants.total > u128::from(self.load_budget) {
+            return Err(EngineError::OverBudget {
+                needed: constants.total,
+                budget: self.load_budget,
+                largest: constants
+                    .largest
+                    .map_or_else(String::new, |l| l.to_string()),
+            });
+        }
         let has_value_info = proto
             .graph
             .as_ref()

@@ -5,6 +5,8 @@
 
 mod device;
 mod http;
+mod limits;
+mod onnx;
 mod openapi;
 mod pull;
 mod runtime;
