@@ -256,6 +256,14 @@ pub struct ServerServeArgs {
     /// Largest infer request body, e.g. 16M (default 64M).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
     pub max_request_bytes: Option<usize>,
+    /// Memory a model's constants may need, declared or computed from constant shapes, checked
+    /// before the model loads (uploads, pulls, --model, sealed models), e.g. 2G (default 4G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub load_budget_bytes: Option<usize>,
+    /// Largest JSON infer response, bounded before it is built; beyond it, binary outputs are
+    /// needed, e.g. 16M (default 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub max_json_response_bytes: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

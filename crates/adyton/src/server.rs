@@ -16,7 +16,7 @@ use adyton_server::http::{
 use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
 use adyton_server::pull::{Backoff, Puller};
 use adyton_server::repository::{Pending, Repository, Source};
-use adyton_server::runtime::tract::TractEngine;
+use adyton_server::runtime::tract::{TractEngine, DEFAULT_LOAD_BUDGET};
 use adyton_server::runtime::{Dim, Engine, LoadOptions};
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
 use anyhow::{bail, Context, Result};
@@ -45,6 +45,10 @@ struct ConfigFile {
     max_upload_bytes: Option<usize>,
     max_request_bytes: Option<usize>,
     max_tensor_elements: Option<usize>,
+    /// The memory a model's constants may need (the engine's load budget).
+    load_budget_bytes: Option<u64>,
+    /// The largest JSON infer response.
+    max_json_response_bytes: Option<usize>,
     /// The registry that protected models are pulled from.
     registry: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
@@ -136,6 +140,7 @@ struct Resolved {
     certificate_out: Option<PathBuf>,
     max_models: usize,
     settings: Settings,
+    load_budget: u64,
     models: Vec<ModelEntry>,
     registry: Option<String>,
     state_dir: Option<PathBuf>,
@@ -259,6 +264,17 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
     }
     Ok(Resolved {
         listen,
+    if let Some(n) = args
+        .max_json_response_bytes
+        .or(file.max_json_response_bytes)
+    {
+        settings.max_json_response = n;
+    }
+    let load_budget = args
+        .load_budget_bytes
+        .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+        .or(file.load_budget_bytes)
+        .unwrap_or(DEFAULT_LOAD_BUDGET);
         tee,
         sim_key: args.sim_key.clone().or(file.sim_key),
         token_file: args.token_file.clone().or(file.token_file),
@@ -266,6 +282,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         max_models: args.max_models.or(file.max_models).unwrap_or(16),
         settings,
         models,
+        load_budget,
         registry,
         state_dir,
     })
@@ -382,7 +399,10 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
         eprintln!("wrote the certificate to {}", path.display());
     }
 
-    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+    // One engine for every model, so that the load budget holds for files, sealed models,
+    // pulls and uploads alike.
+    let engine: Arc<dyn Engine> =
+        Arc::new(TractEngine::new().with_load_budget(resolved.load_budget));
     let repository = Arc::new(Repository::new(resolved.max_models));
     for entry in &resolved.models {
         if let Some(path) = &entry.path {
@@ -579,6 +599,29 @@ path = "plain.onnx"
         }
         let e = error(None, &["--model", "a=a.onnx", "--input-shape", "a:x=1,-2"]);
         assert!(e.contains("model 'a'") && e.contains("input 'x'"), "{e}");
+    #[test]
+    fn limits_come_from_the_file_and_the_flags() {
+        let defaults = resolve_with(None, &[]).unwrap();
+        assert_eq!(defaults.load_budget, DEFAULT_LOAD_BUDGET);
+        assert_eq!(
+            defaults.settings.max_json_response,
+            Settings::default().max_json_response
+        );
+        let file = "load_budget_bytes = 1073741824\nmax_json_response_bytes = 1048576\n";
+        let from_file = resolve_with(Some(file), &[]).unwrap();
+        assert_eq!(from_file.load_budget, 1 << 30);
+        assert_eq!(from_file.settings.max_json_response, 1 << 20);
+        let flags = [
+            "--load-budget-bytes",
+            "512M",
+            "--max-json-response-bytes",
+            "2M",
+        ];
+        let from_flags = resolve_with(Some(file), &flags).unwrap();
+        assert_eq!(from_flags.load_budget, 512 << 20);
+        assert_eq!(from_flags.settings.max_json_response, 2 << 20);
+    }
+
         let e = error(
             Some("[[model]]\nname = \"a\"\npath = \"a.onnx\"\ninput_shapes = { x = [1.5] }\n"),
             &[],
