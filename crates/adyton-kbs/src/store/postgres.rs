@@ -8,6 +8,14 @@
 //! gone. A write returns after its commit, which PostgreSQL has flushed to its write-ahead log;
 //! `connect` refuses a server where that is switched off (`fsync` or `synchronous_commit`).
 //!
+//! A server that restarts, or a connection that dies, costs no more than the calls in flight at
+//! that moment: the pool tests each connection before handing it out (`test_before_acquire`) and
+//! opens a new one in place of a dead one, within [`CONNECT_TIMEOUT`]. A statement runs at most
+//! [`PostgresOptions::statement_timeout`] on the server (PostgreSQL's `statement_timeout`, set at
+//! connection start), and a call waits at most that plus [`CONNECT_TIMEOUT`] on the client, so
+//! that a stuck lock or a silent network fails a call instead of holding it. A full disk on the
+//! server (SQLSTATE `53100`) is [`KbsError::StorageFull`].
+//!
 //! The trait is synchronous and sqlx is not: the store owns a small tokio runtime and blocks on
 //! it for each call. Calls may come from any thread that is not itself running async code: a plain
 //! thread, or a `spawn_blocking` thread of another runtime (as in the HTTP server).
@@ -30,8 +38,41 @@ use crate::error::{KbsError, Result};
 /// connection of the pool.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The default of [`PostgresOptions::statement_timeout`]: every statement of the broker is a
+/// single-row or small-table operation that takes milliseconds.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections per store: a broker's calls are short, and every replica has a pool of its own.
 const POOL_SIZE: u32 = 8;
+
+/// How long an unused connection stays in the pool. Short, so that after a server restart few
+/// dead connections are left to find (each is found and replaced when next taken).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the store uses its server, beyond the URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The longest a statement may run on the server before PostgreSQL cancels it (its
+    /// `statement_timeout`, set on every connection of the pool); the call then fails.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            statement_timeout: STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// These options with another statement timeout (at least one millisecond).
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+}
 
 /// The schema, embedded at build time from `crates/adyton-kbs/migrations`.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -40,6 +81,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct PostgresStore {
     pool: PgPool,
     runtime: OwnRuntime,
+    /// The longest a call waits: the statement timeout, and a connection's.
+    call_timeout: Duration,
     /// `user@host:port/database`: the server in messages, never with the password.
     target: String,
 }
@@ -57,8 +100,14 @@ impl PostgresStore {
     /// libpq's parameters such as `sslmode`), and brings its schema up to date.
     ///
     /// Errors are [`KbsError::Store`] and never contain the password. An unreachable or silent
-    /// server fails after [`CONNECT_TIMEOUT`].
+    /// server fails after [`CONNECT_TIMEOUT`]. The options are the defaults: see
+    /// [`PostgresStore::connect_with`].
     pub fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &PostgresOptions::default())
+    }
+
+    /// [`PostgresStore::connect`], with `settings`.
+    pub fn connect_with(url: &str, settings: &PostgresOptions) -> Result<Self> {
         let secrets = UrlSecrets::of(url);
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| store_error("the PostgreSQL URL is not valid", secrets.scrub(&e)))?
@@ -86,16 +135,23 @@ impl PostgresStore {
             let _ = conn.close().await;
             // Lazy: the connection above proved the server is there, and each call opens what it
             // needs within the same timeout.
+            let timeout_ms = settings.statement_timeout.as_millis().max(1);
+            let options = options.options([("statement_timeout", format!("{timeout_ms}ms"))]);
             Ok::<_, KbsError>(
                 PgPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(CONNECT_TIMEOUT)
+                    // A connection that died with its server (or was terminated) is found here,
+                    // closed, and replaced, instead of failing the call that would take it.
+                    .test_before_acquire(true)
+                    .idle_timeout(IDLE_TIMEOUT)
                     .connect_lazy_with(options),
             )
         })??;
         Ok(Self {
             pool,
             runtime,
+            call_timeout: settings.statement_timeout + CONNECT_TIMEOUT,
             target,
         })
     }
@@ -106,7 +162,17 @@ impl PostgresStore {
     }
 
     fn run<T>(&self, future: impl Future<Output = Result<T>>) -> Result<T> {
-        self.runtime.block_on(future)?
+        let limit = self.call_timeout;
+        self.runtime.block_on(async {
+            tokio::time::timeout(limit, future)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(store_error(
+                        &format!("PostgreSQL at {}", self.target),
+                        format!("no answer within {} ms", limit.as_millis()),
+                    ))
+                })
+        })?
     }
 
     async fn fetch_policy(&self, id: &str) -> Result<Option<PolicyRecord>> {
@@ -117,7 +183,7 @@ impl PostgresStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| store_error(&format!("cannot read policy `{id}`"), e))?;
+        .map_err(|e| pg_error(&format!("cannot read policy `{id}`"), e))?;
         row.map(|row| policy_from_row(&row)).transpose()
     }
 
@@ -129,12 +195,12 @@ impl PostgresStore {
         .bind(id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| store_error(&format!("cannot read key `{id}`"), e))?;
+        .map_err(|e| pg_error(&format!("cannot read key `{id}`"), e))?;
         row.map(|row| key_from_row(&row)).transpose()
     }
 
     async fn remove_policy(&self, id: &str) -> Result<bool> {
-        let failed = |what: &str, e: sqlx::Error| store_error(&format!("{what} `{id}`"), e);
+        let failed = |what: &str, e: sqlx::Error| pg_error(&format!("{what} `{id}`"), e);
         let mut txn = self
             .pool
             .begin()
@@ -191,7 +257,7 @@ impl Store for PostgresStore {
                 Some(ErrorKind::UniqueViolation) => KbsError::AlreadyExists {
                     id: record.id.clone(),
                 },
-                _ => store_error(&format!("cannot write policy `{}`", record.id), e),
+                _ => pg_error(&format!("cannot write policy `{}`", record.id), e),
             })?;
             Ok(())
         })
@@ -210,7 +276,7 @@ impl Store for PostgresStore {
             )
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| store_error("cannot list policies", e))?;
+            .map_err(|e| pg_error("cannot list policies", e))?;
             rows.iter().map(policy_from_row).collect()
         })
     }
@@ -244,7 +310,7 @@ impl Store for PostgresStore {
                 Some(ErrorKind::ForeignKeyViolation) => KbsError::UnknownPolicy {
                     id: record.transfer_policy_id.clone(),
                 },
-                _ => store_error(&format!("cannot write key `{}`", record.id), e),
+                _ => pg_error(&format!("cannot write key `{}`", record.id), e),
             })?;
             Ok(())
         })
@@ -262,7 +328,7 @@ impl Store for PostgresStore {
             )
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| store_error("cannot list keys", e))?;
+            .map_err(|e| pg_error("cannot list keys", e))?;
             rows.iter().map(key_from_row).collect()
         })
     }
@@ -276,7 +342,7 @@ impl Store for PostgresStore {
                 .bind(id)
                 .execute(&self.pool)
                 .await
-                .map_err(|e| store_error(&format!("cannot delete key `{id}`"), e))?;
+                .map_err(|e| pg_error(&format!("cannot delete key `{id}`"), e))?;
             Ok(done.rows_affected() > 0)
         })
     }
@@ -301,6 +367,20 @@ async fn check_durability(conn: &mut PgConnection, target: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error of a failed statement: [`KbsError::StorageFull`] when the server's disk is full
+/// (SQLSTATE `53100`, `disk_full`), [`KbsError::Store`] otherwise.
+fn pg_error(context: &str, e: sqlx::Error) -> KbsError {
+    const DISK_FULL: &str = "53100";
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(DISK_FULL) => {
+            KbsError::StorageFull {
+                reason: format!("{context}: {e}"),
+            }
+        }
+        _ => store_error(context, e),
+    }
 }
 
 fn kind(e: &sqlx::Error) -> Option<ErrorKind> {
@@ -480,6 +560,54 @@ mod tests {
         assert_eq!(secrets.scrub(&"hunter2!"), "***!");
         let secrets = UrlSecrets::of("postgres://kbs@db.example/kbs");
         assert_eq!(secrets.scrub(&"kbs@db.example"), "kbs@db.example");
+    }
+
+    /// A server's error with a SQLSTATE, as sqlx reports it.
+    #[derive(Debug)]
+    struct ServerError(&'static str);
+
+    impl fmt::Display for ServerError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerError {}
+
+    impl sqlx::error::DatabaseError for ServerError {
+        fn message(&self) -> &str {
+            "could not extend file: No space left on device"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_full_disk_on_the_server_is_storage_full() {
+        let full = sqlx::Error::Database(Box::new(ServerError("53100")));
+        match pg_error("cannot write key `k`", full) {
+            KbsError::StorageFull { reason } => assert!(reason.contains("key `k`"), "{reason}"),
+            other => panic!("disk_full: unexpected {other:?}"),
+        }
+        // Other server errors (here: a statement timeout) are store errors.
+        let cancelled = sqlx::Error::Database(Box::new(ServerError("57014")));
+        assert!(matches!(
+            pg_error("cannot list keys", cancelled),
+            KbsError::Store { .. }
+        ));
     }
 
     #[test]

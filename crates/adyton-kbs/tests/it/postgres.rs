@@ -9,7 +9,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use adyton_kbs::store::postgres::{PostgresStore, CONNECT_TIMEOUT};
+use adyton_kbs::store::postgres::{PostgresOptions, PostgresStore, CONNECT_TIMEOUT};
 use adyton_kbs::store::{KeyRecord, Store};
 use adyton_kbs::KbsError;
 use sqlx::{Connection as _, Executor as _, PgConnection};
@@ -335,6 +335,98 @@ fn postgres_round_trips_records_exactly() {
         Err(KbsError::Store { .. })
     ));
     assert_eq!(store.policy("policy-late").unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery: dead connections and stuck statements
+
+/// Ends every session on the test's database but the caller's, as a server restart (or an
+/// operator's `pg_terminate_backend`) would; returns how many it ended.
+fn terminate_sessions(db: &TestDatabase) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = PgConnection::connect(&db.admin_url).await.unwrap();
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()) AS ended",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        ended
+    })
+}
+
+/// The pool's connections are all killed between two calls: the next calls work, on new
+/// connections, without a restart of the store.
+#[test]
+fn postgres_store_reconnects_after_its_connections_are_terminated() {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    let store = db.connect();
+    store.insert_policy(&policy("policy-pg")).unwrap();
+    // Several connections in the pool, all idle afterwards.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let store = &store;
+            scope.spawn(move || {
+                store
+                    .insert_key(&key(&format!("key-{t}"), "policy-pg"))
+                    .unwrap();
+            });
+        }
+    });
+    for round in 0..3 {
+        let ended = terminate_sessions(&db);
+        assert!(ended >= 1, "round {round}: no session to end");
+        let keys = store.keys().unwrap();
+        assert_eq!(keys.len(), 4 + round, "round {round}");
+        keys.iter().for_each(assert_intact);
+        store
+            .insert_key(&key(&format!("key-after-{round}"), "policy-pg"))
+            .unwrap();
+    }
+}
+
+/// A statement that waits on a lock is cancelled by the server after the statement timeout, and
+/// the call fails with the reason; once the lock is gone the store works again.
+#[test]
+fn postgres_statement_timeout_ends_a_stuck_call() {
+    let Some(db) = TestDatabase::create() else {
+        return;
+    };
+    let options = PostgresOptions::default().with_statement_timeout(Duration::from_millis(300));
+    let store = PostgresStore::connect_with(&db.url, &options).unwrap();
+    store.insert_policy(&policy("policy-lock")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Another session holds the table, as a long migration or a stuck transaction would.
+    let mut holder = runtime.block_on(async {
+        let mut conn = PgConnection::connect(&db.url).await.unwrap();
+        conn.execute("BEGIN; LOCK TABLE policies IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        conn
+    });
+    match store.policies() {
+        Err(KbsError::Store { reason }) => {
+            assert!(reason.contains("statement timeout"), "{reason}")
+        }
+        other => panic!("a call on a locked table: unexpected {other:?}"),
+    }
+    runtime.block_on(async {
+        holder.execute("ROLLBACK").await.unwrap();
+        holder.close().await.unwrap();
+    });
+    assert_eq!(store.policies().unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
