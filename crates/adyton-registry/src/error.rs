@@ -46,6 +46,19 @@ pub enum BlobError {
 }
 
 impl BlobError {
+    /// Whether the store's disk (or its owner's quota) is full: `ENOSPC` or `EDQUOT`.
+    pub fn is_storage_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match self {
+            Self::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(what: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             what,
@@ -91,6 +104,14 @@ pub enum RegistryError {
     #[error("the upload was interrupted: {reason}")]
     Interrupted { reason: String },
 
+    /// The store's disk is full: nothing was stored, and the same request may succeed once space
+    /// is freed (no restart needed).
+    #[error("storage full: {source}")]
+    StorageFull {
+        #[source]
+        source: BlobError,
+    },
+
     /// The store failed.
     #[error("storage failed: {source}")]
     Storage {
@@ -108,6 +129,7 @@ impl From<BlobError> for RegistryError {
         match source {
             BlobError::TooLarge { limit } => Self::TooLarge { limit },
             BlobError::Interrupted { reason } => Self::Interrupted { reason },
+            source if source.is_storage_full() => Self::StorageFull { source },
             source => Self::Storage { source },
         }
     }

@@ -12,8 +12,9 @@
 //!   416; a multi-range request gets the whole blob (200).
 //!
 //! Errors are `{"error": "..."}` with 400 (bad id, info or body), 401 (no or wrong token), 404,
-//! 409, 413, 416 or 500. The details of a 500 go to stderr, never to the client. Nothing secret is
-//! logged: not the token, and the registry never holds a key or plaintext.
+//! 409, 413, 416, 500 or 507 (the store's disk is full; nothing was stored). The details of a 500
+//! or 507 go to stderr, never to the client. Nothing secret is logged: not the token, and the
+//! registry never holds a key or plaintext.
 
 use std::fmt;
 use std::sync::Arc;
@@ -331,6 +332,14 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
             RegistryError::BlobExists { .. } | RegistryError::NoBlob { .. } => StatusCode::CONFLICT,
             RegistryError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RegistryError::StorageFull { .. } => {
+                // The path and the cause go to the log; the client learns what to do.
+                eprintln!("adyton-registry: storage full: {err}");
+                return Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the registry's storage is full; retry once space is freed",
+                );
+            }
             RegistryError::RangeNotSatisfiable { size } => {
                 let mut api = Self::new(StatusCode::RANGE_NOT_SATISFIABLE, err.to_string());
                 api.size = Some(*size);

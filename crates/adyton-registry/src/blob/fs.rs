@@ -3,8 +3,13 @@
 //! A write goes to a temporary file (`.tmp-...`, mode 0600) in the target's directory, is synced,
 //! and is then renamed into place (or hard-linked, which fails on an existing target, when it must
 //! not overwrite), and the directory is synced: a reader sees the whole object or none, and a crash
-//! loses no finished write. A failed or abandoned write removes its temporary file. Keys never
+//! loses no finished write. A failed or abandoned write (a full disk, a client gone) removes its
+//! temporary file; those a crash left behind are removed when the store is next opened. Keys never
 //! start with `.`, so temporary files are never listed or served.
+//!
+//! One store at a time uses a directory: opening takes a lock on `DIR/.lock` (released when the
+//! store is dropped, or its process ends), so that no other process's upload is under way when
+//! the stale temporary files are removed.
 
 use std::io::SeekFrom;
 use std::ops::Range;
@@ -21,23 +26,66 @@ use crate::error::BlobError;
 /// Bytes read from a file per chunk of a download stream.
 const READ_CHUNK: usize = 256 << 10;
 
+/// The file in the store's directory whose lock keeps a second store off it.
+const LOCK_FILE: &str = ".lock";
+
+/// The prefix of temporary files' names.
+const TEMP_PREFIX: &str = ".tmp-";
+
 /// A blob store in one directory.
 #[derive(Debug)]
 pub struct FsStore {
     root: PathBuf,
+    /// Holds the directory's lock while the store lives.
+    _lock: std::fs::File,
 }
 
 impl FsStore {
-    /// The store in `root`, made (mode 0700) if missing.
+    /// The store in `root`, made (mode 0700) if missing. Refused while another store (in this
+    /// process or another) has the directory open. Temporary files left by a crash are removed.
     pub fn open(root: &Path) -> Result<Self, BlobError> {
-        use std::os::unix::fs::DirBuilderExt as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .map_err(|e| BlobError::io("cannot create directory", root, e))?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| BlobError::io("cannot open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(BlobError::Config {
+                    reason: format!(
+                        "{} is in use by another registry (it holds {}); one registry per \
+                         directory",
+                        root.display(),
+                        lock_path.display()
+                    ),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(BlobError::io("cannot lock", &lock_path, e))
+            }
+        }
+        let removed = remove_stale_temp_files(root)?;
+        if removed > 0 {
+            eprintln!(
+                "adyton-registry: removed {removed} temporary file(s) left in {} by an interrupted \
+                 write",
+                root.display()
+            );
+        }
         Ok(Self {
             root: root.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -67,6 +115,33 @@ impl Drop for TempFile {
     }
 }
 
+/// Removes the temporary files under `dir` (its subdirectories too, as keys make them) and returns
+/// how many. Only the store's lock holder calls it, so none of them belongs to a write under way.
+/// Symbolic links are neither followed nor removed.
+fn remove_stale_temp_files(dir: &Path) -> Result<usize, BlobError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| BlobError::io("cannot list", dir, e))?;
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| BlobError::io("cannot list", dir, e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| BlobError::io("cannot read", &path, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if kind.is_file() && name.starts_with(TEMP_PREFIX) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(BlobError::io("cannot remove", &path, e)),
+            }
+        } else if kind.is_dir() && !name.starts_with('.') {
+            removed += remove_stale_temp_files(&path)?;
+        }
+    }
+    Ok(removed)
+}
+
 fn temp_name() -> Result<String, BlobError> {
     use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
     let mut bytes = [0u8; 12];
@@ -75,7 +150,7 @@ fn temp_name() -> Result<String, BlobError> {
         .map_err(|_| BlobError::Config {
             reason: "the random source failed".to_owned(),
         })?;
-    Ok(format!(".tmp-{}", hex::encode(bytes)))
+    Ok(format!("{TEMP_PREFIX}{}", hex::encode(bytes)))
 }
 
 fn not_found_or(key: &str, what: &'static str, path: &Path, e: std::io::Error) -> BlobError {

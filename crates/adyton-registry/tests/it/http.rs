@@ -3,9 +3,15 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use adyton_client::{ClientError, ModelInfo, RegistryClient, RetryPolicy, Token};
+use adyton_registry::blob::fs::FsStore;
+use adyton_registry::blob::{BlobEntry, BlobRead, BlobStore, ByteStream};
+use adyton_registry::BlobError;
+use futures_util::StreamExt as _;
 
 use crate::support::{random_bytes, temp_files, TestServer, TOKEN};
 
@@ -395,4 +401,133 @@ fn a_download_that_keeps_failing_gives_up() {
         });
     let err = client.download_blob("x", &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("gave up"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk: 507, nothing half-stored, and service again once space is freed
+
+/// A filesystem store whose writes fail as on a full disk (`ENOSPC`, after the body is read)
+/// for the keys that start with the prefix set in `full`.
+#[derive(Debug)]
+struct FillableStore {
+    inner: FsStore,
+    full: Mutex<Option<&'static str>>,
+}
+
+impl FillableStore {
+    fn fill(&self, prefix: Option<&'static str>) {
+        *self.full.lock().unwrap() = prefix;
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FillableStore {
+    async fn put(
+        &self,
+        key: &str,
+        mut data: ByteStream,
+        overwrite: bool,
+    ) -> Result<u64, BlobError> {
+        let full = *self.full.lock().unwrap();
+        if full.is_some_and(|prefix| key.starts_with(prefix)) {
+            while let Some(chunk) = data.next().await {
+                chunk?;
+            }
+            return Err(BlobError::Io {
+                what: "cannot write",
+                path: format!("/srv/registry/{key}"),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        self.inner.put(key, data, overwrite).await
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<BlobRead, BlobError> {
+        self.inner.get(key, range).await
+    }
+
+    async fn head(&self, key: &str) -> Result<u64, BlobError> {
+        self.inner.head(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BlobError> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobEntry>, BlobError> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// PUT with the token: status and body.
+fn put(url: &str, body: &[u8]) -> (u16, String) {
+    let mut answer = agent()
+        .put(url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap();
+    let text = answer.body_mut().read_to_string().unwrap();
+    (answer.status().as_u16(), text)
+}
+
+const FULL: &str = r#"{"error":"the registry's storage is full; retry once space is freed"}"#;
+
+#[test]
+fn a_full_disk_is_507_and_the_registry_serves_again_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FillableStore {
+        inner: FsStore::open(dir.path()).unwrap(),
+        full: Mutex::new(None),
+    });
+    let server = TestServer::start_with_store(store.clone(), 1 << 20);
+    let blob_url = |id: &str| format!("{}/blobs/{id}", server.url);
+    let info_url = |id: &str| format!("{}/models/{id}", server.url);
+    assert_eq!(put(&blob_url("m-ok"), b"ciphertext").0, 201);
+    assert_eq!(put(&info_url("m-ok"), b"{}").0, 200);
+
+    store.fill(Some(""));
+    assert_eq!(
+        put(&blob_url("m-full"), b"ciphertext"),
+        (507, FULL.to_owned())
+    );
+    assert_eq!(
+        put(&info_url("m-ok"), br#"{"name": "new"}"#),
+        (507, FULL.to_owned())
+    );
+    // Reads go on.
+    let (status, _, _, body) = get(&blob_url("m-ok"), None);
+    assert_eq!((status, body), (200, b"ciphertext".to_vec()));
+    assert_eq!(get(&format!("{}/models", server.url), None).0, 200);
+
+    // The blob fits, its record does not: the blob is removed too, so that the id is free.
+    store.fill(Some("blob-meta/"));
+    assert_eq!(
+        put(&blob_url("m-half"), b"ciphertext"),
+        (507, FULL.to_owned())
+    );
+    assert_eq!(get(&blob_url("m-half"), None).0, 404);
+
+    // Space is freed: the same requests succeed, with no restart.
+    store.fill(None);
+    assert_eq!(put(&blob_url("m-full"), b"ciphertext").0, 201);
+    assert_eq!(put(&blob_url("m-half"), b"ciphertext").0, 201);
+    let (status, text) = put(&info_url("m-ok"), br#"{"name": "new"}"#);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""name":"new""#), "{text}");
+    let (status, _, _, body) = get(&format!("{}/models", server.url), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        temp_files(dir.path()).is_empty(),
+        "{:?}",
+        temp_files(dir.path())
+    );
 }

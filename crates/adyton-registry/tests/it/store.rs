@@ -211,6 +211,66 @@ fn fs_store_removes_the_temporary_file_of_a_cancelled_write() {
     drop(tx);
 }
 
+#[test]
+fn fs_store_removes_stale_temporary_files_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let outside = dir.path().join("outside");
+    std::fs::write(&outside, b"not the store's").unwrap();
+    {
+        let store = FsStore::open(&root).unwrap();
+        runtime().block_on(async {
+            store
+                .put_bytes("blobs/m1", Bytes::from_static(b"blob"), false)
+                .await
+                .unwrap();
+            store
+                .put_bytes("info/m1.json", Bytes::from_static(b"{}"), true)
+                .await
+                .unwrap();
+        });
+    }
+    // What a crash in the middle of writes leaves, at every level keys make.
+    for stale in [
+        ".tmp-0123456789abcdef01234567",
+        "blobs/.tmp-aaaaaaaaaaaaaaaaaaaaaaaa",
+        "blobs/.tmp-bbbbbbbbbbbbbbbbbbbbbbbb",
+        "info/.tmp-cccccccccccccccccccccccc",
+        "blob-meta/.tmp-dddddddddddddddddddddddd",
+    ] {
+        let path = root.join(stale);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+    }
+    // A link is neither followed nor removed.
+    std::os::unix::fs::symlink(&outside, root.join("blobs/.tmp-link")).unwrap();
+    assert_eq!(temp_files(&root).len(), 6);
+
+    let store = FsStore::open(&root).unwrap();
+    assert_eq!(temp_files(&root), vec![".tmp-link".to_owned()]);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not the store's");
+    runtime().block_on(async {
+        assert_eq!(store.get_bytes("blobs/m1", 100).await.unwrap(), b"blob");
+        assert_eq!(store.get_bytes("info/m1.json", 100).await.unwrap(), b"{}");
+        assert_eq!(store.list("blobs").await.unwrap().len(), 1);
+    });
+}
+
+#[test]
+fn fs_store_refuses_a_second_store_on_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = FsStore::open(dir.path()).unwrap();
+    // The second would remove the first's temporary files, under uploads in progress.
+    match FsStore::open(dir.path()) {
+        Err(BlobError::Config { reason }) => {
+            assert!(reason.contains("another registry"), "{reason}")
+        }
+        other => panic!("a second store: unexpected {other:?}"),
+    }
+    drop(first);
+    FsStore::open(dir.path()).unwrap();
+}
+
 /// The endpoint, or `None` (after saying so) when the S3 tests are to be skipped.
 fn s3_endpoint() -> Option<String> {
     match std::env::var(ENDPOINT_ENV) {

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use adyton_registry::blob::fs::FsStore;
+use adyton_registry::blob::BlobStore;
 use adyton_registry::http::{router, RegistryState, WriteToken};
 use adyton_registry::Registry;
 
@@ -25,6 +26,11 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub fn start(data_dir: &Path, max_blob_bytes: u64) -> Self {
+        Self::start_with_store(Arc::new(FsStore::open(data_dir).unwrap()), max_blob_bytes)
+    }
+
+    /// A registry over `store`.
+    pub fn start_with_store(store: Arc<dyn BlobStore>, max_blob_bytes: u64) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -34,7 +40,6 @@ impl TestServer {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let store = Arc::new(FsStore::open(data_dir).unwrap());
         let registry = Registry::new(store, &url, max_blob_bytes);
         let state = Arc::new(RegistryState {
             registry,
@@ -62,7 +67,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Names in `dir` and below that start with a dot: temporary files.
+/// Names in `dir` and below that start with `.tmp-`: temporary files.
 pub fn temp_files(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -70,7 +75,7 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
+        if name.starts_with(".tmp-") {
             found.push(name);
         } else if entry.path().is_dir() {
             found.extend(temp_files(&entry.path()));
