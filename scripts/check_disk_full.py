@@ -722,10 +722,12 @@ def main():
             for name in ("kbs.stderr", "registry.stderr"):
                 if os.path.exists(os.path.join(work, name)):
                     shutil.copy2(os.path.join(work, name), args.keep)
-        failed = summary(results, checks)
-        for mnt in reversed(results["mounts"]):
-            subprocess.run(["umount", mnt], check=False)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            failed = summary(results, checks)
+        finally:
+            for mnt in reversed(results["mounts"]):
+                subprocess.run(["umount", mnt], check=False)
+            shutil.rmtree(work, ignore_errors=True)
     if results.get("error"):
         print(f"\ncheck_disk_full: stopped early: {results['error']}", file=sys.stderr)
         return 1
