@@ -14,7 +14,7 @@ use serde_json::json;
 use adyton_client::{ConnectOptions, ServerClient, Token};
 
 use crate::cli::{AttestServerArgs, AttestedServerArgs, ReportArgs, VerifyArgs};
-use crate::files::{print_stdout, AtomicOutput};
+use crate::files::{print_stdout, OutputFile, OutputKind};
 
 /// Largest evidence, quote or certificate file read.
 const MAX_INPUT_LEN: u64 = 4 << 20;
@@ -26,20 +26,20 @@ pub fn report(args: &ReportArgs) -> Result<()> {
     if let Some(key) = &args.sim_key {
         paths.sim_key = key.clone();
     }
-    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let mut output = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let attester = attester::attester_for(choice, &paths)?;
     if attester.tee() == TeeKind::Sim {
         eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
     }
     let evidence = attester.evidence(&report_data)?;
     std::io::Write::write_all(output.file(), evidence.to_json().as_bytes())
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+        .with_context(|| format!("cannot write {output}"))?;
+    let shown = output.to_string();
     output.commit()?;
     eprintln!(
-        "wrote {} evidence ({} bytes of quote) to {}",
+        "wrote {} evidence ({} bytes of quote) to {shown}",
         evidence.tee,
         evidence.quote.len(),
-        args.output.display()
     );
     Ok(())
 }
@@ -121,7 +121,8 @@ pub fn server(args: &AttestServerArgs) -> Result<()> {
         "not asked (--no-nonce)"
     };
     if let Some(path) = &args.save_cert {
-        let mut output = AtomicOutput::create(path, args.force)?;
+        // Not `-`: the claims go to standard output.
+        let mut output = OutputFile::create(path, args.force, OutputKind::Public)?;
         std::io::Write::write_all(output.file(), client.certificate_pem().as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         output.commit()?;

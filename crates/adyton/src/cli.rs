@@ -115,6 +115,9 @@ pub struct RegistryServeArgs {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
     #[arg(long, value_name = "FILE", requires = "tls_certificate")]
     pub tls_private_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connections: crate::net::ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,6 +259,8 @@ pub struct ServerServeArgs {
     /// Largest infer request body, e.g. 16M (default 64M).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
     pub max_request_bytes: Option<usize>,
+    #[command(flatten)]
+    pub connections: crate::net::ConnectionArgs,
     /// Memory a model's constants may need, declared or computed from constant shapes, checked
     /// before the model loads (uploads, pulls, --model, sealed models), e.g. 2G (default 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
@@ -479,6 +484,9 @@ pub struct KbsServeArgs {
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
     #[arg(long, value_name = "FILE", requires = "tls_certificate")]
     pub tls_private_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connections: crate::net::ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::attest::connect_server;
 use crate::cli::InferArgs;
-use crate::files::{print_stdout, read_limited, AtomicOutput};
+use crate::files::{print_stdout, read_limited, OutputFile, OutputKind};
 use crate::secrets::read_token_file;
 
 /// Largest input file read (inputs are held in memory, zeroized afterwards).
@@ -53,9 +53,10 @@ pub fn infer(args: &InferArgs) -> Result<()> {
         .model_metadata(&args.model)
         .with_context(|| format!("cannot read the metadata of model `{}`", args.model))?;
     let output = match (&args.output, format) {
-        (Some(path), OutputFormat::Npy | OutputFormat::Npz | OutputFormat::Json) => {
-            Some((path, AtomicOutput::create(path, args.force)?))
-        }
+        (Some(path), OutputFormat::Npy | OutputFormat::Npz | OutputFormat::Json) => Some((
+            path,
+            OutputFile::create(path, args.force, OutputKind::Public)?,
+        )),
         _ => None,
     };
     let inputs = specs
@@ -80,7 +81,8 @@ pub fn infer(args: &InferArgs) -> Result<()> {
 }
 
 fn output_format(path: Option<&Path>) -> Result<OutputFormat> {
-    let Some(path) = path else {
+    // `-o -` is what no `-o` does: JSON on standard output.
+    let Some(path) = path.filter(|p| p.as_os_str() != "-") else {
         return Ok(OutputFormat::Stdout);
     };
     match extension(path).as_deref() {

@@ -68,7 +68,7 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     }
     eprintln!("audit log: {}", audit_path.display());
 
-    net::serve(settings.listen, tls, |_| {
+    net::serve(settings.listen, tls, settings.connections, |_| {
         http::router_with_admin(state, admin)
     })
 }
@@ -138,6 +138,7 @@ struct ConfigFile {
     admin: Vec<AdminEntry>,
     tls: Option<TlsFiles>,
     store: Option<StoreSection>,
+    connections: Option<net::ConnectionsSection>,
     /// Refused with an explanation rather than as an unknown field.
     #[serde(rename = "master_key", default, deserialize_with = "refuse_master_key")]
     _master_key: (),
@@ -210,6 +211,7 @@ struct Settings {
     admins: Option<Vec<AdminEntry>>,
     tls: Option<TlsFiles>,
     store: StoreSetting,
+    connections: net::ConnectionLimits,
 }
 
 /// The key store `serve` opens.
@@ -298,6 +300,7 @@ impl Settings {
                 admins: None,
                 tls: flag_tls,
                 store: StoreSetting::Redb,
+                connections: net::ConnectionLimits::resolve(None, &args.connections, "")?,
             });
         };
         let file = load_config(path)?;
@@ -337,6 +340,11 @@ impl Settings {
             admins: Some(file.admin),
             tls,
             store,
+            connections: net::ConnectionLimits::resolve(
+                file.connections.as_ref(),
+                &args.connections,
+                &source,
+            )?,
             source,
         })
     }

@@ -18,7 +18,7 @@ use crate::cli::{
     KbsClientArgs, KbsItemArgs, KbsKeyCommand, KbsKeyCreateArgs, KbsLoginArgs, KbsPolicyCommand,
     KbsPolicyCreateArgs, KbsTransferArgs,
 };
-use crate::files::{self, print_stdout, read_limited, AtomicOutput};
+use crate::files::{self, print_stdout, read_limited, OutputFile, OutputKind};
 use crate::secrets::{default_kbs_token_file, kbs_token_file, read_token_file};
 
 /// The environment variable holding the operator's password for `login`.
@@ -40,11 +40,14 @@ pub fn login(args: &KbsLoginArgs) -> Result<()> {
         Some(path) => path.clone(),
         None => default_kbs_token_file("--token-file")?,
     };
+    // The token file is checked before the login: a token the KBS issued (and audited) but that
+    // could not be kept would be wasted.
+    let out = prepare_token_file(&path)?;
     let password = read_password(&args.user)?;
     let token = client
         .login(&args.user, &password)
         .map_err(|e| explain(e, &client))?;
-    write_token_file(&path, &token)?;
+    write_token_file(out, &path, &token)?;
     let expires_in = token.expires_in().unwrap_or_default();
     if args.json {
         let reply = serde_json::json!({
@@ -165,7 +168,7 @@ pub fn transfer(args: &KbsTransferArgs) -> Result<()> {
     let bytes = read_limited(path, MAX_PROVISION_FILE_LEN as u64, "provisioning request")?;
     let request = ProvisionRequest::from_json(&bytes)
         .with_context(|| format!("{} is not a valid provisioning request", path.display()))?;
-    let mut out = AtomicOutput::create(&args.output, args.force)?;
+    let mut out = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let (client, token) = session(&args.client)?;
     let answer = client
         .offline_transfer(&token, &request)
@@ -366,8 +369,9 @@ fn read_password(user: &str) -> Result<Zeroizing<String>> {
     Ok(password)
 }
 
-/// Writes the token to `path`, mode 0600, atomically; the directory is made (mode 0700) if missing.
-fn write_token_file(path: &Path, token: &Token) -> Result<()> {
+/// Prepares the token file at `path`, a regular file only; the directory is made (mode 0700) if
+/// missing.
+fn prepare_token_file(path: &Path) -> Result<OutputFile> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -377,7 +381,11 @@ fn write_token_file(path: &Path, token: &Token) -> Result<()> {
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
     }
-    let mut out = AtomicOutput::create(path, true)?;
+    OutputFile::create(path, true, OutputKind::Secret)
+}
+
+/// Writes the token, mode 0600, atomically.
+fn write_token_file(mut out: OutputFile, path: &Path, token: &Token) -> Result<()> {
     out.file()
         .set_permissions(fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;

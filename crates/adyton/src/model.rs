@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{DecryptArgs, EncryptArgs, FormatArg, InspectArgs};
 use crate::files::{
-    open_input, prepare_key_file, print_stdout, progress, read_key_file, AtomicOutput,
+    open_input, prepare_key_file, print_stdout, progress, read_key_file, OutputFile, OutputKind,
 };
 
 /// Buffer size for file streams: large enough that a chunk costs few system calls.
@@ -22,7 +22,7 @@ pub fn encrypt(args: &EncryptArgs) -> Result<()> {
     let started = Instant::now();
     let (mut input, len) = open_input(&args.input)?;
     // Both outputs are checked before any work, so a refusal costs nothing.
-    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let mut output = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let (key, new_key_file) = match (&args.key_source.key, &args.key_source.new_key) {
         (Some(path), _) => (read_key_file(path)?, None),
         (None, Some(path)) => {
@@ -132,7 +132,7 @@ pub fn decrypt(args: &DecryptArgs) -> Result<()> {
     let started = Instant::now();
     let input_name = args.input.display();
     let (mut input, len) = open_input(&args.input)?;
-    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let mut output = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let key = read_key_file(&args.key)?;
     let format = detect(&mut input, &args.input)?;
     let written = match format {

@@ -1,17 +1,158 @@
 //! Serving axum over TCP or TLS until SIGINT or SIGTERM: shared by `adyton kbs serve`,
 //! `adyton registry serve` and `adyton server serve`.
+//!
+//! Connections are served by hyper directly rather than by `axum::serve`, which has no timeouts:
+//! every connection holds one of `max_connections` slots from accept to close (the excess is
+//! closed at accept, before a TLS handshake), and a client that sends its headers or its body
+//! too slowly, or stops reading, is disconnected (docs/kbs-config.md, "Connections").
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// How long a client may take over the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections a service may be configured to hold (the slots are a semaphore's permits).
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+/// The limits on a service's connections: `[connections]` in its configuration file, overridden
+/// by flags (docs/kbs-config.md, docs/registry.md, docs/server-config.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections held at once, handshakes included; beyond it a connection is closed at accept.
+    pub max_connections: usize,
+    /// Longest time for a request's whole head, from the moment the connection waits for it: just
+    /// after the TLS handshake, or once the previous answer is sent. So it also closes a kept-alive
+    /// connection that sends no next request.
+    pub header_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub body_timeout: Duration,
+    /// Longest time a connection may move no byte either way while no request is being handled:
+    /// a client that stops reading its answer.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 1024 connections: each costs a descriptor and a few kilobytes, and the services admit far
+    /// fewer requests at once than that (the inference server's workers and queue), so this only
+    /// binds under a flood; it stays below the 1024 descriptors of a default `ulimit -n` only with
+    /// headroom raised (systemd's default `LimitNOFILE` is 524288). 10 s for headers: a client
+    /// sends its request head in one packet, even over a slow link. 30 s between pieces of a body:
+    /// an upload over a congested link stalls for seconds, not half a minute. 60 s idle: a slow
+    /// reader of a large answer (a model blob) makes some progress every minute.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[connections]` of a service's configuration file. Durations are humantime strings ("10s").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsSection {
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    idle_timeout: Option<String>,
+}
+
+/// The flags that override `[connections]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectionArgs {
+    /// Most connections held at once; more are closed as they arrive [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Longest wait for a request's headers, and for the next request on a kept-alive
+    /// connection [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub header_timeout: Option<humantime::Duration>,
+    /// Longest pause in a request body [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub body_timeout: Option<humantime::Duration>,
+    /// Longest time a connection may move no byte while no request is handled [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<humantime::Duration>,
+}
+
+impl ConnectionLimits {
+    /// The defaults, overridden by the file's `[connections]`, overridden by the flags. `source`
+    /// names the file in messages.
+    pub fn resolve(
+        file: Option<&ConnectionsSection>,
+        flags: &ConnectionArgs,
+        source: &str,
+    ) -> Result<Self> {
+        let defaults = Self::default();
+        let file = file.cloned().unwrap_or_default();
+        let duration = |flag: Option<humantime::Duration>,
+                        text: Option<String>,
+                        name: &str,
+                        default: Duration|
+         -> Result<Duration> {
+            let value = match (flag, text) {
+                (Some(flag), _) => flag.into(),
+                (None, Some(text)) => humantime::parse_duration(&text).with_context(|| {
+                    format!("{source}: [connections] `{name}` is not a duration (e.g. \"10s\")")
+                })?,
+                (None, None) => default,
+            };
+            if value.is_zero() {
+                bail!("{name} must be longer than zero");
+            }
+            Ok(value)
+        };
+        let limits = Self {
+            max_connections: flags
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            header_timeout: duration(
+                flags.header_timeout,
+                file.header_timeout,
+                "header_timeout",
+                defaults.header_timeout,
+            )?,
+            body_timeout: duration(
+                flags.body_timeout,
+                file.body_timeout,
+                "body_timeout",
+                defaults.body_timeout,
+            )?,
+            idle_timeout: duration(
+                flags.idle_timeout,
+                file.idle_timeout,
+                "idle_timeout",
+                defaults.idle_timeout,
+            )?,
+        };
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(&limits.max_connections) {
+            bail!(
+                "max_connections is {}; it is between 1 and {MAX_CONNECTIONS_LIMIT}",
+                limits.max_connections
+            );
+        }
+        Ok(limits)
+    }
+}
 
 /// Binds `listen` and serves `router` on it, over TLS with `tls`, until SIGINT or SIGTERM.
 /// `router` is made once the address is bound (port 0 picks a free port) and gets that address.
@@ -21,6 +162,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn serve(
     listen: impl tokio::net::ToSocketAddrs + fmt::Display,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
     router: impl FnOnce(SocketAddr) -> axum::Router,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -35,30 +177,269 @@ pub fn serve(
             .local_addr()
             .context("cannot read the bound address")?;
         let router = router(addr);
-        match tls {
-            None => {
-                eprintln!("listening on http://{addr}");
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-                    .context("the HTTP server failed")?;
-            }
-            Some(config) => {
-                let (listener, acceptor) = TlsListener::new(listener, addr, config);
-                eprintln!("listening on https://{addr}");
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await;
-                acceptor.abort();
-                served.context("the HTTPS server failed")?;
-            }
-        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("listening on {scheme}://{addr}");
+        serve_until(listener, tls, limits, router, shutdown_signal()).await;
         eprintln!("shut down");
         Ok(())
     })
+}
+
+/// Accepts connections until `shutdown` resolves, then lets those open finish their current
+/// request (the timeouts still apply) and returns once all are closed.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let mut refusing = false;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // As axum does: e.g. out of file descriptors; wait rather than spin.
+                    eprintln!("warning: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        // The slot is taken before anything else is spent on the connection: beyond the cap the
+        // socket is closed at once, with no TLS handshake and no buffer.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if !refusing {
+                eprintln!(
+                    "warning: {} connections open (max_connections): closing new ones until \
+                     some close",
+                    limits.max_connections
+                );
+                refusing = true;
+            }
+            drop(stream);
+            continue;
+        };
+        refusing = false;
+        // Small answers go out at once rather than waiting for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            acceptor.clone(),
+            router.clone(),
+            limits,
+            stopped.clone(),
+            slot,
+        ));
+    }
+    // New connections are refused by the kernel from here on.
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a slot until it closes: once all are back, all are closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
+
+/// One connection, from the TLS handshake (if any) to its close; `_slot` is given back on return.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let Some(acceptor) = tls else {
+        return serve_http(stream, router, limits, stopped).await;
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let tls = tokio::select! {
+        done = handshake => done,
+        _ = stopped.wait_for(|stop| *stop) => return,
+    };
+    // Failed handshakes (plain HTTP, scanners, timeouts) are dropped quietly.
+    if let Ok(Ok(tls)) = tls {
+        serve_http(tls, router, limits, stopped).await;
+    }
+}
+
+/// HTTP/1.1 on one connection, with the header, body and idle timeouts.
+async fn serve_http<I>(
+    io: I,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let handling = Handling::start(&activity);
+            // Each wait for a piece of the body is bounded; a stall fails the body's read, which
+            // the handler answers as a bad request.
+            let request = request.map(|body| {
+                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+                    limits.body_timeout,
+                    body,
+                ))
+            });
+            let answer = tower::Service::call(&mut router.clone(), request);
+            async move {
+                let answer = answer.await;
+                drop(handling);
+                answer
+            }
+        })
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle = activity.until_idle(limits.idle_timeout);
+    tokio::pin!(idle);
+    tokio::select! {
+        // Errors here are the client's (a reset, a malformed request, a timeout): nothing to log.
+        _ = connection.as_mut() => return,
+        () = &mut idle => return,
+        _ = stopped.wait_for(|stop| *stop) => connection.as_mut().graceful_shutdown(),
+    }
+    // Shutting down: the request in progress, if any, is answered, then the connection closes.
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = &mut idle => {}
+    }
+}
+
+/// When a connection last moved a byte, and how many of its requests are being handled.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last byte read or written.
+    last_io_ms: AtomicU64,
+    handling: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            handling: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_io_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `idle` while no request was being handled. A handler
+    /// that computes for long (an inference, a model load) moves no byte and is not idle.
+    async fn until_idle(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_io_ms.load(Ordering::Relaxed));
+            let quiet = self.opened.elapsed().saturating_sub(last);
+            if self.handling.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(idle).await;
+            } else if quiet >= idle {
+                return;
+            } else {
+                tokio::time::sleep(idle - quiet).await;
+            }
+        }
+    }
+}
+
+/// A request being handled, from the call of the router to its answer's head.
+#[derive(Debug)]
+struct Handling(Arc<Activity>);
+
+impl Handling {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        // The answer is being sent from here on: the idle clock starts afresh.
+        self.0.touch();
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's stream that notes when bytes move.
+#[derive(Debug)]
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The PEM files of a server's TLS identity: `[tls]` of a configuration file, or the flags
@@ -118,70 +499,6 @@ impl TlsFiles {
     }
 }
 
-/// A listener handing axum finished TLS connections. Handshakes run in their own tasks, so a slow
-/// or silent client does not hold up the others.
-pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        tcp: tokio::net::TcpListener,
-        addr: SocketAddr,
-        config: Arc<rustls::ServerConfig>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // As axum does: e.g. out of file descriptors; wait rather than spin.
-                        eprintln!("warning: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                // Small answers go out at once rather than waiting for Nagle's algorithm.
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    // Failed handshakes (plain HTTP, scanners, timeouts) are dropped quietly.
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                });
-            }
-        });
-        (Self { ready, addr }, task)
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task is gone (only at shutdown): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -206,4 +523,107 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
     eprintln!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn section(text: &str) -> ConnectionsSection {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let none = ConnectionLimits::resolve(None, &ConnectionArgs::default(), "x").unwrap();
+        assert_eq!(none, ConnectionLimits::default());
+        let file = section("max_connections = 10\nheader_timeout = \"2s\"\nidle_timeout = \"1m\"");
+        let flags = ConnectionArgs {
+            header_timeout: Some(Duration::from_secs(5).into()),
+            ..ConnectionArgs::default()
+        };
+        let limits = ConnectionLimits::resolve(Some(&file), &flags, "x").unwrap();
+        assert_eq!(limits.max_connections, 10);
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        let flags = ConnectionArgs::default();
+        for (text, named) in [
+            ("max_connections = 0", "max_connections"),
+            ("body_timeout = \"0s\"", "body_timeout"),
+            ("header_timeout = \"soon\"", "header_timeout"),
+        ] {
+            let e = ConnectionLimits::resolve(Some(&section(text)), &flags, "f.toml").unwrap_err();
+            assert!(format!("{e:#}").contains(named), "{e:#}");
+        }
+        assert!(toml::from_str::<ConnectionsSection>("max_conections = 1").is_err());
+    }
+
+    /// One request on a new connection; whether an answer came before the close.
+    fn answered(addr: SocketAddr, path: &str) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer.starts_with(b"HTTP/1.1 200")
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_is_disconnected_and_shutdown_waits_for_none() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An answer far larger than the socket buffers, so that its sending stalls.
+        let router = axum::Router::new()
+            .route("/big", axum::routing::get(|| async { vec![0u8; 64 << 20] }))
+            .route("/small", axum::routing::get(|| async { "ok" }));
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+            ..ConnectionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(serve_until(listener, None, limits, router, async {
+            let _ = stopped.await;
+        }));
+
+        // The only slot is taken by a client that asks for the big answer and reads none of it.
+        let mut reader = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut reader, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        // Others are closed at accept until the idle timeout frees the slot.
+        let started = Instant::now();
+        while !answered(addr, "/small") {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the stalled reader still holds the slot"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // A connection left open (sending nothing) does not hold up the shutdown.
+        let _idle = std::net::TcpStream::connect(addr).unwrap();
+        stop.send(()).unwrap();
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(60), server).await })
+            .expect("the shutdown finished")
+            .unwrap();
+        drop(reader);
+    }
 }

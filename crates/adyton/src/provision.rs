@@ -16,7 +16,7 @@ use adyton_server::runtime::{Engine, LoadOptions};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{DeviceArgs, ProvisionAcceptArgs, ProvisionRequestArgs};
-use crate::files::AtomicOutput;
+use crate::files::{OutputFile, OutputKind};
 
 /// The state directory when neither --state-dir nor ADYTON_STATE_DIR names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/adyton";
@@ -75,7 +75,7 @@ pub fn request(args: &ProvisionRequestArgs) -> Result<()> {
     let attester = attester::attester_for(choice, &paths(sim_key.as_deref()))
         .context("cannot open the TEE's attestation interface")?;
     sim_warning(attester.tee());
-    let mut output = AtomicOutput::create(&args.output, args.force)?;
+    let mut output = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let dir = state_dir(dir.as_deref());
     let state = DeviceState::open(&dir)
         .with_context(|| format!("cannot open the state directory {}", dir.display()))?;

@@ -33,6 +33,7 @@ struct ConfigFile {
     max_blob_bytes: Option<u64>,
     tls: Option<TlsFiles>,
     store: Option<StoreSection>,
+    connections: Option<net::ConnectionsSection>,
 }
 
 /// `[store]`: where blobs and model info are kept.
@@ -83,6 +84,7 @@ struct Settings {
     token_file: Option<PathBuf>,
     max_blob_bytes: u64,
     tls: Option<TlsFiles>,
+    connections: net::ConnectionLimits,
 }
 
 impl Settings {
@@ -104,6 +106,7 @@ impl Settings {
                 token_file: args.token_file.clone(),
                 max_blob_bytes: args.max_blob_bytes.unwrap_or(DEFAULT_MAX_BLOB_BYTES),
                 tls: flag_tls,
+                connections: net::ConnectionLimits::resolve(None, &args.connections, "")?,
             });
         };
         let file = load_config(path)?;
@@ -172,6 +175,11 @@ impl Settings {
                 certificate: rel(t.certificate),
                 private_key: rel(t.private_key),
             })),
+            connections: net::ConnectionLimits::resolve(
+                file.connections.as_ref(),
+                &args.connections,
+                &source,
+            )?,
         })
     }
 }
@@ -204,7 +212,7 @@ pub fn serve(args: &RegistryServeArgs) -> Result<()> {
     }
 
     let scheme = if tls.is_some() { "https" } else { "http" };
-    net::serve(&settings.listen, tls, |addr| {
+    net::serve(&settings.listen, tls, settings.connections, |addr| {
         let public_url = settings
             .public_url
             .clone()

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cli::ServerServeArgs;
-use crate::files::AtomicOutput;
+use crate::files::{OutputFile, OutputKind};
 use crate::net;
 use crate::secrets::read_token_file;
 
@@ -55,6 +55,7 @@ struct ConfigFile {
     state_dir: Option<PathBuf>,
     #[serde(default, rename = "model")]
     models: Vec<ModelEntry>,
+    connections: Option<net::ConnectionsSection>,
 }
 
 /// A model to serve: a plain (not secret) file, or a protected model pulled from the registry.
@@ -144,6 +145,7 @@ struct Resolved {
     models: Vec<ModelEntry>,
     registry: Option<String>,
     state_dir: Option<PathBuf>,
+    connections: net::ConnectionLimits,
 }
 
 fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
@@ -285,6 +287,15 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         load_budget,
         registry,
         state_dir,
+        connections: net::ConnectionLimits::resolve(
+            file.connections.as_ref(),
+            &args.connections,
+            &args
+                .config
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )?,
     })
 }
 
@@ -392,7 +403,7 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
         hex::encode(identity.certificate_sha256())
     );
     if let Some(path) = &resolved.certificate_out {
-        let mut out = AtomicOutput::create(path, true)?;
+        let mut out = OutputFile::create(path, true, OutputKind::Public)?;
         std::io::Write::write_all(out.file(), identity.certificate_pem().as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         out.commit()?;
@@ -461,7 +472,9 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     let state = Arc::new(state);
     let config = identity.rustls_server_config();
 
-    net::serve(resolved.listen, Some(config), |_| http::router(state))
+    net::serve(resolved.listen, Some(config), resolved.connections, |_| {
+        http::router(state)
+    })
 }
 
 fn load_file_model(

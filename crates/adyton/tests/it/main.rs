@@ -5,6 +5,7 @@
 
 mod attest_cli;
 mod client_e2e;
+mod connections;
 mod demo;
 mod interop;
 mod kbs_client_cli;
@@ -17,4 +18,5 @@ mod python_sdk;
 mod real_models;
 mod registry_e2e;
 mod server_e2e;
+mod special_outputs;
 mod support;
