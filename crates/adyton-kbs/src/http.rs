@@ -984,7 +984,7 @@ impl From<KbsError> for ApiError {
             KbsError::Attestation(e) => attestation_status(e),
             KbsError::StorageFull { .. } => {
                 // The path and the cause go to the log; the client learns what to do.
-                eprintln!("adyton-kbs: storage full: {err}");
+                eprintln!("adyton-kbs: {err}");
                 return Self::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "the key broker's storage is full; retry once space is freed",

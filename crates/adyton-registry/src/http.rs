@@ -334,7 +334,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RegistryError::StorageFull { .. } => {
                 // The path and the cause go to the log; the client learns what to do.
-                eprintln!("adyton-registry: storage full: {err}");
+                eprintln!("adyton-registry: {err}");
                 return Self::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "the registry's storage is full; retry once space is freed",
