@@ -12,9 +12,10 @@
 //! on the old handle and holds off new ones), drops the database and opens it again, which is
 //! redb's crash recovery and keeps every committed transaction. A failed write is not retried (its
 //! commit may or may not have reached the disk; the caller is told it failed and may look); a
-//! failed read is retried once on the new handle. While the disk stays full the reopen itself
-//! fails (recovery writes), every call answers [`KbsError::StorageFull`], and the first call after
-//! space is freed opens the database again: no restart is needed.
+//! failed read is retried once on the new handle. While the disk stays full, writes fail with
+//! [`KbsError::StorageFull`]; if the reopen itself cannot write what recovery needs, the store
+//! stays closed and every call fails so, until the first call after space is freed opens the
+//! database again: no restart is needed.
 
 use std::fmt;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};

@@ -608,8 +608,8 @@ fn redb_recovers_from_a_full_disk_without_a_restart() {
     }
     assert_storage_full("new policy", store.insert_policy(&policy("policy-full")));
     assert_storage_full("delete", store.delete_key(&acknowledged[0]).map(drop));
-    // Reads need the database open, and reopening it needs to write (redb's recovery): while
-    // the disk is full they fail the same clear way.
+    // This disk refuses every write, so the reopen fails too (redb's recovery writes), and the
+    // store stays closed: reads fail the same clear way until space is freed.
     assert_storage_full("list", store.keys());
     assert_storage_full("read", store.key(&acknowledged[1]));
 
