@@ -131,7 +131,8 @@ pub enum ServerCommand {
     #[command(after_help = "Examples:\n  \
         adyton server serve --listen 127.0.0.1:8443 --tee sim --model add=add.onnx --token-file token\n  \
         adyton server serve --config server.toml")]
-    Serve(ServerServeArgs),
+    // Boxed: the serve flags are many, and the other variants small.
+    Serve(Box<ServerServeArgs>),
 
     /// Offline device, step 1 of 3: make a provisioning request to carry to the model provider.
     ///
