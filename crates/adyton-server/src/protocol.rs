@@ -779,6 +779,8 @@ mod tests {
     }
 
     /// The widest values of each type: the JSON bound must hold for them.
+    // The literals are the decimals whose JSON length is tested, not the nearest floats.
+    #[allow(clippy::excessive_precision)]
     fn widest(datatype: DataType) -> Tensor {
         let bytes: Vec<u8> = match datatype {
             DataType::Bool => vec![0, 1],

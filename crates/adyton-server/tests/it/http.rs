@@ -133,10 +133,13 @@ async fn health_and_server_metadata_have_json_bodies() {
 #[tokio::test]
 async fn readiness_waits_for_every_model_and_shows_failures() {
     let state = state_with(&[("add", "add")], Settings::default());
+    // A pull configured at start, as `serve` sets it up (one over the API does not count:
+    // `limits::a_failed_pull_over_the_api_changes_only_that_models_readiness`).
     state
         .repository
         .set_pending("pulled", Pending::Loading)
         .unwrap();
+    state.repository.mark_configured();
     let app = router(Arc::clone(&state));
     let ready = get(&app, "/v2/health/ready").await;
     assert_eq!(

@@ -287,6 +287,37 @@ fn a_blob_under_another_key_id_is_refused_by_name() {
 }
 
 #[test]
+fn a_model_over_the_load_budget_fails_for_good_with_the_reason() {
+    let mut f = fixture(
+        v2_blob(&crate::onnx::constant_of_shape(16384), "k1"),
+        MEASUREMENT,
+    );
+    f.puller.engine = Arc::new(TractEngine::new().with_load_budget(512 << 20));
+    let repository = Repository::new(4);
+    let e = f.puller.pull_into(&repository, "big", "m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::Permanent {
+                step: Step::Load,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        reason(&e).contains("model constants need 1.0 GiB, over the load budget of 512.0 MiB"),
+        "{e}"
+    );
+    assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 1, "not retried");
+    let summary = repository.summary("big").unwrap();
+    assert!(
+        matches!(&summary.pending, Some(Pending::Failed { reason }) if reason.contains("load budget")),
+        "{summary:?}"
+    );
+}
+
+#[test]
 fn a_policy_refusal_is_permanent_and_not_retried() {
     let f = fixture(v2_blob(&model("add"), "k1"), [0x99; 48]);
     let repository = Repository::new(4);
