@@ -1,15 +1,16 @@
 //! `adyton kbs`: run the key broker, from a TOML configuration file (`--config`) or, in the local
 //! trial, from flags and the environment; and hash admin passwords for the configuration file.
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use adyton_attest::collateral::Collateral;
 use adyton_kbs::admin::{AdminAuth, AdminUsers, TRIAL_ADMIN_USER};
-use adyton_kbs::http::{self, JsonLinesAudit, KbsState};
+use adyton_kbs::audit::{
+    AuditSink, FileAudit, JsonLinesAudit, RateLimit, RateLimitedAudit, Rotation,
+};
+use adyton_kbs::http::{self, KbsState};
 use adyton_kbs::master_key::{MasterKey, MASTER_KEY_FILE};
 use adyton_kbs::store::postgres::PostgresStore;
 use adyton_kbs::store::redb::RedbStore;
@@ -55,8 +56,8 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     };
     let broker = Broker::new(store, master, collateral).context("cannot start the key broker")?;
     let audit_path = settings.audit_log.clone();
-    let audit = JsonLinesAudit::new(open_audit_log(&audit_path)?);
-    let state = Arc::new(KbsState::new(broker, Arc::new(audit), http::system_clock));
+    let audit = open_audit(&settings.audit, &audit_path)?;
+    let state = Arc::new(KbsState::new(broker, audit, http::system_clock));
     let admin = Arc::new(AdminAuth::new(users));
 
     eprintln!(
@@ -66,7 +67,10 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     if settings.collateral.is_none() {
         eprintln!("note: no --collateral: SGX, TDX and SNP transfers will be refused");
     }
-    eprintln!("audit log: {}", audit_path.display());
+    match settings.audit.destination {
+        AuditDestination::File => eprintln!("audit log: {}", audit_path.display()),
+        AuditDestination::Stdout => eprintln!("audit log: standard output (JSON lines)"),
+    }
 
     net::serve(settings.listen, tls, settings.connections, |_| {
         http::router_with_admin(state, admin)
@@ -134,6 +138,7 @@ struct ConfigFile {
     master_key_file: Option<PathBuf>,
     collateral: Option<PathBuf>,
     audit_log: Option<PathBuf>,
+    audit: Option<AuditSection>,
     #[serde(default)]
     admin: Vec<AdminEntry>,
     tls: Option<TlsFiles>,
@@ -142,6 +147,58 @@ struct ConfigFile {
     /// Refused with an explanation rather than as an unknown field.
     #[serde(rename = "master_key", default, deserialize_with = "refuse_master_key")]
     _master_key: (),
+}
+
+/// `[audit]`: where the audit log goes, its rotation and its limit on unauthenticated records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    #[serde(default)]
+    destination: AuditDestination,
+    max_file_bytes: Option<u64>,
+    max_files: Option<u32>,
+    unauthenticated_per_second: Option<f64>,
+    unauthenticated_burst: Option<u32>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            destination: AuditDestination::File,
+            max_file_bytes: None,
+            max_files: None,
+            unauthenticated_per_second: None,
+            unauthenticated_burst: None,
+        }
+    }
+}
+
+impl AuditSection {
+    fn check(&self, source: &str) -> Result<()> {
+        if self.max_file_bytes.is_some_and(|b| b < 4096) {
+            anyhow::bail!("{source}: [audit] max_file_bytes must be at least 4096");
+        }
+        if self.max_files == Some(0) {
+            anyhow::bail!("{source}: [audit] max_files must be at least 1");
+        }
+        if self
+            .unauthenticated_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            anyhow::bail!("{source}: [audit] unauthenticated_per_second must be a positive number");
+        }
+        Ok(())
+    }
+}
+
+/// Where audit records go: the file (`audit_log`), or standard output as JSON lines for a log
+/// collector (journald, a container runtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuditDestination {
+    #[default]
+    File,
+    Stdout,
 }
 
 /// `[store]`: where policies and keys are kept.
@@ -207,6 +264,7 @@ struct Settings {
     master_key_file: Option<PathBuf>,
     collateral: Option<PathBuf>,
     audit_log: PathBuf,
+    audit: AuditSection,
     /// `Some` with `--config` (possibly empty); `None` in the local trial.
     admins: Option<Vec<AdminEntry>>,
     tls: Option<TlsFiles>,
@@ -294,6 +352,7 @@ impl Settings {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
                 audit_log: data_dir.join(AUDIT_FILE),
+                audit: AuditSection::default(),
                 data_dir,
                 master_key_file: args.master_key_file.clone(),
                 collateral: args.collateral.clone(),
@@ -320,6 +379,8 @@ impl Settings {
             .audit_log
             .map(&rel)
             .unwrap_or_else(|| data_dir.join(AUDIT_FILE));
+        let audit = file.audit.unwrap_or_default();
+        audit.check(&source)?;
         let tls = flag_tls.or(file.tls.map(|t| TlsFiles {
             certificate: rel(t.certificate),
             private_key: rel(t.private_key),
@@ -337,6 +398,7 @@ impl Settings {
             collateral: args.collateral.clone().or(file.collateral.map(&rel)),
             data_dir,
             audit_log,
+            audit,
             admins: Some(file.admin),
             tls,
             store,
@@ -484,12 +546,31 @@ fn load_collateral(path: &Path) -> Result<Collateral> {
     Collateral::from_json(&bytes).with_context(|| format!("cannot use {}", path.display()))
 }
 
-/// The audit log, opened for appending, created with mode 0600.
-fn open_audit_log(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open the audit log {}", path.display()))
+/// The audit log: a file synced after every record and rotated by size, or standard output; either
+/// way with unauthenticated failures rate-limited.
+fn open_audit(section: &AuditSection, path: &Path) -> Result<Arc<dyn AuditSink>> {
+    let defaults = RateLimit::default();
+    let limit = RateLimit {
+        per_second: section
+            .unauthenticated_per_second
+            .unwrap_or(defaults.per_second),
+        burst: section.unauthenticated_burst.unwrap_or(defaults.burst),
+    };
+    Ok(match section.destination {
+        AuditDestination::File => {
+            let defaults = Rotation::default();
+            let rotation = Rotation {
+                max_file_bytes: section.max_file_bytes.unwrap_or(defaults.max_file_bytes),
+                max_files: section.max_files.unwrap_or(defaults.max_files),
+            };
+            let file = FileAudit::open(path, rotation)
+                .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+            Arc::new(RateLimitedAudit::new(file, limit, http::system_clock))
+        }
+        AuditDestination::Stdout => Arc::new(RateLimitedAudit::new(
+            JsonLinesAudit::new(std::io::stdout()),
+            limit,
+            http::system_clock,
+        )),
+    })
 }

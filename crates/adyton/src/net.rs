@@ -9,11 +9,12 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 pub struct ConnectionLimits {
     /// Connections held at once, handshakes included; beyond it a connection is closed at accept.
     pub max_connections: usize,
+    /// Connections held at once from one client address (an IPv6 client's /64); beyond it that
+    /// address's new connections are closed at accept, so that one client cannot take every slot.
+    pub max_connections_per_address: usize,
     /// Longest time for a request's whole head, from the moment the connection waits for it: just
     /// after the TLS handshake, or once the previous answer is sent. So it also closes a kept-alive
     /// connection that sends no next request.
@@ -50,7 +54,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     /// 1024 connections: each costs a descriptor and a few kilobytes, and the services admit far
     /// fewer requests at once than that (the inference server's workers and queue), so this only
-    /// binds under a flood; it stays below the 1024 descriptors of a default `ulimit -n` only with
+    /// binds under a flood; 128 from one address, so that a flood needs nine addresses to fill it; it stays below the 1024 descriptors of a default `ulimit -n` only with
     /// headroom raised (systemd's default `LimitNOFILE` is 524288). 10 s for headers: a client
     /// sends its request head in one packet, even over a slow link. 30 s between pieces of a body:
     /// an upload over a congested link stalls for seconds, not half a minute. 60 s idle: a slow
@@ -58,6 +62,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_address: 128,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
@@ -70,6 +75,7 @@ impl Default for ConnectionLimits {
 #[serde(deny_unknown_fields)]
 pub struct ConnectionsSection {
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -81,6 +87,9 @@ pub struct ConnectionArgs {
     /// Most connections held at once; more are closed as they arrive [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most connections held at once from one client address (an IPv6 /64) [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Longest wait for a request's headers, and for the next request on a kept-alive
     /// connection [default: 10s].
     #[arg(long, value_name = "DURATION")]
@@ -125,6 +134,10 @@ impl ConnectionLimits {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(defaults.max_connections),
+            max_connections_per_address: flags
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(defaults.max_connections_per_address),
             header_timeout: duration(
                 flags.header_timeout,
                 file.header_timeout,
@@ -144,6 +157,9 @@ impl ConnectionLimits {
                 defaults.idle_timeout,
             )?,
         };
+        if limits.max_connections_per_address == 0 {
+            bail!("max_connections_per_address must be at least 1");
+        }
         if !(1..=MAX_CONNECTIONS_LIMIT).contains(&limits.max_connections) {
             bail!(
                 "max_connections is {}; it is between 1 and {MAX_CONNECTIONS_LIMIT}",
@@ -198,12 +214,13 @@ async fn serve_until(
     let (stop, stopped) = watch::channel(false);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut refusing = false;
+    let per_address = Arc::new(Mutex::new(HashMap::new()));
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // As axum does: e.g. out of file descriptors; wait rather than spin.
                     eprintln!("warning: accept failed: {e}");
@@ -227,15 +244,20 @@ async fn serve_until(
             continue;
         };
         refusing = false;
+        let Some(address_slot) = AddressSlot::take(&per_address, peer.ip(), limits) else {
+            drop(stream);
+            continue;
+        };
         // Small answers go out at once rather than waiting for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
+            peer,
             acceptor.clone(),
             router.clone(),
             limits,
             stopped.clone(),
-            slot,
+            (slot, address_slot),
         ));
     }
     // New connections are refused by the kernel from here on.
@@ -246,17 +268,73 @@ async fn serve_until(
     let _ = slots.acquire_many(all).await;
 }
 
-/// One connection, from the TLS handshake (if any) to its close; `_slot` is given back on return.
+/// A connection's share of its client address's limit, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for `peer`, or `None` when its address holds `max_connections_per_address` already.
+    fn take(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        peer: IpAddr,
+        limits: ConnectionLimits,
+    ) -> Option<Self> {
+        let key = address_key(peer);
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(key).or_insert(0);
+        if *count >= limits.max_connections_per_address {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The address limits count under: IPv4 as it is, IPv6 by its /64 (one host usually holds a whole
+/// /64), IPv4-mapped IPv6 as IPv4.
+fn address_key(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+    }
+}
+
+/// One connection, from the TLS handshake (if any) to its close; `_slots` are given back on return.
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: axum::Router,
     limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let Some(acceptor) = tls else {
-        return serve_http(stream, router, limits, stopped).await;
+        return serve_http(stream, peer, router, limits, stopped).await;
     };
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     let tls = tokio::select! {
@@ -265,13 +343,14 @@ async fn serve_connection(
     };
     // Failed handshakes (plain HTTP, scanners, timeouts) are dropped quietly.
     if let Ok(Ok(tls)) = tls {
-        serve_http(tls, router, limits, stopped).await;
+        serve_http(tls, peer, router, limits, stopped).await;
     }
 }
 
 /// HTTP/1.1 on one connection, with the header, body and idle timeouts.
 async fn serve_http<I>(
     io: I,
+    peer: SocketAddr,
     router: axum::Router,
     limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
@@ -289,12 +368,16 @@ async fn serve_http<I>(
             let handling = Handling::start(&activity);
             // Each wait for a piece of the body is bounded; a stall fails the body's read, which
             // the handler answers as a bad request.
-            let request = request.map(|body| {
+            let mut request = request.map(|body| {
                 axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
                     limits.body_timeout,
                     body,
                 ))
             });
+            // The client's address, for handlers that limit per client (the KBS's logins).
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let answer = tower::Service::call(&mut router.clone(), request);
             async move {
                 let answer = answer.await;

@@ -164,6 +164,56 @@ fn connections_beyond_the_cap_are_closed_at_accept() {
     }
 }
 
+/// A connection from `source` (a loopback address other than 127.0.0.1 stands for another client).
+fn connect_from(source: &str, addr: &str) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{source}:0").parse().unwrap())
+            .unwrap();
+        socket.connect(addr.parse().unwrap()).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(GENEROUS)).unwrap();
+    stream
+}
+
+#[test]
+fn one_address_cannot_take_every_slot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_kbs(
+        tmp.path(),
+        &[
+            "--max-connections-per-address",
+            "2",
+            "--header-timeout",
+            "60s",
+        ],
+    );
+    let _held: Vec<TcpStream> = (0..2).map(|_| connect_from("127.0.0.1", &addr)).collect();
+    // A third connection from the same address is closed at accept, unanswered...
+    let mut third = connect_from("127.0.0.1", &addr);
+    third
+        .write_all(b"GET /kbs/v1/openapi.json HTTP/1.1\r\nHost: kbs\r\nConnection: close\r\n\r\n")
+        .unwrap_or(());
+    assert!(read_until_closed(&mut third).is_empty());
+    // ...while another client is served.
+    let mut other = connect_from("127.0.0.2", &addr);
+    other
+        .write_all(b"GET /kbs/v1/openapi.json HTTP/1.1\r\nHost: kbs\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = read_until_closed(&mut other);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+}
+
 #[test]
 fn connection_settings_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
