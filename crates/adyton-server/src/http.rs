@@ -645,9 +645,12 @@ async fn run_infer(
         })?;
     let queue_time = queued.elapsed();
     let model = Arc::clone(&served);
+    // The engine refuses an output over the element limit before copying it out (the check
+    // below repeats it on the outputs sent, with the byte and JSON bounds).
+    let max_elements = app.settings.limits.max_elements;
     let outcome = tokio::task::spawn_blocking(move || {
         let _running = running;
-        model.model.run(inputs)
+        model.model.run_bounded(inputs, max_elements)
     })
     .await;
     let outputs = match outcome {
@@ -655,6 +658,10 @@ async fn run_infer(
         Ok(Err(e)) => {
             let (status, reason) = match e {
                 EngineError::Input(_) => (StatusCode::BAD_REQUEST, FailureReason::Rejected),
+                // 422 as for every output limit (below).
+                EngineError::OutputTooLarge { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, FailureReason::Rejected)
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, FailureReason::Backend),
             };
             return Err(fail(reason, ApiError::new(status, e.to_string())));

@@ -402,6 +402,19 @@ pub enum EngineError {
         /// The largest constant: where, its shape, type and size.
         largest: String,
     },
+    /// An output has more elements than the server sends (the same limit as an input's).
+    #[error(
+        "output '{name}' has {elements} elements, over the limit of {limit} elements per tensor \
+         (max_tensor_elements)"
+    )]
+    OutputTooLarge {
+        /// The output.
+        name: String,
+        /// Its element count.
+        elements: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// What the operator tells the engine about a model that its graph does not say.
@@ -575,6 +588,37 @@ pub trait LoadedModel: Send + Sync + fmt::Debug {
     /// Runs it. `inputs` are in the signature's input order and have passed [`check_inputs`];
     /// the outputs come back in the signature's output order.
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError>;
+
+    /// [`LoadedModel::run`], refusing any output of more than `max_elements` elements with
+    /// [`EngineError::OutputTooLarge`]. An engine that can should check before it copies its
+    /// outputs out, so that a refused output is held in memory once; this default checks after.
+    fn run_bounded(
+        &self,
+        inputs: Vec<Tensor>,
+        max_elements: usize,
+    ) -> Result<Vec<Tensor>, EngineError> {
+        let outputs = self.run(inputs)?;
+        for (spec, tensor) in self.signature().outputs.iter().zip(&outputs) {
+            check_output_elements(&spec.name, tensor.len(), max_elements)?;
+        }
+        Ok(outputs)
+    }
+}
+
+/// Refuses an output of more than `max_elements` elements.
+pub fn check_output_elements(
+    name: &str,
+    elements: usize,
+    max_elements: usize,
+) -> Result<(), EngineError> {
+    if elements > max_elements {
+        return Err(EngineError::OutputTooLarge {
+            name: name.to_owned(),
+            elements,
+            limit: max_elements,
+        });
+    }
+    Ok(())
 }
 
 /// Checks named inputs against a signature (name, data type, rank, fixed dimensions), and puts

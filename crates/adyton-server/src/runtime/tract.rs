@@ -362,6 +362,14 @@ impl LoadedModel for TractModel {
     }
 
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        self.run_bounded(inputs, usize::MAX)
+    }
+
+    fn run_bounded(
+        &self,
+        inputs: Vec<Tensor>,
+        max_elements: usize,
+    ) -> Result<Vec<Tensor>, EngineError> {
         if inputs.len() != self.signature.inputs.len() {
             return Err(EngineError::Run {
                 reason: format!(
@@ -391,6 +399,10 @@ impl LoadedModel for TractModel {
                     outputs.len()
                 ),
             });
+        }
+        // Checked before the copy out of tract: a refused output is held in memory once.
+        for (spec, value) in self.signature.outputs.iter().zip(&outputs) {
+            super::check_output_elements(&spec.name, value.len(), max_elements)?;
         }
         self.signature
             .outputs

@@ -13,13 +13,14 @@ use adyton_server::protocol::Limits;
 use adyton_server::pull::{Backoff, FetchError, KeyBroker, ModelInfo, Puller, Registry};
 use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
-use adyton_server::runtime::{Engine, EngineError};
+use adyton_server::runtime::{DataType, Engine, EngineError, Tensor};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
+use zeroize::Zeroizing;
 
 use crate::onnx;
 use crate::support::model;
@@ -116,6 +117,25 @@ async fn an_output_over_the_element_limit_is_refused_before_encoding() {
     assert!(
         metrics.contains("nv_inference_request_failure"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn the_engine_refuses_an_output_over_the_element_limit_before_copying_it_out() {
+    let model = TractEngine::new().load(&onnx::outer_sum()).unwrap();
+    let vector = |shape: Vec<usize>| {
+        let bytes = vec![0u8; 4 * shape.iter().product::<usize>()];
+        Tensor::from_le_bytes(DataType::F32, shape, Zeroizing::new(bytes)).unwrap()
+    };
+    let inputs = || vec![vector(vec![100, 1]), vector(vec![1, 100])];
+    let e = model.run_bounded(inputs(), 9999).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::OutputTooLarge { name, elements: 10_000, limit: 9999 } if name == "y"),
+        "{e:?}"
+    );
+    assert_eq!(
+        model.run_bounded(inputs(), 10_000).unwrap()[0].len(),
+        10_000
     );
 }
 
