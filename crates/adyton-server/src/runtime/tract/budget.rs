@@ -120,25 +120,32 @@ impl ConstantBytes {
 pub(super) fn constant_bytes(model: &ModelProto) -> ConstantBytes {
     let mut out = ConstantBytes::default();
     if let Some(graph) = &model.graph {
-        walk_graph(graph, &HashMap::new(), &mut out, 0);
+        walk_graph(graph, &mut HashMap::new(), &mut out, 0);
     }
     out
 }
 
+/// Follows one graph. `known` holds the values of the enclosing graphs; what this graph defines is
+/// added to it and taken out again at the end (a subgraph sees its outer scope, not the reverse),
+/// so that a graph of many subgraphs costs no copy of the outer scope per subgraph.
 fn walk_graph(
     graph: &GraphProto,
-    outer: &HashMap<String, Known>,
+    known: &mut HashMap<String, Known>,
     out: &mut ConstantBytes,
     depth: usize,
 ) {
     if depth > MAX_DEPTH {
         return;
     }
-    let mut known = outer.clone();
+    let mut shadowed: Vec<(String, Option<Known>)> = Vec::new();
+    let mut define = |known: &mut HashMap<String, Known>, name: &str, value: Known| {
+        let previous = known.insert(name.to_owned(), value);
+        shadowed.push((name.to_owned(), previous));
+    };
     for tensor in &graph.initializer {
         let value = tensor_known(tensor);
         out.add(|| format!("initializer '{}'", tensor.name), &value);
-        known.insert(tensor.name.clone(), value);
+        define(known, &tensor.name, value);
     }
     for sparse in &graph.sparse_initializer {
         // tract makes sparse initializers dense.
@@ -149,7 +156,7 @@ fn walk_graph(
                 ..tensor_known(values)
             };
             out.add(|| format!("sparse initializer '{}'", values.name), &value);
-            known.insert(values.name.clone(), value);
+            define(known, &values.name, value);
         }
     }
     // Inputs of fixed size give their shape to `Shape`, which tract folds into a constant.
@@ -162,13 +169,13 @@ fn walk_graph(
     for node in &graph.node {
         for attribute in &node.attribute {
             if let Some(g) = &attribute.g {
-                walk_graph(g, &known, out, depth + 1);
+                walk_graph(g, known, out, depth + 1);
             }
             for g in &attribute.graphs {
-                walk_graph(g, &known, out, depth + 1);
+                walk_graph(g, known, out, depth + 1);
             }
         }
-        let Some((result, counted)) = evaluate(node, &known, &fixed_inputs) else {
+        let Some((result, counted)) = evaluate(node, known, &fixed_inputs) else {
             continue;
         };
         if counted {
@@ -180,8 +187,14 @@ fn walk_graph(
             out.add(|| format!("node '{name}' ({})", node.op_type), &result);
         }
         if let Some(output) = node.output.first() {
-            known.insert(output.clone(), result);
+            define(known, output, result);
         }
+    }
+    for (name, previous) in shadowed.into_iter().rev() {
+        match previous {
+            Some(value) => known.insert(name, value),
+            None => known.remove(&name),
+        };
     }
 }
 
@@ -592,7 +605,8 @@ fn evaluate(
         "Concat" => {
             let inputs = all_inputs(node, known)?;
             let first = *inputs.first()?;
-            let a = axis(int_attribute(node, "axis").unwrap_or(0), first.dims.len())?;
+            let a = axis(int_attribute(node, "axis").unwrap_or(0), first.dims.len())
+                .filter(|&a| a < first.dims.len())?;
             let mut dims = first.dims.clone();
             for k in &inputs[1..] {
                 if k.dims.len() != dims.len() {
@@ -942,6 +956,60 @@ mod tests {
             vec![node("Transpose", &["w"], "wt"), node("Relu", &["wt"], "y")],
         );
         assert_eq!(constant_bytes(&m).total, 256 * 256 * 4);
+    }
+
+    #[test]
+    fn odd_graphs_end_what_is_known_without_failing() {
+        let scalar = TensorProto {
+            name: "s".into(),
+            data_type: tensor_proto::DataType::Int64 as i32,
+            int64_data: vec![3],
+            ..TensorProto::default()
+        };
+        let m = model(
+            vec![
+                scalar,
+                int64s("neg", &[-1, 5]),
+                int64s("huge", &[i64::MAX, i64::MAX]),
+            ],
+            vec![
+                node("Concat", &["s", "s"], "c"),
+                node("Unsqueeze", &["s", "neg"], "u"),
+                node("MatMul", &["s", "neg"], "mm"),
+                node("Range", &["s", "s", "s"], "r"),
+                node("Reshape", &["neg", "neg"], "rs"),
+                node("Flatten", &["s"], "f"),
+                node("ConstantOfShape", &["neg"], "bad"),
+                node("ConstantOfShape", &["huge"], "y"),
+                node("Tile", &["huge", "huge"], "t"),
+            ],
+        );
+        let c = constant_bytes(&m);
+        assert_eq!(c.largest.unwrap().what, "node 'y' (ConstantOfShape)");
+        assert!(c.total > 1 << 100, "{}", c.total);
+    }
+
+    #[test]
+    fn subgraphs_see_their_outer_scope_and_count_too() {
+        let branch = GraphProto {
+            node: vec![node("ConstantOfShape", &["shape"], "inner")],
+            initializer: vec![int64s("local", &[1])],
+            ..GraphProto::default()
+        };
+        let mut branching = node("If", &["cond"], "z");
+        branching.attribute.push(AttributeProto {
+            name: "then_branch".into(),
+            g: Some(branch),
+            ..AttributeProto::default()
+        });
+        let m = model(
+            vec![int64s("shape", &[16384, 16384])],
+            vec![branching, node("ConstantOfShape", &["local"], "after")],
+        );
+        let c = constant_bytes(&m);
+        assert_eq!(c.largest.unwrap().what, "node 'inner' (ConstantOfShape)");
+        // The branch's `local` is not known after it: `after` is not counted.
+        assert_eq!(c.total, GIB + 16 + 8);
     }
 
     #[test]
