@@ -523,6 +523,26 @@ fn byte_count_header(headers: &HeaderMap, name: &str) -> Result<Option<usize>, A
         .ok_or_else(|| ApiError::bad_request(format!("the {name} header must be one byte count")))
 }
 
+/// How much of a refused request's body is read before the refusal is sent.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Reads and discards up to [`DRAIN_LIMIT`] bytes of a body that will not be used. A refusal sent
+/// while the client is still sending makes the connection close with unread data, which the
+/// client sees as a reset rather than the refusal (a tritonclient posting to a wrong model name,
+/// say); reading a small body first lets it read the answer. A larger one is left unread, and a
+/// stalled one ends at the connection's body timeout.
+async fn drain(mut body: Body) {
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            read = read.saturating_add(data.len());
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+}
+
 /// Reads a body into zeroized memory, refusing more than `limit` bytes (413), and a
 /// `Content-Length` given twice or not one byte count (400).
 async fn read_body(
@@ -583,15 +603,26 @@ async fn run_infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let served = app.repository.get(&name, version.as_deref())?;
+    let served = match app.repository.get(&name, version.as_deref()) {
+        Ok(served) => served,
+        Err(e) => {
+            drain(body).await;
+            return Err(e.into());
+        }
+    };
     let version_label = served.version.to_string();
     let fail = |reason: FailureReason, e: ApiError| {
         app.metrics
             .failure(&name, &version_label, reason, started.elapsed());
         e
     };
-    let header_length = byte_count_header(&headers, INFERENCE_HEADER_CONTENT_LENGTH)
-        .map_err(|e| fail(FailureReason::Rejected, e))?;
+    let header_length = match byte_count_header(&headers, INFERENCE_HEADER_CONTENT_LENGTH) {
+        Ok(length) => length,
+        Err(e) => {
+            drain(body).await;
+            return Err(fail(FailureReason::Rejected, e));
+        }
+    };
     let body = read_body(&headers, body, app.settings.max_infer_body, "request body")
         .await
         .map_err(|e| fail(FailureReason::Rejected, e))?;
@@ -828,7 +859,10 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
+    if let Err(e) = authorize(&app, &headers) {
+        drain(body).await;
+        return Err(e);
+    }
     if let Some(name) = name.strip_suffix(":pull") {
         return start_pull(&app, name, &headers, body).await;
     }

@@ -9,5 +9,6 @@ mod limits;
 mod onnx;
 mod openapi;
 mod pull;
+mod refusals;
 mod runtime;
 mod support;
