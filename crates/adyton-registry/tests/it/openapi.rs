@@ -16,7 +16,12 @@ fn document() -> Value {
 }
 
 /// One request with no body and an optional token: status, `Content-Type`, body.
-fn call(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Option<String>, Vec<u8>) {
+fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, Option<String>, Vec<u8>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .allow_non_standard_methods(true)
@@ -111,7 +116,10 @@ fn every_route_is_served_and_no_other_method_on_its_path() {
     for &(method, path) in ROUTES {
         let (status, _, body) = call(&server.url, method, &concrete(path), None);
         let text = String::from_utf8_lossy(&body);
-        assert!(status != 404 || path.contains("{id}"), "{method} {path}: {status} {text}");
+        assert!(
+            status != 404 || path.contains("{id}"),
+            "{method} {path}: {status} {text}"
+        );
         assert_ne!(status, 405, "{method} {path}: {text}");
         let expected = if is_write(&doc, method, path) {
             // The token is checked before the id and the body.
@@ -161,12 +169,19 @@ fn every_operation_documents_its_statuses_and_the_error_body() {
         let name = format!("{method} {path}");
         let responses = op["responses"].as_object().unwrap();
         let statuses: BTreeSet<&str> = responses.keys().map(String::as_str).collect();
-        assert!(statuses.iter().any(|s| s.starts_with('2')), "{name}: no success");
+        assert!(
+            statuses.iter().any(|s| s.starts_with('2')),
+            "{name}: no success"
+        );
         let security = op["security"]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: no `security` (use [] for a public route)"));
         let write = !security.is_empty();
-        assert_eq!(write, ["PUT", "DELETE"].contains(&method), "{name}: security");
+        assert_eq!(
+            write,
+            ["PUT", "DELETE"].contains(&method),
+            "{name}: security"
+        );
         if write {
             assert_eq!(security, &vec![serde_json::json!({ "bearerAuth": [] })]);
             assert!(statuses.contains("401"), "{name}: no 401");
