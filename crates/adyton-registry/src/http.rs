@@ -174,11 +174,17 @@ async fn delete_model(
 
 async fn upload_blob(
     State(state): State<AppState>,
-    _writer: Writer,
+    writer: Result<Writer, ApiError>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<BlobSummary>), ApiError> {
+    // A refused upload reads a small body before its 401, as before a 409 below: a client still
+    // sending then reads the answer instead of a reset connection.
+    if let Err(refused) = writer {
+        drain(body, DRAIN_LIMIT).await;
+        return Err(refused);
+    }
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -245,3 +245,32 @@ fn the_model_info_example_is_accepted() {
         assert_eq!(&stored[field], value, "{field}");
     }
 }
+
+/// A refused upload (a wrong token) reaches a client still sending its body as a 401, not as a
+/// reset connection: the registry reads a small body before refusing. (Found with schemathesis'
+/// kind of traffic: a refusal sent before the body is read.)
+#[test]
+fn a_refused_upload_reaches_a_client_still_sending() {
+    use std::io::{Read as _, Write as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), 1 << 30);
+    let addr = server.url.strip_prefix("http://").unwrap();
+    // Under the drain limit (1 MiB), and far over what a socket buffers.
+    let body_len = 768 << 10;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "PUT /blobs/refused HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer wrong\r\n\
+         Content-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+        .write_all(&vec![0u8; body_len])
+        .unwrap_or_else(|e| panic!("the body could not be sent: {e}"));
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("the answer could not be read: {e}"));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
