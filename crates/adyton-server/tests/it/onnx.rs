@@ -66,6 +66,11 @@ pub fn value_info(name: &str, elem_type: u64, dims: &[i64]) -> Vec<u8> {
 
 /// A `NodeProto`.
 pub fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
+    node_with(op, inputs, outputs, &[])
+}
+
+/// A `NodeProto` with attributes ([`tensor_attribute`]).
+pub fn node_with(op: &str, inputs: &[&str], outputs: &[&str], attributes: &[Vec<u8>]) -> Vec<u8> {
     let mut n = Vec::new();
     for i in inputs {
         field_bytes(&mut n, 1, i.as_bytes());
@@ -74,7 +79,28 @@ pub fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
         field_bytes(&mut n, 2, o.as_bytes());
     }
     field_bytes(&mut n, 4, op.as_bytes());
+    for a in attributes {
+        field_bytes(&mut n, 5, a);
+    }
     n
+}
+
+/// An `AttributeProto` holding a tensor.
+pub fn tensor_attribute(name: &str, tensor: &[u8]) -> Vec<u8> {
+    let mut a = Vec::new();
+    field_bytes(&mut a, 1, name.as_bytes());
+    field_bytes(&mut a, 5, tensor);
+    field_varint(&mut a, 20, 4);
+    a
+}
+
+/// A `TensorProto` of one FP32 zero, in `raw_data`.
+pub fn float_zero() -> Vec<u8> {
+    let mut t = Vec::new();
+    field_varint(&mut t, 1, 1);
+    field_varint(&mut t, 2, FLOAT);
+    field_bytes(&mut t, 9, &0f32.to_le_bytes());
+    t
 }
 
 /// A `ModelProto` (IR 8, the default opset 13) of one graph.
@@ -107,11 +133,16 @@ pub fn model(
     m
 }
 
-/// The model: `ConstantOfShape` of a constant `[16384, 16384]`, 1 GiB of FP32 from a
-/// model of under 200 bytes.
+/// The model: `ConstantOfShape` of a constant `[16384, 16384]` filled with an FP32 zero,
+/// 1 GiB of FP32 from a model of under 200 bytes.
 pub fn constant_of_shape(side: i64) -> Vec<u8> {
     model(
-        &[node("ConstantOfShape", &["shape"], &["y"])],
+        &[node_with(
+            "ConstantOfShape",
+            &["shape"],
+            &["y"],
+            &[tensor_attribute("value", &float_zero())],
+        )],
         &[int64_tensor("shape", &[2], &[side, side])],
         &[],
         &[value_info("y", FLOAT, &[side, side])],

@@ -486,9 +486,11 @@ fn evaluate(
         "Constant" => constant_node(node).map(|k| (k, true)),
         "ConstantOfShape" => {
             let dims = sizes(input(node, 0, known)?)?;
+            // ONNX's default value is an FP32 zero, but tract makes an FP64 one: counted as tract
+            // allocates it.
             let (element_size, datatype) = attribute(node, "value")
                 .and_then(|a| a.t.as_ref())
-                .map_or((4, "FLOAT"), |t| element_type(t.data_type));
+                .map_or((8, "DOUBLE"), |t| element_type(t.data_type));
             Some((
                 Known {
                     element_size,
@@ -863,10 +865,18 @@ mod tests {
 
     #[test]
     fn constant_of_shape_counts_its_result() {
-        let m = model(
-            vec![int64s("shape", &[16384, 16384])],
-            vec![node("ConstantOfShape", &["shape"], "y")],
-        );
+        let mut fill = node("ConstantOfShape", &["shape"], "y");
+        fill.attribute.push(AttributeProto {
+            name: "value".into(),
+            t: Some(TensorProto {
+                dims: vec![1],
+                data_type: tensor_proto::DataType::Float as i32,
+                float_data: vec![0.0],
+                ..TensorProto::default()
+            }),
+            ..AttributeProto::default()
+        });
+        let m = model(vec![int64s("shape", &[16384, 16384])], vec![fill]);
         let c = constant_bytes(&m);
         assert_eq!(c.total, GIB + 16);
         let largest = c.largest.unwrap();
@@ -875,6 +885,14 @@ mod tests {
             largest.to_string(),
             "node 'y' (ConstantOfShape) [16384, 16384] FLOAT, 1.0 GiB"
         );
+        // Without a value, tract fills it with FP64 zeros.
+        let m = model(
+            vec![int64s("shape", &[16384, 16384])],
+            vec![node("ConstantOfShape", &["shape"], "y")],
+        );
+        let largest = constant_bytes(&m).largest.unwrap();
+        assert_eq!(largest.bytes, 2 * GIB);
+        assert_eq!(largest.datatype, "DOUBLE");
     }
 
     #[test]
@@ -1009,7 +1027,7 @@ mod tests {
         let c = constant_bytes(&m);
         assert_eq!(c.largest.unwrap().what, "node 'inner' (ConstantOfShape)");
         // The branch's `local` is not known after it: `after` is not counted.
-        assert_eq!(c.total, GIB + 16 + 8);
+        assert_eq!(c.total, 2 * GIB + 16 + 8);
     }
 
     #[test]
