@@ -433,3 +433,38 @@ fn provisioning_commands_running_at_once_leave_every_model_whole() {
     }
     assert_eq!(count(&dir.path().join("blobs")), models.len());
 }
+
+#[test]
+fn a_sealed_model_over_the_load_budget_fails_alone_with_the_reason() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use adyton_server::repository::{Pending, Repository};
+    use adyton_server::runtime::tract::TractEngine;
+    use adyton_server::runtime::Engine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = DeviceState::open(dir.path()).unwrap();
+    let (_, sealer) = device(1, MEASUREMENT);
+    for (name, plain) in [
+        ("big", crate::onnx::constant_of_shape(16384)),
+        ("add", crate::support::model("add")),
+    ] {
+        let request = request(&state, 1, SealingPolicy::ExactBuild, name, &blob(&plain));
+        state
+            .accept(&sealer, &response_to(&request, &model_key()), 1)
+            .unwrap();
+    }
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new().with_load_budget(512 << 20));
+    let repository = Repository::new(16);
+    state
+        .load_all(&sealer, &engine, &repository, &BTreeMap::new())
+        .unwrap();
+    assert!(repository.get("add", None).is_ok());
+    let summary = repository.summary("big").unwrap();
+    assert!(
+        matches!(&summary.pending, Some(Pending::Failed { reason })
+            if reason.contains("model constants need 1.0 GiB, over the load budget of 512.0 MiB")),
+        "{summary:?}"
+    );
+}
