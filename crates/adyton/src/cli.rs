@@ -257,11 +257,6 @@ pub struct ServerServeArgs {
     /// Largest model upload, e.g. 512M (default 1G).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
     pub max_upload_bytes: Option<usize>,
-    /// Largest infer request body, e.g. 16M (default 64M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
-    pub max_request_bytes: Option<usize>,
-    #[command(flatten)]
-    pub connections: crate::net::ConnectionArgs,
     /// Memory a model's constants may need, declared or computed from constant shapes, checked
     /// before the model loads (uploads, pulls, --model, sealed models), e.g. 2G (default 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
@@ -270,6 +265,11 @@ pub struct ServerServeArgs {
     /// needed, e.g. 16M (default 64M).
     #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
     pub max_json_response_bytes: Option<usize>,
+    /// Largest infer request body, e.g. 16M (default 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
+    pub max_request_bytes: Option<usize>,
+    #[command(flatten)]
+    pub connections: crate::net::ConnectionArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -140,8 +140,8 @@ struct Resolved {
     token_file: Option<PathBuf>,
     certificate_out: Option<PathBuf>,
     max_models: usize,
-    settings: Settings,
     load_budget: u64,
+    settings: Settings,
     models: Vec<ModelEntry>,
     registry: Option<String>,
     state_dir: Option<PathBuf>,
@@ -264,8 +264,6 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         settings.limits.max_elements = n;
         settings.limits.max_total_elements = settings.limits.max_total_elements.max(n);
     }
-    Ok(Resolved {
-        listen,
     if let Some(n) = args
         .max_json_response_bytes
         .or(file.max_json_response_bytes)
@@ -277,14 +275,16 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
         .or(file.load_budget_bytes)
         .unwrap_or(DEFAULT_LOAD_BUDGET);
+    Ok(Resolved {
+        listen,
         tee,
         sim_key: args.sim_key.clone().or(file.sim_key),
         token_file: args.token_file.clone().or(file.token_file),
         certificate_out: args.certificate_out.clone().or(file.certificate_out),
         max_models: args.max_models.or(file.max_models).unwrap_or(16),
+        load_budget,
         settings,
         models,
-        load_budget,
         registry,
         state_dir,
         connections: net::ConnectionLimits::resolve(
@@ -600,19 +600,6 @@ path = "plain.onnx"
     }
 
     #[test]
-    fn bad_input_shapes_are_refused() {
-        let error = |file: Option<&str>, flags: &[&str]| {
-            format!("{:#}", resolve_with(file, flags).unwrap_err())
-        };
-        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "b:x=1"]);
-        assert!(e.contains("no model is named 'b'"), "{e}");
-        for spec in ["a=1,2", "a:x", "a:x=1,two", ":x=1", "a:=1"] {
-            let e = error(None, &["--model", "a=a.onnx", "--input-shape", spec]);
-            assert!(e.contains("NAME:INPUT=DIMS"), "{spec}: {e}");
-        }
-        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "a:x=1,-2"]);
-        assert!(e.contains("model 'a'") && e.contains("input 'x'"), "{e}");
-    #[test]
     fn limits_come_from_the_file_and_the_flags() {
         let defaults = resolve_with(None, &[]).unwrap();
         assert_eq!(defaults.load_budget, DEFAULT_LOAD_BUDGET);
@@ -635,6 +622,19 @@ path = "plain.onnx"
         assert_eq!(from_flags.settings.max_json_response, 2 << 20);
     }
 
+    #[test]
+    fn bad_input_shapes_are_refused() {
+        let error = |file: Option<&str>, flags: &[&str]| {
+            format!("{:#}", resolve_with(file, flags).unwrap_err())
+        };
+        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "b:x=1"]);
+        assert!(e.contains("no model is named 'b'"), "{e}");
+        for spec in ["a=1,2", "a:x", "a:x=1,two", ":x=1", "a:=1"] {
+            let e = error(None, &["--model", "a=a.onnx", "--input-shape", spec]);
+            assert!(e.contains("NAME:INPUT=DIMS"), "{spec}: {e}");
+        }
+        let e = error(None, &["--model", "a=a.onnx", "--input-shape", "a:x=1,-2"]);
+        assert!(e.contains("model 'a'") && e.contains("input 'x'"), "{e}");
         let e = error(
             Some("[[model]]\nname = \"a\"\npath = \"a.onnx\"\ninput_shapes = { x = [1.5] }\n"),
             &[],
