@@ -17,11 +17,14 @@
 //! Everything here but the pool takes the time as an argument; no I/O. Nothing here logs.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::{mpsc, Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use std::cell::RefCell;
+
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
@@ -147,11 +150,24 @@ impl AdminUsers {
         Ok(())
     }
 
-    /// Adds (or replaces) an operator from a stored argon2 PHC string, checked to parse.
+    /// Adds (or replaces) an operator from a stored argon2 PHC string, checked to parse and to
+    /// need at most [`MAX_HASH_MEMORY_KIB`] of memory per check.
     pub fn add_hash(&mut self, user: &str, phc: &str) -> Result<(), AdminError> {
-        PasswordHash::new(phc).map_err(|e| AdminError::Internal {
+        let parsed = PasswordHash::new(phc).map_err(|e| AdminError::Internal {
             reason: format!("password hash of `{user}`: {e}"),
         })?;
+        let params = Params::try_from(&parsed).map_err(|e| AdminError::Internal {
+            reason: format!("password hash of `{user}`: {e}"),
+        })?;
+        if params.m_cost() > MAX_HASH_MEMORY_KIB {
+            return Err(AdminError::Internal {
+                reason: format!(
+                    "password hash of `{user}` needs {} KiB per check; at most {MAX_HASH_MEMORY_KIB} \
+                     KiB is allowed",
+                    params.m_cost()
+                ),
+            });
+        }
         self.hashes.insert(user.to_owned(), phc.to_owned());
         Ok(())
     }
@@ -183,9 +199,63 @@ fn hash_password(password: &[u8]) -> Result<String, AdminError> {
         .map_err(|e| internal(&e.to_string()))
 }
 
+/// Most memory a stored hash may make one check use (argon2's `m`, in KiB): 256 MiB.
+pub const MAX_HASH_MEMORY_KIB: u32 = 256 * 1024;
+
+thread_local! {
+    /// The argon2 working memory of this thread, kept from check to check: allocating 19 MiB per
+    /// check and freeing it leaves glibc's heap growing by as much per check (its mmap threshold
+    /// rises to the freed size, and the freed chunks are not reused), so a flood of logins would
+    /// grow the broker without bound. Zeroed after every check.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` hashes to the PHC string `phc`, compared in constant time.
 fn verify_phc(phc: &str, password: &[u8]) -> bool {
-    PasswordHash::new(phc)
-        .is_ok_and(|hash| Argon2::default().verify_password(password, &hash).is_ok())
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params), Some(expected), Some(salt)) = (
+        Algorithm::try_from(hash.algorithm),
+        Params::try_from(&hash),
+        hash.hash,
+        hash.salt,
+    ) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    if params.m_cost() > MAX_HASH_MEMORY_KIB {
+        return false;
+    }
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut computed = Zeroizing::new(vec![0u8; expected.len()]);
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let hashed = ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        let blocks = params.block_count();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        let hashed = argon2.hash_password_into_with_memory(
+            password,
+            salt,
+            &mut computed,
+            &mut memory[..blocks],
+        );
+        memory[..blocks]
+            .iter_mut()
+            .for_each(zeroize::Zeroize::zeroize);
+        hashed
+    });
+    // `Output`'s equality is constant-time.
+    hashed.is_ok() && Output::new(&computed).is_ok_and(|computed| computed == expected)
 }
 
 /// A hash of a random password with the parameters real hashes use, made once on first need.
@@ -253,6 +323,8 @@ struct Sessions {
 #[derive(Debug)]
 pub struct LoginAttempt {
     client: IpAddr,
+    /// The address logged in successfully within the last day.
+    trusted: bool,
 }
 
 /// Operators, their live tokens and the failed-login limits.
@@ -366,7 +438,7 @@ impl AdminAuth {
             entry.blocked_until = now + backoff;
         }
         sessions.global.1 = sessions.global.1.saturating_add(1);
-        Ok(LoginAttempt { client })
+        Ok(LoginAttempt { client, trusted })
     }
 
     /// Undoes an admitted attempt whose password was never checked (the pool was busy).
@@ -488,8 +560,74 @@ type Job = Box<dyn FnOnce() + Send>;
 /// the checks run on a fixed few threads (their memory is reused from check to check) with a short
 /// queue, and a login beyond the queue is refused at once as [`AdminError::Busy`].
 pub struct PasswordPool {
-    jobs: mpsc::SyncSender<Job>,
+    queue: Arc<JobQueue>,
     threads: usize,
+}
+
+/// Two lanes of waiting checks: addresses that logged in successfully within the last day go
+/// first and have a lane of their own, so that a flood from many new addresses, which fills the
+/// other lane, does not keep an operator out.
+struct JobQueue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Lanes {
+    trusted: VecDeque<Job>,
+    others: VecDeque<Job>,
+    closed: bool,
+}
+
+impl JobQueue {
+    fn push(&self, job: Job, trusted: bool) -> Result<(), AdminError> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let lane = if trusted {
+            &mut lanes.trusted
+        } else {
+            &mut lanes.others
+        };
+        if lane.len() >= self.capacity {
+            return Err(AdminError::Busy { retry_after: 1 });
+        }
+        lane.push_back(job);
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, trusted lane first; `None` once the pool is dropped.
+    fn pop(&self) -> Option<Job> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(job) = lanes
+                .trusted
+                .pop_front()
+                .or_else(|| lanes.others.pop_front())
+            {
+                return Some(job);
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self
+                .ready
+                .wait(lanes)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for PasswordPool {
+    fn drop(&mut self) {
+        self.queue
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.queue.ready.notify_all();
+    }
 }
 
 impl std::fmt::Debug for PasswordPool {
@@ -501,58 +639,66 @@ impl std::fmt::Debug for PasswordPool {
 }
 
 impl PasswordPool {
-    /// Half the machine's cores (1 to 4) with a queue of 8: logins never take every core from
-    /// transfers, and at most a few hundred milliseconds of checks wait.
+    /// Half the machine's cores (1 to 4) with 8 checks waiting per lane: logins never take every
+    /// core from transfers, and at most a few hundred milliseconds of checks wait.
     pub fn with_defaults() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self::new((cores / 2).clamp(1, 4), 8)
     }
 
-    /// `threads` checking threads and `queue` checks waiting at most. The threads end when the
-    /// pool is dropped. If no thread can be started, every check fails as an internal error.
+    /// `threads` checking threads and `queue` checks waiting at most in each lane. The threads
+    /// end when the pool is dropped. If no thread can be started, every check is refused as busy.
     pub fn new(threads: usize, queue: usize) -> Self {
-        let (jobs, receiver) = mpsc::sync_channel::<Job>(queue);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(JobQueue {
+            lanes: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            capacity: queue,
+        });
         let mut started = 0;
         for n in 0..threads.max(1) {
-            let receiver = receiver.clone();
+            let jobs = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("kbs-password-{n}"))
-                .spawn(move || loop {
-                    let job = receiver
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+                .spawn(move || {
+                    while let Some(job) = jobs.pop() {
+                        job();
                     }
                 });
             if spawned.is_ok() {
                 started += 1;
             }
         }
+        if started == 0 {
+            // Nothing would ever take a job: refuse every check rather than queue it forever.
+            queue
+                .lanes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .closed = true;
+        }
         Self {
-            jobs,
+            queue,
             threads: started,
         }
     }
 
-    /// Checks `password` for `user` on the pool, or refuses at once when the queue is full.
+    /// Checks `password` for `user` on the pool, or refuses at once when the attempt's lane is
+    /// full.
     pub async fn verify(
         &self,
         users: Arc<AdminAuth>,
+        attempt: &LoginAttempt,
         user: String,
         password: Zeroizing<String>,
     ) -> Result<bool, AdminError> {
+        if self.threads == 0 {
+            return Err(internal("no password thread could be started"));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(users.users.verify(&user, &password));
         });
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => AdminError::Busy { retry_after: 1 },
-            mpsc::TrySendError::Disconnected(_) => internal("the password threads are gone"),
-        })?;
+        self.queue.push(job, attempt.trusted)?;
         answer
             .await
             .map_err(|_| internal("a password check was dropped"))

@@ -558,7 +558,12 @@ impl AppState {
                 let password = Zeroizing::new(std::mem::take(&mut login.password));
                 let checked = self
                     .passwords
-                    .verify(self.admin.clone(), login.username.clone(), password)
+                    .verify(
+                        self.admin.clone(),
+                        &attempt,
+                        login.username.clone(),
+                        password,
+                    )
                     .await;
                 match checked {
                     Ok(verified) => {

@@ -386,6 +386,49 @@ async fn logins_beyond_the_password_pool_are_503_with_retry_after_and_do_not_cou
     }
 }
 
+#[tokio::test]
+async fn an_operator_who_logged_in_before_gets_through_a_flood_that_fills_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(MemoryAudit::default());
+    let users = AdminUsers::with_password("admin", PASSWORD).unwrap();
+    let app = router_with_admin_pool(
+        state(&dir, audit.clone(), fixed_clock),
+        Arc::new(AdminAuth::new(users)),
+        PasswordPool::new(1, 1),
+    );
+    let f = Fixture {
+        _dir: dir,
+        app,
+        audit,
+    };
+    let operator: IpAddr = "198.51.100.7".parse().unwrap();
+    let reply = f.login_from(operator, "admin", PASSWORD).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    // Sixteen new addresses at once fill the pool's lane for them; the operator's address, which
+    // logged in before, has a lane of its own and is checked next.
+    let flood = (0..16u8).map(|n| f.login_from(IpAddr::from([203, 0, 113, n]), "admin", "guess"));
+    let operator_login = f.login_from(operator, "admin", PASSWORD);
+    let all = futures_join_all(
+        flood
+            .map(|login| {
+                Box::pin(login)
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>>
+            })
+            .chain(std::iter::once(Box::pin(operator_login) as _)),
+    )
+    .await;
+    let (operator_reply, flood_replies) = all.split_last().unwrap();
+    assert!(flood_replies
+        .iter()
+        .any(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        operator_reply.status,
+        StatusCode::OK,
+        "{}",
+        operator_reply.text
+    );
+}
+
 /// Runs the futures concurrently on the current task and collects their outputs in order.
 async fn futures_join_all<F: std::future::Future>(
     futures: impl Iterator<Item = F>,
