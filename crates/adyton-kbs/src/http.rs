@@ -29,6 +29,7 @@
 //! a token.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use adyton_attest::{AttestError, TeeKind};
@@ -952,7 +953,20 @@ impl ApiError {
     /// A 503: the audit record could not be written, so the request is refused (fail closed).
     /// The cause goes to stderr; the client learns only that the broker cannot serve now.
     fn audit(err: AuditError) -> Self {
-        eprintln!("adyton-kbs: audit write failed, request refused: {err}");
+        // At most one line a second, with a count of the ones left out: a full disk refuses every
+        // request, and the log of the refusals must not become a flood of its own.
+        static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+        static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
+        let now = system_clock();
+        if LAST_SECOND.swap(now, Ordering::Relaxed) != now {
+            let left_out = LEFT_OUT.swap(0, Ordering::Relaxed);
+            eprintln!(
+                "adyton-kbs: audit write failed, request refused: {err} ({left_out} more since the \
+                 last such line)"
+            );
+        } else {
+            LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+        }
         let mut refused = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the audit log cannot be written; nothing was done or released",
