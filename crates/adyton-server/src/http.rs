@@ -866,15 +866,12 @@ async fn upload(
     if let Some(name) = name.strip_suffix(":pull") {
         return start_pull(&app, name, &headers, body).await;
     }
-    check_name(&name)?;
-    let version = match query.get("version") {
-        None => None,
-        Some(v) => Some(
-            v.parse::<u64>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| ApiError::bad_request("version must be a positive integer"))?,
-        ),
+    let version = match upload_version(&name, &query) {
+        Ok(version) => version,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
     };
     let bytes = read_body(&headers, body, app.settings.max_upload, "model").await?;
     let size = bytes.len();
@@ -905,6 +902,20 @@ async fn upload(
         .into_response())
 }
 
+/// An upload's name and `version`, checked before its body is read.
+fn upload_version(name: &str, query: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    check_name(name)?;
+    query
+        .get("version")
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| ApiError::bad_request("version must be a positive integer"))
+        })
+        .transpose()
+}
+
 /// `POST /adyton/v1/models/{name}:pull` with `{"model_id": "..."}`: pulls a protected model from the
 /// registry in the background (202); its state shows in `GET /v2/models/{name}` and `.../ready`.
 async fn start_pull(
@@ -913,12 +924,20 @@ async fn start_pull(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_name(name)?;
-    let Some(puller) = app.puller.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "this server has no registry and key broker configured for pulls",
-        ));
+    let puller = check_name(name).map_err(ApiError::from).and_then(|()| {
+        app.puller.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this server has no registry and key broker configured for pulls",
+            )
+        })
+    });
+    let puller = match puller {
+        Ok(puller) => puller,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
     };
     let body = read_body(headers, body, 64 << 10, "pull request").await?;
     #[derive(serde::Deserialize)]

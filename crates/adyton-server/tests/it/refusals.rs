@@ -70,6 +70,20 @@ async fn early_refusals_reach_a_client_still_sending() {
             "POST /adyton/v1/models/mine HTTP/1.1\r\nAuthorization: Bearer wrong\r\n",
             "401",
         ),
+        // An upload with a bad version or name: 400 before the model is read.
+        (
+            "POST /adyton/v1/models/mine?version=0 HTTP/1.1\r\nAuthorization: Bearer upload-token\r\n",
+            "400",
+        ),
+        (
+            "POST /adyton/v1/models/.mine HTTP/1.1\r\nAuthorization: Bearer upload-token\r\n",
+            "400",
+        ),
+        // A pull on a server without a registry: 404 before the request is read.
+        (
+            "POST /adyton/v1/models/mine:pull HTTP/1.1\r\nAuthorization: Bearer upload-token\r\n",
+            "404",
+        ),
     ];
     for (head, status) in cases {
         let line = tokio::task::spawn_blocking(move || status_after_full_body(addr, head))
