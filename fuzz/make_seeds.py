@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpus under fuzz/corpus/<target>/ (fuzz/corpus/README.md says
+where each seed comes from). Standard library only, and `openssl` for one RSA public key; run from
+anywhere: `python3 fuzz/make_seeds.py`. Existing seeds of the same names are replaced; others are
+left alone (the fuzzer's own finds live under target/, not here)."""
+
+import base64
+import json
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "fuzz" / "corpus"
+TESTDATA = ROOT / "testdata"
+
+
+def write(target, name, data):
+    path = CORPUS / target / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+def doc_blocks(doc, lang):
+    text = (ROOT / "docs" / doc).read_text()
+    return re.findall(r"```" + lang + r"\n(.*?)```", text, re.S)
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def rsa_spki_der():
+    key = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        check=True, capture_output=True).stdout
+    return subprocess.run(["openssl", "pkey", "-pubout", "-outform", "DER"], input=key,
+                          check=True, capture_output=True).stdout
+
+
+def spki_modulus(der):
+    """The modulus of a 2048-bit RSA SubjectPublicKeyInfo (its 256 bytes before `02 03 01 00 01`)."""
+    end = der.rindex(b"\x02\x03\x01\x00\x01")
+    return der[end - 256:end]
+
+
+def evidence_json(tee, quote, certificates=None):
+    doc = {"format": "adyton-evidence-v1", "tee": tee, "quote": b64(quote)}
+    if certificates is not None:
+        doc["certificates"] = b64(certificates)
+    return json.dumps(doc, indent=2)
+
+
+def infer_body(inputs, outputs=None, request_id=None, parameters=None):
+    doc = {"inputs": inputs}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters is not None:
+        doc["parameters"] = parameters
+    if outputs is not None:
+        doc["outputs"] = outputs
+    return json.dumps(doc).encode()
+
+
+def main():
+    sgx_quote = (TESTDATA / "dcap" / "sgx_quote").read_bytes()
+    tdx_quote = (TESTDATA / "dcap" / "tdx_quote").read_bytes()
+    snp_report = bytes.fromhex((TESTDATA / "snp" / "report_milan.hex").read_text().strip())
+    snp_chain = (TESTDATA / "snp" / "cert_chain_milan").read_bytes()
+    vectors = json.loads((TESTDATA / "envelope" / "v2-kat.json").read_text())["vectors"]
+    spki = rsa_spki_der()
+    modulus = spki_modulus(spki)
+
+    # Envelopes: the v2 known-answer vectors (small ones), and v1 layouts.
+    for vector in vectors:
+        envelope = bytes.fromhex(vector["envelope_hex"])
+        if len(envelope) <= 4096:
+            write("envelope_v2", f"kat-{vector['name']}", envelope)
+    iv, tag, ct = bytes(range(12)), bytes(range(16)), b"\x42" * 32
+    write("envelope_v1", "layout-12-16-32", struct.pack("<III", 12, 16, 32) + iv + ct + tag)
+    write("envelope_v1", "layout-empty", struct.pack("<III", 12, 16, 0) + iv + tag)
+    write("envelope_v1", "v2-header", bytes.fromhex(vectors[0]["envelope_hex"]))
+
+    # Public keys: DER SubjectPublicKeyInfo and Intel's `u32le exponent || modulus`, both orders.
+    write("public_key", "spki-rsa2048.der", spki)
+    write("public_key", "intel-be", struct.pack("<I", 65537) + modulus)
+    write("public_key", "intel-le", struct.pack("<I", 65537) + modulus[::-1])
+
+    # Evidence: the JSON form, and `selector byte || quote` (TeeKind::ALL: SGX, TDX, SNP, SIM).
+    write("evidence", "sgx.json", evidence_json("SGX", sgx_quote))
+    write("evidence", "snp.json", evidence_json("SNP", snp_report, snp_chain))
+    write("evidence", "sim.json", evidence_json("SIM", b"\x00" * 64))
+    write("evidence", "raw-sgx", b"\x00" + sgx_quote)
+    write("evidence", "raw-tdx", b"\x01" + tdx_quote)
+    write("evidence", "raw-snp", b"\x02" + snp_report)
+    for i, block in enumerate(doc_blocks("evidence.md", "json")):
+        write("evidence", f"doc-{i}.json", block)
+
+    write("dcap_quote", "sgx_quote", sgx_quote)
+    write("dcap_quote", "tdx_quote", tdx_quote)
+    write("snp_report", "report_milan", snp_report)
+    write("snp_report", "report_milan_with_chain", snp_report + snp_chain[:1024])
+
+    # Policies: the documentation's, in TOML and JSON.
+    mrenclave, mrsigner = "ab" * 32, "cd" * 32
+    sgx_table = {"mrenclave": [mrenclave], "mrsigner": [mrsigner], "isvprodid": [0], "min_isvsvn": 1,
+                 "enforce_tcb_upto_date": True}
+    for i, block in enumerate(doc_blocks("policy.md", "toml")):
+        write("policy", f"doc-{i}.toml", block)
+    write("policy", "sgx.json", json.dumps({"sgx": sgx_table}))
+    write("policy", "sim.toml", f'[sim]\nmeasurement = ["{"ef" * 48}"]\n')
+
+    # The key broker's policy bodies (docs/kbs.md, the admin API).
+    write("kbs_policy", "sgx.json", json.dumps({"attestation_type": "SGX", "sgx": sgx_table}))
+    write("kbs_policy", "tdx.json", json.dumps({"attestation_type": "TDX", "tdx": {
+        "mrtd": ["01" * 48], "rtmr0": [], "min_seamsvn": 3, "enforce_tcb_upto_date": True}}))
+    write("kbs_policy", "snp.json", json.dumps({"attestation_type": "SNP", "snp": {
+        "measurement": ["02" * 48], "require_nonce": True}}))
+    write("kbs_policy", "sim.json", json.dumps({"attestation_type": "SIM", "sim": {
+        "measurement": ["03" * 48], "signer": ["04" * 32]}}))
+
+    # Configuration files: the documentation's examples.
+    for doc, name in [("server-config.md", "server"), ("kbs-config.md", "kbs"),
+                      ("registry.md", "registry"), ("policy.md", "policy")]:
+        for i, block in enumerate(doc_blocks(doc, "toml")):
+            write("config", f"{name}-{i}.toml", block)
+    write("config", "registry-fs.toml", '[store]\nbackend = "fs"\ndata_dir = "/var/lib/adyton"\n')
+
+    # Provisioning files (docs/offline.md): requests from SGX, SNP and SIM devices, and a response.
+    def request(tee, evidence, policy="exact-build"):
+        return json.dumps({
+            "format": "adyton-provision-request/1",
+            "request_id": "5b0c2f7e-3c1d-4e6f-8a9b-0c1d2e3f4a5b",
+            "model": "scanner-v3",
+            "key_id": "0b0e11aa-2222-4333-8444-555566667777",
+            "tee": tee,
+            "sealing_policy": policy,
+            "public_key": b64(spki),
+            "evidence": b64(evidence.encode()),
+            "created_at": 1_800_000_000,
+        }, indent=2) + "\n"
+    write("provision_request", "sgx.json", request("SGX", evidence_json("SGX", sgx_quote)))
+    write("provision_request", "snp.json", request("SNP", evidence_json("SNP", snp_report), "signer"))
+    write("provision_request", "sim.json", request("SIM", evidence_json("SIM", b"\x00" * 64)))
+    write("provision_request", "tdx-refused.json", request("TDX", evidence_json("TDX", b"\x00" * 64)))
+    write("provision_response", "response.json", json.dumps({
+        "format": "adyton-provision-response/1",
+        "request_id": "5b0c2f7e-3c1d-4e6f-8a9b-0c1d2e3f4a5b",
+        "model": "scanner-v3",
+        "key_id": "0b0e11aa-2222-4333-8444-555566667777",
+        "public_key_sha256": "5d" * 32,
+        "wrapped_key": b64(struct.pack("<III", 12, 16, 32) + bytes(60)),
+        "wrapped_swk": b64(bytes(256)),
+        "issued_at": 1_800_000_100,
+    }, indent=2) + "\n")
+
+    # Infer requests as JSON: every data type, nested and flat data, ids, parameters, outputs.
+    write("infer_json", "fp32-nested", infer_body(
+        [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1.0, 2.5], [-3.0, 1e-7]]}],
+        outputs=[{"name": "y"}], request_id="42"))
+    write("infer_json", "special-floats", infer_body(
+        [{"name": "a", "shape": [4], "datatype": "FP16", "data": ["NaN", "Infinity", "-inf", 65504]},
+         {"name": "b", "shape": [3], "datatype": "FP64", "data": [0.1, -0.0, "nan"]}]))
+    write("infer_json", "integers", infer_body(
+        [{"name": n, "shape": [2], "datatype": t, "data": v} for n, t, v in [
+            ("u8", "UINT8", [0, 255]), ("i8", "INT8", [-128, 127]), ("u16", "UINT16", [0, 65535]),
+            ("i16", "INT16", [-1, 1]), ("u32", "UINT32", [0, 4294967295]), ("i32", "INT32", [-5, 5]),
+            ("u64", "UINT64", [0, 18446744073709551615]),
+            ("i64", "INT64", [-9223372036854775808, 9223372036854775807])]]))
+    write("infer_json", "bool-bytes", infer_body(
+        [{"name": "flags", "shape": [1, 3], "datatype": "BOOL", "data": [[True, False, 1]]},
+         {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hello", "wörld"]}],
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "y", "parameters": {"binary_data": False}}]))
+    write("infer_json", "scalar", infer_body(
+        [{"name": "s", "shape": [], "datatype": "INT64", "data": 7}]))
+    write("infer_json", "empty-dim", infer_body(
+        [{"name": "e", "shape": [0, 3], "datatype": "FP32", "data": []}]))
+
+    # Infer requests with binary tensor data: `u16le header length || JSON || tensor bytes`.
+    def binary(inputs, tensors, **kwargs):
+        header = infer_body(inputs, **kwargs)
+        return struct.pack("<H", len(header)) + header + b"".join(tensors)
+    fp32 = struct.pack("<4f", 1.0, -2.0, float("nan"), 3.5)
+    write("infer_binary", "fp32", binary(
+        [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+          "parameters": {"binary_data_size": len(fp32)}}], [fp32],
+        parameters={"binary_data_output": True}))
+    strings = b"".join(struct.pack("<I", len(s)) + s for s in [b"ab", b"", b"\xff\xfe"])
+    write("infer_binary", "bytes-and-bool", binary(
+        [{"name": "t", "shape": [3], "datatype": "BYTES",
+          "parameters": {"binary_data_size": len(strings)}},
+         {"name": "b", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}],
+        [strings, b"\x01\x02"]))
+    i64 = struct.pack("<2q", -1, 1 << 40)
+    write("infer_binary", "mixed-json-binary", binary(
+        [{"name": "j", "shape": [2], "datatype": "UINT8", "data": [1, 2]},
+         {"name": "k", "shape": [2], "datatype": "INT64",
+          "parameters": {"binary_data_size": len(i64)}}], [i64], request_id="r1"))
+    json_only = infer_body([{"name": "x", "shape": [1], "datatype": "FP16", "data": [0.5]}])
+    write("infer_binary", "json-only", struct.pack("<H", len(json_only)) + json_only)
+
+
+if __name__ == "__main__":
+    main()
