@@ -374,8 +374,7 @@ async fn issue_token(
 
 async fn create_policy(
     State(app): State<AppState>,
-    operator: Operator,
-    AdminJson(body): AdminJson<serde_json::Map<String, serde_json::Value>>,
+    OperatorJson { operator, body }: OperatorJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let (tee, table) = parse_policy_body(body)?;
     let record = blocking(app, move |app, now| {
@@ -444,8 +443,7 @@ async fn delete_policy(
 
 async fn create_key(
     State(app): State<AppState>,
-    operator: Operator,
-    AdminJson(mut body): AdminJson<KeyJson>,
+    OperatorJson { operator, mut body }: OperatorJson<KeyJson>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let info = &mut body.key_information;
     if !info.algorithm.eq_ignore_ascii_case("AES") || info.key_length != 256 {
@@ -521,9 +519,8 @@ async fn delete_key(
 
 async fn offline_transfer(
     State(app): State<AppState>,
-    operator: Operator,
     Path(key_id): Path<String>,
-    AdminJson(body): AdminJson<ProvisionRequestJson>,
+    OperatorJson { operator, body }: OperatorJson<ProvisionRequestJson>,
 ) -> Result<Json<TransferReply>, ApiError> {
     let request = body.into_request(&key_id)?;
     // Verification is CPU work, like the online transfer's.
@@ -874,6 +871,29 @@ impl FromRequestParts<AppState> for Operator {
             .ok_or(AdminError::Unauthenticated)?;
         let user = app.admin.authenticate(token, (app.kbs.clock)())?;
         Ok(Self { user })
+    }
+}
+
+/// An operator's request with a JSON body. The body (at most [`TRANSFER_BODY_LIMIT`]) is read
+/// before the token is checked, so that a refused client reads its 401 rather than a connection
+/// reset while it is still sending.
+struct OperatorJson<T> {
+    operator: Operator,
+    body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OperatorJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), app)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        let operator = Operator::from_request_parts(&mut parts, app).await?;
+        let body = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+        Ok(Self { operator, body })
     }
 }
 
