@@ -6,10 +6,10 @@
 //! closed at accept, before a TLS handshake), and a client that sends its headers or its body
 //! too slowly, or stops reading, is disconnected (docs/kbs-config.md, "Connections").
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;

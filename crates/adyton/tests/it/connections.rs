@@ -172,9 +172,7 @@ fn connect_from(source: &str, addr: &str) -> TcpStream {
         .unwrap();
     let stream = runtime.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{source}:0").parse().unwrap())
-            .unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         socket.connect(addr.parse().unwrap()).await.unwrap()
     });
     let stream = stream.into_std().unwrap();
