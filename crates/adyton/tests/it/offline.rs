@@ -157,7 +157,9 @@ fn provider(d: &Path, measurements: &[&str]) -> Provider {
 fn measure(exe: &Path, d: &Path) -> String {
     ok_with(exe, d, &["attest", "measure"])
         .lines()
-        .find(|l| l.trim().len() == 96)
+        // The hex line, not the header (which may be 96 characters long too, depending on the
+        // executable's path).
+        .find(|l| l.trim().len() == 96 && l.trim().bytes().all(|b| b.is_ascii_hexdigit()))
         .expect("a SHA-384 measurement")
         .trim()
         .to_owned()
