@@ -338,12 +338,17 @@ pub struct Signature {
 /// How far the engine could optimise a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Fully optimised.
+    /// Fully optimised, one plan for every input shape.
     Optimized,
+    /// An optimised plan per concrete input shape, compiled on first use and cached
+    /// ([`PlanCacheOptions`]).
+    PerShape,
     /// The optimiser failed; the decluttered (less optimised) plan runs.
     Decluttered,
     /// Both failed with the graph's value info; it loaded with that info ignored.
     ValueInfoIgnored,
+    /// ONNX Runtime's own graph optimisations (the `onnxruntime` engine).
+    OnnxRuntime,
 }
 
 impl Plan {
@@ -351,10 +356,94 @@ impl Plan {
     pub fn as_str(self) -> &'static str {
         match self {
             Plan::Optimized => "optimized",
+            Plan::PerShape => "optimized-per-shape",
             Plan::Decluttered => "decluttered",
             Plan::ValueInfoIgnored => "value-info-ignored",
+            Plan::OnnxRuntime => "onnxruntime",
         }
     }
+}
+
+/// The engines a model can run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// tract: pure Rust, the default, and the smaller trusted computing base.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded from its shared library at run time.
+    OnnxRuntime,
+}
+
+impl EngineKind {
+    /// The name used in settings and on the command line: `tract` or `onnxruntime`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+            EngineKind::OnnxRuntime => "onnxruntime",
+        }
+    }
+
+    /// The engine of a name ([`EngineKind::as_str`]).
+    pub fn parse(name: &str) -> Option<EngineKind> {
+        match name {
+            "tract" => Some(EngineKind::Tract),
+            "onnxruntime" => Some(EngineKind::OnnxRuntime),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Concrete input shapes, by input name: one shape per input.
+pub type ShapeSet = BTreeMap<String, Vec<usize>>;
+
+/// The bounds of a model's cache of plans per input shape ([`Plan::PerShape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanCacheOptions {
+    /// The most plans kept; the least recently used is evicted beyond it.
+    pub max_plans: usize,
+    /// The most memory the cached plans may take, by the engine's estimate; the least recently
+    /// used are evicted beyond it, and a single plan over it is refused.
+    pub max_bytes: u64,
+    /// The most plans compiled in any minute; a request that needs one more is refused with
+    /// [`EngineError::Busy`] (429), unless a plan for every shape can serve it.
+    pub max_compiles_per_minute: u32,
+}
+
+impl Default for PlanCacheOptions {
+    fn default() -> PlanCacheOptions {
+        PlanCacheOptions {
+            max_plans: 16,
+            max_bytes: 1 << 30,
+            max_compiles_per_minute: 30,
+        }
+    }
+}
+
+/// What a model's plans have cost and saved so far, for metrics and model metadata.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PlanStats {
+    /// Plans compiled (ahead of time and on first use).
+    pub compiled: u64,
+    /// Requests served by a plan already cached.
+    pub hits: u64,
+    /// Plans evicted from the cache.
+    pub evictions: u64,
+    /// Shapes refused (each also cached, so that it is not compiled again).
+    pub refusals: u64,
+    /// Compilations refused by the per-minute cap.
+    pub rate_limited: u64,
+    /// Seconds spent compiling, in total.
+    pub compile_seconds: f64,
+    /// Plans in the cache now.
+    pub cached_plans: u64,
+    /// The cache's memory now, by the engine's estimate, in bytes.
+    pub cached_bytes: u64,
 }
 
 /// Errors of the engine.
@@ -402,6 +491,26 @@ pub enum EngineError {
         /// The largest constant: where, its shape, type and size.
         largest: String,
     },
+    /// The model cannot take an input of this shape (a plan for it cannot be built, or would be
+    /// over the plan cache's memory bound); always names the input. The refusal is cached.
+    #[error("input '{name}' of shape {shape:?} is refused: {reason}")]
+    Shape {
+        /// The input.
+        name: String,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Why.
+        reason: String,
+    },
+    /// The engine has done as much work of this kind as it may for now (plans compiled this
+    /// minute, say); the request may be repeated after `retry_after_secs` (429).
+    #[error("{reason}")]
+    Busy {
+        /// Why.
+        reason: String,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
     /// An output has more elements than the server sends (the same limit as an input's).
     #[error(
         "output '{name}' has {elements} elements, over the limit of {limit} elements per tensor \
@@ -430,12 +539,22 @@ pub struct LoadOptions {
     /// A fixed dimension then shows as fixed in the model's [`Signature`], and inputs of another
     /// size are refused before they reach the engine.
     pub input_shapes: BTreeMap<String, Vec<Dim>>,
+    /// Concrete input shapes whose plans are compiled at load, before the model is reported
+    /// ready (for an engine with plans per shape; others check them against the signature).
+    pub ahead_shapes: Vec<ShapeSet>,
+    /// Threads for one inference's operators (intra-op); `None` for the engine's default.
+    pub threads: Option<usize>,
+    /// The bounds of the cache of plans per input shape.
+    pub plan_cache: PlanCacheOptions,
 }
 
 impl LoadOptions {
     /// Whether the options change nothing.
     pub fn is_empty(&self) -> bool {
         self.input_shapes.is_empty()
+            && self.ahead_shapes.is_empty()
+            && self.threads.is_none()
+            && self.plan_cache == PlanCacheOptions::default()
     }
 }
 
@@ -584,6 +703,16 @@ pub trait LoadedModel: Send + Sync + fmt::Debug {
 
     /// How far it was optimised.
     fn plan(&self) -> Plan;
+
+    /// The engine that runs it.
+    fn engine(&self) -> EngineKind {
+        EngineKind::Tract
+    }
+
+    /// Its plan cache's counters; all zero for a model with one plan.
+    fn plan_stats(&self) -> PlanStats {
+        PlanStats::default()
+    }
 
     /// Runs it. `inputs` are in the signature's input order and have passed [`check_inputs`];
     /// the outputs come back in the signature's output order.
