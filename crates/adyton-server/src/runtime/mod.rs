@@ -3,6 +3,7 @@
 //!
 //! [`tract::TractEngine`] is the implementation; no other module knows tract.
 
+pub mod onnxruntime;
 pub mod tract;
 
 use std::collections::BTreeMap;

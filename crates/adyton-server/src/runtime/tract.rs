@@ -46,7 +46,7 @@ use super::{
     Plan, Signature, Tensor, TensorData, TensorSpec,
 };
 
-mod budget;
+pub(crate) mod budget;
 
 /// The default [`TractEngine::with_load_budget`]: 4 GiB. An ONNX model without external data
 /// (which is refused) is one protobuf message, at most 2 GiB, so a model's stored weights are at

@@ -68,7 +68,7 @@ impl Known {
 
 /// The largest constant found, for the refusal's message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Largest {
+pub(crate) struct Largest {
     /// Where it is: an initializer's or a node's name, and the operator.
     pub what: String,
     /// Its shape.
@@ -94,7 +94,7 @@ impl fmt::Display for Largest {
 
 /// The bytes a model's constants take, and the largest of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct ConstantBytes {
+pub(crate) struct ConstantBytes {
     /// Their sum (saturating).
     pub total: u128,
     /// The largest.
@@ -117,7 +117,7 @@ impl ConstantBytes {
 }
 
 /// The constants of `model` (see the module's documentation).
-pub(super) fn constant_bytes(model: &ModelProto) -> ConstantBytes {
+pub(crate) fn constant_bytes(model: &ModelProto) -> ConstantBytes {
     let mut out = ConstantBytes::default();
     if let Some(graph) = &model.graph {
         walk_graph(graph, &mut HashMap::new(), &mut out, 0);
