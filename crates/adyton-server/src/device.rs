@@ -39,7 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::blob::{OpenError, MAX_MODEL_BYTES};
 use crate::pull::TRANSFER_RSA_BITS;
-use crate::repository::{check_name, Pending, Repository, Source};
+use crate::repository::{check_name, ModelSettings, Pending, Repository, Source};
 use crate::runtime::{Engine, LoadOptions};
 
 /// The `format` of a provisioned model's record.
@@ -651,25 +651,45 @@ impl DeviceState {
         repository: &Repository,
         options: &BTreeMap<String, LoadOptions>,
     ) -> Result<Vec<(String, Result<()>)>> {
-        let no_options = LoadOptions::default();
+        let settings = options
+            .iter()
+            .map(|(name, load)| {
+                let settings = ModelSettings {
+                    load: load.clone(),
+                    ..ModelSettings::default()
+                };
+                (name.clone(), settings)
+            })
+            .collect();
+        self.load_all_with(sealer, engine, repository, &settings)
+    }
+
+    /// [`DeviceState::load_all`], each model with its `settings` if any (its engine, else
+    /// `engine`; the engine's options; dynamic batching).
+    pub fn load_all_with(
+        &self,
+        sealer: &dyn Sealer,
+        engine: &Arc<dyn Engine>,
+        repository: &Repository,
+        settings: &BTreeMap<String, ModelSettings>,
+    ) -> Result<Vec<(String, Result<()>)>> {
+        let defaults = ModelSettings::default();
         let mut outcomes = Vec::new();
         for (model, record) in self.models()? {
             let _ = repository.set_pending(&model, Pending::Loading);
+            let settings = settings.get(&model).unwrap_or(&defaults);
+            let engine = settings.engine.as_ref().unwrap_or(engine);
             let outcome = record.and_then(|record| {
                 let plaintext = self.open_model(sealer, &record)?;
                 let loaded = engine
-                    .load_with(&plaintext, options.get(&model).unwrap_or(&no_options))
+                    .load_with(&plaintext, &settings.load)
                     .map_err(|e| DeviceError::Invalid(format!("the model does not load: {e}")))?;
                 drop(plaintext);
+                let source = Source::Sealed {
+                    model_id: record.model.clone(),
+                };
                 repository
-                    .insert(
-                        &model,
-                        None,
-                        loaded,
-                        Source::Sealed {
-                            model_id: record.model.clone(),
-                        },
-                    )
+                    .insert_with(&model, None, loaded, source, settings.batching)
                     .map_err(|e| DeviceError::Invalid(e.to_string()))?;
                 Ok(())
             });

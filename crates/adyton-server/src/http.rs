@@ -19,17 +19,22 @@
 //!   (`docs/server-openapi.json`). [`ROUTES`] lists every route; the router is built from it.
 //!
 //! Errors are `{"error": "..."}`: 400 bad input (naming the input, or a framing header given
-//! twice), 401 no or wrong token, 404 unknown model or version, 409 a taken version, 413 a body
-//! over the limit, 422 outputs over the output limits (naming the output and the limit) or a model
-//! that does not load (over the load budget, say), 503 a full pool (with `Retry-After`) or a model
-//! not loaded, 500 engine failures.
+//! twice, or an input shape the model cannot take), 401 no or wrong token, 404 unknown model or
+//! version, 409 a taken version, 413 a body over the limit, 422 outputs over the output limits
+//! (naming the output and the limit) or a model that does not load (over the load budget, say),
+//! 429 an engine that has done as much work of a kind as it may for now (plans compiled this
+//! minute; with `Retry-After`), 503 a full pool (with `Retry-After`) or a model not loaded, 500
+//! engine failures (a panic included: that request fails alone, and the model serves on).
+//!
+//! A model with dynamic batching ([`crate::batching`]) runs its requests through its batcher; a
+//! batch occupies one worker.
 //!
 //! No tensor, weight or token is ever logged: logs carry model names, sizes, statuses and times.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -40,15 +45,18 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
-use crate::metrics::{FailureReason, Metrics};
+use crate::batching::{BatchRuntime, Batcher};
+use crate::metrics::{FailureReason, Metrics, ModelFigures};
 use crate::protocol::{self, Limits, Output};
 use crate::pull::Puller;
-use crate::repository::{check_name, Repository, RepositoryError, ServedModel, Source, Summary};
-use crate::runtime::{check_inputs, Dim, Engine, EngineError, LoadOptions, TensorSpec};
+use crate::repository::{
+    check_name, ModelSettings, Repository, RepositoryError, ServedModel, Source, Summary,
+};
+use crate::runtime::{check_inputs, Dim, Engine, EngineError, LoadOptions, Tensor, TensorSpec};
 
 /// The extensions `GET /v2` lists.
 pub const EXTENSIONS: &[&str] = &[
@@ -162,6 +170,9 @@ pub struct ServerState {
     pub attestation: Option<Arc<dyn FreshEvidence>>,
     /// Pulls protected models (flow B); without it, `:pull` is refused.
     pub puller: Option<Arc<Puller>>,
+    /// The engine's options for models uploaded or pulled over the API (the server-wide
+    /// `threads`, say).
+    pub load_options: LoadOptions,
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
 }
@@ -189,7 +200,14 @@ impl ServerState {
             admin_token,
             attestation,
             puller: None,
+            load_options: LoadOptions::default(),
         }
+    }
+
+    /// The same state, loading models uploaded or pulled over the API with `options`.
+    pub fn with_load_options(mut self, options: LoadOptions) -> Self {
+        self.load_options = options;
+        self
     }
 
     /// The same state, able to pull protected models.
@@ -250,6 +268,7 @@ impl From<RepositoryError> for ApiError {
             RepositoryError::VersionExists { .. } => StatusCode::CONFLICT,
             RepositoryError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
             RepositoryError::BadName => StatusCode::BAD_REQUEST,
+            RepositoryError::Batching { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
         ApiError::new(status, e.to_string())
     }
@@ -443,7 +462,13 @@ fn metadata(app: &ServerState, name: &str, version: Option<&str>) -> Result<Json
         "outputs": signature.outputs.iter().map(spec_json).collect::<Vec<_>>(),
         "parameters": {
             "version": served.version.to_string(),
+            "engine": served.model.engine().as_str(),
             "plan": served.model.plan().as_str(),
+            "plan_cache": plan_cache_json(&served),
+            "batching": served.batching.map_or(Value::Null, |b| json!({
+                "max_batch_size": b.max_batch_size,
+                "max_queue_delay_us": b.max_queue_delay_us,
+            })),
             "source": match &served.source {
                 Source::File => json!("file"),
                 Source::Upload => json!("upload"),
@@ -452,6 +477,20 @@ fn metadata(app: &ServerState, name: &str, version: Option<&str>) -> Result<Json
             },
         },
     })))
+}
+
+fn plan_cache_json(served: &ServedModel) -> Value {
+    let stats = served.model.plan_stats();
+    json!({
+        "compiled": stats.compiled,
+        "hits": stats.hits,
+        "evictions": stats.evictions,
+        "refusals": stats.refusals,
+        "rate_limited": stats.rate_limited,
+        "compile_seconds": stats.compile_seconds,
+        "cached_plans": stats.cached_plans,
+        "cached_bytes": stats.cached_bytes,
+    })
 }
 
 async fn model_metadata(
@@ -571,7 +610,8 @@ async fn read_body(
             if out.len() + data.len() > limit {
                 return Err(too_large());
             }
-            out.extend_from_slice(&data);
+            // A body without a Content-Length grows its buffer; the old ones are zeroized.
+            protocol::extend_zeroizing(&mut out, &data);
         }
     }
     Ok(out)
@@ -655,58 +695,10 @@ async fn run_infer(
         )
     })?;
 
-    // Admission: a bounded number run, a bounded number wait; the rest are told to come back.
-    let Ok(_admitted) = Arc::clone(&app.admitted).try_acquire_owned() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy: every inference worker and queue slot is taken",
-        );
-        e.retry_after = Some(app.settings.retry_after_secs);
-        return Err(fail(FailureReason::QueueFull, e));
-    };
-    let queued = Instant::now();
-    let running = Arc::clone(&app.running)
-        .acquire_owned()
+    let _admitted = admit(&app).map_err(|e| fail(FailureReason::QueueFull, e))?;
+    let (outputs, queue_time) = execute(&app, &served, inputs, batch)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        })?;
-    let queue_time = queued.elapsed();
-    let model = Arc::clone(&served);
-    // The engine refuses an output over the element limit before copying it out (the check
-    // below repeats it on the outputs sent, with the byte and JSON bounds).
-    let max_elements = app.settings.limits.max_elements;
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _running = running;
-        model.model.run_bounded(inputs, max_elements)
-    })
-    .await;
-    let outputs = match outcome {
-        Ok(Ok(outputs)) => outputs,
-        Ok(Err(e)) => {
-            let (status, reason) = match e {
-                EngineError::Input(_) => (StatusCode::BAD_REQUEST, FailureReason::Rejected),
-                // 422 as for every output limit (below).
-                EngineError::OutputTooLarge { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, FailureReason::Rejected)
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, FailureReason::Backend),
-            };
-            return Err(fail(reason, ApiError::new(status, e.to_string())));
-        }
-        Err(_) => {
-            return Err(fail(
-                FailureReason::Backend,
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "inference failed: the worker stopped",
-                ),
-            ))
-        }
-    };
+        .map_err(|(reason, e)| fail(reason, e))?;
     let chosen = choose_outputs(&served, &request.outputs, request.binary_output, &outputs);
     // The outputs are checked before anything is encoded: a small request can ask a model for a
     // huge output (two vectors broadcast into a matrix, an Expand), and its JSON, at about 20 bytes and a
@@ -736,6 +728,133 @@ async fn run_infer(
     app.metrics
         .success(&name, &version_label, batch, started.elapsed(), queue_time);
     Ok(response)
+}
+
+/// Admission: a bounded number run, a bounded number wait; the rest are told to come back (503).
+fn admit(app: &ServerState) -> Result<OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&app.admitted).try_acquire_owned().map_err(|_| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: every inference worker and queue slot is taken",
+        );
+        e.retry_after = Some(app.settings.retry_after_secs);
+        e
+    })
+}
+
+/// Runs checked inputs, in a batch when the model batches, else alone on a worker; the outputs
+/// and the time spent waiting for a worker.
+async fn execute(
+    app: &AppState,
+    served: &Arc<ServedModel>,
+    inputs: Vec<Tensor>,
+    rows: u64,
+) -> Result<(Vec<Tensor>, Duration), (FailureReason, ApiError)> {
+    let batcher = served
+        .batcher(|options| {
+            Batcher::start(
+                &served.name,
+                Arc::clone(&served.model),
+                options,
+                batch_runtime(app, served),
+            )
+        })
+        .map_err(|e| {
+            let e = ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            (FailureReason::Backend, e)
+        })?;
+    let (outputs, queued) = match batcher {
+        Some(batcher) => {
+            let answer = batcher.infer(inputs).await;
+            (answer.outputs, answer.queued)
+        }
+        None => run_alone(app, served, inputs, rows).await?,
+    };
+    outputs.map(|o| (o, queued)).map_err(engine_failure)
+}
+
+/// What a model's batcher needs from the server: its workers, and its metrics.
+fn batch_runtime(app: &AppState, served: &ServedModel) -> BatchRuntime {
+    let metrics = app.metrics.clone();
+    let (name, version) = (served.name.clone(), served.version.to_string());
+    BatchRuntime {
+        workers: Arc::clone(&app.running),
+        handle: tokio::runtime::Handle::current(),
+        max_elements: app.settings.limits.max_elements,
+        on_exec: Arc::new(move |rows| metrics.exec(&name, &version, rows)),
+    }
+}
+
+/// One request on one worker of its own.
+async fn run_alone(
+    app: &AppState,
+    served: &Arc<ServedModel>,
+    inputs: Vec<Tensor>,
+    rows: u64,
+) -> Result<(Result<Vec<Tensor>, EngineError>, Duration), (FailureReason, ApiError)> {
+    let queued = Instant::now();
+    let running = Arc::clone(&app.running)
+        .acquire_owned()
+        .await
+        .map_err(|_| {
+            let e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            );
+            (FailureReason::QueueFull, e)
+        })?;
+    let queue_time = queued.elapsed();
+    let model = Arc::clone(&served.model);
+    // The engine refuses an output over the element limit before copying it out (the infer
+    // handler repeats it on the outputs sent, with the byte and JSON bounds).
+    let max_elements = app.settings.limits.max_elements;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        model.run_bounded(inputs, max_elements)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        // A panic in the engine ends that task only: this request fails, the model serves on.
+        Err(EngineError::Run {
+            reason: "the engine panicked".to_owned(),
+        })
+    });
+    app.metrics.exec(
+        &served.name,
+        &served.version.to_string(),
+        usize::try_from(rows).unwrap_or(usize::MAX),
+    );
+    Ok((outcome, queue_time))
+}
+
+/// An engine's error as the client sees it, with its metrics label.
+fn engine_failure(e: EngineError) -> (FailureReason, ApiError) {
+    let (status, reason, retry_after) = match &e {
+        EngineError::Input(_) | EngineError::Shape { .. } => {
+            (StatusCode::BAD_REQUEST, FailureReason::Rejected, None)
+        }
+        EngineError::Busy {
+            retry_after_secs, ..
+        } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            FailureReason::Rejected,
+            Some(*retry_after_secs),
+        ),
+        // 422 as for every output limit (`run_infer`).
+        EngineError::OutputTooLarge { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            FailureReason::Rejected,
+            None,
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            FailureReason::Backend,
+            None,
+        ),
+    };
+    let mut error = ApiError::new(status, e.to_string());
+    error.retry_after = retry_after;
+    (reason, error)
 }
 
 /// The outputs to send: those asked for (all when none is named), each in binary or JSON.
@@ -773,7 +892,9 @@ fn choose_outputs<'a>(
 
 fn encode_outputs(name: &str, version: &str, id: Option<&str>, chosen: &[Output<'_>]) -> Response {
     let encoded = protocol::encode_response(name, version, id, chosen);
-    let mut response = Response::new(Body::from(encoded.body.to_vec()));
+    // The body is handed to hyper as it is, without a copy: the `Bytes` own the zeroized buffer,
+    // which is zeroized when hyper drops them, once the body is written.
+    let mut response = Response::new(Body::from(axum::body::Bytes::from_owner(encoded.body)));
     let headers = response.headers_mut();
     match encoded.header_length {
         Some(n) => {
@@ -876,7 +997,8 @@ async fn upload(
     let bytes = read_body(&headers, body, app.settings.max_upload, "model").await?;
     let size = bytes.len();
     let engine = Arc::clone(&app.engine);
-    let loaded = tokio::task::spawn_blocking(move || engine.load(&bytes))
+    let options = app.load_options.clone();
+    let loaded = tokio::task::spawn_blocking(move || engine.load_with(&bytes, &options))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -888,7 +1010,14 @@ async fn upload(
     let served = app
         .repository
         .insert(&name, version, loaded, Source::Upload)?;
-    tracing::info!(model = %name, version = served.version, bytes = size, plan = served.model.plan().as_str(), "model uploaded");
+    tracing::info!(
+        model = %name,
+        version = served.version,
+        bytes = size,
+        engine = served.model.engine().as_str(),
+        plan = served.model.plan().as_str(),
+        "model uploaded"
+    );
     let signature = served.model.signature();
     Ok((
         StatusCode::CREATED,
@@ -953,7 +1082,9 @@ async fn start_pull(
     check_name(&request.model_id).map_err(|_| {
         ApiError::bad_request("model_id must be 1 to 128 letters, digits, '.', '_' or '-'")
     })?;
-    let options = load_options(&request.input_shapes)?;
+    let mut options = load_options(&request.input_shapes)?;
+    options.threads = app.load_options.threads;
+    options.plan_cache = app.load_options.plan_cache;
     if let Some(summary) = app.repository.summary(name) {
         if summary.pending == Some(crate::repository::Pending::Loading) {
             return Err(ApiError::new(
@@ -970,7 +1101,10 @@ async fn start_pull(
         Arc::clone(&app.repository),
         name,
         &request.model_id,
-        options,
+        ModelSettings {
+            load: options,
+            ..ModelSettings::default()
+        },
     );
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
@@ -1029,9 +1163,21 @@ async fn delete_model(
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
+    let figures: Vec<ModelFigures> = app
+        .repository
+        .served()
+        .iter()
+        .map(|served| ModelFigures {
+            model: served.name.clone(),
+            version: served.version,
+            engine: served.model.engine(),
+            plan: served.model.plan(),
+            stats: served.model.plan_stats(),
+        })
+        .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        app.metrics.render_with(&figures),
     )
         .into_response()
 }

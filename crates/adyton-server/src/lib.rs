@@ -1,15 +1,17 @@
 //! The inference server: it runs inside the TEE, loads ONNX models from bytes in memory and serves
 //! them over the Open Inference Protocol (KServe v2).
 //!
-//! - [`runtime`]: the inference engine trait, tensors, model signatures and input checks; tract is
-//!   the one implementation, and the only module that knows tract.
+//! - [`runtime`]: the inference engine trait, tensors, model signatures and input checks, and the
+//!   engines (tract, and ONNX Runtime loaded at run time).
 //! - [`pull`]: flow B, an encrypted model pulled from the registry with its key released by the
 //!   key broker to this TEE.
 //! - [`blob`]: an encrypted model blob opened into memory, for [`pull`] and [`device`].
 //! - [`device`]: flow D, an offline device's state: models provisioned once by file, their keys
 //!   sealed to this TEE, served after a restart with no network.
 //! - [`protocol`]: infer request and response bodies (JSON and binary tensors).
-//! - [`repository`]: the models being served, with versions and loading states.
+//! - [`repository`]: the models being served, with versions, loading states and settings.
+//! - [`batching`]: dynamic batching: requests to one model concatenated along the batch axis,
+//!   run once and split back by rows.
 //! - [`metrics`]: Prometheus metrics under Triton's names.
 //! - [`http`]: the Open Inference Protocol and Adyton's own endpoints (axum); the only module
 //!   that knows axum.
@@ -17,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batching;
 pub mod blob;
 pub mod device;
 pub mod http;

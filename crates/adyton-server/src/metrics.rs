@@ -7,11 +7,22 @@
 //!   requests: the first dimension of the first input, or 1);
 //! - `nv_inference_request_duration_us{model,version}` and
 //!   `nv_inference_queue_duration_us{model,version}`: cumulative microseconds;
-//! - `adyton_inference_request_duration_seconds{model,version}`: a histogram of request latency.
+//! - `nv_inference_exec_count{model,version}`: runs of the engine; with dynamic batching, one run
+//!   serves several requests, and `nv_inference_count` over it is the mean batch size;
+//! - `adyton_inference_batch_size{model,version}`: a histogram of the rows of each run;
+//! - `adyton_inference_request_duration_seconds{model,version}`: a histogram of request latency;
+//! - `adyton_model_info{model,version,engine,plan}`: 1 for each model served;
+//! - `adyton_plan_cache_*{model,version}`: a model's plans per input shape, read from the engine at
+//!   each scrape: `compiled_total`, `hits_total`, `evictions_total`, `refusals_total`,
+//!   `rate_limited_total`, `compile_seconds_total`, and the gauges `plans` and `bytes`.
 //!
 //! Labels carry model names and versions only: never tensors or tokens.
 
 use std::time::Duration;
+
+use std::fmt::Write as _;
+
+use crate::runtime::{EngineKind, Plan, PlanStats};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -48,6 +59,23 @@ pub struct Metrics {
     request_us: IntCounterVec,
     queue_us: IntCounterVec,
     seconds: HistogramVec,
+    exec_count: IntCounterVec,
+    batch_size: HistogramVec,
+}
+
+/// A served model's figures read at scrape time.
+#[derive(Clone, Debug)]
+pub struct ModelFigures {
+    /// Its name (letters, digits, `.`, `_`, `-`: nothing to escape in a label).
+    pub model: String,
+    /// Its version.
+    pub version: u64,
+    /// Its engine.
+    pub engine: EngineKind,
+    /// Its plan.
+    pub plan: Plan,
+    /// Its plan cache.
+    pub stats: PlanStats,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,6 +147,26 @@ impl Metrics {
         registry
             .register(Box::new(seconds.clone()))
             .unwrap_or_else(|e| unreachable!("histogram is registered once: {e}"));
+        let exec_count = counter(
+            &registry,
+            "nv_inference_exec_count",
+            "Number of model executions performed",
+            mv,
+        );
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "adyton_inference_batch_size",
+                "Rows of each model execution (dynamic batching)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+            ]),
+            mv,
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well formed: {e}"));
+        registry
+            .register(Box::new(batch_size.clone()))
+            .unwrap_or_else(|e| unreachable!("histogram is registered once: {e}"));
         Metrics {
             registry,
             success,
@@ -127,7 +175,20 @@ impl Metrics {
             request_us,
             queue_us,
             seconds,
+            exec_count,
+            batch_size,
         }
+    }
+
+    /// Records one run of the engine over `rows` rows.
+    pub fn exec(&self, model: &str, version: &str, rows: usize) {
+        let labels = [model, version];
+        self.exec_count.with_label_values(&labels).inc();
+        // Rows are small counts; the histogram only shows them.
+        #[allow(clippy::cast_precision_loss)]
+        self.batch_size
+            .with_label_values(&labels)
+            .observe(rows as f64);
     }
 
     /// Records a successful request.
@@ -168,10 +229,101 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.render_with(&[])
+    }
+
+    /// The Prometheus text exposition, with the figures of the models served now.
+    pub fn render_with(&self, models: &[ModelFigures]) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec only fails on malformed metrics, which `new` rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        render_models(&mut text, models);
+        text
+    }
+}
+
+/// The plan cache's figures are the engine's own counters, read at scrape time: they are written
+/// here as text rather than copied into the registry's counters, which only count up by steps.
+fn render_models(text: &mut String, models: &[ModelFigures]) {
+    if models.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "# HELP adyton_model_info The engine and plan of each model served\n\
+         # TYPE adyton_model_info gauge"
+    );
+    for m in models {
+        let _ = writeln!(
+            text,
+            "adyton_model_info{{engine=\"{}\",model=\"{}\",plan=\"{}\",version=\"{}\"}} 1",
+            m.engine.as_str(),
+            m.model,
+            m.plan.as_str(),
+            m.version
+        );
+    }
+    type Figure = fn(&PlanStats) -> String;
+    let families: [(&str, &str, &str, Figure); 8] = [
+        (
+            "compiled_total",
+            "counter",
+            "Plans compiled, ahead and on first use",
+            |s| s.compiled.to_string(),
+        ),
+        (
+            "hits_total",
+            "counter",
+            "Requests served by a cached plan",
+            |s| s.hits.to_string(),
+        ),
+        (
+            "evictions_total",
+            "counter",
+            "Plans evicted from the cache",
+            |s| s.evictions.to_string(),
+        ),
+        (
+            "refusals_total",
+            "counter",
+            "Input shapes refused (and cached as refused)",
+            |s| s.refusals.to_string(),
+        ),
+        (
+            "rate_limited_total",
+            "counter",
+            "Compilations refused by the per-minute cap",
+            |s| s.rate_limited.to_string(),
+        ),
+        (
+            "compile_seconds_total",
+            "counter",
+            "Seconds spent compiling plans",
+            |s| s.compile_seconds.to_string(),
+        ),
+        ("plans", "gauge", "Plans in the cache", |s| {
+            s.cached_plans.to_string()
+        }),
+        (
+            "bytes",
+            "gauge",
+            "Memory of the cached plans, by the engine's estimate",
+            |s| s.cached_bytes.to_string(),
+        ),
+    ];
+    for (suffix, kind, help, figure) in families {
+        let name = format!("adyton_plan_cache_{suffix}");
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for m in models {
+            let _ = writeln!(
+                text,
+                "{name}{{model=\"{}\",version=\"{}\"}} {}",
+                m.model,
+                m.version,
+                figure(&m.stats)
+            );
+        }
     }
 }
 
@@ -190,8 +342,27 @@ mod tests {
             Duration::from_micros(20),
         );
         m.failure("m", "1", FailureReason::QueueFull, Duration::from_micros(3));
-        let text = m.render();
+        m.exec("m", "1", 3);
+        let text = m.render_with(&[ModelFigures {
+            model: "m".into(),
+            version: 1,
+            engine: EngineKind::OnnxRuntime,
+            plan: Plan::OnnxRuntime,
+            stats: PlanStats {
+                compiled: 2,
+                compile_seconds: 0.5,
+                cached_bytes: 4096,
+                ..PlanStats::default()
+            },
+        }]);
         for needle in [
+            "nv_inference_exec_count{model=\"m\",version=\"1\"} 1",
+            "adyton_inference_batch_size_bucket{model=\"m\",version=\"1\",le=\"4\"} 1",
+            "adyton_model_info{engine=\"onnxruntime\",model=\"m\",plan=\"onnxruntime\",version=\"1\"} 1",
+            "# TYPE adyton_plan_cache_compiled_total counter",
+            "adyton_plan_cache_compiled_total{model=\"m\",version=\"1\"} 2",
+            "adyton_plan_cache_compile_seconds_total{model=\"m\",version=\"1\"} 0.5",
+            "adyton_plan_cache_bytes{model=\"m\",version=\"1\"} 4096",
             "nv_inference_request_success{model=\"m\",version=\"1\"} 1",
             "nv_inference_count{model=\"m\",version=\"1\"} 4",
             "nv_inference_request_failure{model=\"m\",reason=\"QUEUE_FULL\",version=\"1\"} 1",

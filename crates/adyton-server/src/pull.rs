@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::blob::OpenError;
 pub use crate::blob::MAX_MODEL_BYTES;
-use crate::repository::{Pending, Repository, ServedModel, Source};
+use crate::repository::{ModelSettings, Pending, Repository, ServedModel, Source};
 use crate::runtime::{Engine, LoadOptions};
 
 /// Size of the RSA key pair made for each transfer.
@@ -265,24 +265,26 @@ impl Puller {
         name: &str,
         model_id: &str,
     ) -> Result<(Arc<ServedModel>, Timings), PullError> {
-        self.pull_into_with(repository, name, model_id, &LoadOptions::default())
+        self.pull_into_with(repository, name, model_id, &ModelSettings::default())
     }
 
-    /// [`Puller::pull_into`], with `options` given to the engine when it loads the model.
+    /// [`Puller::pull_into`], loaded and served with the model's `settings` (its engine, the
+    /// engine's options, dynamic batching).
     pub fn pull_into_with(
         &self,
         repository: &Repository,
         name: &str,
         model_id: &str,
-        options: &LoadOptions,
+        settings: &ModelSettings,
     ) -> Result<(Arc<ServedModel>, Timings), PullError> {
         let _ = repository.set_pending(name, Pending::Loading);
-        match self.pull_with(model_id, options) {
+        let engine = settings.engine.as_ref().unwrap_or(&self.engine);
+        match self.pull_using(engine.as_ref(), model_id, &settings.load) {
             Ok((model, timings)) => {
                 let source = Source::Registry {
                     model_id: model_id.to_owned(),
                 };
-                match repository.insert(name, None, model, source) {
+                match repository.insert_with(name, None, model, source, settings.batching) {
                     Ok(served) => Ok((served, timings)),
                     Err(e) => {
                         let error = PullError::permanent(Step::Load, e);
@@ -316,26 +318,28 @@ impl Puller {
         name: &str,
         model_id: &str,
     ) -> std::thread::JoinHandle<()> {
-        Puller::spawn_with(puller, repository, name, model_id, LoadOptions::default())
+        Puller::spawn_with(puller, repository, name, model_id, ModelSettings::default())
     }
 
-    /// [`Puller::spawn`], with `options` given to the engine when it loads the model (input
-    /// shapes from the server's configuration, say).
+    /// [`Puller::spawn`], loaded and served with the model's `settings` (from the server's
+    /// configuration, say).
     pub fn spawn_with(
         puller: Arc<Puller>,
         repository: Arc<Repository>,
         name: &str,
         model_id: &str,
-        options: LoadOptions,
+        settings: ModelSettings,
     ) -> std::thread::JoinHandle<()> {
         let (name, model_id) = (name.to_owned(), model_id.to_owned());
         let _ = repository.set_pending(&name, Pending::Loading);
         std::thread::spawn(move || {
-            match puller.pull_into_with(&repository, &name, &model_id, &options) {
+            match puller.pull_into_with(&repository, &name, &model_id, &settings) {
                 Ok((served, t)) => tracing::info!(
                     model = %name,
                     model_id = %model_id,
                     version = served.version,
+                    engine = served.model.engine().as_str(),
+                    plan = served.model.plan().as_str(),
                     info_ms = millis(t.info),
                     evidence_ms = millis(t.evidence),
                     key_transfer_ms = millis(t.key_transfer),
@@ -368,11 +372,21 @@ impl Puller {
         model_id: &str,
         options: &LoadOptions,
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), PullError> {
+        self.pull_using(self.engine.as_ref(), model_id, options)
+    }
+
+    /// [`Puller::pull_with`] on `engine`.
+    fn pull_using(
+        &self,
+        engine: &dyn Engine,
+        model_id: &str,
+        options: &LoadOptions,
+    ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), PullError> {
         let attempts = self.backoff.attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(model_id, options) {
+            match self.attempt(engine, model_id, options) {
                 Ok((model, mut timings)) => {
                     timings.attempts = attempt;
                     return Ok((model, timings));
@@ -403,6 +417,7 @@ impl Puller {
 
     fn attempt(
         &self,
+        engine: &dyn Engine,
         model_id: &str,
         options: &LoadOptions,
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
@@ -473,8 +488,7 @@ impl Puller {
         timings.blob_bytes = timed.bytes;
 
         let started = Instant::now();
-        let model = self
-            .engine
+        let model = engine
             .load_with(&plaintext, options)
             .map_err(|e| Attempt::permanent(Step::Load, e))?;
         drop(plaintext);

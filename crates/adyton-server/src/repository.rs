@@ -6,10 +6,22 @@
 //! that holds a model keeps it alive until it is done, even if the model is deleted meanwhile.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
-use crate::runtime::LoadedModel;
+use crate::batching::{check_batchable, BatchError, BatchOptions, Batcher};
+use crate::runtime::{Engine, LoadOptions, LoadedModel};
+
+/// How one model is loaded and served: its engine, the engine's options, and dynamic batching.
+#[derive(Clone, Debug, Default)]
+pub struct ModelSettings {
+    /// The engine that loads it; `None` for the server's.
+    pub engine: Option<Arc<dyn Engine>>,
+    /// What the engine is told (shapes compiled ahead, threads, plan cache bounds).
+    pub load: LoadOptions,
+    /// Dynamic batching; `None` (the default) runs each request alone.
+    pub batching: Option<BatchOptions>,
+}
 
 /// Where a model came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +55,29 @@ pub struct ServedModel {
     pub source: Source,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Its dynamic batching, checked against its signature when it was added.
+    pub batching: Option<BatchOptions>,
+    /// Its batching thread, started by the first request that needs it; it stops when the
+    /// model is dropped (deleted, and no request holds it any more).
+    batcher: OnceLock<Batcher>,
+}
+
+impl ServedModel {
+    /// Its batcher when it batches (started on first use with `start`), else `None`.
+    pub fn batcher(
+        &self,
+        start: impl FnOnce(BatchOptions) -> Result<Batcher, BatchError>,
+    ) -> Result<Option<&Batcher>, BatchError> {
+        let Some(options) = self.batching else {
+            return Ok(None);
+        };
+        if let Some(batcher) = self.batcher.get() {
+            return Ok(Some(batcher));
+        }
+        // Two first requests may both start one; the loser's thread stops when it is dropped.
+        let _ = self.batcher.set(start(options)?);
+        Ok(self.batcher.get())
+    }
 }
 
 /// The state of a name that has no loaded version.
@@ -108,6 +143,15 @@ pub enum RepositoryError {
     /// A name the server does not accept.
     #[error("model names are 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'")]
     BadName,
+    /// Dynamic batching is configured for a model that cannot be batched.
+    #[error("model '{name}': {source}")]
+    Batching {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: BatchError,
+    },
 }
 
 /// A summary of one name, for listings and readiness.
@@ -167,7 +211,29 @@ impl Repository {
         model: Arc<dyn LoadedModel>,
         source: Source,
     ) -> Result<Arc<ServedModel>, RepositoryError> {
+        self.insert_with(name, version, model, source, None)
+    }
+
+    /// [`Repository::insert`], with dynamic batching when `batching` is given (refused for a
+    /// model without a batch dimension).
+    pub fn insert_with(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        model: Arc<dyn LoadedModel>,
+        source: Source,
+        batching: Option<BatchOptions>,
+    ) -> Result<Arc<ServedModel>, RepositoryError> {
         check_name(name)?;
+        if let Some(options) = &batching {
+            options
+                .check()
+                .and_then(|()| check_batchable(model.signature()))
+                .map_err(|source| RepositoryError::Batching {
+                    name: name.to_owned(),
+                    source,
+                })?;
+        }
         let mut entries = self.write();
         let loaded: usize = entries.values().map(|e| e.versions.len()).sum();
         if loaded >= self.max_versions {
@@ -192,6 +258,8 @@ impl Repository {
             model,
             source,
             loaded_at: SystemTime::now(),
+            batching,
+            batcher: OnceLock::new(),
         });
         entry.versions.insert(version, Arc::clone(&served));
         entry.pending = None;
@@ -267,6 +335,14 @@ impl Repository {
                     None
                 },
             })
+            .collect()
+    }
+
+    /// Every loaded version, by name and version.
+    pub fn served(&self) -> Vec<Arc<ServedModel>> {
+        self.read()
+            .values()
+            .flat_map(|e| e.versions.values().cloned())
             .collect()
     }
 

@@ -391,6 +391,7 @@ fn sealed_models_load_with_their_input_shapes_and_fail_alone_without() {
                 "x".to_owned(),
                 vec![Dim::Dynamic, Dim::Fixed(1), Dim::Fixed(4)],
             )]),
+            ..LoadOptions::default()
         },
     )]);
     let outcomes = state

@@ -4,11 +4,13 @@
 
 use std::sync::{Arc, Barrier};
 
+use adyton_server::batching::BatchOptions;
 use adyton_server::http::{router, AdminToken, ServerState, Settings};
 use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::{
-    DataType, Dim, Engine, EngineError, LoadedModel, Plan, Signature, Tensor, TensorSpec,
+    DataType, Dim, Engine, EngineError, LoadedModel, Plan, PlanStats, Signature, Tensor,
+    TensorData, TensorSpec,
 };
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -896,4 +898,229 @@ fn admin_token_debug_is_redacted() {
     let token = AdminToken::new(TOKEN).unwrap();
     assert!(!format!("{token:?}").contains("horse"));
     assert!(AdminToken::new("  \n").is_none());
+}
+
+/// A fake model whose answer depends on its input's first value: 1 refuses the shape, 2 is busy,
+/// 3 panics, anything else is echoed. It reports a plan cache, as an engine with plans per shape
+/// does.
+#[derive(Debug)]
+struct Scripted {
+    signature: Signature,
+}
+
+impl Scripted {
+    fn new() -> Scripted {
+        let spec = |name: &str| TensorSpec {
+            name: name.to_owned(),
+            datatype: DataType::F32,
+            shape: Some(vec![Dim::Dynamic, Dim::Dynamic]),
+        };
+        Scripted {
+            signature: Signature {
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+            },
+        }
+    }
+}
+
+impl LoadedModel for Scripted {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn plan(&self) -> Plan {
+        Plan::PerShape
+    }
+    fn plan_stats(&self) -> PlanStats {
+        PlanStats {
+            compiled: 3,
+            hits: 5,
+            refusals: 1,
+            compile_seconds: 0.25,
+            cached_plans: 2,
+            cached_bytes: 1024,
+            ..PlanStats::default()
+        }
+    }
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        let TensorData::Fixed(bytes) = inputs[0].data() else {
+            unreachable!("FP32 input");
+        };
+        let first = f32::from_le_bytes(bytes[..4].try_into().unwrap());
+        match first as i32 {
+            1 => Err(EngineError::Shape {
+                name: "x".into(),
+                shape: inputs[0].shape().to_vec(),
+                reason: "no plan can be built for it".into(),
+            }),
+            2 => Err(EngineError::Busy {
+                reason: "8 plans were compiled in the last minute, the model's limit".into(),
+                retry_after_secs: 7,
+            }),
+            3 => panic!("the fake engine panics"),
+            _ => Ok(inputs),
+        }
+    }
+}
+
+fn scripted_app(batching: Option<BatchOptions>) -> Router {
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+    let repository = Arc::new(Repository::new(4));
+    repository
+        .insert_with(
+            "scripted",
+            None,
+            Arc::new(Scripted::new()),
+            Source::File,
+            batching,
+        )
+        .unwrap();
+    router(Arc::new(ServerState::new(
+        engine,
+        repository,
+        Settings::default(),
+        None,
+        None,
+    )))
+}
+
+fn scripted_request(first: f32) -> String {
+    json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [first, 0.5]}]})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_refusals_are_400_and_429_and_a_panic_fails_its_request_alone() {
+    for batching in [
+        None,
+        Some(BatchOptions {
+            max_batch_size: 4,
+            max_queue_delay_us: 0,
+        }),
+    ] {
+        let app = scripted_app(batching);
+        let path = "/v2/models/scripted/infer";
+        let shape = post(&app, path, scripted_request(1.0)).await;
+        assert_eq!(shape.status, StatusCode::BAD_REQUEST, "{batching:?}");
+        assert!(
+            shape.error().contains("input 'x'") && shape.error().contains("no plan"),
+            "{}",
+            shape.error()
+        );
+        let busy = post(&app, path, scripted_request(2.0)).await;
+        assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS, "{batching:?}");
+        assert_eq!(busy.headers["retry-after"], "7");
+        assert!(busy.error().contains("last minute"), "{}", busy.error());
+        let panicked = post(&app, path, scripted_request(3.0)).await;
+        assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !panicked.error().contains("fake engine"),
+            "{}",
+            panicked.error()
+        );
+        // The model and the server serve on.
+        let fine = post(&app, path, scripted_request(4.0)).await;
+        assert_eq!(
+            fine.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&fine.body)
+        );
+        assert_eq!(fine.json()["outputs"][0]["data"], json!([4.0, 0.5]));
+        let text = String::from_utf8(get(&app, "/metrics").await.body.to_vec()).unwrap();
+        for needle in [
+            "nv_inference_request_failure{model=\"scripted\",reason=\"BACKEND\",version=\"1\"} 1",
+            "nv_inference_request_failure{model=\"scripted\",reason=\"REJECTED\",version=\"1\"} 2",
+            "nv_inference_exec_count{model=\"scripted\",version=\"1\"} 4",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_metrics_show_the_engine_the_plan_cache_and_batching() {
+    let batching = BatchOptions {
+        max_batch_size: 8,
+        max_queue_delay_us: 500,
+    };
+    let app = scripted_app(Some(batching));
+    let meta = get(&app, "/v2/models/scripted").await.json();
+    let parameters = &meta["parameters"];
+    assert_eq!(parameters["engine"], "tract");
+    assert_eq!(parameters["plan"], "optimized-per-shape");
+    assert_eq!(parameters["plan_cache"]["compiled"], 3);
+    assert_eq!(parameters["plan_cache"]["cached_bytes"], 1024);
+    assert_eq!(
+        parameters["batching"],
+        json!({"max_batch_size": 8, "max_queue_delay_us": 500})
+    );
+    let plain = app_with_add();
+    assert_eq!(
+        get(&plain, "/v2/models/add").await.json()["parameters"]["batching"],
+        Value::Null
+    );
+    // Concurrent requests through the batcher each get their own answer.
+    let answers: Vec<_> = (0..6)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                post(
+                    &app,
+                    "/v2/models/scripted/infer",
+                    scripted_request(10.0 + i as f32),
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.json()["outputs"][0]["data"][0],
+            json!(10.0 + i as f64)
+        );
+    }
+    let text = String::from_utf8(get(&app, "/metrics").await.body.to_vec()).unwrap();
+    for needle in [
+        "nv_inference_count{model=\"scripted\",version=\"1\"} 6",
+        "adyton_inference_batch_size_count{model=\"scripted\",version=\"1\"}",
+        "adyton_model_info{engine=\"tract\",model=\"scripted\",plan=\"optimized-per-shape\",version=\"1\"} 1",
+        "adyton_plan_cache_compiled_total{model=\"scripted\",version=\"1\"} 3",
+        "adyton_plan_cache_hits_total{model=\"scripted\",version=\"1\"} 5",
+        "adyton_plan_cache_refusals_total{model=\"scripted\",version=\"1\"} 1",
+        "adyton_plan_cache_compile_seconds_total{model=\"scripted\",version=\"1\"} 0.25",
+        "adyton_plan_cache_plans{model=\"scripted\",version=\"1\"} 2",
+        "adyton_plan_cache_bytes{model=\"scripted\",version=\"1\"} 1024",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}
+
+fn app_with_add() -> Router {
+    app(&[("add", "add")])
+}
+
+#[test]
+fn batching_is_refused_for_a_model_without_a_batch_dimension() {
+    let engine = TractEngine::new();
+    let loaded = engine.load(&model("add")).unwrap();
+    let e = Repository::new(4)
+        .insert_with(
+            "add",
+            None,
+            loaded,
+            Source::File,
+            Some(BatchOptions {
+                max_batch_size: 4,
+                max_queue_delay_us: 0,
+            }),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model 'add'") && e.contains("batch dimension"),
+        "{e}"
+    );
 }

@@ -3,7 +3,9 @@
 // Tests may unwrap and panic: a failure is the test's report.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod batching;
 mod device;
+mod engines;
 mod http;
 mod limits;
 mod onnx;

@@ -219,6 +219,7 @@ fn dynamic_batch_runs_any_batch_size() {
 fn x_shape(dims: &[Dim]) -> LoadOptions {
     LoadOptions {
         input_shapes: BTreeMap::from([("x".to_owned(), dims.to_vec())]),
+        ..LoadOptions::default()
     }
 }
 
@@ -351,6 +352,7 @@ fn input_shapes_that_do_not_fit_the_model_are_refused_by_name() {
     // Fixed models are checked the same way: add's inputs are [1, 3].
     let options = LoadOptions {
         input_shapes: BTreeMap::from([("b".to_owned(), fixed(&[2, 3]))]),
+        ..LoadOptions::default()
     };
     assert_eq!(
         shape_error("add", &options),
@@ -364,6 +366,7 @@ fn input_shapes_that_do_not_fit_the_model_are_refused_by_name() {
     // Giving a fixed model its own shape changes nothing.
     let options = LoadOptions {
         input_shapes: BTreeMap::from([("a".to_owned(), fixed(&[1, 3]))]),
+        ..LoadOptions::default()
     };
     assert_eq!(
         load_with("add", &options).unwrap().signature(),
