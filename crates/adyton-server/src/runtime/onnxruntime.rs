@@ -132,6 +132,12 @@ impl OnnxRuntimeEngine {
     /// engine is made in the process. Refuses a missing or unusable library, and a library other
     /// than the one the process already loaded, with a message that says how to get it.
     pub fn new(library: &Path) -> Result<OnnxRuntimeEngine, EngineError> {
+        if !library.is_file() {
+            return Err(library_error(format!(
+                "the onnxruntime library {} does not exist or is not a file; {LIBRARY_HELP}",
+                library.display()
+            )));
+        }
         let requested = fs::canonicalize(library).unwrap_or_else(|_| library.to_path_buf());
         let mut runtime = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
         let environment = match &*runtime {
@@ -147,13 +153,6 @@ impl OnnxRuntimeEngine {
                 environment.clone()
             }
             None => {
-                if !library.is_file() {
-                    return Err(library_error(format!(
-                        "the onnxruntime library {} does not exist or is not a file; \
-                         {LIBRARY_HELP}",
-                        library.display()
-                    )));
-                }
                 let environment = guarded(|| {
                     ort::init_from(&requested)
                         .map_err(|e| e.to_string())?
@@ -849,7 +848,17 @@ impl<'t> Staged<'t> {
                 if tensor.datatype() != DataType::Bytes {
                     return Err(wrong_kind());
                 }
-                // ONNX Runtime's strings are UTF-8, copied into memory of its own.
+                // ONNX Runtime's strings are UTF-8, handed over as C strings and copied into
+                // memory of its own: an element cannot hold a NUL byte.
+                if let Some(index) = elements.iter().position(|e| e.contains(&0)) {
+                    return Err(EngineError::Run {
+                        reason: format!(
+                            "input '{}' element {index} holds a NUL byte, which onnxruntime's \
+                             string tensors cannot take",
+                            spec.name
+                        ),
+                    });
+                }
                 let strings = elements
                     .iter()
                     .enumerate()
@@ -1089,18 +1098,13 @@ mod tests {
         let mut function = Vec::new();
         field(&mut function, 7, &node);
         let mut model = vec![1 << 3, 8];
-        // ModelProto.functions is field 25: a two-byte key.
-        model.extend_from_slice(&[
-            (25 << 3 | 2) as u8 | 0x80,
-            1,
-            u8::try_from(function.len()).unwrap(),
-        ]);
+        // ModelProto.functions is field 25: the two-byte key 25 << 3 | 2 = 202.
+        model.extend_from_slice(&[0xca, 0x01, u8::try_from(function.len()).unwrap()]);
         model.extend_from_slice(&function);
         assert_eq!(external_tensor(&model), Ok(Some("w".to_owned())));
 
         // The same tensor stored inline is fine.
         let inline = model.iter().position(|&b| b == 14 << 3).unwrap();
-        let mut model = model;
         model[inline + 1] = 0;
         assert_eq!(external_tensor(&model), Ok(None));
     }
