@@ -227,11 +227,26 @@ pub struct ServerServeArgs {
     /// is released by the key broker named in the model's info, to this TEE's evidence.
     #[arg(long = "pull", value_name = "NAME=MODEL_ID")]
     pub pulls: Vec<String>,
-    /// The shape of a served model's input, as NAME:INPUT=DIMS, e.g. ocr:x=1,3,48,320; -1 keeps
-    /// that dimension as the model declares it. Repeatable. For models whose graph leaves an
-    /// input's size open where the engine needs it (docs/server-config.md, "Input shapes").
+    /// A concrete input shape whose plan is compiled when the model loads, as NAME:INPUT=DIMS,
+    /// e.g. ocr:x=1,3,48,320 (sizes only: other shapes are compiled on first use, so dynamic
+    /// dimensions need no setting). Repeatable: the flags of one model fill one shape set input
+    /// by input, and an input given again starts the next set (docs/server-config.md, "Input
+    /// shapes").
     #[arg(long = "input-shape", value_name = "NAME:INPUT=DIMS")]
     pub input_shapes: Vec<String>,
+    /// The engine that runs models: tract (pure Rust, the default and the smaller trusted
+    /// computing base) or onnxruntime (faster, more operators; its shared library must be part of
+    /// the measured image). A model's `engine` in the configuration file overrides it.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
+    /// Threads for one inference's operators (intra-op), for every model without a `threads` of
+    /// its own [default: the engine's].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// The onnxruntime shared library (libonnxruntime.so) for the onnxruntime engine [default:
+    /// $ADYTON_ONNXRUNTIME_LIBRARY; `scripts/onnxruntime_library` prints the pip wheel's].
+    #[arg(long, value_name = "FILE")]
+    pub onnxruntime_library: Option<PathBuf>,
     /// The registry that protected models are pulled from (also for POST .../{name}:pull).
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,

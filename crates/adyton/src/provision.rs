@@ -11,8 +11,8 @@ use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
 use adyton_attest::seal::{self, Sealer};
 use adyton_attest::TeeKind;
 use adyton_server::device::{DeviceState, RequestParams, MAX_RESPONSE_LEN};
-use adyton_server::repository::Repository;
-use adyton_server::runtime::{Engine, LoadOptions};
+use adyton_server::repository::{ModelSettings, Repository};
+use adyton_server::runtime::Engine;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{DeviceArgs, ProvisionAcceptArgs, ProvisionRequestArgs};
@@ -157,15 +157,16 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Loads the sealed models of the state directory `dir` into `repository`, with the engine's
-/// `options` by model id. A model that does not unseal or open is logged and left in its failed
-/// state; the others are served. Options for a model that is not provisioned there are an error.
+/// Loads the sealed models of the state directory `dir` into `repository`, each with its
+/// `settings` by model id (its engine, else `engine`; the engine's options; dynamic batching). A
+/// model that does not unseal or open is logged and left in its failed state; the others are
+/// served. Settings for a model that is not provisioned there are an error.
 pub fn load_sealed(
     dir: &Path,
     sealer: &dyn Sealer,
     engine: &Arc<dyn Engine>,
     repository: &Repository,
-    options: &BTreeMap<String, LoadOptions>,
+    options: &BTreeMap<String, ModelSettings>,
 ) -> Result<()> {
     let state = DeviceState::open(dir)
         .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
@@ -187,7 +188,7 @@ pub fn load_sealed(
         );
     }
     let outcomes = state
-        .load_all(sealer, engine, repository, options)
+        .load_all_with(sealer, engine, repository, options)
         .with_context(|| format!("cannot read the state directory {}", dir.display()))?;
     if outcomes.is_empty() {
         eprintln!(
@@ -197,7 +198,13 @@ pub fn load_sealed(
     }
     for (model, outcome) in outcomes {
         match outcome {
-            Ok(()) => tracing::info!(model = %model, "sealed model unsealed and loaded"),
+            Ok(()) => {
+                let (engine, plan) = repository
+                    .get(&model, None)
+                    .map(|s| (s.model.engine().as_str(), s.model.plan().as_str()))
+                    .unwrap_or_default();
+                tracing::info!(model = %model, engine, plan, "sealed model unsealed and loaded");
+            }
             Err(e) => tracing::error!(model = %model, error = %e, "sealed model not loaded"),
         }
     }

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use adyton_attest::attested_tls::AttestedTlsError;
 use adyton_attest::attester::{self, Attester, AttesterPaths, TeeChoice};
 use adyton_attest::TeeKind;
+use adyton_server::batching::BatchOptions;
 use adyton_server::http::{
     self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState, Settings,
 };
 use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
 use adyton_server::pull::{Backoff, Puller};
-use adyton_server::repository::{Pending, Repository, Source};
+use adyton_server::repository::{ModelSettings, Pending, Repository, Source};
+use adyton_server::runtime::onnxruntime::{self, OnnxRuntimeEngine};
 use adyton_server::runtime::tract::{TractEngine, DEFAULT_LOAD_BUDGET};
-use adyton_server::runtime::{Dim, Engine, LoadOptions};
+use adyton_server::runtime::{Engine, EngineKind, LoadOptions, PlanCacheOptions, ShapeSet};
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -53,6 +55,12 @@ struct ConfigFile {
     registry: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
     state_dir: Option<PathBuf>,
+    /// The engine of every model without one of its own: `tract` or `onnxruntime`.
+    engine: Option<String>,
+    /// Intra-op threads of every model without its own setting.
+    threads: Option<usize>,
+    /// The onnxruntime shared library.
+    onnxruntime_library: Option<PathBuf>,
     #[serde(default, rename = "model")]
     models: Vec<ModelEntry>,
     connections: Option<net::ConnectionsSection>,
@@ -66,13 +74,37 @@ struct ModelEntry {
     path: Option<PathBuf>,
     model_id: Option<String>,
     version: Option<u64>,
-    /// Input shapes given to the engine, by input name: sizes, -1 keeping a dimension as the
-    /// model declares it. `--input-shape` adds to these and replaces them input by input.
-    #[serde(default)]
-    input_shapes: BTreeMap<String, Vec<i64>>,
-    /// `input_shapes`, checked, as the engine takes them (filled in by `resolve`).
+    /// Concrete input shapes compiled at load: a list of tables of shapes by input name, or one
+    /// table. `--input-shape` adds to them.
+    input_shapes: Option<toml::Value>,
+    /// The engine: `tract` or `onnxruntime` (else the server's).
+    engine: Option<String>,
+    /// Intra-op threads (else the server's).
+    threads: Option<usize>,
+    /// Dynamic batching: the most rows run at once.
+    max_batch_size: Option<usize>,
+    /// Dynamic batching: how long a batch waits for more requests.
+    max_queue_delay_us: Option<u64>,
+    /// The plan cache: the most plans kept.
+    max_plans: Option<usize>,
+    /// The plan cache: the most memory its plans may take.
+    max_plan_bytes: Option<u64>,
+    /// The plan cache: the most plans compiled in any minute.
+    max_compiles_per_minute: Option<u32>,
+    /// Shape sets added by `--input-shape`.
     #[serde(skip)]
-    load_options: LoadOptions,
+    flag_shapes: Vec<ShapeSet>,
+    /// The settings, checked (filled in by `resolve`).
+    #[serde(skip)]
+    resolved: ModelConfig,
+}
+
+/// A model's settings, checked.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ModelConfig {
+    engine: EngineKind,
+    load: LoadOptions,
+    batching: Option<BatchOptions>,
 }
 
 impl ModelEntry {
@@ -82,35 +114,195 @@ impl ModelEntry {
             path,
             model_id,
             version: None,
-            input_shapes: BTreeMap::new(),
-            load_options: LoadOptions::default(),
+            input_shapes: None,
+            engine: None,
+            threads: None,
+            max_batch_size: None,
+            max_queue_delay_us: None,
+            max_plans: None,
+            max_plan_bytes: None,
+            max_compiles_per_minute: None,
+            flag_shapes: Vec::new(),
+            resolved: ModelConfig::default(),
         }
     }
 }
 
-/// The engine's options from a model's `input_shapes`: each dimension a size, or -1.
-fn load_options(model: &ModelEntry) -> Result<LoadOptions> {
-    let mut options = LoadOptions::default();
-    for (input, sizes) in &model.input_shapes {
-        let dims = sizes
-            .iter()
-            .map(|&size| match size {
-                -1 => Ok(Dim::Dynamic),
-                size => usize::try_from(size).map(Dim::Fixed).map_err(|_| {
-                    anyhow::anyhow!(
-                        "model '{}': the shape of input '{input}' has {size}; a dimension is a size or -1",
-                        model.name
-                    )
-                }),
-            })
-            .collect::<Result<Vec<Dim>>>()?;
-        options.input_shapes.insert(input.clone(), dims);
-    }
-    Ok(options)
+/// The most shape sets compiled ahead for one model, and the most inputs and dimensions of one.
+const MAX_AHEAD_SHAPES: usize = 64;
+const MAX_SHAPED_INPUTS: usize = 64;
+const MAX_SHAPE_RANK: usize = 16;
+/// The most intra-op threads a setting may ask for.
+const MAX_THREADS: usize = 1024;
+
+/// An engine's name (`engine`, `--engine`).
+fn engine_kind(text: &str, key: &str) -> Result<EngineKind> {
+    EngineKind::parse(text)
+        .with_context(|| format!("{key}: unknown engine '{text}' (tract or onnxruntime)"))
 }
 
-/// `--input-shape NAME:INPUT=DIMS`: the model, the input and its dimensions (comma-separated sizes
-/// or -1). The input is split at the last `=`, since ONNX names may hold `:` (`input:0`).
+fn check_threads(threads: Option<usize>, key: &str) -> Result<Option<usize>> {
+    match threads {
+        Some(n) if !(1..=MAX_THREADS).contains(&n) => {
+            bail!("{key} must be from 1 to {MAX_THREADS}, not {n}")
+        }
+        other => Ok(other),
+    }
+}
+
+/// One dimension of a shape compiled ahead: a size. -1 is refused with why it is not needed.
+fn ahead_dimension(size: i64, model: &str, input: &str) -> Result<usize> {
+    match size {
+        -1 => bail!(
+            "model '{model}': input_shapes: input '{input}' has -1; shapes compiled ahead are              concrete (sizes only), and dynamic dimensions need no setting any more: a plan is              compiled for each shape a request brings"
+        ),
+        size => usize::try_from(size).map_err(|_| {
+            anyhow::anyhow!(
+                "model '{model}': input_shapes: input '{input}' has {size}; a dimension is a size"
+            )
+        }),
+    }
+}
+
+/// One table of `input_shapes`: a shape (a list of sizes) by input name.
+fn shape_set(value: &toml::Value, model: &str) -> Result<ShapeSet> {
+    let table = value.as_table().with_context(|| {
+        format!(
+            "model '{model}': input_shapes takes tables of shapes by input name, e.g.              [{{ x = [1, 3, 48, 320] }}], not {value}"
+        )
+    })?;
+    if table.len() > MAX_SHAPED_INPUTS {
+        bail!("model '{model}': input_shapes: a shape set names {} inputs; at most {MAX_SHAPED_INPUTS}", table.len());
+    }
+    let mut set = ShapeSet::new();
+    for (input, dims) in table {
+        let dims = dims.as_array().with_context(|| {
+            format!(
+                "model '{model}': input_shapes: input '{input}' needs a list of sizes, not {dims}"
+            )
+        })?;
+        if dims.len() > MAX_SHAPE_RANK {
+            bail!(
+                "model '{model}': input_shapes: input '{input}' has {} dimensions; at most {MAX_SHAPE_RANK}",
+                dims.len()
+            );
+        }
+        let sizes = dims
+            .iter()
+            .map(|d| {
+                let size = d.as_integer().with_context(|| {
+                    format!("model '{model}': input_shapes: input '{input}' has {d}; a dimension is a size")
+                })?;
+                ahead_dimension(size, model, input)
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        set.insert(input.clone(), sizes);
+    }
+    Ok(set)
+}
+
+/// `input_shapes`: a list of shape sets, or one (the form of earlier versions).
+fn ahead_shapes(model: &ModelEntry) -> Result<Vec<ShapeSet>> {
+    let mut sets = match &model.input_shapes {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| shape_set(item, &model.name))
+            .collect::<Result<Vec<_>>>()?,
+        Some(one) => vec![shape_set(one, &model.name)?],
+    };
+    sets.extend(model.flag_shapes.iter().cloned());
+    if sets.len() > MAX_AHEAD_SHAPES {
+        bail!(
+            "model '{}': input_shapes: {} shape sets; at most {MAX_AHEAD_SHAPES}",
+            model.name,
+            sets.len()
+        );
+    }
+    Ok(sets)
+}
+
+/// A model's settings from its entry and the server's: every bad value names its key.
+fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConfig> {
+    let name = &model.name;
+    let engine = match &model.engine {
+        Some(text) => engine_kind(text, &format!("model '{name}': engine"))?,
+        None => server.engine,
+    };
+    let threads = check_threads(model.threads, &format!("model '{name}': threads"))?;
+    let mut plan_cache = PlanCacheOptions::default();
+    if let Some(n) = model.max_plans {
+        if n == 0 {
+            bail!("model '{name}': max_plans must be at least 1");
+        }
+        plan_cache.max_plans = n;
+    }
+    if let Some(n) = model.max_plan_bytes {
+        if n == 0 {
+            bail!("model '{name}': max_plan_bytes must be at least 1");
+        }
+        plan_cache.max_bytes = n;
+    }
+    if let Some(n) = model.max_compiles_per_minute {
+        if n == 0 {
+            bail!("model '{name}': max_compiles_per_minute must be at least 1");
+        }
+        plan_cache.max_compiles_per_minute = n;
+    }
+    let batching = match (model.max_batch_size, model.max_queue_delay_us) {
+        (None, None) => None,
+        (None, Some(_)) => bail!(
+            "model '{name}': max_queue_delay_us needs max_batch_size (dynamic batching is off              without it)"
+        ),
+        (Some(max_batch_size), delay) => {
+            let options = BatchOptions {
+                max_batch_size,
+                max_queue_delay_us: delay.unwrap_or(0),
+            };
+            options
+                .check()
+                .with_context(|| format!("model '{name}'"))?;
+            Some(options)
+        }
+    };
+    Ok(ModelConfig {
+        engine,
+        load: LoadOptions {
+            ahead_shapes: ahead_shapes(model)?,
+            threads: threads.or(server.threads),
+            plan_cache,
+            ..LoadOptions::default()
+        },
+        batching,
+    })
+}
+
+/// The server-wide engine settings that models inherit.
+#[derive(Clone, Copy, Debug)]
+struct ServerDefaults {
+    engine: EngineKind,
+    threads: Option<usize>,
+}
+
+/// The onnxruntime library: the setting (file or flag), else the environment's; an error only
+/// when some model needs it.
+fn onnxruntime_library(
+    setting: Option<PathBuf>,
+    from_env: Option<PathBuf>,
+    needed_by: Option<&str>,
+) -> Result<Option<PathBuf>> {
+    let library = setting.or(from_env);
+    if let (None, Some(who)) = (&library, needed_by) {
+        bail!(
+            "{who} runs on the onnxruntime engine, which needs its shared library: set              `onnxruntime_library` in the file, --onnxruntime-library, or {}              (scripts/onnxruntime_library prints the path of the onnxruntime wheel's)",
+            onnxruntime::LIBRARY_ENV
+        );
+    }
+    Ok(library)
+}
+
+/// `--input-shape NAME:INPUT=DIMS`: the model, the input and its dimensions (comma-separated
+/// sizes). The input is split at the last `=`, since ONNX names may hold `:` (`input:0`).
 fn parse_input_shape(spec: &str) -> Result<(String, String, Vec<i64>)> {
     let malformed = || {
         anyhow::anyhow!("--input-shape takes NAME:INPUT=DIMS (e.g. ocr:x=1,3,48,320), not '{spec}'")
@@ -146,6 +338,10 @@ struct Resolved {
     registry: Option<String>,
     state_dir: Option<PathBuf>,
     connections: net::ConnectionLimits,
+    /// The engine and threads of uploads, pulls over the API, and models without their own.
+    defaults: ServerDefaults,
+    /// The onnxruntime library, when some model runs on onnxruntime.
+    onnxruntime_library: Option<PathBuf>,
 }
 
 fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
@@ -163,6 +359,7 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
                 &mut file.token_file,
                 &mut file.certificate_out,
                 &mut file.state_dir,
+                &mut file.onnxruntime_library,
             ]
             .into_iter()
             .flatten()
@@ -206,25 +403,58 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
     let state_dir = args.state_dir.clone().or(file.state_dir);
     for spec in &args.input_shapes {
         let (name, input, dims) = parse_input_shape(spec)?;
-        let mut found = false;
-        for model in models.iter_mut().filter(|m| m.name == name) {
-            model.input_shapes.insert(input.clone(), dims.clone());
-            found = true;
-        }
-        if !found && state_dir.is_some() {
+        let dims = dims
+            .iter()
+            .map(|&d| ahead_dimension(d, &name, &input))
+            .collect::<Result<Vec<usize>>>()
+            .with_context(|| format!("--input-shape '{spec}'"))?;
+        if !models.iter().any(|m| m.name == name) {
+            if state_dir.is_none() {
+                bail!(
+                    "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
+                );
+            }
             // A model provisioned on this device (checked against the state directory at start).
-            let mut sealed = ModelEntry::new(&name, None, None);
-            sealed.input_shapes.insert(input.clone(), dims.clone());
-            models.push(sealed);
-        } else if !found {
-            bail!(
-                "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
-            );
+            models.push(ModelEntry::new(&name, None, None));
+        }
+        for model in models.iter_mut().filter(|m| m.name == name) {
+            // The flags of one model fill one set input by input; an input again starts the next.
+            match model.flag_shapes.last_mut() {
+                Some(set) if !set.contains_key(&input) => {
+                    set.insert(input.clone(), dims.clone());
+                }
+                _ => model
+                    .flag_shapes
+                    .push(ShapeSet::from([(input.clone(), dims.clone())])),
+            }
         }
     }
+    let engine_text = args.engine.clone().or(file.engine);
+    let defaults = ServerDefaults {
+        engine: match &engine_text {
+            Some(text) => engine_kind(text, "engine")?,
+            None => EngineKind::default(),
+        },
+        threads: check_threads(args.threads.or(file.threads), "threads")?,
+    };
     for model in &mut models {
-        model.load_options = load_options(model)?;
+        model.resolved = model_config(model, &defaults)?;
     }
+    let needed_by = if defaults.engine == EngineKind::OnnxRuntime {
+        Some("the server (engine = \"onnxruntime\")".to_owned())
+    } else {
+        models
+            .iter()
+            .find(|m| m.resolved.engine == EngineKind::OnnxRuntime)
+            .map(|m| format!("model '{}'", m.name))
+    };
+    let onnxruntime_library = onnxruntime_library(
+        args.onnxruntime_library
+            .clone()
+            .or(file.onnxruntime_library),
+        onnxruntime::library_from_env(),
+        needed_by.as_deref(),
+    )?;
     for model in &models {
         match (&model.path, &model.model_id) {
             (Some(_), None) | (None, Some(_)) => {}
@@ -287,6 +517,8 @@ fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
         models,
         registry,
         state_dir,
+        defaults,
+        onnxruntime_library,
         connections: net::ConnectionLimits::resolve(
             file.connections.as_ref(),
             &args.connections,
@@ -410,25 +642,23 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
         eprintln!("wrote the certificate to {}", path.display());
     }
 
-    // One engine for every model, so that the load budget holds for files, sealed models,
-    // pulls and uploads alike.
-    let engine: Arc<dyn Engine> =
-        Arc::new(TractEngine::new().with_load_budget(resolved.load_budget));
+    let engines = Engines::new(&resolved)?;
+    let engine = engines.get(resolved.defaults.engine)?;
     let repository = Arc::new(Repository::new(resolved.max_models));
     for entry in &resolved.models {
         if let Some(path) = &entry.path {
-            load_file_model(engine.as_ref(), &repository, entry, path)?;
+            load_file_model(&engines.settings(entry)?, &repository, entry, path)?;
         }
     }
     if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
         // `[[model]]` entries with neither `path` nor `model_id` give settings to sealed models.
-        let options: BTreeMap<String, LoadOptions> = resolved
+        let settings = resolved
             .models
             .iter()
             .filter(|m| m.path.is_none() && m.model_id.is_none())
-            .map(|m| (m.name.clone(), m.load_options.clone()))
-            .collect();
-        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &options)?;
+            .map(|m| Ok((m.name.clone(), engines.settings(m)?)))
+            .collect::<Result<BTreeMap<String, ModelSettings>>>()?;
+        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &settings)?;
     }
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
@@ -451,7 +681,7 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
                 Arc::clone(&repository),
                 &entry.name,
                 model_id,
-                entry.load_options.clone(),
+                engines.settings(entry)?,
             );
         }
     }
@@ -469,6 +699,11 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     if let Some(puller) = puller {
         state = state.with_puller(puller);
     }
+    // Uploads and pulls over the API take the server-wide engine and threads.
+    state = state.with_load_options(LoadOptions {
+        threads: resolved.defaults.threads,
+        ..LoadOptions::default()
+    });
     let state = Arc::new(state);
     let config = identity.rustls_server_config();
 
@@ -477,12 +712,70 @@ pub fn serve(args: &ServerServeArgs) -> Result<()> {
     })
 }
 
+/// The engines models run on: tract always, and onnxruntime when some model needs it, each
+/// with the load budget, so that it holds for files, sealed models, pulls and uploads alike.
+struct Engines {
+    tract: Arc<dyn Engine>,
+    onnxruntime: Option<Arc<dyn Engine>>,
+}
+
+impl Engines {
+    fn new(resolved: &Resolved) -> Result<Engines> {
+        let tract: Arc<dyn Engine> =
+            Arc::new(TractEngine::new().with_load_budget(resolved.load_budget));
+        let onnxruntime = match &resolved.onnxruntime_library {
+            Some(library) if resolved.needs_onnxruntime() => {
+                let engine = OnnxRuntimeEngine::new(library)
+                    .with_context(|| format!("the onnxruntime engine, from {}", library.display()))?
+                    .with_load_budget(resolved.load_budget);
+                eprintln!("onnxruntime engine: {}", library.display());
+                Some(Arc::new(engine) as Arc<dyn Engine>)
+            }
+            _ => None,
+        };
+        Ok(Engines { tract, onnxruntime })
+    }
+
+    fn get(&self, kind: EngineKind) -> Result<Arc<dyn Engine>> {
+        match kind {
+            EngineKind::Tract => Ok(Arc::clone(&self.tract)),
+            // `resolve` refuses a configuration that needs onnxruntime without its library.
+            EngineKind::OnnxRuntime => self
+                .onnxruntime
+                .clone()
+                .context("the onnxruntime engine is not set up"),
+        }
+    }
+
+    /// A model's settings, with its engine.
+    fn settings(&self, entry: &ModelEntry) -> Result<ModelSettings> {
+        Ok(ModelSettings {
+            engine: Some(self.get(entry.resolved.engine)?),
+            load: entry.resolved.load.clone(),
+            batching: entry.resolved.batching,
+        })
+    }
+}
+
+impl Resolved {
+    fn needs_onnxruntime(&self) -> bool {
+        self.defaults.engine == EngineKind::OnnxRuntime
+            || self
+                .models
+                .iter()
+                .any(|m| m.resolved.engine == EngineKind::OnnxRuntime)
+    }
+}
+
 fn load_file_model(
-    engine: &dyn Engine,
+    settings: &ModelSettings,
     repository: &Repository,
     entry: &ModelEntry,
     path: &Path,
 ) -> Result<()> {
+    let Some(engine) = &settings.engine else {
+        bail!("model '{}': no engine", entry.name);
+    };
     let file = std::fs::File::open(path)
         .with_context(|| format!("model '{}': cannot open {}", entry.name, path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -495,16 +788,29 @@ fn load_file_model(
     }
     let mut reader = file.take(MAX_MODEL_FILE);
     let model = engine
-        .load_from_reader_with(&mut reader, &entry.load_options)
+        .load_from_reader_with(&mut reader, &settings.load)
         .with_context(|| format!("model '{}': cannot load {}", entry.name, path.display()))?;
     let served = repository
-        .insert(&entry.name, entry.version, model, Source::File)
+        .insert_with(
+            &entry.name,
+            entry.version,
+            model,
+            Source::File,
+            settings.batching,
+        )
         .with_context(|| format!("model '{}'", entry.name))?;
+    let batching = settings.batching.map_or_else(String::new, |b| {
+        format!(
+            ", batches of up to {} rows, {} µs queue delay",
+            b.max_batch_size, b.max_queue_delay_us
+        )
+    });
     eprintln!(
-        "model '{}' version {} loaded from {} ({} plan): inputs {}; outputs {}",
+        "model '{}' version {} loaded from {} (engine {}, {} plan{batching}): inputs {}; outputs {}",
         served.name,
         served.version,
         path.display(),
+        served.model.engine().as_str(),
         served.model.plan().as_str(),
         http::describe_signature(&served.model.signature().inputs),
         http::describe_signature(&served.model.signature().outputs),
@@ -538,31 +844,40 @@ mod tests {
         resolve(&Serve::try_parse_from(argv).unwrap().args)
     }
 
-    fn shapes(resolved: &Resolved, name: &str) -> BTreeMap<String, Vec<Dim>> {
-        resolved
+    fn error(file: Option<&str>, flags: &[&str]) -> String {
+        format!("{:#}", resolve_with(file, flags).unwrap_err())
+    }
+
+    fn config<'r>(resolved: &'r Resolved, name: &str) -> &'r ModelConfig {
+        &resolved
             .models
             .iter()
             .find(|m| m.name == name)
             .unwrap()
-            .load_options
-            .input_shapes
-            .clone()
+            .resolved
+    }
+
+    fn set(entries: &[(&str, &[usize])]) -> ShapeSet {
+        entries
+            .iter()
+            .map(|(input, dims)| ((*input).to_owned(), dims.to_vec()))
+            .collect()
     }
 
     #[test]
-    fn input_shapes_come_from_the_file_and_the_flags() {
+    fn input_shapes_are_lists_of_shape_sets_from_the_file_and_the_flags() {
         let file = r#"
 registry = "http://127.0.0.1:1"
 
 [[model]]
 name = "ocr"
 path = "ocr.onnx"
-input_shapes = { x = [1, 3, 48, 320] }
+input_shapes = [{ x = [1, 3, 48, 320] }, { x = [1, 3, 48, 640] }]
 
 [[model]]
 name = "pulled"
 model_id = "m-1"
-input_shapes = { "input:0" = [-1, 4], y = [] }
+input_shapes = { "input:0" = [2, 4], y = [] }
 
 [[model]]
 name = "plain"
@@ -574,29 +889,234 @@ path = "plain.onnx"
                 "--model",
                 "extra=extra.onnx",
                 "--input-shape",
-                "extra:ids=-1, 128",
+                "extra:ids=1, 128",
+                "--input-shape",
+                "extra:mask=1,128",
+                "--input-shape",
+                "extra:ids=4,128",
                 "--input-shape",
                 "pulled:y=2",
             ],
         )
         .unwrap();
         assert_eq!(
-            shapes(&resolved, "ocr"),
-            BTreeMap::from([("x".to_owned(), [1, 3, 48, 320].map(Dim::Fixed).to_vec())])
+            config(&resolved, "ocr").load.ahead_shapes,
+            vec![
+                set(&[("x", &[1, 3, 48, 320])]),
+                set(&[("x", &[1, 3, 48, 640])])
+            ]
         );
-        // The flag replaces the file's shape of `y`, input by input.
+        // The single-table form is one set; a flag adds one.
         assert_eq!(
-            shapes(&resolved, "pulled"),
-            BTreeMap::from([
-                ("input:0".to_owned(), vec![Dim::Dynamic, Dim::Fixed(4)]),
-                ("y".to_owned(), vec![Dim::Fixed(2)]),
-            ])
+            config(&resolved, "pulled").load.ahead_shapes,
+            vec![
+                set(&[("input:0", &[2, 4]), ("y", &[])]),
+                set(&[("y", &[2])])
+            ]
+        );
+        // Flags fill one set input by input; an input given again starts the next set.
+        assert_eq!(
+            config(&resolved, "extra").load.ahead_shapes,
+            vec![
+                set(&[("ids", &[1, 128]), ("mask", &[1, 128])]),
+                set(&[("ids", &[4, 128])])
+            ]
+        );
+        assert_eq!(config(&resolved, "plain"), &ModelConfig::default());
+        // Shapes compiled ahead no longer fix the graph's dimensions.
+        assert!(config(&resolved, "ocr").load.input_shapes.is_empty());
+    }
+
+    #[test]
+    fn engines_threads_batching_and_plan_caches_come_from_the_file_and_the_flags() {
+        let defaults = resolve_with(None, &["--model", "m=m.onnx"]).unwrap();
+        assert_eq!(defaults.defaults.engine, EngineKind::Tract);
+        assert_eq!(defaults.defaults.threads, None);
+        assert!(!defaults.needs_onnxruntime());
+        assert_eq!(config(&defaults, "m"), &ModelConfig::default());
+        let file = r#"
+threads = 2
+onnxruntime_library = "lib/libonnxruntime.so"
+
+[[model]]
+name = "fast"
+path = "fast.onnx"
+engine = "onnxruntime"
+threads = 4
+max_batch_size = 8
+max_queue_delay_us = 500
+
+[[model]]
+name = "cached"
+path = "cached.onnx"
+max_plans = 4
+max_plan_bytes = 1048576
+max_compiles_per_minute = 10
+max_batch_size = 2
+"#;
+        let resolved = resolve_with(Some(file), &[]).unwrap();
+        assert!(resolved.needs_onnxruntime());
+        assert!(resolved
+            .onnxruntime_library
+            .as_ref()
+            .unwrap()
+            .ends_with("lib/libonnxruntime.so"));
+        let fast = config(&resolved, "fast");
+        assert_eq!(fast.engine, EngineKind::OnnxRuntime);
+        assert_eq!(fast.load.threads, Some(4));
+        assert_eq!(
+            fast.batching,
+            Some(BatchOptions {
+                max_batch_size: 8,
+                max_queue_delay_us: 500
+            })
+        );
+        let cached = config(&resolved, "cached");
+        assert_eq!(cached.engine, EngineKind::Tract);
+        assert_eq!(cached.load.threads, Some(2), "the server's threads");
+        assert_eq!(
+            cached.load.plan_cache,
+            PlanCacheOptions {
+                max_plans: 4,
+                max_bytes: 1 << 20,
+                max_compiles_per_minute: 10
+            }
+        );
+        assert_eq!(cached.batching.unwrap().max_queue_delay_us, 0);
+        // Flags win over the file; a model's own engine wins over both.
+        let flags = resolve_with(
+            Some(file),
+            &[
+                "--engine",
+                "onnxruntime",
+                "--threads",
+                "3",
+                "--onnxruntime-library",
+                "/opt/ort.so",
+            ],
+        )
+        .unwrap();
+        assert_eq!(flags.defaults.engine, EngineKind::OnnxRuntime);
+        assert_eq!(config(&flags, "cached").engine, EngineKind::OnnxRuntime);
+        assert_eq!(config(&flags, "cached").load.threads, Some(3));
+        assert_eq!(config(&flags, "fast").load.threads, Some(4));
+        assert_eq!(
+            flags.onnxruntime_library.as_deref(),
+            Some(Path::new("/opt/ort.so"))
+        );
+    }
+
+    #[test]
+    fn the_onnxruntime_library_is_needed_only_by_a_model_that_runs_on_it() {
+        let setting = Some(PathBuf::from("/set.so"));
+        let env = Some(PathBuf::from("/env.so"));
+        assert_eq!(
+            onnxruntime_library(setting.clone(), env.clone(), Some("model 'm'")).unwrap(),
+            setting
         );
         assert_eq!(
-            shapes(&resolved, "extra"),
-            BTreeMap::from([("ids".to_owned(), vec![Dim::Dynamic, Dim::Fixed(128)])])
+            onnxruntime_library(None, env.clone(), Some("model 'm'")).unwrap(),
+            env
         );
-        assert!(shapes(&resolved, "plain").is_empty());
+        assert_eq!(onnxruntime_library(None, None, None).unwrap(), None);
+        let e = onnxruntime_library(None, None, Some("model 'm'"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model 'm'")
+                && e.contains("onnxruntime_library")
+                && e.contains("--onnxruntime-library")
+                && e.contains(onnxruntime::LIBRARY_ENV),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_engine_settings_name_their_key() {
+        let model = |extra: &str| format!("[[model]]\nname = \"m\"\npath = \"m.onnx\"\n{extra}\n");
+        for (extra, needles) in [
+            ("engine = \"torch\"", &["model 'm': engine", "torch"][..]),
+            ("threads = 0", &["model 'm': threads"]),
+            ("threads = 5000", &["model 'm': threads"]),
+            ("max_batch_size = 0", &["model 'm'", "max_batch_size"]),
+            ("max_batch_size = 100000", &["model 'm'", "max_batch_size"]),
+            (
+                "max_queue_delay_us = 100",
+                &["model 'm'", "max_queue_delay_us needs max_batch_size"],
+            ),
+            (
+                "max_batch_size = 4\nmax_queue_delay_us = 99000000",
+                &["model 'm'", "max_queue_delay_us"],
+            ),
+            ("max_plans = 0", &["model 'm': max_plans"]),
+            ("max_plan_bytes = 0", &["model 'm': max_plan_bytes"]),
+            (
+                "max_compiles_per_minute = 0",
+                &["model 'm': max_compiles_per_minute"],
+            ),
+            ("max_plans = -1", &["max_plans"]),
+            ("threads = \"four\"", &["threads"]),
+            (
+                "input_shapes = { x = [-1, 4] }",
+                &["model 'm'", "input 'x'", "concrete", "need no setting"],
+            ),
+            (
+                "input_shapes = [{ x = [1, -3] }]",
+                &["model 'm'", "input 'x'", "a dimension is a size"],
+            ),
+            (
+                "input_shapes = { x = [1.5] }",
+                &["model 'm'", "input 'x'", "1.5"],
+            ),
+            (
+                "input_shapes = { x = 4 }",
+                &["model 'm'", "input 'x'", "list of sizes"],
+            ),
+            (
+                "input_shapes = [[1, 2]]",
+                &["model 'm'", "input_shapes takes tables"],
+            ),
+            (
+                "input_shapes = 3",
+                &["model 'm'", "input_shapes takes tables"],
+            ),
+            ("unknown_key = 1", &["unknown_key"]),
+        ] {
+            let e = error(Some(&model(extra)), &[]);
+            for needle in needles {
+                assert!(e.contains(needle), "{extra}: {needle} not in {e}");
+            }
+        }
+        let e = error(
+            Some(&model(&format!(
+                "input_shapes = [{}]",
+                vec!["{ x = [1] }"; 65].join(", ")
+            ))),
+            &[],
+        );
+        assert!(e.contains("at most 64"), "{e}");
+        for (flags, needles) in [
+            (
+                &["--engine", "cuda"][..],
+                &["engine", "cuda", "tract or onnxruntime"][..],
+            ),
+            (&["--threads", "0"], &["threads must be from 1"]),
+            (
+                &["--input-shape", "m:x=-1,4"],
+                &["--input-shape 'm:x=-1,4'", "concrete"],
+            ),
+        ] {
+            let mut argv = vec!["--model", "m=m.onnx"];
+            argv.extend(flags);
+            let e = error(None, &argv);
+            for needle in needles {
+                assert!(e.contains(needle), "{flags:?}: {needle} not in {e}");
+            }
+        }
+        let e = error(Some("engine = \"gpu\"\n"), &[]);
+        assert!(e.contains("engine: unknown engine 'gpu'"), "{e}");
+        let e = error(Some("threads = 0\n"), &[]);
+        assert!(e.contains("threads must be from 1"), "{e}");
     }
 
     #[test]
@@ -623,10 +1143,7 @@ path = "plain.onnx"
     }
 
     #[test]
-    fn bad_input_shapes_are_refused() {
-        let error = |file: Option<&str>, flags: &[&str]| {
-            format!("{:#}", resolve_with(file, flags).unwrap_err())
-        };
+    fn bad_input_shape_flags_are_refused() {
         let e = error(None, &["--model", "a=a.onnx", "--input-shape", "b:x=1"]);
         assert!(e.contains("no model is named 'b'"), "{e}");
         for spec in ["a=1,2", "a:x", "a:x=1,two", ":x=1", "a:=1"] {
@@ -635,43 +1152,33 @@ path = "plain.onnx"
         }
         let e = error(None, &["--model", "a=a.onnx", "--input-shape", "a:x=1,-2"]);
         assert!(e.contains("model 'a'") && e.contains("input 'x'"), "{e}");
-        let e = error(
-            Some("[[model]]\nname = \"a\"\npath = \"a.onnx\"\ninput_shapes = { x = [1.5] }\n"),
-            &[],
-        );
-        assert!(e.contains("input_shapes") || e.contains("integer"), "{e}");
     }
 
     #[test]
-    fn sealed_models_take_input_shapes_only_with_a_state_dir() {
+    fn sealed_models_take_settings_only_with_a_state_dir() {
         // With a state directory, a name that no other model has is a model provisioned there.
         let resolved = resolve_with(
-            Some("state_dir = \"device\"\n[[model]]\nname = \"ocr\"\ninput_shapes = { x = [1, 3, 48, 320] }\n"),
+            Some(
+                "state_dir = \"device\"\n[[model]]\nname = \"ocr\"\nengine = \"tract\"\n\
+                 max_batch_size = 4\ninput_shapes = { x = [1, 3, 48, 320] }\n",
+            ),
             &["--input-shape", "face:input=1,3,112,112"],
         )
         .unwrap();
         assert!(resolved.state_dir.as_ref().unwrap().ends_with("device"));
         assert_eq!(
-            shapes(&resolved, "ocr"),
-            BTreeMap::from([("x".to_owned(), [1, 3, 48, 320].map(Dim::Fixed).to_vec())])
+            config(&resolved, "ocr").load.ahead_shapes,
+            vec![set(&[("x", &[1, 3, 48, 320])])]
         );
+        assert_eq!(config(&resolved, "ocr").batching.unwrap().max_batch_size, 4);
         assert_eq!(
-            shapes(&resolved, "face"),
-            BTreeMap::from([(
-                "input".to_owned(),
-                [1, 3, 112, 112].map(Dim::Fixed).to_vec()
-            )])
+            config(&resolved, "face").load.ahead_shapes,
+            vec![set(&[("input", &[1, 3, 112, 112])])]
         );
         // Without one, the same is refused.
-        let e = format!(
-            "{:#}",
-            resolve_with(Some("[[model]]\nname = \"ocr\"\n"), &[]).unwrap_err()
-        );
+        let e = error(Some("[[model]]\nname = \"ocr\"\n"), &[]);
         assert!(e.contains("state_dir"), "{e}");
-        let e = format!(
-            "{:#}",
-            resolve_with(None, &["--input-shape", "face:input=1"]).unwrap_err()
-        );
+        let e = error(None, &["--input-shape", "face:input=1"]);
         assert!(e.contains("no model is named 'face'"), "{e}");
     }
 }

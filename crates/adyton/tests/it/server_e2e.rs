@@ -482,78 +482,169 @@ fn bad_configurations_are_refused_before_listening() {
     );
 }
 
-#[test]
-fn input_shapes_from_the_file_and_the_flags_reach_the_engine() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    make_models(&dir.join("models"));
-    // unknown_dim.onnx declares x as [batch, ?, 4]: it loads only with x's shape given.
-    std::fs::write(
-        dir.join("server.toml"),
-        r#"
-listen = "127.0.0.1:0"
-tee = "sim"
-sim_key = "sim.key"
-certificate_out = "server.pem"
-workers = 1
+/// The onnxruntime shared library, or a failure that says how to get it.
+fn onnxruntime_library() -> PathBuf {
+    adyton_server::runtime::onnxruntime::find_library().unwrap_or_else(|| {
+        panic!(
+            "the onnxruntime library is missing: run scripts/setup (it installs the onnxruntime \
+             wheel into .venv), or set ADYTON_ONNXRUNTIME_LIBRARY"
+        )
+    })
+}
 
-[[model]]
-name = "batched"
-path = "models/unknown_dim.onnx"
-input_shapes = { x = [-1, 1, 4] }
-"#,
-    )
-    .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
-    command
-        .args(["server", "serve", "--config", "server.toml"])
-        .args(["--model", "pinned=models/unknown_dim.onnx"])
-        .args(["--input-shape", "pinned:x=2,1,4"])
-        .current_dir(dir);
-    let server = ServerProcess::start(command);
-    let startup = server.startup.join("\n");
-    assert!(
-        startup.contains("model 'batched' version 1") && startup.contains("x: FP32[-1,1,4]"),
-        "{startup}"
-    );
-    assert!(startup.contains("x: FP32[2,1,4]"), "{startup}");
-    let base = server.url.clone();
-    let meta = curl_ok(
-        &[
-            "--cacert",
-            "server.pem",
-            &format!("{base}/v2/models/pinned"),
-        ],
-        dir,
-    );
-    assert!(meta.contains(r#""shape":[2,1,4]"#), "{meta}");
+/// dynamic_batch.onnx's answer for rows of x: y = x @ W + B.
+fn dynamic_batch_rows(x: &[[f32; 4]]) -> Vec<f32> {
+    x.iter()
+        .flat_map(|[a, b, c, d]| [a + c + 2.0 * d + 0.5, b + c - d - 1.0])
+        .collect()
+}
+
+fn infer_rows(base: &str, model: &str, x: &[[f32; 4]], dir: &Path) -> serde_json::Value {
+    let body = serde_json::json!({"inputs": [{
+        "name": "x", "shape": [x.len(), 4], "datatype": "FP32", "data": x,
+    }]});
     let answer = curl_ok(
         &[
             "--cacert",
             "server.pem",
             "-d",
-            r#"{"inputs": [{"name": "x", "shape": [2, 1, 4], "datatype": "FP32",
-                "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}"#,
-            &format!("{base}/v2/models/pinned/infer"),
+            &body.to_string(),
+            &format!("{base}/v2/models/{model}/infer"),
+        ],
+        dir,
+    );
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+#[test]
+fn onnxruntime_batching_and_shapes_compiled_ahead_from_the_file_and_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_models(&dir.join("models"));
+    std::fs::write(
+        dir.join("server.toml"),
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+tee = "sim"
+sim_key = "sim.key"
+certificate_out = "server.pem"
+workers = 2
+onnxruntime_library = "{}"
+
+[[model]]
+name = "ort"
+path = "models/dynamic_batch.onnx"
+engine = "onnxruntime"
+threads = 1
+
+[[model]]
+name = "batched"
+path = "models/dynamic_batch.onnx"
+max_batch_size = 8
+max_queue_delay_us = 2000
+input_shapes = [{{ x = [2, 4] }}, {{ x = [4, 4] }}]
+"#,
+            onnxruntime_library().display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adyton"));
+    command
+        .args(["server", "serve", "--config", "server.toml"])
+        .args(["--model", "pinned=models/dynamic_batch.onnx"])
+        .args(["--input-shape", "pinned:x=3,4", "--threads", "1"])
+        .current_dir(dir);
+    let server = ServerProcess::start(command);
+    let startup = server.startup.join("\n");
+    assert!(
+        startup.contains("model 'ort' version 1")
+            && startup.contains("engine onnxruntime, onnxruntime plan"),
+        "{startup}"
+    );
+    assert!(
+        startup.contains("model 'batched' version 1")
+            && startup.contains("engine tract")
+            && startup.contains("batches of up to 8 rows, 2000 µs queue delay"),
+        "{startup}"
+    );
+    assert!(startup.contains("model 'pinned' version 1"), "{startup}");
+    let base = server.url.clone();
+    let meta = curl_ok(
+        &["--cacert", "server.pem", &format!("{base}/v2/models/ort")],
+        dir,
+    );
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["parameters"]["engine"], "onnxruntime");
+    assert_eq!(meta["parameters"]["plan"], "onnxruntime");
+    let x = [[1.0, 2.0, 3.0, 4.0], [0.0, -1.0, 0.5, 2.0]];
+    let answer = infer_rows(&base, "ort", &x, dir);
+    assert_eq!(answer["outputs"][0]["shape"], serde_json::json!([2, 2]));
+    assert_eq!(
+        answer["outputs"][0]["data"],
+        serde_json::json!(dynamic_batch_rows(&x))
+    );
+    let meta = curl_ok(
+        &[
+            "--cacert",
+            "server.pem",
+            &format!("{base}/v2/models/batched"),
         ],
         dir,
     );
     assert!(
-        answer.contains("[2.0,4.0,6.0,8.0,10.0,12.0,14.0,16.0]"),
-        "{answer}"
+        meta.contains(r#""batching":{"max_batch_size":8,"max_queue_delay_us":2000}"#),
+        "{meta}"
     );
+
+    // Callers at once, of different batch sizes: each gets its own rows.
+    let callers: Vec<_> = (0..6)
+        .map(|caller| {
+            let (base, dir) = (base.clone(), dir.to_path_buf());
+            std::thread::spawn(move || {
+                let rows: Vec<[f32; 4]> = (0..1 + caller % 3)
+                    .map(|r| {
+                        let v = (caller * 10 + r) as f32;
+                        [v, v + 1.0, -v, 0.25 * v]
+                    })
+                    .collect();
+                let answer = infer_rows(&base, "batched", &rows, &dir);
+                assert_eq!(
+                    answer["outputs"][0]["data"],
+                    serde_json::json!(dynamic_batch_rows(&rows)),
+                    "caller {caller}"
+                );
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    let pinned = infer_rows(&base, "pinned", &[[1.0, 1.0, 1.0, 1.0]; 3], dir);
+    assert_eq!(pinned["outputs"][0]["shape"], serde_json::json!([3, 2]));
+    let metrics = curl_ok(&["--cacert", "server.pem", &format!("{base}/metrics")], dir);
+    for needle in [
+        "nv_inference_count{model=\"batched\",version=\"1\"} 12",
+        "nv_inference_exec_count{model=\"batched\",version=\"1\"}",
+        "adyton_inference_batch_size_count{model=\"batched\",version=\"1\"}",
+        "adyton_model_info{engine=\"onnxruntime\",model=\"ort\",plan=\"onnxruntime\",version=\"1\"} 1",
+        "adyton_plan_cache_compiled_total{model=\"batched\",version=\"1\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
 }
 
 #[test]
-fn input_shapes_that_do_not_fit_are_refused_before_listening() {
+fn bad_engine_batching_and_shape_settings_are_refused_before_listening() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_models(&dir.join("models"));
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_adyton"))
             .args(["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"])
-            .args(["--sim-key", "k", "--model", "m=models/unknown_dim.onnx"])
+            .args(["--sim-key", "k"])
             .args(extra)
+            .env_remove(adyton_server::runtime::onnxruntime::LIBRARY_ENV)
             .current_dir(dir)
             .output()
             .unwrap();
@@ -562,17 +653,42 @@ fn input_shapes_that_do_not_fit_are_refused_before_listening() {
         assert!(!e.contains("listening on"), "{e}");
         e
     };
-    let e = run(&[]);
+    let e = run(&[
+        "--model",
+        "m=models/dynamic_batch.onnx",
+        "--input-shape",
+        "m:x=-1,4",
+    ]);
+    assert!(e.contains("input 'x'") && e.contains("concrete"), "{e}");
+    let e = run(&["--model", "m=models/dynamic_batch.onnx", "--engine", "cuda"]);
+    assert!(e.contains("unknown engine 'cuda'"), "{e}");
+    let e = run(&[
+        "--model",
+        "m=models/dynamic_batch.onnx",
+        "--engine",
+        "onnxruntime",
+    ]);
     assert!(
-        e.contains("model 'm'") && e.contains("Source node without a determined fact"),
+        e.contains("onnxruntime") && e.contains("ADYTON_ONNXRUNTIME_LIBRARY"),
         "{e}"
     );
-    let e = run(&["--input-shape", "m:z=2,1,4"]);
-    assert!(e.contains("model 'm'") && e.contains("input 'z'"), "{e}");
-    let e = run(&["--input-shape", "m:x=2,1"]);
-    assert!(e.contains("input 'x'") && e.contains("declares 3"), "{e}");
-    let e = run(&["--input-shape", "m:x=2,1,5"]);
-    assert!(e.contains("input 'x'") && e.contains("axis 2"), "{e}");
-    let e = run(&["--input-shape", "other:x=2,1,4"]);
-    assert!(e.contains("no model is named 'other'"), "{e}");
+    let e = run(&[
+        "--model",
+        "m=models/dynamic_batch.onnx",
+        "--engine",
+        "onnxruntime",
+        "--onnxruntime-library",
+        "no-such-library.so",
+    ]);
+    assert!(e.contains("no-such-library.so"), "{e}");
+    std::fs::write(
+        dir.join("server.toml"),
+        "[[model]]\nname = \"add\"\npath = \"models/add.onnx\"\nmax_batch_size = 4\n",
+    )
+    .unwrap();
+    let e = run(&["--config", "server.toml"]);
+    assert!(
+        e.contains("model 'add'") && e.contains("batch dimension"),
+        "{e}"
+    );
 }
