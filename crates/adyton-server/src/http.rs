@@ -670,19 +670,8 @@ async fn run_infer(
         .map_err(|e| fail(FailureReason::Rejected, ApiError::bad_request(e.0)))?;
     drop(body);
     let signature = served.model.signature();
-    for output in &request.outputs {
-        if !signature.outputs.iter().any(|o| o.name == output.name) {
-            let known: Vec<&str> = signature.outputs.iter().map(|o| o.name.as_str()).collect();
-            return Err(fail(
-                FailureReason::Rejected,
-                ApiError::bad_request(format!(
-                    "output '{}' is not an output of this model (outputs: {})",
-                    output.name,
-                    known.join(", ")
-                )),
-            ));
-        }
-    }
+    check_requested_outputs(&signature.outputs, &request.outputs)
+        .map_err(|e| fail(FailureReason::Rejected, e))?;
     let batch = request
         .inputs
         .first()
@@ -699,7 +688,52 @@ async fn run_infer(
     let (outputs, queue_time) = execute(&app, &served, inputs, batch)
         .await
         .map_err(|(reason, e)| fail(reason, e))?;
-    let chosen = choose_outputs(&served, &request.outputs, request.binary_output, &outputs);
+    let response = respond(
+        &app,
+        &served,
+        &request.outputs,
+        request.binary_output,
+        request.id.as_deref(),
+        &outputs,
+    )
+    .map_err(|e| fail(FailureReason::Rejected, e))?;
+    drop(outputs);
+    app.metrics
+        .success(&name, &version_label, batch, started.elapsed(), queue_time);
+    Ok(response)
+}
+
+/// Refuses an output asked for that the model does not have.
+fn check_requested_outputs(
+    specs: &[TensorSpec],
+    requested: &[protocol::RequestedOutput],
+) -> Result<(), ApiError> {
+    match requested
+        .iter()
+        .find(|r| !specs.iter().any(|o| o.name == r.name))
+    {
+        None => Ok(()),
+        Some(unknown) => {
+            let known: Vec<&str> = specs.iter().map(|o| o.name.as_str()).collect();
+            Err(ApiError::bad_request(format!(
+                "output '{}' is not an output of this model (outputs: {})",
+                unknown.name,
+                known.join(", ")
+            )))
+        }
+    }
+}
+
+/// The response of the outputs asked for, checked against the output limits first.
+fn respond(
+    app: &ServerState,
+    served: &ServedModel,
+    requested: &[protocol::RequestedOutput],
+    binary_output: bool,
+    id: Option<&str>,
+    outputs: &[Tensor],
+) -> Result<Response, ApiError> {
+    let chosen = choose_outputs(served, requested, binary_output, outputs);
     // The outputs are checked before anything is encoded: a small request can ask a model for a
     // huge output (two vectors broadcast into a matrix, an Expand), and its JSON, at about 20 bytes and a
     // serde_json value per element, would take many times the tensor's memory.
@@ -714,20 +748,10 @@ async fn run_infer(
         &app.settings.limits,
         app.settings.max_infer_body,
         app.settings.max_json_response,
-        protocol::json_response_overhead(&served.name, &version_text, request.id.as_deref()),
+        protocol::json_response_overhead(&served.name, &version_text, id),
     )
-    .map_err(|e| {
-        fail(
-            FailureReason::Rejected,
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        )
-    })?;
-    let response = encode_outputs(&served.name, &version_text, request.id.as_deref(), &chosen);
-    drop(chosen);
-    drop(outputs);
-    app.metrics
-        .success(&name, &version_label, batch, started.elapsed(), queue_time);
-    Ok(response)
+    .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    Ok(encode_outputs(&served.name, &version_text, id, &chosen))
 }
 
 /// Admission: a bounded number run, a bounded number wait; the rest are told to come back (503).
