@@ -516,7 +516,7 @@ fn binary_size(tensor: &Tensor) -> usize {
 
 /// The most bytes an element of `datatype` takes in JSON, with its separating comma. Floats are
 /// written by serde_json's shortest round-trip form: an f64 takes at most 24 characters
-/// (`-2.2250738585072014e-308`), an FP32 value (at most 9 significant digits, see [`shortest`])
+/// (`-2.2250738585072014e-308`), an FP32 value (at most 9 significant digits, see [`JsonData`])
 /// at most 19 (`-1234567900000000.0`), an FP16 value at most 15 (`-0.000061035156`); the strings
 /// for non-finite values are shorter (`"-Infinity"`).
 fn json_element_bound(datatype: DataType) -> usize {
@@ -574,121 +574,233 @@ pub fn json_response_overhead(model_name: &str, model_version: &str, id: Option<
     JSON_OUTPUT_OVERHEAD.saturating_add(text.saturating_mul(6))
 }
 
-/// Encodes an infer response.
+/// Encodes an infer response into one zeroized buffer: the JSON part written in place (no value
+/// tree of the outputs), then each binary output copied once, after it. The buffer is sized before
+/// anything is written; if the JSON outgrows its estimate, every buffer it leaves is zeroized
+/// ([`reserve_zeroizing`]).
 pub fn encode_response(
     model_name: &str,
     model_version: &str,
     id: Option<&str>,
     outputs: &[Output<'_>],
 ) -> EncodedResponse {
-    let mut binary = Zeroizing::new(Vec::new());
-    let mut json_outputs = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let tensor = output.tensor;
-        let mut entry = Map::new();
-        entry.insert("name".into(), Value::from(output.name));
-        entry.insert("datatype".into(), Value::from(tensor.datatype().as_str()));
-        entry.insert("shape".into(), Value::from(tensor.shape().to_vec()));
-        if output.binary {
-            let start = binary.len();
-            match tensor.data() {
-                TensorData::Fixed(bytes) => binary.extend_from_slice(bytes),
-                TensorData::Bytes(elements) => {
-                    for e in elements {
-                        let len = u32::try_from(e.len()).unwrap_or(u32::MAX);
-                        binary.extend_from_slice(&len.to_le_bytes());
-                        binary.extend_from_slice(e);
-                    }
+    let binary_bytes = outputs
+        .iter()
+        .filter(|o| o.binary)
+        .fold(0usize, |n, o| n.saturating_add(binary_size(o.tensor)));
+    let json_estimate = outputs.iter().fold(
+        json_response_overhead(model_name, model_version, id),
+        |n, o| n.saturating_add(json_size_estimate(o)),
+    );
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        json_estimate.saturating_add(binary_bytes),
+    ));
+    let response = ResponseJson {
+        id,
+        model_name,
+        model_version,
+        outputs: outputs
+            .iter()
+            .map(|o| OutputJsonOut {
+                name: o.name,
+                datatype: o.tensor.datatype().as_str(),
+                shape: o.tensor.shape(),
+                parameters: o.binary.then(|| BinaryParameters {
+                    binary_data_size: binary_size(o.tensor),
+                }),
+                data: (!o.binary).then_some(JsonData(o.tensor)),
+            })
+            .collect(),
+    };
+    // Writing into memory fails only where serialising does, which these types never do.
+    let _ = serde_json::to_writer(ZeroizingWriter(&mut body), &response);
+    let any_binary = outputs.iter().any(|o| o.binary);
+    let header_length = any_binary.then_some(body.len());
+    reserve_zeroizing(&mut body, binary_bytes);
+    for output in outputs.iter().filter(|o| o.binary) {
+        match output.tensor.data() {
+            TensorData::Fixed(bytes) => body.extend_from_slice(bytes),
+            TensorData::Bytes(elements) => {
+                for e in elements {
+                    let len = u32::try_from(e.len()).unwrap_or(u32::MAX);
+                    body.extend_from_slice(&len.to_le_bytes());
+                    body.extend_from_slice(e);
                 }
             }
-            let mut parameters = Map::new();
-            parameters.insert("binary_data_size".into(), Value::from(binary.len() - start));
-            entry.insert("parameters".into(), Value::Object(parameters));
-        } else {
-            entry.insert("data".into(), json_data(tensor));
         }
-        json_outputs.push(Value::Object(entry));
     }
-    let mut response = Map::new();
-    if let Some(id) = id {
-        response.insert("id".into(), Value::from(id));
-    }
-    response.insert("model_name".into(), Value::from(model_name));
-    response.insert("model_version".into(), Value::from(model_version));
-    response.insert("outputs".into(), Value::Array(json_outputs));
-    let mut body = Zeroizing::new(serde_json::to_vec(&Value::Object(response)).unwrap_or_default());
-    let header_length =
-        (!binary.is_empty() || outputs.iter().any(|o| o.binary)).then_some(body.len());
-    body.extend_from_slice(&binary);
     EncodedResponse {
         body,
         header_length,
     }
 }
 
-fn json_float(v: f64) -> Value {
-    if v.is_finite() {
-        Value::from(v)
-    } else if v.is_nan() {
-        Value::from("NaN")
-    } else if v > 0.0 {
-        Value::from("Infinity")
-    } else {
-        Value::from("-Infinity")
+/// Makes room for `additional` more bytes in a zeroized buffer. A `Vec` that grows by itself
+/// frees its old allocation as it is, with the data in it; this one copies into a larger buffer
+/// and zeroizes the old one.
+pub fn reserve_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, additional: usize) {
+    let needed = buffer.len().saturating_add(additional);
+    if needed <= buffer.capacity() {
+        return;
+    }
+    let capacity = needed.max(buffer.capacity().saturating_mul(2));
+    let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+    grown.extend_from_slice(buffer);
+    // The old buffer, now in `grown`, is zeroized as it drops.
+    std::mem::swap(buffer, &mut grown);
+}
+
+/// Appends `bytes` to a zeroized buffer, growing it as [`reserve_zeroizing`] does.
+pub fn extend_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    reserve_zeroizing(buffer, bytes.len());
+    buffer.extend_from_slice(bytes);
+}
+
+/// `io::Write` into a zeroized buffer that grows as [`reserve_zeroizing`] does.
+struct ZeroizingWriter<'a>(&'a mut Zeroizing<Vec<u8>>);
+
+impl std::io::Write for ZeroizingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        extend_zeroizing(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        extend_zeroizing(self.0, bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-/// The f64 nearest to the shortest decimal that reads back as `v`: 0.1f32 prints as 0.1, not
-/// 0.10000000149011612, as clients expect of FP32 and FP16 outputs in JSON.
-fn shortest(v: f32) -> f64 {
-    if v.is_finite() {
-        v.to_string().parse().unwrap_or(f64::from(v))
-    } else {
-        f64::from(v)
+/// A likely size of one output's JSON, to size the response's buffer: the bound for binary
+/// outputs and `BYTES`, and for numbers a typical width rather than the widest (a float is
+/// usually 10 to 12 characters, not 20), so that a large JSON output does not reserve twice its
+/// size. A response that is larger grows its buffer once or twice.
+fn json_size_estimate(output: &Output<'_>) -> usize {
+    if output.binary || output.tensor.datatype() == DataType::Bytes {
+        return json_size_bound(output);
     }
+    let per_element = json_element_bound(output.tensor.datatype()).min(12);
+    JSON_OUTPUT_OVERHEAD
+        .saturating_add(output.name.len())
+        .saturating_add(output.tensor.shape().len().saturating_mul(4))
+        .saturating_add(output.tensor.len().saturating_mul(per_element))
 }
 
-fn json_data(tensor: &Tensor) -> Value {
-    let bytes = match tensor.data() {
-        TensorData::Bytes(elements) => {
-            return Value::Array(
-                elements
-                    .iter()
-                    .map(|e| Value::from(String::from_utf8_lossy(e).into_owned()))
-                    .collect(),
-            )
-        }
-        TensorData::Fixed(bytes) => bytes,
-    };
-    macro_rules! each {
-        ($n:literal, $f:expr) => {
-            bytes
-                .chunks_exact($n)
-                .map(|c| {
+#[derive(serde::Serialize)]
+struct ResponseJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    model_name: &'a str,
+    model_version: &'a str,
+    outputs: Vec<OutputJsonOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct OutputJsonOut<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParameters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct BinaryParameters {
+    binary_data_size: usize,
+}
+
+/// A tensor's elements as a flat JSON array, written straight from its bytes. Floats take their
+/// shortest round-trip form in their own precision (0.1f32 is `0.1`, not `0.10000000149011612`,
+/// as clients expect of FP32 and FP16 outputs); non-finite ones are the strings `"NaN"`,
+/// `"Infinity"` and `"-Infinity"`, which JSON numbers cannot carry.
+struct JsonData<'a>(&'a Tensor);
+
+impl serde::Serialize for JsonData<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let tensor = self.0;
+        let mut seq = serializer.serialize_seq(Some(tensor.len()))?;
+        let bytes = match tensor.data() {
+            TensorData::Bytes(elements) => {
+                for e in elements {
+                    seq.serialize_element(&String::from_utf8_lossy(e))?;
+                }
+                return seq.end();
+            }
+            TensorData::Fixed(bytes) => bytes,
+        };
+        macro_rules! each {
+            ($n:literal, $f:expr) => {
+                for c in bytes.chunks_exact($n) {
                     let mut a = [0u8; $n];
                     a.copy_from_slice(c);
-                    $f(a)
-                })
-                .collect::<Vec<Value>>()
-        };
+                    $f(&mut seq, a)?;
+                }
+            };
+        }
+        fn float<Q: serde::ser::SerializeSeq>(seq: &mut Q, v: f32) -> Result<(), Q::Error> {
+            match non_finite(f64::from(v)) {
+                Some(name) => seq.serialize_element(name),
+                None => seq.serialize_element(&v),
+            }
+        }
+        match tensor.datatype() {
+            DataType::Bool => each!(1, |s: &mut S::SerializeSeq, a: [u8; 1]| s
+                .serialize_element(&(a[0] != 0))),
+            DataType::U8 => each!(1, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&u8::from_le_bytes(a))),
+            DataType::I8 => each!(1, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&i8::from_le_bytes(a))),
+            DataType::U16 => each!(2, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&u16::from_le_bytes(a))),
+            DataType::I16 => each!(2, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&i16::from_le_bytes(a))),
+            DataType::F16 => each!(2, |s: &mut S::SerializeSeq, a| float(
+                s,
+                half::f16::from_le_bytes(a).to_f32()
+            )),
+            DataType::U32 => each!(4, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&u32::from_le_bytes(a))),
+            DataType::I32 => each!(4, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&i32::from_le_bytes(a))),
+            DataType::F32 => each!(4, |s: &mut S::SerializeSeq, a| float(
+                s,
+                f32::from_le_bytes(a)
+            )),
+            DataType::U64 => each!(8, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&u64::from_le_bytes(a))),
+            DataType::I64 => each!(8, |s: &mut S::SerializeSeq, a| s
+                .serialize_element(&i64::from_le_bytes(a))),
+            DataType::F64 => each!(8, |s: &mut S::SerializeSeq, a| {
+                let v = f64::from_le_bytes(a);
+                match non_finite(v) {
+                    Some(name) => s.serialize_element(name),
+                    None => s.serialize_element(&v),
+                }
+            }),
+            DataType::Bytes => {}
+        }
+        seq.end()
     }
-    Value::Array(match tensor.datatype() {
-        DataType::Bool => bytes.iter().map(|&b| Value::Bool(b != 0)).collect(),
-        DataType::U8 => bytes.iter().map(|&b| Value::from(b)).collect(),
-        DataType::I8 => each!(1, |a| Value::from(i8::from_le_bytes(a))),
-        DataType::U16 => each!(2, |a| Value::from(u16::from_le_bytes(a))),
-        DataType::I16 => each!(2, |a| Value::from(i16::from_le_bytes(a))),
-        DataType::F16 => each!(2, |a| json_float(shortest(
-            half::f16::from_le_bytes(a).to_f32()
-        ))),
-        DataType::U32 => each!(4, |a| Value::from(u32::from_le_bytes(a))),
-        DataType::I32 => each!(4, |a| Value::from(i32::from_le_bytes(a))),
-        DataType::F32 => each!(4, |a| json_float(shortest(f32::from_le_bytes(a)))),
-        DataType::U64 => each!(8, |a| Value::from(u64::from_le_bytes(a))),
-        DataType::I64 => each!(8, |a| Value::from(i64::from_le_bytes(a))),
-        DataType::F64 => each!(8, |a| json_float(f64::from_le_bytes(a))),
-        DataType::Bytes => Vec::new(),
-    })
+}
+
+/// The string JSON carries a non-finite float as, or `None` for a finite one.
+fn non_finite(v: f64) -> Option<&'static str> {
+    if v.is_finite() {
+        None
+    } else if v.is_nan() {
+        Some("NaN")
+    } else if v > 0.0 {
+        Some("Infinity")
+    } else {
+        Some("-Infinity")
+    }
 }
 
 #[cfg(test)]
@@ -840,7 +952,7 @@ mod tests {
                 "{datatype}: {} bytes, bound {bound}",
                 encoded.body.len()
             );
-            let data = serde_json::to_vec(&json_data(&tensor)).unwrap();
+            let data = serde_json::to_vec(&JsonData(&tensor)).unwrap();
             assert!(
                 data.len() <= tensor.len() * json_element_bound(datatype) + 6 * tensor.byte_len(),
                 "{datatype}: {}",
@@ -902,6 +1014,113 @@ mod tests {
         assert!(e.to_string().contains("binary_data_output"), "{e}");
         // In binary, the same output passes the JSON bound.
         assert_eq!(check(&[output(true)], limits(100, 100), 400, 1000), Ok(()));
+    }
+
+    #[test]
+    fn json_floats_take_their_shortest_form_and_non_finite_ones_are_strings() {
+        let f32s = Tensor::from_le_bytes(
+            DataType::F32,
+            vec![4],
+            Zeroizing::new(
+                [0.1f32, 1e-7, f32::NAN, f32::NEG_INFINITY]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        )
+        .unwrap();
+        let f16s = Tensor::from_le_bytes(
+            DataType::F16,
+            vec![2],
+            Zeroizing::new(
+                [half::f16::from_f32(0.5), half::f16::INFINITY]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        )
+        .unwrap();
+        let outputs = [
+            Output {
+                name: "a",
+                tensor: &f32s,
+                binary: false,
+            },
+            Output {
+                name: "b",
+                tensor: &f16s,
+                binary: false,
+            },
+        ];
+        let encoded = encode_response("m", "1", None, &outputs);
+        let text = String::from_utf8(encoded.body.to_vec()).unwrap();
+        assert!(
+            text.contains(r#""data":[0.1,1e-7,"NaN","-Infinity"]"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""data":[0.5,"Infinity"]"#), "{text}");
+        assert_eq!(encoded.header_length, None);
+    }
+
+    #[test]
+    fn a_response_larger_than_its_estimate_is_whole() {
+        // The widest f64 values take twice the estimate's width per element: the buffer grows.
+        let values: Vec<f64> = (0..1000)
+            .map(|i| -1.234_567_890_123_456_7e-300 * f64::from(i))
+            .collect();
+        let t = Tensor::from_le_bytes(
+            DataType::F64,
+            vec![1000],
+            Zeroizing::new(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        )
+        .unwrap();
+        let binary =
+            Tensor::from_le_bytes(DataType::U8, vec![3], Zeroizing::new(vec![1, 2, 3])).unwrap();
+        let encoded = encode_response(
+            "m",
+            "1",
+            None,
+            &[
+                Output {
+                    name: "json",
+                    tensor: &t,
+                    binary: false,
+                },
+                Output {
+                    name: "bin",
+                    tensor: &binary,
+                    binary: true,
+                },
+            ],
+        );
+        let n = encoded.header_length.unwrap();
+        let v: Value = serde_json::from_slice(&encoded.body[..n]).unwrap();
+        let data: Vec<f64> = v["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        // serde_json reads floats back to within an ulp, not always exactly.
+        assert_eq!(data.len(), values.len());
+        assert!(data
+            .iter()
+            .zip(&values)
+            .all(|(a, b)| (a - b).abs() <= b.abs() * 1e-15));
+        assert_eq!(&encoded.body[n..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn zeroizing_buffers_grow_with_their_contents() {
+        let mut buffer = Zeroizing::new(Vec::with_capacity(2));
+        extend_zeroizing(&mut buffer, b"ab");
+        let capacity = buffer.capacity();
+        extend_zeroizing(&mut buffer, b"cde");
+        assert_eq!(&buffer[..], b"abcde");
+        assert!(buffer.capacity() >= 5 && buffer.capacity() > capacity);
+        reserve_zeroizing(&mut buffer, 100);
+        assert!(buffer.capacity() >= 105);
+        assert_eq!(&buffer[..], b"abcde");
     }
 
     #[test]
