@@ -2,10 +2,11 @@
 //! dimension but the first (the batch axis) and on every data type are concatenated along axis 0,
 //! run once, and their outputs split back by rows, so that each caller gets its own rows.
 //!
-//! One thread per model forms the batches. It takes the first request waiting, waits for one of
-//! the server's workers (a batch occupies one worker, as one request does without batching), then
-//! adds the requests that fit until the batch holds `max_batch_size` rows or `max_queue_delay_us`
-//! has passed since the first request arrived, and hands the batch to a blocking thread. Requests
+//! One thread per model forms the batches. It takes the first request waiting and adds the
+//! requests that fit until the batch holds `max_batch_size` rows or `max_queue_delay_us` has passed
+//! since the first request arrived; then it waits for one of the server's workers (a batch
+//! occupies one worker, as one request does without batching), adds the requests that came
+//! meanwhile if they fit, and hands the batch to a blocking thread. Requests
 //! that do not fit the batch being formed (another shape, or too many rows) wait for the next one,
 //! in their order of arrival. A request of more rows than `max_batch_size` runs alone, as it would
 //! without batching.
@@ -316,12 +317,18 @@ impl Former {
                 // Every sender is gone and nothing waits: the model is no longer served.
                 return;
             };
+            let deadline = first.arrived + self.options.delay();
+            let mut batch = vec![first];
+            // The queue delay passes before a worker is taken, so that a batch waiting for more
+            // requests holds no worker meanwhile.
+            self.fill(&mut batch, Some(deadline));
             let workers = Arc::clone(&self.runtime.workers);
             let Ok(permit) = self.runtime.handle.block_on(workers.acquire_owned()) else {
                 // The workers are closed: the server is stopping. Dropping the jobs answers them.
                 return;
             };
-            let batch = self.collect(first);
+            // Requests that came while the batch waited for a worker join it, if they fit.
+            self.fill(&mut batch, None);
             let run = Run {
                 model: Arc::clone(&self.model),
                 max_elements: self.runtime.max_elements,
@@ -333,19 +340,17 @@ impl Former {
         }
     }
 
-    /// The batch that starts with `first`: the waiting requests that fit, then new ones, until it
-    /// is full or the queue delay has passed.
-    fn collect(&mut self, first: Job) -> Vec<Job> {
-        let max = self.options.max_batch_size;
-        let mut rows = first.rows();
-        let deadline = first.arrived + self.options.delay();
-        let mut batch = vec![first];
+    /// Adds to `batch` the waiting requests that fit, then new ones, until it is full or, with a
+    /// `deadline`, that has passed; without one, only requests already queued are taken.
+    fn fill(&mut self, batch: &mut Vec<Job>, deadline: Option<Instant>) {
         if batch[0].key.is_none() {
-            return batch;
+            return;
         }
+        let max = self.options.max_batch_size;
+        let mut rows: usize = batch.iter().map(Job::rows).sum();
         let mut kept = VecDeque::with_capacity(self.waiting.len());
         while let Some(job) = self.waiting.pop_front() {
-            if rows < max && batch[0].joins(&job) && rows + job.rows() <= max {
+            if batch[0].joins(&job) && rows + job.rows() <= max {
                 rows += job.rows();
                 batch.push(job);
             } else {
@@ -358,7 +363,9 @@ impl Former {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    let Some(left) =
+                        deadline.and_then(|d| d.checked_duration_since(Instant::now()))
+                    else {
                         break;
                     };
                     match self.receiver.recv_timeout(left) {
@@ -374,7 +381,6 @@ impl Former {
                 self.waiting.push_back(job);
             }
         }
-        batch
     }
 }
 
