@@ -582,14 +582,14 @@ async fn drain(mut body: Body) {
     }
 }
 
-/// Reads a body into zeroized memory, refusing more than `limit` bytes (413), and a
-/// `Content-Length` given twice or not one byte count (400).
+/// Reads a body into zeroized memory (zeroized in bulk when dropped), refusing more than `limit`
+/// bytes (413), and a `Content-Length` given twice or not one byte count (400).
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     what: &str,
-) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+) -> Result<protocol::ZeroizedBytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -614,7 +614,7 @@ async fn read_body(
             protocol::extend_zeroizing(&mut out, &data);
         }
     }
-    Ok(out)
+    Ok(protocol::ZeroizedBytes::new(out))
 }
 
 async fn infer(

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::runtime::{element_count, DataType, Tensor, TensorData, TensorError};
 
@@ -392,7 +392,7 @@ pub struct Output<'a> {
 #[derive(Debug)]
 pub struct EncodedResponse {
     /// The body: JSON, then the binary outputs in order.
-    pub body: Zeroizing<Vec<u8>>,
+    pub body: ZeroizedBytes,
     /// The JSON part's length, for `Inference-Header-Content-Length`, when any output is binary.
     pub header_length: Option<usize>,
 }
@@ -630,9 +630,55 @@ pub fn encode_response(
         }
     }
     EncodedResponse {
-        body,
+        body: ZeroizedBytes::new(body),
         header_length,
     }
+}
+
+/// Bytes zeroized in bulk when dropped: request and response bodies. A `Zeroizing<Vec<u8>>`
+/// alone zeroizes a vector's bytes one volatile write at a time, about a millisecond for 4 MiB;
+/// this zeroizes them as a slice, one `memset` behind an optimisation barrier (`zeroize`'s
+/// implementation for `[u8]`), then lets the vector clear its capacity the same way.
+pub struct ZeroizedBytes(Zeroizing<Vec<u8>>);
+
+impl ZeroizedBytes {
+    /// Takes a zeroized buffer.
+    pub fn new(bytes: Zeroizing<Vec<u8>>) -> ZeroizedBytes {
+        ZeroizedBytes(bytes)
+    }
+}
+
+impl std::ops::Deref for ZeroizedBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for ZeroizedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ZeroizedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZeroizedBytes(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Drop for ZeroizedBytes {
+    fn drop(&mut self) {
+        zeroize_in_bulk(&mut self.0);
+    }
+}
+
+/// Zeroizes a buffer's bytes in bulk ([`ZeroizedBytes`]) and empties it; its capacity is
+/// zeroized when it drops.
+pub fn zeroize_in_bulk(buffer: &mut Zeroizing<Vec<u8>>) {
+    buffer.as_mut_slice().zeroize();
+    buffer.clear();
 }
 
 /// Makes room for `additional` more bytes in a zeroized buffer. A `Vec` that grows by itself
@@ -646,8 +692,9 @@ pub fn reserve_zeroizing(buffer: &mut Zeroizing<Vec<u8>>, additional: usize) {
     let capacity = needed.max(buffer.capacity().saturating_mul(2));
     let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
     grown.extend_from_slice(buffer);
-    // The old buffer, now in `grown`, is zeroized as it drops.
     std::mem::swap(buffer, &mut grown);
+    // `grown` is now the old buffer.
+    zeroize_in_bulk(&mut grown);
 }
 
 /// Appends `bytes` to a zeroized buffer, growing it as [`reserve_zeroizing`] does.
@@ -1121,6 +1168,11 @@ mod tests {
         reserve_zeroizing(&mut buffer, 100);
         assert!(buffer.capacity() >= 105);
         assert_eq!(&buffer[..], b"abcde");
+        zeroize_in_bulk(&mut buffer);
+        assert!(buffer.is_empty());
+        let bytes = ZeroizedBytes::new(Zeroizing::new(b"secret".to_vec()));
+        assert_eq!(&*bytes, b"secret");
+        assert_eq!(format!("{bytes:?}"), "ZeroizedBytes(<6 bytes>)");
     }
 
     #[test]
