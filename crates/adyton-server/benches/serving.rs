@@ -1,27 +1,37 @@
-//! The serving benchmark: what attested TLS and the Open Inference Protocol cost on top of the
-//! engine, on real models (`docs/server.md`, "Benchmark").
+//! The serving benchmark: every model of `scripts/fetch_models` on each engine in-process and
+//! served by Adyton over attested TLS, side by side in one run (`docs/server.md`, "Benchmark").
 //!
 //! ```sh
 //! cargo bench -p adyton-server --bench serving
 //! ```
 //!
-//! For MiniLM-L3 (128 tokens) and the face embedding model, in one run:
-//! - tract in-process: `LoadedModel::run` on the same loaded plan the server uses;
-//! - Adyton: the server's router on a real loopback socket, TLS 1.3 with the attested certificate
-//!   of a SIM attester, and a client that verified the attestation at its handshake and then
-//!   sends binary-tensor infer requests over one keep-alive HTTP/1.1 connection;
-//! - onnxruntime from Python with 2 intra-op threads (`tests/models/ort_timing.py`);
-//! - Adyton's throughput with 1, 2 and 8 clients, each on its own keep-alive connection.
+//! For each model, with the inputs `tests/models/compare.py` builds (through
+//! `tests/models/ort_timing.py --dump-inputs`), and for a 4 MiB identity model that isolates what
+//! serving costs:
+//! - onnxruntime in-process: the onnxruntime engine's `LoadedModel::run` (onnxruntime's defaults,
+//!   intra-op spinning off), when its shared library is found (`ADYTON_ONNXRUNTIME_LIBRARY`, or the
+//!   workspace's `.venv`);
+//! - tract in-process: the tract engine's `LoadedModel::run` on the plan the server uses;
+//! - Adyton served with each engine: the server's router on a real loopback socket, TLS 1.3 with the
+//!   attested certificate of a SIM attester, and a client that verified the attestation at its
+//!   handshake and sends binary-tensor infer requests over keep-alive HTTP/1.1 connections;
+//! - with dynamic batching, where the model has a batch dimension.
 //!
-//! tract and Adyton latencies are measured in turn, one run of each at a time, so that both see the
-//! same background load.
+//! At 1 client, the columns are measured in turn, one call of each at a time (the first column
+//! rotating), so that all see the same background load: p50 and p99. At 8 clients, each column runs
+//! alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to back:
+//! requests per second. Served outputs are checked against the same engine's in-process outputs
+//! before anything is timed.
+//!
 //! The server runs as `adyton server serve` does: a multi-threaded tokio runtime with a worker per
 //! core, and an inference pool of one worker per core.
 //!
-//! Environment: `ADYTON_BENCH_ITERATIONS` (latency samples per measure, default 300),
-//! `ADYTON_BENCH_SECONDS` (per throughput point, default 5), `PYTHON` (default `.venv/bin/python`).
-//! The models come from `scripts/fetch_models`, which the benchmark runs (it fetches only what is
-//! missing).
+//! Environment: `ADYTON_BENCH_ITERATIONS` (most latency samples per column, default 200),
+//! `ADYTON_BENCH_LATENCY_SECONDS` (a model's latency phase stops after this long, with at least
+//! 20 samples; default 40), `ADYTON_BENCH_SECONDS` (per throughput point, default 3),
+//! `ADYTON_BENCH_MODELS` (comma-separated file names or `identity`, default all), `PYTHON`
+//! (default `.venv/bin/python`). The models come from `scripts/fetch_models`, which the benchmark
+//! runs (it fetches only what is missing). Progress goes to stderr, the table to stdout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -35,39 +45,32 @@ use std::time::{Duration, Instant};
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::{Collateral, Policy, TeeKind};
 use adyton_client::attested_tls::{client_config, AttestedServerVerifier};
+use adyton_server::batching::BatchOptions;
 use adyton_server::http::{self, ServerState, Settings};
 use adyton_server::repository::{Repository, Source};
+use adyton_server::runtime::onnxruntime::{find_library, OnnxRuntimeEngine};
 use adyton_server::runtime::tract::TractEngine;
-use adyton_server::runtime::{DataType, Dim, Engine, LoadedModel, Tensor, TensorData};
+use adyton_server::runtime::{DataType, Engine, LoadedModel, Tensor, TensorData};
 use adyton_server::tls::AttestedIdentity;
+use base64::Engine as _;
 use zeroize::Zeroizing;
 
 /// Inferences at once in the server, and the runtime's worker threads: one per core of the
 /// 2-core machine the results are recorded on.
 const WORKERS: usize = 2;
-const WARMUP: usize = 10;
-const CONCURRENCY: [usize; 3] = [1, 2, 8];
-/// The sequence length of the text model's inputs.
-const TOKENS: usize = 128;
-
-struct BenchModel {
-    file: &'static str,
-    name: &'static str,
-    label: &'static str,
-}
-
-const MODELS: [BenchModel; 2] = [
-    BenchModel {
-        file: "paraphrase-MiniLM-L3-v2.onnx",
-        name: "minilm",
-        label: "MiniLM-L3 (128 tokens)",
-    },
-    BenchModel {
-        file: "fr_feature.onnx",
-        name: "face",
-        label: "fr_feature (face embedding, 112x112)",
-    },
-];
+/// Clients of the throughput columns.
+const CLIENTS: usize = 8;
+const WARMUP: usize = 5;
+/// The fewest latency samples per column, whatever the time cap.
+const MIN_SAMPLES: usize = 20;
+/// Elements of the identity model's input and output: 4 MiB of FP32 each way.
+const IDENTITY_ELEMENTS: usize = 1 << 20;
+/// Dynamic batching in the batched columns: up to one row per client, and a first request waits
+/// up to 2 ms for others.
+const BATCHING: BatchOptions = BatchOptions {
+    max_batch_size: CLIENTS,
+    max_queue_delay_us: 2000,
+};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -84,80 +87,163 @@ fn python() -> PathBuf {
     std::env::var_os("PYTHON").map_or_else(|| workspace().join(".venv/bin/python"), PathBuf::from)
 }
 
-/// Runs `scripts/fetch_models` for the benchmark's models; returns their paths.
+/// Runs `scripts/fetch_models` for every model it lists; returns their paths.
 fn fetch_models() -> Vec<PathBuf> {
     let script = workspace().join("scripts/fetch_models");
+    eprintln!("bench: scripts/fetch_models");
     let out = Command::new(&script)
-        .args(MODELS.iter().map(|m| m.file))
         .env("PYTHON", python())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "scripts/fetch_models failed; run `scripts/setup` then `scripts/fetch_models {}`:\n{}",
-        MODELS.map(|m| m.file).join(" "),
+        "scripts/fetch_models failed; run `scripts/setup` then `scripts/fetch_models`:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    MODELS
-        .iter()
-        .map(|m| workspace().join("target/models").join(m.file))
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| workspace().join(l.trim()))
         .collect()
 }
 
-/// Deterministic inputs for the model's declared inputs, as `tests/models/compare.py` makes them:
-/// token ids of a BERT vocabulary with an all-ones attention mask, or floats uniform in [-1, 1)
-/// for an image.
-fn make_inputs(model: &dyn LoadedModel) -> Vec<(String, Tensor)> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    model
-        .signature()
-        .inputs
+/// A model and the inputs it is measured with.
+struct Workload {
+    label: String,
+    onnx: Zeroizing<Vec<u8>>,
+    inputs: Vec<(String, Tensor)>,
+}
+
+/// The inputs `tests/models/compare.py` builds for the model at `path`.
+fn python_inputs(path: &Path) -> Vec<(String, Tensor)> {
+    let script = workspace().join("tests/models/ort_timing.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(path)
+        .arg("--dump-inputs")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+    assert!(
+        out.status.success(),
+        "ort_timing.py --dump-inputs {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    dump["inputs"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|spec| {
-            let declared = spec.shape.as_ref().expect("a declared shape");
-            let tensor = match spec.datatype {
-                DataType::I64 => {
-                    let shape = vec![1, TOKENS];
-                    let values: Vec<i64> = (0..TOKENS)
-                        .map(|i| match (spec.name.as_str(), i) {
-                            ("attention_mask", _) => 1,
-                            ("token_type_ids", _) => 0,
-                            (_, 0) => 101,
-                            (_, i) if i == TOKENS - 1 => 102,
-                            _ => 1996 + (next() % (29612 - 1996)) as i64,
-                        })
-                        .collect();
-                    let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    Tensor::from_le_bytes(DataType::I64, shape, Zeroizing::new(bytes))
-                }
-                DataType::F32 => {
-                    let shape: Vec<usize> = declared
-                        .iter()
-                        .map(|d| match d {
-                            Dim::Fixed(n) => *n,
-                            Dim::Dynamic => 1,
-                        })
-                        .collect();
-                    let count: usize = shape.iter().product();
-                    let bytes = (0..count)
-                        .flat_map(|_| {
-                            let unit = (next() >> 40) as f32 / (1u64 << 24) as f32;
-                            (unit * 2.0 - 1.0).to_le_bytes()
-                        })
-                        .collect();
-                    Tensor::from_le_bytes(DataType::F32, shape, Zeroizing::new(bytes))
-                }
-                other => panic!("input '{}': no generator for {other}", spec.name),
-            };
-            (spec.name.clone(), tensor.unwrap())
+        .map(|input| {
+            let datatype = DataType::parse(input["datatype"].as_str().unwrap()).unwrap();
+            let shape = input["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(input["data_base64"].as_str().unwrap())
+                .unwrap();
+            let tensor = Tensor::from_le_bytes(datatype, shape, Zeroizing::new(bytes)).unwrap();
+            (input["name"].as_str().unwrap().to_owned(), tensor)
         })
         .collect()
+}
+
+/// How a model's input looks in the table: `input_ids INT64[1,128], ...`.
+fn describe_inputs(inputs: &[(String, Tensor)]) -> String {
+    inputs
+        .iter()
+        .map(|(name, t)| {
+            let dims: Vec<String> = t.shape().iter().map(usize::to_string).collect();
+            format!("{name} {}[{}]", t.datatype(), dims.join("x"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The protobuf fields of `onnx.proto` the identity model needs.
+mod onnx {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn field_varint(out: &mut Vec<u8>, field: u64, v: u64) {
+        varint(out, field << 3);
+        varint(out, v);
+    }
+
+    fn field_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+        varint(out, (field << 3) | 2);
+        varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+
+    /// A `ValueInfoProto` of FP32: a size, or -1 for a dynamic dimension named `batch`.
+    fn value_info(name: &str, dims: &[i64]) -> Vec<u8> {
+        let mut shape = Vec::new();
+        for &d in dims {
+            let mut dim = Vec::new();
+            if d < 0 {
+                field_bytes(&mut dim, 2, b"batch");
+            } else {
+                field_varint(&mut dim, 1, d as u64);
+            }
+            field_bytes(&mut shape, 1, &dim);
+        }
+        let mut tensor = Vec::new();
+        field_varint(&mut tensor, 1, 1);
+        field_bytes(&mut tensor, 2, &shape);
+        let mut ty = Vec::new();
+        field_bytes(&mut ty, 1, &tensor);
+        let mut v = Vec::new();
+        field_bytes(&mut v, 1, name.as_bytes());
+        field_bytes(&mut v, 2, &ty);
+        v
+    }
+
+    /// `y = Identity(x)`, FP32 `[batch, width]`: the engine does next to nothing, so that what
+    /// serving costs shows.
+    pub fn identity(width: usize) -> Vec<u8> {
+        let mut node = Vec::new();
+        field_bytes(&mut node, 1, b"x");
+        field_bytes(&mut node, 2, b"y");
+        field_bytes(&mut node, 4, b"Identity");
+        let mut graph = Vec::new();
+        field_bytes(&mut graph, 1, &node);
+        field_bytes(&mut graph, 2, b"identity");
+        field_bytes(&mut graph, 11, &value_info("x", &[-1, width as i64]));
+        field_bytes(&mut graph, 12, &value_info("y", &[-1, width as i64]));
+        let mut opset = Vec::new();
+        field_varint(&mut opset, 2, 13);
+        let mut model = Vec::new();
+        field_varint(&mut model, 1, 8);
+        field_bytes(&mut model, 8, &opset);
+        field_bytes(&mut model, 7, &graph);
+        model
+    }
+}
+
+fn identity_workload() -> Workload {
+    let bytes: Vec<u8> = (0..IDENTITY_ELEMENTS)
+        .flat_map(|i| ((i % 1000) as f32 / 1000.0).to_le_bytes())
+        .collect();
+    let tensor = Tensor::from_le_bytes(
+        DataType::F32,
+        vec![1, IDENTITY_ELEMENTS],
+        Zeroizing::new(bytes),
+    )
+    .unwrap();
+    Workload {
+        label: "identity (4 MiB in and out)".to_owned(),
+        onnx: Zeroizing::new(onnx::identity(IDENTITY_ELEMENTS)),
+        inputs: vec![("x".to_owned(), tensor)],
+    }
 }
 
 /// The body of a binary-tensor infer request asking for every output in binary, and the length
@@ -189,6 +275,20 @@ fn infer_body(inputs: &[(String, Tensor)]) -> (Vec<u8>, usize) {
     (body, header.len())
 }
 
+/// A whole infer request (head and body) for the model served as `name`.
+fn infer_request(name: &str, inputs: &[(String, Tensor)]) -> Arc<Vec<u8>> {
+    let (body, json_len) = infer_body(inputs);
+    let head = format!(
+        "POST /v2/models/{name}/infer HTTP/1.1\r\nHost: adyton\r\n\
+         Inference-Header-Content-Length: {json_len}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = Vec::with_capacity(head.len() + body.len());
+    request.extend_from_slice(head.as_bytes());
+    request.extend_from_slice(&body);
+    Arc::new(request)
+}
+
 /// The server: the router of `adyton server serve` behind attested TLS on 127.0.0.1, run on its
 /// own tokio runtime.
 struct Server {
@@ -196,13 +296,25 @@ struct Server {
     runtime: tokio::runtime::Runtime,
 }
 
-fn start_server(identity: &AttestedIdentity, models: &[(&str, Arc<dyn LoadedModel>)]) -> Server {
+/// A model to serve: its name, the loaded model, and its dynamic batching.
+type ServedAs = (String, Arc<dyn LoadedModel>, Option<BatchOptions>);
+
+/// Starts the server with `models`; returns it and, per model, whether it is served or why not
+/// (a model without a batch dimension refused for batching, say).
+fn start_server(
+    identity: &AttestedIdentity,
+    models: &[ServedAs],
+) -> (Server, Vec<Result<(), String>>) {
     let repository = Arc::new(Repository::new(16));
-    for (name, model) in models {
-        repository
-            .insert(name, None, Arc::clone(model), Source::File)
-            .unwrap();
-    }
+    let inserted = models
+        .iter()
+        .map(|(name, model, batching)| {
+            repository
+                .insert_with(name, None, Arc::clone(model), Source::File, *batching)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+        .collect();
     let settings = Settings {
         workers: WORKERS,
         queue: WORKERS * 16,
@@ -230,7 +342,7 @@ fn start_server(identity: &AttestedIdentity, models: &[(&str, Arc<dyn LoadedMode
         });
         addr
     });
-    Server { addr, runtime }
+    (Server { addr, runtime }, inserted)
 }
 
 /// A listener handing axum finished TLS connections, each handshake in its own task: a copy of
@@ -282,17 +394,20 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection over TLS, attested at its handshake.
+/// One keep-alive HTTP/1.1 connection over TLS, attested at its handshake. Answers are read into
+/// one buffer reused from request to request, so that the client costs little.
 struct Connection {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     buffer: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
-/// An answer: status, `Inference-Header-Content-Length` and the body.
+/// An answer: status, `Inference-Header-Content-Length` and where the body is in the buffer.
 struct Answer {
     status: u16,
     json_len: Option<usize>,
-    body: Vec<u8>,
+    body: std::ops::Range<usize>,
 }
 
 impl Connection {
@@ -308,34 +423,34 @@ impl Connection {
         }
         Connection {
             tls,
-            buffer: Vec::with_capacity(1 << 16),
+            buffer: vec![0; 1 << 18],
+            start: 0,
+            end: 0,
         }
     }
 
-    fn infer(&mut self, model: &str, body: &[u8], json_len: usize) -> Answer {
-        let head = format!(
-            "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: adyton\r\n\
-             Inference-Header-Content-Length: {json_len}\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let mut request = Vec::with_capacity(head.len() + body.len());
-        request.extend_from_slice(head.as_bytes());
-        request.extend_from_slice(body);
-        self.tls.write_all(&request).unwrap();
+    /// Sends a whole request and reads its answer.
+    fn send(&mut self, request: &[u8]) -> Answer {
+        self.tls.write_all(request).unwrap();
         self.tls.flush().unwrap();
         self.read_answer()
     }
 
+    fn body(&self, answer: &Answer) -> &[u8] {
+        &self.buffer[answer.body.clone()]
+    }
+
     /// Reads one full answer: the head, then a `Content-Length` or chunked body.
     fn read_answer(&mut self) -> Answer {
-        let head_end = loop {
-            if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
+        let head_len = loop {
+            if let Some(at) = find(&self.buffer[self.start..self.end], b"\r\n\r\n") {
                 break at + 4;
             }
             self.fill();
         };
-        let head = String::from_utf8(self.buffer[..head_end].to_vec()).unwrap();
-        self.buffer.drain(..head_end);
+        let head =
+            String::from_utf8_lossy(&self.buffer[self.start..self.start + head_len]).into_owned();
+        self.start += head_len;
         let mut lines = head.split("\r\n");
         let status: u16 = lines
             .next()
@@ -358,8 +473,7 @@ impl Connection {
         let body = if chunked {
             self.read_chunked()
         } else {
-            let length = content_length.expect("Content-Length or chunked");
-            self.take(length)
+            self.take(content_length.expect("Content-Length or chunked"))
         };
         Answer {
             status,
@@ -368,41 +482,74 @@ impl Connection {
         }
     }
 
-    fn read_chunked(&mut self) -> Vec<u8> {
+    /// A chunked body, its chunks moved together at the front of the buffer's unread part.
+    fn read_chunked(&mut self) -> std::ops::Range<usize> {
         let mut body = Vec::new();
         loop {
-            let line_end = loop {
-                if let Some(at) = find(&self.buffer, b"\r\n") {
+            let line_len = loop {
+                if let Some(at) = find(&self.buffer[self.start..self.end], b"\r\n") {
                     break at;
                 }
                 self.fill();
             };
-            let size_text = String::from_utf8(self.buffer[..line_end].to_vec()).unwrap();
+            let size_text =
+                String::from_utf8_lossy(&self.buffer[self.start..self.start + line_len])
+                    .into_owned();
             let size_text = size_text.split(';').next().unwrap_or("").trim();
             let size = usize::from_str_radix(size_text, 16).unwrap();
-            self.buffer.drain(..line_end + 2);
+            self.start += line_len + 2;
             if size == 0 {
                 // No trailers are sent: the last chunk is followed by an empty line.
                 self.take(2);
-                return body;
+                break;
             }
-            body.extend_from_slice(&self.take(size));
+            let chunk = self.take(size);
+            body.extend_from_slice(&self.buffer[chunk]);
             self.take(2);
         }
+        // The chunks are copied out and back: a rare case, kept simple.
+        self.compact();
+        let length = body.len();
+        let unread = self.end - self.start;
+        if self.buffer.len() < length + unread {
+            self.buffer.resize(length + unread, 0);
+        }
+        self.buffer.copy_within(self.start..self.end, length);
+        self.buffer[..length].copy_from_slice(&body);
+        self.start = length;
+        self.end = length + unread;
+        0..length
     }
 
-    fn take(&mut self, length: usize) -> Vec<u8> {
-        while self.buffer.len() < length {
+    /// The next `length` bytes, read in as needed.
+    fn take(&mut self, length: usize) -> std::ops::Range<usize> {
+        while self.end - self.start < length {
             self.fill();
         }
-        self.buffer.drain(..length).collect()
+        self.start += length;
+        self.start - length..self.start
+    }
+
+    /// Moves the unread bytes to the front of the buffer.
+    fn compact(&mut self) {
+        self.buffer.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
     }
 
     fn fill(&mut self) {
-        let mut chunk = [0u8; 1 << 16];
-        let n = self.tls.read(&mut chunk).unwrap();
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.buffer.len() - self.end < 1 << 16 {
+            // Room at the front is reclaimed only when the buffer is full, so that bytes of an
+            // answer still being taken stay where `take` said they were.
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        let n = self.tls.read(&mut self.buffer[self.end..]).unwrap();
         assert!(n > 0, "the server closed the connection");
-        self.buffer.extend_from_slice(&chunk[..n]);
+        self.end += n;
     }
 }
 
@@ -411,15 +558,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The binary outputs of an answer, in order.
-fn binary_outputs(answer: &Answer) -> Vec<(String, Vec<u8>)> {
+fn binary_outputs(connection: &Connection, answer: &Answer) -> Vec<(String, Vec<u8>)> {
+    let body = connection.body(answer);
     assert_eq!(
         answer.status,
         200,
         "infer failed: {}",
-        String::from_utf8_lossy(&answer.body)
+        String::from_utf8_lossy(body)
     );
     let json_len = answer.json_len.expect("Inference-Header-Content-Length");
-    let header: serde_json::Value = serde_json::from_slice(&answer.body[..json_len]).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&body[..json_len]).unwrap();
     let mut offset = json_len;
     header["outputs"]
         .as_array()
@@ -427,11 +575,43 @@ fn binary_outputs(answer: &Answer) -> Vec<(String, Vec<u8>)> {
         .iter()
         .map(|output| {
             let size = output["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
-            let bytes = answer.body[offset..offset + size].to_vec();
+            let bytes = body[offset..offset + size].to_vec();
             offset += size;
             (output["name"].as_str().unwrap().to_owned(), bytes)
         })
         .collect()
+}
+
+/// Checks served outputs against in-process ones: equal bytes, or for FP32 a largest difference
+/// under 1e-4 of the largest magnitude (an engine's threads may sum in another order).
+fn check_same(label: &str, served: &[(String, Vec<u8>)], expected: &[Tensor]) {
+    assert_eq!(served.len(), expected.len(), "{label}: output count");
+    for ((name, bytes), tensor) in served.iter().zip(expected) {
+        let TensorData::Fixed(expected) = tensor.data() else {
+            panic!("{label}: output {name} is not fixed-size");
+        };
+        if bytes == &**expected {
+            continue;
+        }
+        assert_eq!(tensor.datatype(), DataType::F32, "{label}: output {name}");
+        assert_eq!(bytes.len(), expected.len(), "{label}: output {name}");
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let (got, want) = (floats(bytes), floats(expected));
+        let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst / scale < 1e-4,
+            "{label}: output {name} differs from the in-process run ({})",
+            worst / scale
+        );
+    }
 }
 
 /// Nearest-rank percentile of sorted samples, in milliseconds.
@@ -440,6 +620,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
+#[derive(Clone, Copy)]
 struct Latency {
     p50: f64,
     p99: f64,
@@ -453,58 +634,96 @@ fn latency(mut samples: Vec<Duration>) -> Latency {
     }
 }
 
-/// onnxruntime's p50 and p99 from `tests/models/ort_timing.py`, or why not.
-fn onnxruntime(model: &Path, iterations: usize) -> Result<(Latency, String), String> {
-    let script = workspace().join("tests/models/ort_timing.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(model)
-        .args(["--iterations", &iterations.to_string(), "--threads", "2"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python().display()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-    }
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("ort_timing.py: {e}"))?;
-    let number = |key: &str| {
-        report[key]
-            .as_f64()
-            .ok_or(format!("ort_timing.py: no {key}"))
-    };
-    Ok((
-        Latency {
-            p50: number("p50_ms")?,
-            p99: number("p99_ms")?,
-        },
-        report["onnxruntime"].as_str().unwrap_or("?").to_owned(),
-    ))
+/// What a column calls: a loaded model in this process, or a model served by the server.
+#[derive(Clone)]
+enum Target {
+    InProcess {
+        model: Arc<dyn LoadedModel>,
+        inputs: Vec<Tensor>,
+    },
+    Served {
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        request: Arc<Vec<u8>>,
+    },
 }
 
-/// Requests per second with `clients` connections sending back to back for `seconds`.
-fn throughput(
-    addr: SocketAddr,
-    config: &Arc<rustls::ClientConfig>,
-    model: &str,
-    body: &Arc<Vec<u8>>,
-    json_len: usize,
-    clients: usize,
-    seconds: u64,
-) -> f64 {
+/// A target with what one caller needs: its own connection to the server.
+enum Caller {
+    InProcess {
+        model: Arc<dyn LoadedModel>,
+        inputs: Vec<Tensor>,
+    },
+    Served {
+        connection: Box<Connection>,
+        request: Arc<Vec<u8>>,
+    },
+}
+
+impl Target {
+    fn caller(&self) -> Caller {
+        match self {
+            Target::InProcess { model, inputs } => Caller::InProcess {
+                model: Arc::clone(model),
+                inputs: inputs.clone(),
+            },
+            Target::Served {
+                addr,
+                config,
+                request,
+            } => Caller::Served {
+                connection: Box::new(Connection::open(*addr, Arc::clone(config))),
+                request: Arc::clone(request),
+            },
+        }
+    }
+}
+
+impl Caller {
+    /// One inference, timed. The inputs' copy for an in-process run is made before the clock
+    /// starts, as a server's request owns its tensors.
+    fn call(&mut self) -> Duration {
+        match self {
+            Caller::InProcess { model, inputs } => {
+                let inputs = inputs.clone();
+                let started = Instant::now();
+                let outputs = model.run(inputs).unwrap();
+                let elapsed = started.elapsed();
+                drop(outputs);
+                elapsed
+            }
+            Caller::Served {
+                connection,
+                request,
+            } => {
+                let started = Instant::now();
+                let answer = connection.send(request);
+                let elapsed = started.elapsed();
+                assert_eq!(
+                    answer.status,
+                    200,
+                    "{}",
+                    String::from_utf8_lossy(connection.body(&answer))
+                );
+                elapsed
+            }
+        }
+    }
+}
+
+/// Requests per second with `clients` callers calling back to back for `seconds`.
+fn throughput(target: &Target, clients: usize, seconds: u64) -> f64 {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let mut connection = Connection::open(addr, Arc::clone(config));
+            let mut caller = target.caller();
             let barrier = Arc::clone(&barrier);
-            let body = Arc::clone(body);
-            let model = model.to_owned();
             std::thread::spawn(move || {
                 barrier.wait();
                 let deadline = Instant::now() + Duration::from_secs(seconds);
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    let answer = connection.infer(&model, &body, json_len);
-                    assert_eq!(answer.status, 200);
+                    caller.call();
                     done += 1;
                 }
                 done
@@ -517,155 +736,379 @@ fn throughput(
     done as f64 / started.elapsed().as_secs_f64()
 }
 
-struct Row {
-    label: &'static str,
-    plan: &'static str,
-    tract: Latency,
-    adyton: Latency,
-    onnxruntime: Result<(Latency, String), String>,
-    rates: Vec<f64>,
+/// The columns of the table, in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Column {
+    OrtInProcess,
+    TractInProcess,
+    ServedTract,
+    ServedOrt,
+    ServedTractBatched,
+    ServedOrtBatched,
 }
 
-fn main() {
-    let iterations = env_number("ADYTON_BENCH_ITERATIONS", 300).max(1);
-    let seconds = env_number("ADYTON_BENCH_SECONDS", 5) as u64;
-    let paths = fetch_models();
+impl Column {
+    const LATENCY: [Column; 4] = [
+        Column::OrtInProcess,
+        Column::TractInProcess,
+        Column::ServedTract,
+        Column::ServedOrt,
+    ];
+    const THROUGHPUT: [Column; 6] = [
+        Column::OrtInProcess,
+        Column::TractInProcess,
+        Column::ServedTract,
+        Column::ServedTractBatched,
+        Column::ServedOrt,
+        Column::ServedOrtBatched,
+    ];
 
-    let engine = TractEngine::new();
-    let loaded: Vec<Arc<dyn LoadedModel>> = paths
-        .iter()
-        .map(|path| engine.load(&std::fs::read(path).unwrap()).unwrap())
-        .collect();
+    fn label(self) -> &'static str {
+        match self {
+            Column::OrtInProcess => "onnxruntime in-process",
+            Column::TractInProcess => "tract in-process",
+            Column::ServedTract => "Adyton + tract",
+            Column::ServedOrt => "Adyton + onnxruntime",
+            Column::ServedTractBatched => "Adyton + tract, batched",
+            Column::ServedOrtBatched => "Adyton + onnxruntime, batched",
+        }
+    }
+}
 
-    let attester = SimAttester::from_seed([7; 32]).unwrap();
-    let identity = AttestedIdentity::generate(&attester).unwrap();
-    let named: Vec<(&str, Arc<dyn LoadedModel>)> = MODELS
-        .iter()
-        .zip(&loaded)
-        .map(|(m, model)| (m.name, Arc::clone(model)))
-        .collect();
-    let server = start_server(&identity, &named);
+/// One cell: a figure, or why there is none.
+enum Cell<T> {
+    Value(T),
+    Missing(String),
+}
 
-    // SIM evidence proves nothing; a policy naming SIM accepts it, as a development client's would.
-    let verifier = Arc::new(AttestedServerVerifier::new(
-        Policy::from_toml("[sim]\n").unwrap(),
-        Collateral::none(),
-    ));
-    let config = client_config(Arc::clone(&verifier)).unwrap();
-    let mut connection = Connection::open(server.addr, Arc::clone(&config));
-    let verified = verifier
-        .verified()
-        .expect("the server's attestation verified");
-    assert_eq!(verified.claims.tee, TeeKind::Sim);
-    assert_eq!(verified.certificate_sha256, identity.certificate_sha256());
+struct Row {
+    label: String,
+    inputs: String,
+    plan: String,
+    latency: Vec<(Column, Cell<Latency>)>,
+    rates: Vec<(Column, Cell<f64>)>,
+}
 
-    let mut rows = Vec::new();
-    for ((bench, model), path) in MODELS.iter().zip(&loaded).zip(&paths) {
-        let inputs = make_inputs(model.as_ref());
-        let tensors: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
-        let (body, json_len) = infer_body(&inputs);
+impl Row {
+    fn latency(&self, column: Column) -> Option<Latency> {
+        self.latency.iter().find_map(|(c, cell)| match cell {
+            Cell::Value(l) if *c == column => Some(*l),
+            _ => None,
+        })
+    }
+}
 
-        // The server's answer must be the in-process answer, byte for byte.
-        let expected = model.run(tensors.clone()).unwrap();
-        let answer = binary_outputs(&connection.infer(bench.name, &body, json_len));
-        assert_eq!(answer.len(), expected.len());
-        for ((name, bytes), tensor) in answer.iter().zip(&expected) {
-            let TensorData::Fixed(expected) = tensor.data() else {
-                panic!("output {name} is not fixed-size");
+/// The loaded models of a workload, by engine.
+struct Loaded {
+    tract: Result<Arc<dyn LoadedModel>, String>,
+    ort: Result<Arc<dyn LoadedModel>, String>,
+}
+
+fn load(engine: &dyn Engine, onnx: &[u8]) -> Result<Arc<dyn LoadedModel>, String> {
+    engine.load(onnx).map_err(|e| e.to_string())
+}
+
+struct Bench {
+    iterations: usize,
+    latency_seconds: u64,
+    seconds: u64,
+    identity: AttestedIdentity,
+    tract: TractEngine,
+    ort: Result<OnnxRuntimeEngine, String>,
+}
+
+impl Bench {
+    fn run(&self, workload: &Workload) -> Row {
+        eprintln!("bench: {}: loading", workload.label);
+        let loaded = Loaded {
+            tract: load(&self.tract, &workload.onnx),
+            ort: match &self.ort {
+                Ok(engine) => load(engine, &workload.onnx),
+                Err(reason) => Err(reason.clone()),
+            },
+        };
+        let plan = match &loaded.tract {
+            Ok(model) => model.plan().as_str().to_owned(),
+            Err(_) => "does not load".to_owned(),
+        };
+        let mut served: Vec<ServedAs> = Vec::new();
+        for (engine, model) in [("tract", &loaded.tract), ("onnxruntime", &loaded.ort)] {
+            if let Ok(model) = model {
+                served.push((engine.to_owned(), Arc::clone(model), None));
+                served.push((
+                    format!("{engine}-batched"),
+                    Arc::clone(model),
+                    Some(BATCHING),
+                ));
+            }
+        }
+        let (server, inserted) = start_server(&self.identity, &served);
+        // A served name: its engine's model when the server took it, else why not.
+        let serving = |name: &str, model: &Result<Arc<dyn LoadedModel>, String>| {
+            let model = model.as_ref().map_err(Clone::clone)?;
+            served
+                .iter()
+                .zip(&inserted)
+                .find(|((n, _, _), _)| n == name)
+                .map_or(Err(format!("{name} is not served")), |(_, r)| r.clone())?;
+            Ok::<_, String>(Arc::clone(model))
+        };
+        let verifier = Arc::new(AttestedServerVerifier::new(
+            // SIM evidence proves nothing; a policy naming SIM accepts it, as a development
+            // client's would.
+            Policy::from_toml("[sim]\n").unwrap(),
+            Collateral::none(),
+        ));
+        let config = client_config(Arc::clone(&verifier)).unwrap();
+
+        let tensors: Vec<Tensor> = workload.inputs.iter().map(|(_, t)| t.clone()).collect();
+        let in_process = |model: &Result<Arc<dyn LoadedModel>, String>| match model {
+            Ok(model) => Ok(Target::InProcess {
+                model: Arc::clone(model),
+                inputs: tensors.clone(),
+            }),
+            Err(reason) => Err(reason.clone()),
+        };
+        let served_as =
+            |name: &str, model: &Result<Arc<dyn LoadedModel>, String>| match serving(name, model) {
+                Ok(model) => {
+                    // The server's answer must be the in-process answer.
+                    let mut connection = Connection::open(server.addr, Arc::clone(&config));
+                    let request = infer_request(name, &workload.inputs);
+                    let answer = connection.send(&request);
+                    let expected = model.run(tensors.clone()).unwrap();
+                    check_same(
+                        &format!("{} on {name}", workload.label),
+                        &binary_outputs(&connection, &answer),
+                        &expected,
+                    );
+                    Ok(Target::Served {
+                        addr: server.addr,
+                        config: Arc::clone(&config),
+                        request,
+                    })
+                }
+                Err(reason) => Err(reason.clone()),
             };
-            assert!(bytes == &**expected, "output {name} differs from tract's");
-        }
+        let targets: Vec<(Column, Result<Target, String>)> = vec![
+            (Column::OrtInProcess, in_process(&loaded.ort)),
+            (Column::TractInProcess, in_process(&loaded.tract)),
+            (Column::ServedTract, served_as("tract", &loaded.tract)),
+            (Column::ServedOrt, served_as("onnxruntime", &loaded.ort)),
+            (
+                Column::ServedTractBatched,
+                served_as("tract-batched", &loaded.tract),
+            ),
+            (
+                Column::ServedOrtBatched,
+                served_as("onnxruntime-batched", &loaded.ort),
+            ),
+        ];
+        let verified = verifier
+            .verified()
+            .expect("the server's attestation verified");
+        assert_eq!(verified.claims.tee, TeeKind::Sim);
+        assert_eq!(
+            verified.certificate_sha256,
+            self.identity.certificate_sha256()
+        );
+        let target = |column: Column| {
+            targets
+                .iter()
+                .find(|(c, _)| *c == column)
+                .map(|(_, t)| t.clone())
+                .unwrap()
+        };
 
-        for _ in 0..WARMUP {
-            model.run(tensors.clone()).unwrap();
-            assert_eq!(connection.infer(bench.name, &body, json_len).status, 200);
-        }
-        // One tract run, then one request, in turn: both see the same background load.
-        let (mut tract, mut adyton) = (Vec::new(), Vec::new());
-        for _ in 0..iterations {
-            let inputs = tensors.clone();
-            let started = Instant::now();
-            let outputs = model.run(inputs).unwrap();
-            tract.push(started.elapsed());
-            drop(outputs);
-
-            let started = Instant::now();
-            let answer = connection.infer(bench.name, &body, json_len);
-            adyton.push(started.elapsed());
-            assert_eq!(answer.status, 200);
-        }
-        let onnxruntime = onnxruntime(path, iterations);
-
-        let body = Arc::new(body);
-        let rates = CONCURRENCY
+        // 1 client: one call of each column in turn.
+        let mut callers: Vec<(Column, Caller)> = Column::LATENCY
             .iter()
-            .map(|&clients| {
-                throughput(
-                    server.addr,
-                    &config,
-                    bench.name,
-                    &body,
-                    json_len,
-                    clients,
-                    seconds,
-                )
+            .filter_map(|&c| Some((c, target(c).ok()?.caller())))
+            .collect();
+        eprintln!(
+            "bench: {}: 1 client, {} columns in turn",
+            workload.label,
+            callers.len()
+        );
+        for _ in 0..WARMUP {
+            for (_, caller) in &mut callers {
+                caller.call();
+            }
+        }
+        let mut samples: Vec<Vec<Duration>> = callers.iter().map(|_| Vec::new()).collect();
+        let started = Instant::now();
+        for i in 0..self.iterations {
+            if i >= MIN_SAMPLES && started.elapsed().as_secs() >= self.latency_seconds {
+                break;
+            }
+            for k in 0..callers.len() {
+                let k = (i + k) % callers.len();
+                samples[k].push(callers[k].1.call());
+            }
+        }
+        let measured: Vec<(Column, Latency, usize)> = callers
+            .iter()
+            .zip(samples)
+            .map(|((c, _), s)| (*c, s.len(), latency(s)))
+            .map(|(c, n, l)| (c, l, n))
+            .collect();
+        drop(callers);
+        let latency = Column::LATENCY
+            .iter()
+            .map(|&c| {
+                let cell = match measured.iter().find(|(m, _, _)| *m == c) {
+                    Some((_, l, _)) => Cell::Value(*l),
+                    None => Cell::Missing(target(c).err().unwrap_or_default()),
+                };
+                (c, cell)
             })
             .collect();
-        rows.push(Row {
-            label: bench.label,
-            plan: model.plan().as_str(),
-            tract: latency(tract),
-            adyton: latency(adyton),
-            onnxruntime,
-            rates,
-        });
-    }
-    drop(connection);
-    server.runtime.shutdown_background();
 
+        // 8 clients: each column alone.
+        let rates = Column::THROUGHPUT
+            .iter()
+            .map(|&c| {
+                let cell = match target(c) {
+                    Ok(t) => {
+                        eprintln!(
+                            "bench: {}: {CLIENTS} clients, {}",
+                            workload.label,
+                            c.label()
+                        );
+                        Cell::Value(throughput(&t, CLIENTS, self.seconds))
+                    }
+                    Err(reason) => Cell::Missing(reason),
+                };
+                (c, cell)
+            })
+            .collect();
+        server.runtime.shutdown_background();
+        let samples = measured.first().map_or(0, |(_, _, n)| *n);
+        eprintln!("bench: {}: done ({samples} samples)", workload.label);
+        Row {
+            label: workload.label.clone(),
+            inputs: describe_inputs(&workload.inputs),
+            plan,
+            latency,
+            rates,
+        }
+    }
+}
+
+fn print_table(rows: &[Row], bench: &Bench) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!(
-        "Serving benchmark: {cores} cores, {} latency samples per column (p50 / p99 in ms), \
-         throughput over {seconds} s per point; server: {WORKERS} inference workers.",
-        iterations
+        "Serving benchmark: {cores} cores; 1 client: p50 / p99 in ms, up to {} samples per column \
+         (at most {} s a model), columns in turn; {CLIENTS} clients: requests/s over {} s per \
+         column; server: {WORKERS} inference workers.",
+        bench.iterations, bench.latency_seconds, bench.seconds
     );
     println!();
-    println!(
-        "| model | tract plan | tract in-process | Adyton over attested TLS | Adyton p50 overhead \
-         | onnxruntime (Python, 2 threads) | Adyton req/s, 1 client | 2 clients | 8 clients |"
+    let mut header = vec![
+        "model".to_owned(),
+        "inputs".to_owned(),
+        "tract plan".to_owned(),
+    ];
+    header.extend(
+        Column::LATENCY
+            .iter()
+            .map(|c| format!("{}, 1 client", c.label())),
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut worst_overhead = f64::MIN;
-    for row in &rows {
-        let overhead = (row.adyton.p50 / row.tract.p50 - 1.0) * 100.0;
-        worst_overhead = worst_overhead.max(overhead);
-        let ort = match &row.onnxruntime {
-            Ok((l, version)) => format!("{:.2} / {:.2} ({version})", l.p50, l.p99),
-            Err(reason) => format!("n/a: {}", reason.lines().last().unwrap_or("")),
+    header.push("served / in-process p50 (tract, onnxruntime)".to_owned());
+    header.extend(
+        Column::THROUGHPUT
+            .iter()
+            .map(|c| format!("{}, {CLIENTS} clients", c.label())),
+    );
+    println!("| {} |", header.join(" | "));
+    println!("|{}", " --- |".repeat(header.len()));
+    let mut missing = Vec::new();
+    for row in rows {
+        let mut cells = vec![row.label.clone(), row.inputs.clone(), row.plan.clone()];
+        let mut note = |reason: &str| {
+            let first = reason.lines().next().unwrap_or("").to_owned();
+            let index = match missing.iter().position(|m| *m == first) {
+                Some(i) => i,
+                None => {
+                    missing.push(first);
+                    missing.len() - 1
+                }
+            };
+            format!("n/a [{}]", index + 1)
         };
-        println!(
-            "| {} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:+.1}% | {} | {:.1} | {:.1} | {:.1} |",
-            row.label,
-            row.plan,
-            row.tract.p50,
-            row.tract.p99,
-            row.adyton.p50,
-            row.adyton.p99,
-            overhead,
-            ort,
-            row.rates[0],
-            row.rates[1],
-            row.rates[2],
-        );
-    }
-    println!();
-    println!(
-        "Target: Adyton p50 within 10% of in-process tract: {} (worst {worst_overhead:+.1}%).",
-        if worst_overhead < 10.0 {
-            "met"
-        } else {
-            "NOT met"
+        for (_, cell) in &row.latency {
+            cells.push(match cell {
+                Cell::Value(l) => format!("{:.2} / {:.2}", l.p50, l.p99),
+                Cell::Missing(reason) => note(reason),
+            });
         }
-    );
+        let ratio = |served: Column, local: Column| match (row.latency(served), row.latency(local))
+        {
+            (Some(s), Some(l)) => format!("{:.2}×", s.p50 / l.p50),
+            _ => "–".to_owned(),
+        };
+        cells.push(format!(
+            "{}, {}",
+            ratio(Column::ServedTract, Column::TractInProcess),
+            ratio(Column::ServedOrt, Column::OrtInProcess)
+        ));
+        for (_, cell) in &row.rates {
+            cells.push(match cell {
+                Cell::Value(rate) => format!("{rate:.1}"),
+                Cell::Missing(reason) => note(reason),
+            });
+        }
+        println!("| {} |", cells.join(" | "));
+    }
+    if !missing.is_empty() {
+        println!();
+        for (i, reason) in missing.iter().enumerate() {
+            println!("[{}] {reason}", i + 1);
+        }
+    }
+}
+
+fn main() {
+    let iterations = env_number("ADYTON_BENCH_ITERATIONS", 200).max(1);
+    let latency_seconds = env_number("ADYTON_BENCH_LATENCY_SECONDS", 40) as u64;
+    let seconds = env_number("ADYTON_BENCH_SECONDS", 3) as u64;
+    let only: Option<Vec<String>> = std::env::var("ADYTON_BENCH_MODELS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
+
+    let mut workloads = Vec::new();
+    for path in fetch_models() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !wanted(&file) {
+            continue;
+        }
+        eprintln!("bench: {file}: inputs from tests/models/ort_timing.py");
+        workloads.push(Workload {
+            label: file.trim_end_matches(".onnx").to_owned(),
+            onnx: Zeroizing::new(std::fs::read(&path).unwrap()),
+            inputs: python_inputs(&path),
+        });
+    }
+    if wanted("identity") {
+        workloads.push(identity_workload());
+    }
+
+    let attester = SimAttester::from_seed([7; 32]).unwrap();
+    let bench = Bench {
+        iterations,
+        latency_seconds,
+        seconds,
+        identity: AttestedIdentity::generate(&attester).unwrap(),
+        tract: TractEngine::new(),
+        ort: find_library()
+            .ok_or_else(|| {
+                "no onnxruntime library: set ADYTON_ONNXRUNTIME_LIBRARY or run scripts/setup"
+                    .to_owned()
+            })
+            .and_then(|library| OnnxRuntimeEngine::new(&library).map_err(|e| e.to_string())),
+    };
+    let rows: Vec<Row> = workloads.iter().map(|w| bench.run(w)).collect();
+    print_table(&rows, &bench);
 }
