@@ -1,18 +1,34 @@
 //! The tract implementation of [`Engine`](super::Engine).
 //!
-//! A model is parsed from bytes in memory, typed, and optimised once, into one runnable plan that
-//! every request shares. Symbolic dimensions (a `batch` axis, say) stay symbolic through
-//! optimisation: tract binds them from the shapes of each run's inputs, so one plan serves every
-//! batch size and no plan is built per shape.
+//! A model is parsed from bytes in memory and typed. What runs then depends on its inputs:
 //!
-//! Loading tries, in order, and keeps the first that works:
-//! 1. the optimised plan ([`Plan::Optimized`]);
-//! 2. the decluttered plan, when tract's optimiser fails ([`Plan::Decluttered`]);
-//! 3. both again with the graph's `value_info` ignored, when that information contradicts the
-//!    graph or tract cannot type the model with it ([`Plan::ValueInfoIgnored`]).
+//! - **One plan** when every input dimension is fixed, or when tract optimises the graph with
+//!   its symbolic dimensions (a `batch` or `sequence` axis): tract binds the symbols from each
+//!   run's inputs, so the one plan serves every shape. Plans per shape are not built for such a
+//!   model: on paraphrase-MiniLM-L3 at 1x128, the symbolic plan runs in 22.1 ms and a plan
+//!   compiled for that shape in 21.6 ms (`examples/plans.rs`), a gain within the noise that
+//!   would cost a compilation (30 to 50 ms) and a copy of the weights per shape.
+//! - **A plan per concrete shape set** ([`Plan::PerShape`]) when tract cannot optimise the
+//!   symbolic graph (Yahoo's open_nsfw: its optimiser fails on the symbolic batch), or cannot
+//!   type the graph at all without sizes (PaddleOCR's recognizer, input `[N, 3, ?, W]`, whose
+//!   height is squeezed away). The symbolic typed model (or, when it cannot be typed, the
+//!   inference model) is kept as the base; each shape set a request brings gets its symbols
+//!   bound and is optimised on first use, within a bounded cache ([`plans`]). The base is never
+//!   parsed again from the protobuf.
+//!
+//! For each plan, the steps are tried in order, and the first that works is kept:
+//! 1. tract's optimiser ([`Plan::Optimized`]);
+//! 2. the optimiser without its axis-changing pass (`ChangeAxes`), which fails on some graphs
+//!    with a batch of one (open_nsfw: a convolution's bias after the batch axis is removed);
+//!    still an optimised plan;
+//! 3. the decluttered plan ([`Plan::Decluttered`]), several times slower;
+//!
+//! and all of it again with the graph's `value_info` ignored when that information contradicts
+//! the graph ([`Plan::ValueInfoIgnored`]).
 //!
 //! [`LoadOptions`] input shapes are given to tract as the inputs' facts before the graph is typed
-//! (`apply_input_shapes`), in every attempt, so the signature shows the sizes they fix.
+//! (`apply_input_shapes`), so the signature shows the sizes they fix. Intra-op threads
+//! ([`LoadOptions::threads`]) come from shared pools ([`threads`]).
 //!
 //! Every call into tract is guarded against panics, so a malformed model or an engine bug becomes
 //! an [`EngineError`] and never takes the server down.
@@ -25,28 +41,35 @@
 //! are not zeroized when freed; in the TEE, memory encryption protects them.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use tract_linalg::multithread::Executor;
 use tract_onnx::data_resolver::ModelDataResolver;
-use tract_onnx::pb::ModelProto;
+use tract_onnx::pb::{type_proto, ModelProto};
 use tract_onnx::prelude::{
-    f16, tract_ndarray, Datum, DatumType, Framework, InferenceFact, InferenceModel,
-    InferenceModelExt, IntoTValue, OutletId, RunOptions, TValue, TVec, Tensor as TractTensor,
-    ToDim, TractError, TractResult, TypedFact, TypedModel, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, OutletId,
+    RunOptions, TValue, TVec, ToDim, TractError, TractResult, TypedFact, TypedModel,
+    TypedRunnableModel, TypedSimpleState,
 };
+use tract_onnx::tract_core::internal::{HashMap as TractHashMap, TDim};
+use tract_onnx::tract_core::optim::Optimizer;
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, GenericFactoid, ShapeFactoid};
 use tract_onnx::Onnx;
-use zeroize::Zeroizing;
 
 use super::{
-    DataType, Dim, Engine, EngineError, InputError, InputShapeError, LoadOptions, LoadedModel,
-    Plan, Signature, Tensor, TensorData, TensorSpec,
+    DataType, Dim, Engine, EngineError, InputShapeError, LoadOptions, LoadedModel, Plan, PlanStats,
+    ShapeSet, Signature, Tensor, TensorSpec,
 };
+use plans::{Admission, Compiled, Lookup, PlanCache, Refusal, ShapeKey};
 
 pub(crate) mod budget;
+mod convert;
+mod plans;
+pub mod threads;
 
 /// The default [`TractEngine::with_load_budget`]: 4 GiB. An ONNX model without external data
 /// (which is refused) is one protobuf message, at most 2 GiB, so a model's stored weights are at
@@ -57,6 +80,9 @@ pub const DEFAULT_LOAD_BUDGET: u64 = 4 << 30;
 /// The longest reason taken from tract, in bytes. Longer ones are cut: a reason names the node
 /// and the cause, and anything beyond this is a dump of the graph.
 const MAX_REASON_LEN: usize = 2048;
+
+/// The most idle run states kept per plan, for the next requests (see [`RunPlan`]).
+const POOLED_STATES: usize = 8;
 
 /// The tract ONNX engine.
 #[derive(Clone)]
@@ -134,17 +160,37 @@ impl Engine for TractEngine {
             .graph
             .as_ref()
             .is_some_and(|graph| !graph.value_info.is_empty());
+        let executor = threads::executor(options.threads);
 
         let mut failures = Vec::new();
-        match self.plan(&proto, options, false, &mut failures)? {
-            Some(model) => return Ok(Arc::new(model)),
-            // Without value info, the second attempt would repeat the first.
-            None if !has_value_info => {}
-            None => {
-                if let Some(model) = self.plan(&proto, options, true, &mut failures)? {
-                    return Ok(Arc::new(model));
+        let mut untyped = None;
+        // Without value info, the second attempt would repeat the first.
+        let attempts: &[bool] = if has_value_info {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &ignore_value_info in attempts {
+            match self.attempt(&proto, options, ignore_value_info, &executor, &mut failures)? {
+                Attempt::Loaded(model) => return model.ready(options),
+                Attempt::Untyped(graph) => {
+                    untyped.get_or_insert(graph);
                 }
+                Attempt::Failed => {}
             }
+        }
+        // A graph that tract types only with sizes: typed per shape, if some input leaves a
+        // size open (with every size fixed, no request could bring what typing lacks).
+        if let Some(graph) = untyped.filter(has_open_input) {
+            let signature = untyped_signature(&graph, &proto)?;
+            let model = TractModel::per_shape(
+                signature,
+                Base::Untyped(graph),
+                HashSet::new(),
+                options,
+                executor,
+            );
+            return model.ready(options);
         }
         failures.dedup();
         Err(EngineError::Load {
@@ -153,17 +199,28 @@ impl Engine for TractEngine {
     }
 }
 
+/// What one attempt at loading made of the model.
+enum Attempt {
+    /// A model that runs.
+    Loaded(TractModel),
+    /// The graph, which tract could not type as it is.
+    Untyped(InferenceModel),
+    /// Nothing: the reasons are in the failures.
+    Failed,
+}
+
 impl TractEngine {
-    /// Types the model and builds the most optimised plan that tract manages. `None` when every
-    /// step failed, with the reasons pushed to `failures`; an error only when the model is typed
-    /// but uses something the server does not serve, or when `options` do not fit it.
-    fn plan(
+    /// Types the model and builds the most optimised plans that tract manages. An error only
+    /// when the model is typed but uses something the server does not serve, or when `options`
+    /// do not fit it; otherwise the reasons of what failed are pushed to `failures`.
+    fn attempt(
         &self,
         proto: &ModelProto,
         options: &LoadOptions,
         ignore_value_info: bool,
+        executor: &Executor,
         failures: &mut Vec<String>,
-    ) -> Result<Option<TractModel>, EngineError> {
+    ) -> Result<Attempt, EngineError> {
         let note = if ignore_value_info {
             " (with the graph's value info ignored)"
         } else {
@@ -174,34 +231,178 @@ impl TractEngine {
             Ok(graph) => graph,
             Err(reason) => {
                 failures.push(format!("tract cannot read the graph{note}: {reason}"));
-                return Ok(None);
+                return Ok(Attempt::Failed);
             }
         };
         apply_input_shapes(&mut graph, options)?;
-        let typed = match guarded(|| graph.into_typed()) {
+        // Typing consumes the graph; the copy is kept for typing per shape should this fail.
+        // Its constants are shared, not copied.
+        let typed = match guarded(|| graph.clone().into_typed()) {
             Ok(typed) => typed,
             Err(reason) => {
                 failures.push(format!("tract cannot type the model{note}: {reason}"));
-                return Ok(None);
+                return Ok(Attempt::Untyped(graph));
             }
         };
+        drop(graph);
         // The signature comes from the typed graph before optimisation, which keeps the graph's
         // names for every input and output; optimisation keeps their order.
         let signature = signature_of(&typed)?;
-        let Some((runnable, plan)) = first_runnable(&typed, &STEPS, note, failures) else {
-            return Ok(None);
-        };
-        let plan = if ignore_value_info {
-            Plan::ValueInfoIgnored
-        } else {
-            plan
-        };
-        Ok(Some(TractModel {
-            runnable,
+        let symbolic = signature
+            .inputs
+            .iter()
+            .any(|spec| spec.shape.iter().flatten().any(|d| *d == Dim::Dynamic));
+        // A symbolic graph is worth one plan only if it optimises: its decluttered plan is
+        // several times slower than the plans per shape would be.
+        let steps: &[Step] = if symbolic { &STEPS[..2] } else { &STEPS };
+        if let Some((runnable, plan)) = first_runnable(&typed, steps, note, failures, executor) {
+            let plan = if ignore_value_info {
+                Plan::ValueInfoIgnored
+            } else {
+                plan
+            };
+            return Ok(Attempt::Loaded(TractModel {
+                signature,
+                plan,
+                plans: Plans::One(Arc::new(RunPlan::new(runnable))),
+            }));
+        }
+        if !symbolic {
+            return Ok(Attempt::Failed);
+        }
+        let shared = constant_addresses(&typed);
+        Ok(Attempt::Loaded(TractModel::per_shape(
             signature,
-            plan,
-        }))
+            Base::Typed(typed),
+            shared,
+            options,
+            executor.clone(),
+        )))
     }
+}
+
+/// Whether some input of the graph has a dimension that is not a known size.
+fn has_open_input(graph: &InferenceModel) -> bool {
+    (0..graph.inputs.len()).any(|index| {
+        graph.input_fact(index).map_or(true, |fact| {
+            fact.shape.is_open()
+                || fact
+                    .shape
+                    .dims()
+                    .any(|dim| dim.concretize().and_then(|d| d.to_i64().ok()).is_none())
+        })
+    })
+}
+
+/// The signature of a graph that tract cannot type without sizes: the inputs' names, data types
+/// and known sizes from tract's facts; the outputs' names and data types from the ONNX graph
+/// (their shapes are known once a plan is built for a shape).
+fn untyped_signature(graph: &InferenceModel, proto: &ModelProto) -> Result<Signature, EngineError> {
+    let load_error = |e: TractError| EngineError::Load {
+        reason: tract_reason(&e),
+    };
+    let mut inputs = Vec::new();
+    for (index, outlet) in graph
+        .input_outlets()
+        .map_err(load_error)?
+        .iter()
+        .enumerate()
+    {
+        let name = graph.nodes()[outlet.node].name.clone();
+        let fact = graph.input_fact(index).map_err(load_error)?;
+        let datatype = fact
+            .datum_type
+            .concretize()
+            .and_then(served_type)
+            .ok_or_else(|| EngineError::Unsupported {
+                reason: format!("input '{name}' has no data type the server serves"),
+            })?;
+        let shape = (!fact.shape.is_open()).then(|| {
+            fact.shape
+                .dims()
+                .map(|dim| {
+                    match dim
+                        .concretize()
+                        .and_then(|d| d.to_i64().ok())
+                        .and_then(|d| usize::try_from(d).ok())
+                    {
+                        Some(size) => Dim::Fixed(size),
+                        None => Dim::Dynamic,
+                    }
+                })
+                .collect()
+        });
+        inputs.push(TensorSpec {
+            name,
+            datatype,
+            shape,
+        });
+    }
+    let declared = proto.graph.as_ref().map_or(&[][..], |g| &g.output[..]);
+    let mut outputs = Vec::new();
+    for output in declared {
+        let tensor = match output.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(tensor)) => tensor,
+            _ => {
+                return Err(EngineError::Unsupported {
+                    reason: format!("output '{}' is not a tensor", output.name),
+                })
+            }
+        };
+        let datatype = onnx_type(tensor.elem_type).ok_or_else(|| EngineError::Unsupported {
+            reason: format!(
+                "output '{}' has ONNX element type {}, which is not served",
+                output.name, tensor.elem_type
+            ),
+        })?;
+        let shape = tensor.shape.as_ref().map(|shape| {
+            shape
+                .dim
+                .iter()
+                .map(|dim| match dim.value {
+                    Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(size)) => {
+                        usize::try_from(size).map_or(Dim::Dynamic, Dim::Fixed)
+                    }
+                    _ => Dim::Dynamic,
+                })
+                .collect()
+        });
+        outputs.push(TensorSpec {
+            name: output.name.clone(),
+            datatype,
+            shape,
+        });
+    }
+    if outputs.len() != graph.outputs.len() {
+        return Err(EngineError::Load {
+            reason: format!(
+                "the graph declares {} outputs, tract reads {}",
+                outputs.len(),
+                graph.outputs.len()
+            ),
+        });
+    }
+    Ok(Signature { inputs, outputs })
+}
+
+/// The protocol's type for an ONNX element type (`TensorProto.DataType`).
+fn onnx_type(elem_type: i32) -> Option<DataType> {
+    Some(match elem_type {
+        1 => DataType::F32,
+        2 => DataType::U8,
+        3 => DataType::I8,
+        4 => DataType::U16,
+        5 => DataType::I16,
+        6 => DataType::I32,
+        7 => DataType::I64,
+        8 => DataType::Bytes,
+        9 => DataType::Bool,
+        10 => DataType::F16,
+        11 => DataType::F64,
+        12 => DataType::U32,
+        13 => DataType::U64,
+        _ => return None,
+    })
 }
 
 /// Gives the graph's inputs the shapes of `options` (see [`LoadOptions::input_shapes`]), keeping
@@ -293,24 +494,50 @@ fn symbol_prefix(name: &str, axis: usize) -> String {
 /// A step from a typed model to one that runs.
 type Transform = fn(TypedModel) -> TractResult<TypedModel>;
 
+/// A step: the plan it makes, a verb for its failure, and the transform.
+type Step = (Plan, &'static str, Transform);
+
 /// The steps tried in turn, most optimised first.
-const STEPS: [(Plan, &str, Transform); 2] = [
+const STEPS: [Step; 3] = [
     (Plan::Optimized, "optimise", TypedModel::into_optimized),
+    (
+        Plan::Optimized,
+        "optimise (without changing axes)",
+        optimized_keeping_axes,
+    ),
     (Plan::Decluttered, "declutter", TypedModel::into_decluttered),
 ];
 
+/// tract's optimisation without its `ChangeAxes` pass, which moves and removes axes across the
+/// graph: on open_nsfw with a batch of one it removes the batch axis and leaves a convolution's
+/// bias with a shape the convolution refuses. The rest (constant folding, fusing, code
+/// generation) still runs; open_nsfw then runs in 57 ms instead of the decluttered plan's
+/// 100 ms (`examples/plans.rs`).
+fn optimized_keeping_axes(mut model: TypedModel) -> TractResult<TypedModel> {
+    let mut declutter = Optimizer::declutter();
+    declutter
+        .passes
+        .retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
+    declutter.optimize(&mut model)?;
+    model.optimize()?;
+    Ok(model)
+}
+
 /// The runnable plan of the first step that works, with reasons pushed to `failures` for those
-/// that do not.
+/// that do not. Its operators run on `executor`'s threads.
 fn first_runnable(
     typed: &TypedModel,
-    steps: &[(Plan, &str, Transform)],
+    steps: &[Step],
     note: &str,
     failures: &mut Vec<String>,
+    executor: &Executor,
 ) -> Option<(Arc<TypedRunnableModel>, Plan)> {
+    let options = RunOptions {
+        executor: Some(executor.clone()),
+        ..RunOptions::default()
+    };
     for &(plan, verb, transform) in steps {
-        match guarded(|| {
-            transform(typed.clone())?.into_runnable_with_options(&RunOptions::default())
-        }) {
+        match guarded(|| transform(typed.clone())?.into_runnable_with_options(&options)) {
             Ok(runnable) => return Some((runnable, plan)),
             Err(reason) => failures.push(format!("tract cannot {verb} the model{note}: {reason}")),
         }
@@ -335,11 +562,87 @@ impl ModelDataResolver for NoExternalData {
     }
 }
 
-/// A model as tract runs it: one plan shared by every request.
-struct TractModel {
+/// A lock that survives a panic of another holder (the data it guards is consistent between
+/// statements).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A runnable plan, and the run states it keeps for the next requests.
+///
+/// tract makes a fresh state per run (a slot per node, and the operators' own states). A plan
+/// whose operators keep no state between runs gets its states back after each successful run,
+/// up to [`POOLED_STATES`]: a state then holds only the plan's constants between runs (tract
+/// clears every computed value at the end of a run), so nothing of one request reaches the
+/// next. A plan with stateful operators (a recurrent loop, say) gets a fresh state every time.
+struct RunPlan {
     runnable: Arc<TypedRunnableModel>,
+    states: Option<Mutex<Vec<TypedSimpleState>>>,
+}
+
+impl RunPlan {
+    fn new(runnable: Arc<TypedRunnableModel>) -> RunPlan {
+        let stateless = TypedSimpleState::new(&runnable)
+            .is_ok_and(|state| state.op_states.iter().all(Option::is_none));
+        RunPlan {
+            runnable,
+            states: stateless.then(|| Mutex::new(Vec::new())),
+        }
+    }
+
+    fn run(&self, values: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(states) = &self.states else {
+            return self.runnable.run(values);
+        };
+        let pooled = lock(states).pop();
+        let mut state = match pooled {
+            Some(state) => state,
+            None => TypedSimpleState::new(&self.runnable)?,
+        };
+        // A failed run drops its state: what it left behind is not known.
+        let outputs = state.run(values)?;
+        let mut states = lock(states);
+        if states.len() < POOLED_STATES {
+            states.push(state);
+        }
+        Ok(outputs)
+    }
+}
+
+/// What plans per shape start from.
+enum Base {
+    /// The typed model with its symbolic dimensions: each shape binds them.
+    Typed(TypedModel),
+    /// The graph, which tract types only with sizes: each shape is typed anew.
+    Untyped(InferenceModel),
+}
+
+/// A model's plans per concrete shape set.
+struct PerShape {
+    base: Base,
+    cache: PlanCache<RunPlan>,
+    executor: Executor,
+    /// The addresses of the base's constant tensors, which a plan shares rather than copies
+    /// (not counted in its size).
+    shared: HashSet<usize>,
+    max_bytes: u64,
+    max_compiles_per_minute: u32,
+    /// The input blamed when a refusal concerns the shape set as a whole: the first with a
+    /// dimension that is not fixed.
+    blame: usize,
+}
+
+/// The plans of a model.
+enum Plans {
+    One(Arc<RunPlan>),
+    PerShape(Box<PerShape>),
+}
+
+/// A model as tract runs it.
+struct TractModel {
     signature: Signature,
     plan: Plan,
+    plans: Plans,
 }
 
 impl fmt::Debug for TractModel {
@@ -352,6 +655,322 @@ impl fmt::Debug for TractModel {
     }
 }
 
+impl TractModel {
+    fn per_shape(
+        signature: Signature,
+        base: Base,
+        shared: HashSet<usize>,
+        options: &LoadOptions,
+        executor: Executor,
+    ) -> TractModel {
+        let blame = signature
+            .inputs
+            .iter()
+            .position(|spec| {
+                spec.shape
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&Dim::Dynamic))
+            })
+            .unwrap_or(0);
+        TractModel {
+            signature,
+            plan: Plan::PerShape,
+            plans: Plans::PerShape(Box::new(PerShape {
+                base,
+                cache: PlanCache::new(options.plan_cache),
+                executor,
+                shared,
+                max_bytes: options.plan_cache.max_bytes,
+                max_compiles_per_minute: options.plan_cache.max_compiles_per_minute,
+                blame,
+            })),
+        }
+    }
+
+    /// The model, with the shapes of [`LoadOptions::ahead_shapes`] checked against its
+    /// signature and, for plans per shape, compiled.
+    fn ready(self, options: &LoadOptions) -> Result<Arc<dyn LoadedModel>, EngineError> {
+        for shapes in &options.ahead_shapes {
+            let key = key_of(shapes, &self.signature)?;
+            if let Plans::PerShape(per_shape) = &self.plans {
+                per_shape.plan_for(&key, &self.signature, Admission::Ahead)?;
+            }
+        }
+        Ok(Arc::new(self))
+    }
+}
+
+/// A shape set as a key in the signature's input order, checked against the signature: every
+/// input given, of its rank, with its fixed sizes.
+fn key_of(shapes: &ShapeSet, signature: &Signature) -> Result<ShapeKey, EngineError> {
+    let names = || {
+        signature
+            .inputs
+            .iter()
+            .map(|spec| spec.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(name) = shapes
+        .keys()
+        .find(|name| !signature.inputs.iter().any(|spec| &spec.name == *name))
+    {
+        return Err(InputShapeError::UnknownInput {
+            name: name.clone(),
+            inputs: names(),
+        }
+        .into());
+    }
+    let mut key = Vec::with_capacity(signature.inputs.len());
+    for spec in &signature.inputs {
+        let Some(shape) = shapes.get(&spec.name) else {
+            return Err(EngineError::Shape {
+                name: spec.name.clone(),
+                shape: Vec::new(),
+                reason:
+                    "a shape set compiled ahead gives every input a shape, and this one has none"
+                        .to_owned(),
+            });
+        };
+        if let Some(dims) = &spec.shape {
+            if dims.len() != shape.len() {
+                return Err(InputShapeError::Rank {
+                    name: spec.name.clone(),
+                    declared: dims.len(),
+                    given: shape.len(),
+                }
+                .into());
+            }
+            for (axis, (dim, &given)) in dims.iter().zip(shape).enumerate() {
+                if let Dim::Fixed(declared) = *dim {
+                    if declared != given {
+                        return Err(InputShapeError::Dimension {
+                            name: spec.name.clone(),
+                            axis,
+                            declared,
+                            given,
+                        }
+                        .into());
+                    }
+                }
+            }
+        }
+        key.push(shape.clone());
+    }
+    Ok(key)
+}
+
+impl PerShape {
+    /// The plan for `key`, from the cache or compiled now.
+    fn plan_for(
+        &self,
+        key: &ShapeKey,
+        signature: &Signature,
+        admission: Admission,
+    ) -> Result<Arc<RunPlan>, EngineError> {
+        match self.cache.get(key, admission, || self.compile(key)) {
+            Lookup::Plan(plan) => Ok(plan),
+            Lookup::Refused(refusal) => {
+                let input = refusal.input.min(signature.inputs.len().saturating_sub(1));
+                Err(EngineError::Shape {
+                    name: signature
+                        .inputs
+                        .get(input)
+                        .map_or_else(String::new, |spec| spec.name.clone()),
+                    shape: key.get(input).cloned().unwrap_or_default(),
+                    reason: refusal.reason.clone(),
+                })
+            }
+            Lookup::Busy { retry_after_secs } => Err(EngineError::Busy {
+                reason: format!(
+                    "this input shape needs a plan of its own, and the model has compiled as many \
+                     this minute as it may ({}, max_compiles_per_minute)",
+                    self.max_compiles_per_minute
+                ),
+                retry_after_secs,
+            }),
+        }
+    }
+
+    /// Compiles the plan for `key`: the base with its sizes bound, optimised.
+    fn compile(&self, key: &ShapeKey) -> Result<Compiled<RunPlan>, Refusal> {
+        let refusal = |reason: String| Refusal {
+            input: self.blame,
+            reason,
+        };
+        let concrete = match &self.base {
+            Base::Typed(base) => concretize(base, key, self.blame)?,
+            Base::Untyped(graph) => type_for(graph, key, self.blame)?,
+        };
+        // Checked before tract optimises anything: a shape whose values would not fit is refused
+        // without the work.
+        let before = plan_bytes(&concrete, &self.shared);
+        if before > self.max_bytes {
+            return Err(refusal(format!(
+                "its values need about {}, over the model's plan memory bound of {} \
+                 (max_plan_bytes)",
+                super::human_bytes(u128::from(before)),
+                super::human_bytes(u128::from(self.max_bytes)),
+            )));
+        }
+        let mut failures = Vec::new();
+        let Some((runnable, _)) =
+            first_runnable(&concrete, &STEPS, "", &mut failures, &self.executor)
+        else {
+            failures.dedup();
+            return Err(refusal(failures.join("; ")));
+        };
+        let bytes = plan_bytes(runnable.model(), &self.shared);
+        Ok(Compiled {
+            plan: RunPlan::new(runnable),
+            bytes,
+        })
+    }
+}
+
+/// The typed model with its inputs' symbols bound to the sizes of `key`. Refuses a rank or a
+/// fixed size other than the model's, one symbol given two sizes, and a shape whose sizes tract
+/// cannot take.
+fn concretize(base: &TypedModel, key: &ShapeKey, blame: usize) -> Result<TypedModel, Refusal> {
+    let mut values: TractHashMap<_, TDim> = TractHashMap::default();
+    for (input, shape) in key.iter().enumerate() {
+        let fact = base.input_fact(input).map_err(|e| Refusal {
+            input,
+            reason: tract_reason(&e),
+        })?;
+        if fact.rank() != shape.len() {
+            return Err(Refusal {
+                input,
+                reason: format!("the model takes {} dimensions", fact.rank()),
+            });
+        }
+        for (axis, (dim, &size)) in fact.shape.iter().zip(shape).enumerate() {
+            let size_dim = size.to_dim();
+            match dim {
+                TDim::Sym(symbol) => match values.get(symbol) {
+                    Some(bound) if *bound != size_dim => return Err(Refusal {
+                        input,
+                        reason: format!(
+                            "dimension {axis} is {symbol}, which another dimension makes {bound}"
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        values.insert(symbol.clone(), size_dim);
+                    }
+                },
+                TDim::Val(fixed) if *fixed != size_dim.to_i64().unwrap_or(-1) => {
+                    return Err(Refusal {
+                        input,
+                        reason: format!("dimension {axis} must be {fixed}"),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    let concrete = guarded(|| base.set_symbols(&values)).map_err(|reason| Refusal {
+        input: blame,
+        reason: format!("tract cannot bind the model's sizes to it: {reason}"),
+    })?;
+    check_concrete(&concrete, key)?;
+    Ok(concrete)
+}
+
+/// The graph typed with the sizes of `key` as its inputs' shapes.
+fn type_for(graph: &InferenceModel, key: &ShapeKey, blame: usize) -> Result<TypedModel, Refusal> {
+    let mut graph = graph.clone();
+    for (input, shape) in key.iter().enumerate() {
+        let declared = graph
+            .input_fact(input)
+            .map_err(|e| Refusal {
+                input,
+                reason: tract_reason(&e),
+            })?
+            .clone();
+        let dims: TVec<DimFact> = shape
+            .iter()
+            .map(|&size| GenericFactoid::Only(size.to_dim()))
+            .collect();
+        let fact = InferenceFact {
+            shape: ShapeFactoid::closed(dims),
+            ..declared
+        };
+        graph.set_input_fact(input, fact).map_err(|e| Refusal {
+            input,
+            reason: tract_reason(&e),
+        })?;
+    }
+    let typed = guarded(|| graph.into_typed()).map_err(|reason| Refusal {
+        input: blame,
+        reason: format!("tract cannot type the model for it: {reason}"),
+    })?;
+    check_concrete(&typed, key)?;
+    Ok(typed)
+}
+
+/// Refuses a model whose inputs are not exactly the shapes of `key`.
+fn check_concrete(model: &TypedModel, key: &ShapeKey) -> Result<(), Refusal> {
+    for (input, shape) in key.iter().enumerate() {
+        let fact = model.input_fact(input).map_err(|e| Refusal {
+            input,
+            reason: tract_reason(&e),
+        })?;
+        if fact.shape.as_concrete() != Some(&shape[..]) {
+            return Err(Refusal {
+                input,
+                reason: format!(
+                    "the model takes [{}]",
+                    fact.shape
+                        .iter()
+                        .map(|dim| dim.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of a model's constant tensors.
+fn constant_addresses(model: &TypedModel) -> HashSet<usize> {
+    model
+        .nodes()
+        .iter()
+        .flat_map(|node| &node.outputs)
+        .filter_map(|outlet| outlet.fact.konst.as_ref())
+        .map(|tensor| Arc::as_ptr(tensor) as usize)
+        .collect()
+}
+
+/// The engine's estimate of a plan's memory, in bytes: its constants that the base model does
+/// not hold too (`shared`: tract's optimiser packs weights for its matrix products into new
+/// tensors, which are counted), and every value the plan computes at its concrete size, as if
+/// all were alive at once (tract frees each when its last consumer has run, so a run holds
+/// less). A size tract does not know counts as the whole bound.
+fn plan_bytes(model: &TypedModel, shared: &HashSet<usize>) -> u64 {
+    let mut total = 0u64;
+    for outlet in model.nodes().iter().flat_map(|node| &node.outputs) {
+        let fact = &outlet.fact;
+        if fact
+            .konst
+            .as_ref()
+            .is_some_and(|tensor| shared.contains(&(Arc::as_ptr(tensor) as usize)))
+        {
+            continue;
+        }
+        let bytes = fact
+            .mem_size()
+            .to_i64()
+            .ok()
+            .and_then(|b| u64::try_from(b).ok())
+            .unwrap_or(u64::MAX);
+        total = total.saturating_add(bytes);
+    }
+    total
+}
+
 impl LoadedModel for TractModel {
     fn signature(&self) -> &Signature {
         &self.signature
@@ -359,6 +978,13 @@ impl LoadedModel for TractModel {
 
     fn plan(&self) -> Plan {
         self.plan
+    }
+
+    fn plan_stats(&self) -> PlanStats {
+        match &self.plans {
+            Plans::One(_) => PlanStats::default(),
+            Plans::PerShape(per_shape) => per_shape.cache.stats(),
+        }
     }
 
     fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
@@ -379,18 +1005,24 @@ impl LoadedModel for TractModel {
                 ),
             });
         }
+        let plan = match &self.plans {
+            Plans::One(plan) => Arc::clone(plan),
+            Plans::PerShape(per_shape) => {
+                let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
+                per_shape.plan_for(&key, &self.signature, Admission::Request)?
+            }
+        };
         let values = self
             .signature
             .inputs
             .iter()
             .zip(&inputs)
-            .map(|(spec, tensor)| to_tract(spec, tensor).map(IntoTValue::into_tvalue))
+            .map(|(spec, tensor)| convert::to_tract(spec, tensor).map(IntoTValue::into_tvalue))
             .collect::<Result<TVec<TValue>, EngineError>>()?;
         drop(inputs);
-        // `run` spawns a fresh state for this call: the plan itself is shared and never mutated,
-        // which is what lets many threads run one model at once.
-        let outputs =
-            guarded(|| self.runnable.run(values)).map_err(|reason| EngineError::Run { reason })?;
+        // The plan itself is shared and never mutated; each run has a state of its own, which
+        // is what lets many threads run one model at once.
+        let outputs = guarded(|| plan.run(values)).map_err(|reason| EngineError::Run { reason })?;
         if outputs.len() != self.signature.outputs.len() {
             return Err(EngineError::Run {
                 reason: format!(
@@ -408,7 +1040,7 @@ impl LoadedModel for TractModel {
             .outputs
             .iter()
             .zip(outputs)
-            .map(|(spec, value)| from_tract(spec, &value))
+            .map(|(spec, value)| convert::from_tract(spec, &value))
             .collect()
     }
 }
@@ -494,148 +1126,6 @@ fn spec_of(name: String, fact: &TypedFact, input: bool) -> Result<TensorSpec, En
     })
 }
 
-/// Our tensor as tract's, checked against the input's declared type.
-fn to_tract(spec: &TensorSpec, tensor: &Tensor) -> Result<TractTensor, EngineError> {
-    if tensor.datatype() != spec.datatype {
-        return Err(InputError::DataType {
-            name: spec.name.clone(),
-            expected: spec.datatype,
-            actual: tensor.datatype(),
-        }
-        .into());
-    }
-    let shape = tensor.shape();
-    let converted = match tensor.data() {
-        TensorData::Fixed(bytes) => match tensor.datatype() {
-            DataType::Bool => from_le::<bool, 1>(shape, bytes, |[b]| b != 0),
-            DataType::U8 => from_le(shape, bytes, u8::from_le_bytes),
-            DataType::U16 => from_le(shape, bytes, u16::from_le_bytes),
-            DataType::U32 => from_le(shape, bytes, u32::from_le_bytes),
-            DataType::U64 => from_le(shape, bytes, u64::from_le_bytes),
-            DataType::I8 => from_le(shape, bytes, i8::from_le_bytes),
-            DataType::I16 => from_le(shape, bytes, i16::from_le_bytes),
-            DataType::I32 => from_le(shape, bytes, i32::from_le_bytes),
-            DataType::I64 => from_le(shape, bytes, i64::from_le_bytes),
-            DataType::F16 => from_le(shape, bytes, f16::from_le_bytes),
-            DataType::F32 => from_le(shape, bytes, f32::from_le_bytes),
-            DataType::F64 => from_le(shape, bytes, f64::from_le_bytes),
-            DataType::Bytes => return Err(wrong_kind(spec)),
-        },
-        TensorData::Bytes(elements) => {
-            if tensor.datatype() != DataType::Bytes {
-                return Err(wrong_kind(spec));
-            }
-            // tract's strings are Rust strings, so BYTES elements must be UTF-8.
-            let strings = elements
-                .iter()
-                .enumerate()
-                .map(|(index, element)| {
-                    std::str::from_utf8(element)
-                        .map(str::to_owned)
-                        .map_err(|_| InputError::NotUtf8 {
-                            name: spec.name.clone(),
-                            index,
-                        })
-                })
-                .collect::<Result<Vec<String>, InputError>>()?;
-            tract_ndarray::ArrayD::from_shape_vec(shape, strings)
-                .map(TractTensor::from)
-                .map_err(TractError::from)
-        }
-    };
-    converted.map_err(|e| EngineError::Run {
-        reason: format!("input '{}': {}", spec.name, tract_reason(&e)),
-    })
-}
-
-/// A tract tensor of `T` from little-endian elements of `N` bytes.
-fn from_le<T: Datum + Copy, const N: usize>(
-    shape: &[usize],
-    bytes: &[u8],
-    decode: fn([u8; N]) -> T,
-) -> TractResult<TractTensor> {
-    let elements: Vec<T> = bytes
-        .chunks_exact(N)
-        .map(|chunk| {
-            let mut element = [0u8; N];
-            element.copy_from_slice(chunk);
-            decode(element)
-        })
-        .collect();
-    TractTensor::from_shape(shape, &elements)
-}
-
-fn wrong_kind(spec: &TensorSpec) -> EngineError {
-    EngineError::Run {
-        reason: format!(
-            "input '{}': {} does not take this kind of data",
-            spec.name, spec.datatype
-        ),
-    }
-}
-
-/// tract's tensor as ours: fixed-size elements as little-endian bytes (`BOOL` as 0 or 1),
-/// strings as `BYTES`.
-fn from_tract(spec: &TensorSpec, value: &TValue) -> Result<Tensor, EngineError> {
-    let run_error = |reason: String| EngineError::Run {
-        reason: format!("output '{}': {reason}", spec.name),
-    };
-    let shape = value.shape().to_vec();
-    let value: Cow<'_, TractTensor> = if value.datum_type() == DatumType::TDim {
-        value
-            .cast_to::<i64>()
-            .map_err(|e| run_error(tract_reason(&e)))?
-    } else {
-        Cow::Borrowed(&**value)
-    };
-    if served_type(value.datum_type()) != Some(spec.datatype) {
-        return Err(run_error(format!(
-            "tract returned data type {:?}, the model declares {}",
-            value.datum_type(),
-            spec.datatype
-        )));
-    }
-    let bytes = match value.datum_type() {
-        DatumType::Bool => to_le::<bool, 1>(&value, |b| [u8::from(b)]),
-        DatumType::U8 => to_le(&value, u8::to_le_bytes),
-        DatumType::U16 => to_le(&value, u16::to_le_bytes),
-        DatumType::U32 => to_le(&value, u32::to_le_bytes),
-        DatumType::U64 => to_le(&value, u64::to_le_bytes),
-        DatumType::I8 => to_le(&value, i8::to_le_bytes),
-        DatumType::I16 => to_le(&value, i16::to_le_bytes),
-        DatumType::I32 => to_le(&value, i32::to_le_bytes),
-        DatumType::I64 => to_le(&value, i64::to_le_bytes),
-        DatumType::F16 => to_le(&value, f16::to_le_bytes),
-        DatumType::F32 => to_le(&value, f32::to_le_bytes),
-        DatumType::F64 => to_le(&value, f64::to_le_bytes),
-        DatumType::String => {
-            let elements = value
-                .to_plain_array_view::<String>()
-                .map_err(|e| run_error(tract_reason(&e)))?
-                .iter()
-                .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
-                .collect();
-            return Tensor::from_strings(shape, elements).map_err(|e| run_error(e.to_string()));
-        }
-        other => return Err(run_error(format!("tract returned data type {other:?}"))),
-    }
-    .map_err(|e| run_error(tract_reason(&e)))?;
-    Tensor::from_le_bytes(spec.datatype, shape, bytes).map_err(|e| run_error(e.to_string()))
-}
-
-/// The elements of a tract tensor of `T`, row-major, each encoded by `encode`.
-fn to_le<T: Datum + Copy, const N: usize>(
-    tensor: &TractTensor,
-    encode: fn(T) -> [u8; N],
-) -> TractResult<Zeroizing<Vec<u8>>> {
-    let view = tensor.to_plain_array_view::<T>()?;
-    let mut bytes = Zeroizing::new(Vec::with_capacity(view.len().saturating_mul(N)));
-    for &element in view.iter() {
-        bytes.extend_from_slice(&encode(element));
-    }
-    Ok(bytes)
-}
-
 /// Runs a call into tract, turning its panics into errors, and its errors into reasons that
 /// quote no tensor values.
 fn guarded<T>(call: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
@@ -699,7 +1189,7 @@ fn truncate(mut reason: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tract_onnx::prelude::{tvec, SpecialOps};
+    use tract_onnx::prelude::{tvec, SpecialOps, Tensor as TractTensor};
 
     use super::*;
 
@@ -758,7 +1248,14 @@ mod tests {
                 ),
             ];
             let mut failures = Vec::new();
-            let (runnable, plan) = first_runnable(&doubling(), &steps, "", &mut failures).unwrap();
+            let (runnable, plan) = first_runnable(
+                &doubling(),
+                &steps,
+                "",
+                &mut failures,
+                &Executor::SingleThread,
+            )
+            .unwrap();
             assert_eq!(plan, Plan::Decluttered);
             assert_eq!(failures.len(), 1);
             assert!(
@@ -773,7 +1270,14 @@ mod tests {
 
         let steps = [(Plan::Optimized, "optimise", fails as Transform)];
         let mut failures = Vec::new();
-        assert!(first_runnable(&doubling(), &steps, "", &mut failures).is_none());
+        assert!(first_runnable(
+            &doubling(),
+            &steps,
+            "",
+            &mut failures,
+            &Executor::SingleThread
+        )
+        .is_none());
         assert_eq!(
             failures,
             ["tract cannot optimise the model: the optimiser gave up"]

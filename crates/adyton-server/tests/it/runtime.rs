@@ -9,7 +9,8 @@ use std::thread;
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::{
     check_inputs, DataType, Dim, Engine, EngineError, InputError, InputShapeError, LoadOptions,
-    LoadedModel, Plan, Signature, Tensor, TensorData, TensorSpec,
+    LoadedModel, Plan, PlanCacheOptions, PlanStats, ShapeSet, Signature, Tensor, TensorData,
+    TensorSpec,
 };
 use half::f16;
 use zeroize::Zeroizing;
@@ -228,18 +229,48 @@ fn load_with(name: &str, options: &LoadOptions) -> Result<Arc<dyn LoadedModel>, 
 }
 
 #[test]
-fn an_unknown_input_dimension_needs_the_shape_given_at_load() {
-    // x is [batch, ?, 4] and the graph squeezes axis 1 away: tract can type neither.
-    let e = load_err(&model("unknown_dim"));
-    assert!(e.contains("Source node without a determined fact"), "{e}");
-    // Leaving the axis dynamic makes it a symbol, which the squeeze cannot prove to be 1.
-    let e = load_with("unknown_dim", &x_shape(&[Dim::Dynamic; 3])).unwrap_err();
-    assert!(matches!(e, EngineError::Load { .. }), "{e:?}");
-
+fn an_unknown_input_dimension_gets_a_plan_per_shape() {
+    // x is [batch, ?, 4] and the graph squeezes axis 1 away: tract can type it only with sizes,
+    // so it loads with none, is typed per shape, and reports its dynamic signature.
     let x = [1.0f32, -2.0, 3.5, 0.25, 8.0, -0.5, 0.0, 1e-3];
     let doubled: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+    for options in [LoadOptions::default(), x_shape(&[Dim::Dynamic; 3])] {
+        let model = load_with("unknown_dim", &options).unwrap();
+        assert_eq!(model.plan(), Plan::PerShape);
+        assert_eq!(
+            *model.signature(),
+            Signature {
+                inputs: vec![spec(
+                    "x",
+                    DataType::F32,
+                    &[Dim::Dynamic, Dim::Dynamic, Dim::Fixed(4)]
+                )],
+                outputs: vec![spec("y", DataType::F32, &[Dim::Dynamic, Dim::Fixed(4)])],
+            }
+        );
+        for batch in [1usize, 2, 1] {
+            let outputs = run(&*model, vec![("x", f32s(&[batch, 1, 4], &x[..batch * 4]))]);
+            assert_eq!(outputs[0].shape(), [batch, 4]);
+            assert_eq!(f32_values(&outputs[0]), doubled[..batch * 4]);
+        }
+        let stats = model.plan_stats();
+        assert_eq!((stats.compiled, stats.hits, stats.cached_plans), (2, 1, 2));
+        assert!(stats.cached_bytes > 0);
+        assert!(stats.compile_seconds > 0.0);
 
-    // Fixing the unknown axis and keeping the symbolic batch: any batch runs.
+        // The squeeze cannot take a second dimension of 2: refused by name, and remembered.
+        for _ in 0..3 {
+            let e = model.run(vec![f32s(&[1, 2, 4], &x)]).unwrap_err();
+            assert!(
+                matches!(&e, EngineError::Shape { name, shape, .. } if name == "x" && shape == &[1, 2, 4]),
+                "{e:?}"
+            );
+        }
+        let stats = model.plan_stats();
+        assert_eq!((stats.compiled, stats.refusals), (2, 3), "{stats:?}");
+    }
+
+    // Fixing the unknown axis and keeping the symbolic batch: one plan runs any batch.
     let options = x_shape(&[Dim::Dynamic, Dim::Fixed(1), Dim::Dynamic]);
     let model = load_with("unknown_dim", &options).unwrap();
     assert_eq!(model.plan(), Plan::Optimized);
@@ -259,6 +290,7 @@ fn an_unknown_input_dimension_needs_the_shape_given_at_load() {
         assert_eq!(outputs[0].shape(), [batch, 4]);
         assert_eq!(f32_values(&outputs[0]), doubled[..batch * 4]);
     }
+    assert_eq!(model.plan_stats(), PlanStats::default());
 
     // Fixing every axis: the signature shows them all, and another batch is refused by name.
     let model = load_with("unknown_dim", &x_shape(&fixed(&[2, 1, 4]))).unwrap();
@@ -631,4 +663,179 @@ fn one_model_runs_on_many_threads_at_once() {
             });
         }
     });
+}
+
+/// Options with these plan cache bounds.
+fn plan_cache(max_plans: usize, max_bytes: u64, max_compiles_per_minute: u32) -> LoadOptions {
+    LoadOptions {
+        plan_cache: PlanCacheOptions {
+            max_plans,
+            max_bytes,
+            max_compiles_per_minute,
+        },
+        ..LoadOptions::default()
+    }
+}
+
+/// `[batch, 1, 4]` inputs of `unknown_dim`, and its doubled outputs.
+fn run_unknown_dim(model: &dyn LoadedModel, batch: usize) -> Result<Vec<Tensor>, EngineError> {
+    let x: Vec<f32> = (0..batch * 4).map(|i| i as f32).collect();
+    let outputs = model.run(vec![f32s(&[batch, 1, 4], &x)])?;
+    let doubled: Vec<f32> = x.iter().map(|v| v * 2.0).collect();
+    assert_eq!(f32_values(&outputs[0]), doubled);
+    Ok(outputs)
+}
+
+#[test]
+fn random_shapes_stay_within_the_plan_cache_bounds() {
+    // A plan of batch b holds about 3 * 16 * b bytes of values: 2 KiB holds a few.
+    let model = load_with("unknown_dim", &plan_cache(3, 2048, u32::MAX)).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..60 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let batch = 1 + usize::try_from(state % 12).unwrap();
+        run_unknown_dim(&*model, batch).unwrap();
+        let stats = model.plan_stats();
+        assert!(stats.cached_plans <= 3, "{stats:?}");
+        assert!(stats.cached_bytes <= 2048, "{stats:?}");
+    }
+    let stats = model.plan_stats();
+    assert!(stats.evictions > 0 && stats.hits > 0, "{stats:?}");
+    assert_eq!(stats.compiled, stats.evictions + stats.cached_plans);
+
+    // One plan over the bound is refused, by name, and not compiled again.
+    for _ in 0..2 {
+        let e = run_unknown_dim(&*model, 100).unwrap_err();
+        assert!(
+            matches!(&e, EngineError::Shape { name, reason, .. } if name == "x" && reason.contains("max_plan_bytes")),
+            "{e:?}"
+        );
+    }
+    let after = model.plan_stats();
+    assert_eq!(after.compiled, stats.compiled);
+    assert_eq!(after.refusals, stats.refusals + 2);
+}
+
+#[test]
+fn concurrent_first_requests_for_one_shape_compile_it_once() {
+    let model = load("unknown_dim");
+    let barrier = std::sync::Barrier::new(8);
+    thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                barrier.wait();
+                run_unknown_dim(&*model, 5).unwrap();
+            });
+        }
+    });
+    let stats = model.plan_stats();
+    assert_eq!((stats.compiled, stats.hits), (1, 7), "{stats:?}");
+}
+
+#[test]
+fn compilations_beyond_the_cap_are_busy_and_cached_plans_still_serve() {
+    let model = load_with("unknown_dim", &plan_cache(8, 1 << 20, 1)).unwrap();
+    run_unknown_dim(&*model, 1).unwrap();
+    let e = run_unknown_dim(&*model, 2).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Busy { retry_after_secs, reason } if (1..=60).contains(retry_after_secs) && reason.contains("max_compiles_per_minute")),
+        "{e:?}"
+    );
+    run_unknown_dim(&*model, 1).unwrap();
+    let stats = model.plan_stats();
+    assert_eq!((stats.compiled, stats.rate_limited, stats.hits), (1, 1, 1));
+
+    // A model with one plan for every shape is never busy.
+    let one_plan = TractEngine::new()
+        .load_with(
+            &crate::support::model("dynamic_batch"),
+            &plan_cache(8, 1 << 20, 0),
+        )
+        .unwrap();
+    for batch in 1..4 {
+        run(
+            &*one_plan,
+            vec![("x", f32s(&[batch, 4], &vec![1.0; batch * 4]))],
+        );
+    }
+}
+
+fn ahead(shapes: &[(&str, &[usize])]) -> LoadOptions {
+    let set: ShapeSet = shapes
+        .iter()
+        .map(|(name, shape)| ((*name).to_owned(), shape.to_vec()))
+        .collect();
+    LoadOptions {
+        ahead_shapes: vec![set],
+        ..LoadOptions::default()
+    }
+}
+
+#[test]
+fn ahead_shapes_are_compiled_at_load_and_bad_ones_refused() {
+    let mut options = ahead(&[("x", &[3, 1, 4])]);
+    options
+        .ahead_shapes
+        .extend(ahead(&[("x", &[1, 1, 4])]).ahead_shapes);
+    // Ahead shapes are not capped per minute.
+    options.plan_cache.max_compiles_per_minute = 0;
+    let model = load_with("unknown_dim", &options).unwrap();
+    let stats = model.plan_stats();
+    assert_eq!((stats.compiled, stats.cached_plans), (2, 2));
+    run_unknown_dim(&*model, 3).unwrap();
+    run_unknown_dim(&*model, 1).unwrap();
+    assert_eq!(model.plan_stats().hits, 2);
+
+    let e = load_with("unknown_dim", &ahead(&[("x", &[1, 2, 4])])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Shape { name, shape, .. } if name == "x" && shape == &[1, 2, 4]),
+        "{e:?}"
+    );
+    let e = load_with("unknown_dim", &ahead(&[("x", &[1, 4])])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::InputShape(InputShapeError::Rank { name, declared: 3, given: 2 }) if name == "x"),
+        "{e:?}"
+    );
+    let e = load_with("unknown_dim", &ahead(&[("x", &[1, 1, 5])])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::InputShape(InputShapeError::Dimension { name, axis: 2, declared: 4, given: 5 }) if name == "x"),
+        "{e:?}"
+    );
+    let e = load_with("unknown_dim", &ahead(&[("x", &[1, 1, 4]), ("z", &[1])])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::InputShape(InputShapeError::UnknownInput { name, .. }) if name == "z"),
+        "{e:?}"
+    );
+    let e = load_with("unknown_dim", &ahead(&[])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Shape { name, .. } if name == "x"),
+        "{e:?}"
+    );
+    // A model with one plan checks them against its signature.
+    load_with("dynamic_batch", &ahead(&[("x", &[7, 4])])).unwrap();
+    let e = load_with("dynamic_batch", &ahead(&[("x", &[7, 5])])).unwrap_err();
+    assert!(
+        matches!(&e, EngineError::InputShape(InputShapeError::Dimension { name, .. }) if name == "x"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn every_thread_setting_gives_the_same_outputs() {
+    for threads in [None, Some(1), Some(2), Some(3)] {
+        let options = LoadOptions {
+            threads,
+            ..LoadOptions::default()
+        };
+        let model = load_with("dynamic_batch", &options).unwrap();
+        let x: Vec<f32> = (0..64 * 4).map(|i| i as f32).collect();
+        let outputs = run(&*model, vec![("x", f32s(&[64, 4], &x))]);
+        let y = f32_values(&outputs[0]);
+        for (row, out) in x.chunks_exact(4).zip(y.chunks_exact(2)) {
+            assert_eq!(out[0], row[0] + row[2] + 2.0 * row[3] + 0.5);
+            assert_eq!(out[1], row[1] + row[2] - row[3] - 1.0);
+        }
+    }
 }
