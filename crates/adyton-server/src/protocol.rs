@@ -638,7 +638,7 @@ pub fn encode_response(
 /// Bytes zeroized in bulk when dropped: request and response bodies. A `Zeroizing<Vec<u8>>`
 /// alone zeroizes a vector's bytes one volatile write at a time, about a millisecond for 4 MiB;
 /// this zeroizes them as a slice, one `memset` behind an optimisation barrier (`zeroize`'s
-/// implementation for `[u8]`), then lets the vector clear its capacity the same way.
+/// implementation for `[u8]`), and the spare capacity the same way.
 pub struct ZeroizedBytes(Zeroizing<Vec<u8>>);
 
 impl ZeroizedBytes {
@@ -674,11 +674,12 @@ impl Drop for ZeroizedBytes {
     }
 }
 
-/// Zeroizes a buffer's bytes in bulk ([`ZeroizedBytes`]) and empties it; its capacity is
-/// zeroized when it drops.
+/// Zeroizes a buffer in bulk ([`ZeroizedBytes`]), its bytes and its spare capacity, each byte
+/// once, and frees it: the buffer is left empty, without an allocation.
 pub fn zeroize_in_bulk(buffer: &mut Zeroizing<Vec<u8>>) {
-    buffer.as_mut_slice().zeroize();
-    buffer.clear();
+    let mut bytes = std::mem::take(&mut **buffer);
+    bytes.spare_capacity_mut().zeroize();
+    bytes.as_mut_slice().zeroize();
 }
 
 /// Makes room for `additional` more bytes in a zeroized buffer. A `Vec` that grows by itself
