@@ -1124,3 +1124,88 @@ fn batching_is_refused_for_a_model_without_a_batch_dimension() {
         "{e}"
     );
 }
+
+/// A batched model whose first run waits at two barriers, to hold the only worker busy.
+#[derive(Debug)]
+struct FirstRunBlocks {
+    inner: Scripted,
+    first: std::sync::atomic::AtomicBool,
+    entered: Arc<Barrier>,
+    release: Arc<Barrier>,
+}
+
+impl LoadedModel for FirstRunBlocks {
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn plan(&self) -> Plan {
+        Plan::Optimized
+    }
+    fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EngineError> {
+        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.wait();
+            self.release.wait();
+        }
+        self.inner.run(inputs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_deleted_while_requests_wait_in_its_batcher_answers_them() {
+    let (entered, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let model = FirstRunBlocks {
+        inner: Scripted::new(),
+        first: true.into(),
+        entered: Arc::clone(&entered),
+        release: Arc::clone(&release),
+    };
+    let repository = Arc::new(Repository::new(4));
+    let batching = BatchOptions {
+        max_batch_size: 4,
+        max_queue_delay_us: 0,
+    };
+    repository
+        .insert_with("gated", None, Arc::new(model), Source::File, Some(batching))
+        .unwrap();
+    let settings = Settings {
+        workers: 1,
+        ..Settings::default()
+    };
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
+    let state = Arc::new(ServerState::new(engine, repository, settings, None, None));
+    let app = router(Arc::clone(&state));
+    let send = |first: f32| {
+        let app = app.clone();
+        tokio::spawn(
+            async move { post(&app, "/v2/models/gated/infer", scripted_request(first)).await },
+        )
+    };
+    let running = send(10.0);
+    let waiter = Arc::clone(&entered);
+    tokio::task::spawn_blocking(move || waiter.wait())
+        .await
+        .unwrap();
+    // The only worker is busy: these wait in the batcher while the model is deleted.
+    let waiting: Vec<_> = [11.0, 12.0].into_iter().map(send).collect();
+    tokio::task::yield_now().await;
+    assert!(state.repository.remove("gated"));
+    let releaser = Arc::clone(&release);
+    tokio::task::spawn_blocking(move || releaser.wait())
+        .await
+        .unwrap();
+    assert_eq!(running.await.unwrap().status, StatusCode::OK);
+    for (answer, first) in waiting.into_iter().zip([11.0, 12.0]) {
+        let answer = answer.await.unwrap();
+        // Answered either way: its rows if it reached the batcher before the delete, else 404.
+        match answer.status {
+            StatusCode::OK => assert_eq!(answer.json()["outputs"][0]["data"][0], json!(first)),
+            status => assert_eq!(status, StatusCode::NOT_FOUND),
+        }
+    }
+    assert_eq!(
+        post(&app, "/v2/models/gated/infer", scripted_request(1.0))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
