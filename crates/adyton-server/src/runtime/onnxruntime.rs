@@ -48,6 +48,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use half::f16;
 use ort::environment::Environment;
+use ort::logging::LogLevel;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
@@ -154,12 +155,15 @@ impl OnnxRuntimeEngine {
             }
             None => {
                 let environment = guarded(|| {
-                    ort::init_from(&requested)
+                    let environment = ort::init_from(&requested)
                         .map_err(|e| e.to_string())?
                         .with_name("adyton")
                         .with_telemetry(false)
+                        .with_logger(Arc::new(log))
                         .build()
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?;
+                    environment.set_log_level(LogLevel::Warning);
+                    Ok(environment)
                 })
                 .map_err(|reason| {
                     library_error(format!(
@@ -203,6 +207,20 @@ impl OnnxRuntimeEngine {
     /// The library this engine runs.
     pub fn library(&self) -> &Path {
         &self.library
+    }
+}
+
+/// ONNX Runtime's log, into the server's: warnings and errors only, and without numbers, since
+/// ONNX Runtime logs a failed run's status, which can quote tensor values ([`run_reason`]). Its
+/// default logger would write them to standard error as they are.
+fn log(level: LogLevel, category: &str, _id: &str, _location: &str, message: &str) {
+    let message = run_reason(message);
+    match level {
+        LogLevel::Error | LogLevel::Fatal => {
+            tracing::error!(target: "onnxruntime", %category, "{message}");
+        }
+        LogLevel::Warning => tracing::warn!(target: "onnxruntime", %category, "{message}"),
+        _ => tracing::debug!(target: "onnxruntime", %category, "{message}"),
     }
 }
 

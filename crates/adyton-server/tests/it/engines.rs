@@ -71,6 +71,7 @@ macro_rules! engine_suite {
                 an_operator_tract_lacks,
                 outputs_over_the_limit_are_refused,
                 eight_threads_run_one_model_at_once,
+                a_failed_run_quotes_no_input_values,
                 debug_output_shows_no_weights,
             );
         }
@@ -620,6 +621,25 @@ fn eight_threads_run_one_model_at_once(engine: &dyn Engine, _kind: EngineKind) {
             });
         }
     });
+}
+
+/// An index out of range fails the run; the error names no value of the request.
+fn a_failed_run_quotes_no_input_values(engine: &dyn Engine, _kind: EngineKind) {
+    let gather = onnx::model(
+        &[onnx::node("Gather", &["data", "indices"], &["y"])],
+        &[onnx::int64_tensor("data", &[3], &[10, 20, 30])],
+        &[onnx::value_info("indices", onnx::INT64, &[1])],
+        &[onnx::value_info("y", onnx::INT64, &[1])],
+    );
+    let model = engine.load(&gather).unwrap();
+    assert_eq!(
+        i64_values(&model.run(vec![i64s(&[1], &[2])]).unwrap()[0]),
+        [30]
+    );
+    let e = model.run(vec![i64s(&[1], &[40_961])]).unwrap_err();
+    let message = e.to_string();
+    assert!(matches!(e, EngineError::Run { .. }), "{e:?}");
+    assert!(!message.contains("40961"), "{message}");
 }
 
 fn debug_output_shows_no_weights(engine: &dyn Engine, _kind: EngineKind) {
