@@ -7,8 +7,9 @@
 //! cargo run --release -p adyton-server --example ort_latency -- MODEL.onnx inputs.json [ITERATIONS] [--threads N]
 //! ```
 //!
-//! Prints one JSON object: {"engine", "threads", "iterations", "p50_ms", "p99_ms"}. The library
-//! is `find_library()`'s (ADYTON_ONNXRUNTIME_LIBRARY, else the workspace's .venv).
+//! Prints one JSON object: {"engine", "threads", "sessions", "load_ms", "model_rss_mib" (the
+//! resident memory the load added), "rss_after_runs_mib", "iterations", "p50_ms", "p99_ms"}. The
+//! library is `find_library()`'s (ADYTON_ONNXRUNTIME_LIBRARY, else the workspace's .venv).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -30,19 +31,13 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let threads = match args.iter().position(|a| a == "--threads") {
-        Some(at) => {
-            let value = args
-                .get(at + 1)
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or("--threads takes a number")?;
-            args.drain(at..at + 2);
-            Some(value).filter(|&t| t > 0)
-        }
-        None => None,
-    };
+    let threads = flag(&mut args, "--threads")?.filter(|&t| t > 0);
+    let sessions = flag(&mut args, "--sessions")?.unwrap_or(1);
     let [model_path, inputs_path, rest @ ..] = args.as_slice() else {
-        return Err("usage: ort_latency MODEL.onnx INPUTS.json [ITERATIONS] [--threads N]".into());
+        return Err(
+            "usage: ort_latency MODEL.onnx INPUTS.json [ITERATIONS] [--threads N] [--sessions N]"
+                .into(),
+        );
     };
     let iterations: usize = match rest.first() {
         Some(n) => n.parse().map_err(|_| format!("not a count: {n}"))?,
@@ -52,15 +47,19 @@ fn run() -> Result<(), String> {
     let library = find_library().ok_or("no onnxruntime library: run scripts/setup")?;
     let engine = OnnxRuntimeEngine::new(&library)
         .map_err(|e| e.to_string())?
-        .with_sessions(1);
+        .with_sessions(sessions);
     let bytes = Zeroizing::new(std::fs::read(model_path).map_err(|e| e.to_string())?);
     let options = LoadOptions {
         threads,
         ..LoadOptions::default()
     };
+    let rss_before = rss_mib();
+    let started = Instant::now();
     let model = engine
         .load_with(&bytes, &options)
         .map_err(|e| e.to_string())?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let rss_loaded = rss_mib();
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(inputs_path).map_err(|e| e.to_string())?)
@@ -124,10 +123,37 @@ fn run() -> Result<(), String> {
         serde_json::json!({
             "engine": "onnxruntime (adyton, ort)",
             "threads": threads.unwrap_or(0),
+            "sessions": sessions,
+            "load_ms": load_ms,
+            "model_rss_mib": rss_loaded - rss_before,
+            "rss_after_runs_mib": rss_mib(),
             "iterations": iterations,
             "p50_ms": percentile(50.0),
             "p99_ms": percentile(99.0),
         })
     );
     Ok(())
+}
+
+/// `NAME N` taken out of `args`, if there.
+fn flag(args: &mut Vec<String>, name: &str) -> Result<Option<usize>, String> {
+    let Some(at) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    let value = args
+        .get(at + 1)
+        .and_then(|v| v.parse::<usize>().ok())
+        .ok_or_else(|| format!("{name} takes a number"))?;
+    args.drain(at..at + 2);
+    Ok(Some(value))
+}
+
+/// This process's resident memory, in MiB (Linux), or 0.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }

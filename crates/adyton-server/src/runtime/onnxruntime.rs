@@ -286,15 +286,29 @@ impl Engine for OnnxRuntimeEngine {
         }
 
         let prepacked = guarded(|| Ok(PrepackedWeights::new())).map_err(load_error)?;
-        let mut sessions = Vec::with_capacity(self.sessions);
-        for _ in 0..self.sessions {
-            sessions.push(self.session(onnx, options, &prepacked)?);
-        }
-        let mut signature = signature_of(&sessions[0], &proto)?;
+        // The first session gives the signature, which the options are checked against before
+        // the others are built, in parallel: a model that fails, fails once.
+        let first = self.session(onnx, options, &prepacked)?;
+        let mut signature = signature_of(&first, &proto)?;
         apply_input_shapes(&mut signature, options)?;
         for shapes in &options.ahead_shapes {
             check_ahead_shape(&signature, shapes)?;
         }
+        let mut sessions = vec![first];
+        std::thread::scope(|scope| {
+            let builders: Vec<_> = (1..self.sessions)
+                .map(|_| scope.spawn(|| self.session(onnx, options, &prepacked)))
+                .collect();
+            for builder in builders {
+                let session = builder.join().unwrap_or_else(|_| {
+                    Err(EngineError::Load {
+                        reason: "onnxruntime: building a session panicked".to_owned(),
+                    })
+                })?;
+                sessions.push(session);
+            }
+            Ok::<(), EngineError>(())
+        })?;
         Ok(Arc::new(OnnxRuntimeModel {
             pool: SessionPool::new(sessions),
             signature,
