@@ -544,6 +544,11 @@ path = "models/dynamic_batch.onnx"
 max_batch_size = 8
 max_queue_delay_us = 2000
 input_shapes = [{{ x = [2, 4] }}, {{ x = [4, 4] }}]
+
+[[model]]
+name = "unknown"
+path = "models/unknown_dim.onnx"
+input_shapes = {{ x = [2, 1, 4] }}
 "#,
             onnxruntime_library().display()
         ),
@@ -554,6 +559,7 @@ input_shapes = [{{ x = [2, 4] }}, {{ x = [4, 4] }}]
         .args(["server", "serve", "--config", "server.toml"])
         .args(["--model", "pinned=models/dynamic_batch.onnx"])
         .args(["--input-shape", "pinned:x=3,4", "--threads", "1"])
+        .args(["--model", "bare=models/unknown_dim.onnx"])
         .current_dir(dir);
     let server = ServerProcess::start(command);
     let startup = server.startup.join("\n");
@@ -620,6 +626,59 @@ input_shapes = [{{ x = [2, 4] }}, {{ x = [4, 4] }}]
     for caller in callers {
         caller.join().unwrap();
     }
+    // unknown_dim.onnx ([batch, ?, 4]) loads with no setting, a plan compiled per shape: ahead
+    // for the shape listed, on first use for another.
+    let plan_cache = |model: &str| {
+        let meta = curl_ok(
+            &[
+                "--cacert",
+                "server.pem",
+                &format!("{base}/v2/models/{model}"),
+            ],
+            dir,
+        );
+        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(meta["parameters"]["plan"], "optimized-per-shape", "{meta}");
+        meta["parameters"]["plan_cache"]["compiled"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(plan_cache("unknown"), 1);
+    assert_eq!(plan_cache("bare"), 0);
+    let body = r#"{"inputs": [{"name": "x", "shape": [3, 1, 4], "datatype": "FP32",
+        "data": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}]}"#;
+    let answer = curl_ok(
+        &[
+            "--cacert",
+            "server.pem",
+            "-d",
+            body,
+            &format!("{base}/v2/models/bare/infer"),
+        ],
+        dir,
+    );
+    assert!(
+        answer.contains("[2.0,4.0,6.0,8.0,10.0,12.0,14.0,16.0,18.0,20.0,22.0,24.0]"),
+        "{answer}"
+    );
+    assert_eq!(plan_cache("bare"), 1);
+    // A shape the graph cannot take (the squeezed axis is not 1) is a 400 that names the input.
+    let refused = curl_ok(
+        &[
+            "--cacert",
+            "server.pem",
+            "-w",
+            " %{http_code}",
+            "-d",
+            r#"{"inputs": [{"name": "x", "shape": [1, 2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]}"#,
+            &format!("{base}/v2/models/bare/infer"),
+        ],
+        dir,
+    );
+    assert!(
+        refused.ends_with(" 400") && refused.contains("input 'x'"),
+        "{refused}"
+    );
     let pinned = infer_rows(&base, "pinned", &[[1.0, 1.0, 1.0, 1.0]; 3], dir);
     assert_eq!(pinned["outputs"][0]["shape"], serde_json::json!([3, 2]));
     let metrics = curl_ok(&["--cacert", "server.pem", &format!("{base}/metrics")], dir);
@@ -660,6 +719,20 @@ fn bad_engine_batching_and_shape_settings_are_refused_before_listening() {
         "m:x=-1,4",
     ]);
     assert!(e.contains("input 'x'") && e.contains("concrete"), "{e}");
+    let e = run(&[
+        "--model",
+        "m=models/unknown_dim.onnx",
+        "--input-shape",
+        "m:z=2,1,4",
+    ]);
+    assert!(e.contains("model 'm'") && e.contains("input 'z'"), "{e}");
+    let e = run(&[
+        "--model",
+        "m=models/unknown_dim.onnx",
+        "--input-shape",
+        "m:x=2,1,5",
+    ]);
+    assert!(e.contains("input 'x'") && e.contains("axis 2"), "{e}");
     let e = run(&["--model", "m=models/dynamic_batch.onnx", "--engine", "cuda"]);
     assert!(e.contains("unknown engine 'cuda'"), "{e}");
     let e = run(&[
