@@ -617,6 +617,44 @@ async fn read_body(
     Ok(protocol::ZeroizedBytes::new(out))
 }
 
+/// Reads an infer request's body as it arrives (`protocol::RequestReader`: each binary input
+/// copied once, straight into its tensor's zeroized buffer), with the limits of [`read_body`]. A
+/// body that does not parse is still read to its end, so that the client reads the 400.
+async fn read_infer_request(
+    headers: &HeaderMap,
+    body: Body,
+    header_length: Option<usize>,
+    settings: &Settings,
+) -> Result<protocol::InferRequest, ApiError> {
+    let limit = settings.max_infer_body;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = byte_count_header(headers, "Content-Length")?;
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut reader = protocol::RequestReader::new(header_length, declared, settings.limits);
+    let mut read = 0usize;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            read = read.saturating_add(data.len());
+            if read > limit {
+                return Err(too_large());
+            }
+            reader.push(&data);
+        }
+    }
+    reader.finish().map_err(|e| ApiError::bad_request(e.0))
+}
+
 async fn infer(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -663,12 +701,9 @@ async fn run_infer(
             return Err(fail(FailureReason::Rejected, e));
         }
     };
-    let body = read_body(&headers, body, app.settings.max_infer_body, "request body")
+    let request = read_infer_request(&headers, body, header_length, &app.settings)
         .await
         .map_err(|e| fail(FailureReason::Rejected, e))?;
-    let request = protocol::parse_request(&body, header_length, &app.settings.limits)
-        .map_err(|e| fail(FailureReason::Rejected, ApiError::bad_request(e.0)))?;
-    drop(body);
     let signature = served.model.signature();
     check_requested_outputs(&signature.outputs, &request.outputs)
         .map_err(|e| fail(FailureReason::Rejected, e))?;

@@ -109,18 +109,293 @@ pub fn parse_request(
     header_length: Option<usize>,
     limits: &Limits,
 ) -> Result<InferRequest, ProtocolError> {
-    let (json, mut binary) = match header_length {
+    let (json, binary) = match header_length {
         None => (body, &body[body.len()..]),
-        Some(n) if n > body.len() => {
-            return Err(err(format!(
-                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
-                body.len()
-            )))
-        }
+        Some(n) if n > body.len() => return Err(short_header(n, body.len())),
         Some(n) => body.split_at(n),
     };
-    let request: RequestJson = serde_json::from_slice(json)
-        .map_err(|e| err(format!("the request is not a valid infer request: {e}")))?;
+    build_request(parse_header(json)?, BinaryData::Body(binary), limits)
+}
+
+fn short_header(header_length: usize, body_length: usize) -> ProtocolError {
+    err(format!(
+        "Inference-Header-Content-Length is {header_length} but the body has only {body_length} bytes"
+    ))
+}
+
+fn parse_header(json: &[u8]) -> Result<RequestJson, ProtocolError> {
+    serde_json::from_slice(json)
+        .map_err(|e| err(format!("the request is not a valid infer request: {e}")))
+}
+
+fn binary_left(name: &str, size: usize, left: usize) -> ProtocolError {
+    err(format!(
+        "input '{name}': binary_data_size is {size} but only {left} bytes of binary data are left"
+    ))
+}
+
+/// Where the binary inputs are: the body after its JSON part, or buffers already cut per input,
+/// in the order of the inputs that claim binary data.
+enum BinaryData<'b> {
+    Body(&'b [u8]),
+    Cut(std::collections::VecDeque<Zeroizing<Vec<u8>>>),
+}
+
+/// One input's binary data: borrowed from the body, or its own buffer already.
+enum BinaryInput<'b> {
+    Borrowed(&'b [u8]),
+    Owned(Zeroizing<Vec<u8>>),
+}
+
+impl BinaryInput<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            BinaryInput::Borrowed(bytes) => bytes,
+            BinaryInput::Owned(bytes) => bytes,
+        }
+    }
+
+    /// The bytes in a zeroized buffer of their own: copied once from the body, or as they are.
+    fn into_buffer(self) -> Zeroizing<Vec<u8>> {
+        match self {
+            BinaryInput::Borrowed(bytes) => Zeroizing::new(bytes.to_vec()),
+            BinaryInput::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl<'b> BinaryData<'b> {
+    fn left(&self) -> usize {
+        match self {
+            BinaryData::Body(bytes) => bytes.len(),
+            BinaryData::Cut(buffers) => buffers.iter().map(|b| b.len()).sum(),
+        }
+    }
+
+    /// The next `size` bytes, or `None` when fewer are left.
+    fn take(&mut self, size: usize) -> Option<BinaryInput<'b>> {
+        match self {
+            BinaryData::Body(bytes) => {
+                let (taken, rest) = bytes.split_at_checked(size)?;
+                *bytes = rest;
+                Some(BinaryInput::Borrowed(taken))
+            }
+            BinaryData::Cut(buffers) => {
+                // The reader cut exactly the claimed sizes, in order.
+                if buffers.front()?.len() != size {
+                    return None;
+                }
+                buffers.pop_front().map(BinaryInput::Owned)
+            }
+        }
+    }
+}
+
+/// The `binary_data_size` an input claims, if any.
+fn binary_size_of(input: &InputJson) -> Result<Option<usize>, ProtocolError> {
+    match input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+    {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                err(format!(
+                    "input '{}': binary_data_size must be a byte count",
+                    input.name
+                ))
+            }),
+    }
+}
+
+/// An infer request body read as it arrives, in chunks. With the binary tensor extension, the JSON
+/// part is parsed as soon as it is complete, and each binary input is then copied from the
+/// arriving chunks straight into a zeroized buffer of its own, which becomes its tensor: one copy,
+/// and no buffer of the whole body. A JSON body is gathered in one zeroized buffer and parsed at
+/// the end. Errors are kept until [`RequestReader::finish`], so that the caller reads the body to
+/// its end (and the client reads the answer, not a reset connection).
+pub struct RequestReader {
+    limits: Limits,
+    header_length: Option<usize>,
+    body_length: Option<usize>,
+    received: usize,
+    head: Zeroizing<Vec<u8>>,
+    binary: Option<Result<Receiving, ProtocolError>>,
+}
+
+impl std::fmt::Debug for RequestReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestReader")
+            .field("header_length", &self.header_length)
+            .field("body_length", &self.body_length)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The binary inputs being received: their names, claimed sizes and buffers, in order.
+struct Receiving {
+    request: RequestJson,
+    buffers: Vec<(String, usize, Zeroizing<Vec<u8>>)>,
+    current: usize,
+    unclaimed: usize,
+}
+
+impl RequestReader {
+    /// A reader for a body of `body_length` bytes (the `Content-Length`, when known) whose JSON
+    /// part is `header_length` bytes (`Inference-Header-Content-Length`), or all of it.
+    pub fn new(
+        header_length: Option<usize>,
+        body_length: Option<usize>,
+        limits: Limits,
+    ) -> RequestReader {
+        let capacity = match header_length {
+            Some(n) => n.min(body_length.unwrap_or(n)),
+            None => body_length.unwrap_or(0),
+        };
+        let mut reader = RequestReader {
+            limits,
+            header_length,
+            body_length,
+            received: 0,
+            head: Zeroizing::new(Vec::with_capacity(capacity)),
+            binary: None,
+        };
+        reader.start_binary_when_ready();
+        reader
+    }
+
+    /// Takes the next chunk of the body.
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        self.received = self.received.saturating_add(chunk.len());
+        if self.binary.is_none() {
+            let wanted = match self.header_length {
+                Some(n) => n.saturating_sub(self.head.len()).min(chunk.len()),
+                None => chunk.len(),
+            };
+            extend_zeroizing(&mut self.head, &chunk[..wanted]);
+            chunk = &chunk[wanted..];
+            self.start_binary_when_ready();
+        }
+        if let Some(Ok(receiving)) = &mut self.binary {
+            receiving.push(chunk);
+        }
+    }
+
+    /// Once the JSON part of a binary body is complete: parses it and makes a buffer per binary
+    /// input. The claimed sizes must fit in the body's length when it is known, so that a buffer
+    /// is never larger than what the client sends.
+    fn start_binary_when_ready(&mut self) {
+        if self.binary.is_some() || self.header_length != Some(self.head.len()) {
+            return;
+        }
+        let available = self.body_length.map(|n| n.saturating_sub(self.head.len()));
+        self.binary = Some(parse_header(&self.head).and_then(|request| {
+            let mut left = available;
+            let mut buffers = Vec::new();
+            for input in &request.inputs {
+                let Some(size) = binary_size_of(input)? else {
+                    continue;
+                };
+                if let Some(l) = left {
+                    if size > l {
+                        return Err(binary_left(&input.name, size, l));
+                    }
+                    left = Some(l - size);
+                }
+                // Without a body length, a buffer grows with what arrives.
+                let capacity = if available.is_some() {
+                    size
+                } else {
+                    size.min(1 << 20)
+                };
+                buffers.push((
+                    input.name.clone(),
+                    size,
+                    Zeroizing::new(Vec::with_capacity(capacity)),
+                ));
+            }
+            Ok(Receiving {
+                request,
+                buffers,
+                current: 0,
+                unclaimed: 0,
+            })
+        }));
+        // The JSON part is parsed; its buffer is no longer needed.
+        zeroize_in_bulk(&mut self.head);
+    }
+
+    /// The request, once the whole body is read.
+    pub fn finish(self) -> Result<InferRequest, ProtocolError> {
+        let limits = self.limits;
+        match self.binary {
+            None => match self.header_length {
+                Some(n) => Err(short_header(n, self.received)),
+                None => build_request(parse_header(&self.head)?, BinaryData::Body(&[]), &limits),
+            },
+            Some(Err(e)) => Err(e),
+            Some(Ok(receiving)) => receiving.finish(&limits),
+        }
+    }
+}
+
+impl Receiving {
+    fn push(&mut self, mut chunk: &[u8]) {
+        loop {
+            while self
+                .buffers
+                .get(self.current)
+                .is_some_and(|(_, size, buffer)| buffer.len() == *size)
+            {
+                self.current += 1;
+            }
+            if chunk.is_empty() {
+                return;
+            }
+            let Some((_, size, buffer)) = self.buffers.get_mut(self.current) else {
+                self.unclaimed = self.unclaimed.saturating_add(chunk.len());
+                return;
+            };
+            let wanted = (*size - buffer.len()).min(chunk.len());
+            extend_zeroizing(buffer, &chunk[..wanted]);
+            chunk = &chunk[wanted..];
+        }
+    }
+
+    fn finish(self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
+        if let Some(short) = self
+            .buffers
+            .iter()
+            .position(|(_, size, buffer)| buffer.len() < *size)
+        {
+            let (name, size, _) = &self.buffers[short];
+            let left = self.buffers[short..].iter().map(|(_, _, b)| b.len()).sum();
+            return Err(binary_left(name, *size, left));
+        }
+        if self.unclaimed > 0 {
+            return Err(unclaimed(self.unclaimed));
+        }
+        let buffers = self.buffers.into_iter().map(|(_, _, b)| b).collect();
+        build_request(self.request, BinaryData::Cut(buffers), limits)
+    }
+}
+
+fn unclaimed(bytes: usize) -> ProtocolError {
+    err(format!(
+        "{bytes} bytes of binary data follow the inputs that no input claims"
+    ))
+}
+
+fn build_request(
+    request: RequestJson,
+    mut binary: BinaryData<'_>,
+    limits: &Limits,
+) -> Result<InferRequest, ProtocolError> {
     let id = match request.id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -145,11 +420,8 @@ pub fn parse_request(
         }
         inputs.push((name, tensor));
     }
-    if !binary.is_empty() {
-        return Err(err(format!(
-            "{} bytes of binary data follow the inputs that no input claims",
-            binary.len()
-        )));
+    if binary.left() > 0 {
+        return Err(unclaimed(binary.left()));
     }
     let outputs = request
         .outputs
@@ -177,7 +449,7 @@ pub fn parse_request(
 
 fn parse_input(
     input: InputJson,
-    binary: &mut &[u8],
+    binary: &mut BinaryData<'_>,
     limits: &Limits,
 ) -> Result<Tensor, ProtocolError> {
     let name = &input.name;
@@ -206,22 +478,7 @@ fn parse_input(
                 limits.max_elements
             ))
         })?;
-    let binary_size = match input
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("binary_data_size"))
-    {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| {
-                    err(format!(
-                        "input '{name}': binary_data_size must be a byte count"
-                    ))
-                })?,
-        ),
-    };
+    let binary_size = binary_size_of(&input)?;
     let tensor_error = |e: TensorError| err(format!("input '{name}': {e}"));
     match (binary_size, input.data) {
         (Some(_), Some(_)) => Err(err(format!(
@@ -229,24 +486,19 @@ fn parse_input(
         ))),
         (None, None) => Err(err(format!("input '{name}' has no 'data'"))),
         (Some(size), None) => {
-            if size > binary.len() {
-                return Err(err(format!(
-                    "input '{name}': binary_data_size is {size} but only {} bytes of binary data are left",
-                    binary.len()
-                )));
-            }
-            let (bytes, rest) = binary.split_at(size);
-            *binary = rest;
+            let left = binary.left();
+            let bytes = binary
+                .take(size)
+                .ok_or_else(|| binary_left(name, size, left))?;
             if datatype == DataType::Bytes {
-                let elements = split_length_prefixed(bytes).ok_or_else(|| {
+                let elements = split_length_prefixed(bytes.bytes()).ok_or_else(|| {
                     err(format!(
                         "input '{name}': BYTES data is not length-prefixed elements"
                     ))
                 })?;
                 Tensor::from_strings(shape, elements).map_err(tensor_error)
             } else {
-                Tensor::from_le_bytes(datatype, shape, Zeroizing::new(bytes.to_vec()))
-                    .map_err(tensor_error)
+                Tensor::from_le_bytes(datatype, shape, bytes.into_buffer()).map_err(tensor_error)
             }
         }
         (None, Some(data)) => {
@@ -894,6 +1146,87 @@ mod tests {
         assert!(e.0.contains("no input claims"), "{e}");
         let e = parse_request(&body, Some(body.len() + 1), &limits()).unwrap_err();
         assert!(e.0.contains("Inference-Header-Content-Length"), "{e}");
+    }
+
+    /// A body read by [`RequestReader`] in chunks of `chunk` bytes.
+    fn read_in_chunks(
+        body: &[u8],
+        header_length: Option<usize>,
+        body_length: Option<usize>,
+        chunk: usize,
+    ) -> Result<InferRequest, ProtocolError> {
+        let mut reader = RequestReader::new(header_length, body_length, limits());
+        for piece in body.chunks(chunk) {
+            reader.push(piece);
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn a_body_read_in_chunks_gives_what_the_whole_body_gives() {
+        let header = br#"{"id":"r","inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"j","shape":[1],"datatype":"FP32","data":[0.5]},{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":11}},{"name":"e","shape":[0],"datatype":"FP32","parameters":{"binary_data_size":0}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&7i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(b"hi");
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(b"!");
+        let whole = parse_request(&body, Some(header.len()), &limits()).unwrap();
+        let json =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
+        let whole_json = parse_request(json, None, &limits()).unwrap();
+        for chunk in [1, 3, 7, 64, body.len()] {
+            for length in [Some(body.len()), None] {
+                let read = read_in_chunks(&body, Some(header.len()), length, chunk).unwrap();
+                assert_eq!(read.inputs, whole.inputs, "chunks of {chunk}");
+                assert_eq!(read.id, whole.id);
+                assert_eq!(read.outputs, whole.outputs);
+                let read = read_in_chunks(json, None, length.map(|_| json.len()), chunk).unwrap();
+                assert_eq!(read.inputs, whole_json.inputs);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_read_in_chunks_is_refused_as_the_whole_body_is() {
+        let header = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
+        let short = [header.as_slice(), &[0u8; 4]].concat();
+        let long = [header.as_slice(), &[0u8; 12]].concat();
+        for chunk in [1, 5, 4096] {
+            // Shorter than claimed: known from the body's length as soon as the header is read,
+            // or at the end.
+            for length in [Some(short.len()), None] {
+                let e = read_in_chunks(&short, Some(header.len()), length, chunk).unwrap_err();
+                assert!(
+                    e.0.contains("input 'x': binary_data_size is 8 but only 4 bytes"),
+                    "{e}"
+                );
+            }
+            let e = read_in_chunks(&long, Some(header.len()), None, chunk).unwrap_err();
+            assert!(e.0.contains("4 bytes of binary data follow"), "{e}");
+            let e = read_in_chunks(&short, Some(short.len() + 1), None, chunk).unwrap_err();
+            assert!(e.0.contains("Inference-Header-Content-Length"), "{e}");
+            let e = read_in_chunks(b"{\"inputs\":", None, None, chunk).unwrap_err();
+            assert!(e.0.contains("not a valid infer request"), "{e}");
+        }
+        // A claim larger than the body is refused before anything is allocated for it.
+        let huge = br#"{"inputs":[{"name":"x","shape":[16777216],"datatype":"FP64","parameters":{"binary_data_size":134217728}}]}"#;
+        let mut reader = RequestReader::new(Some(huge.len()), Some(huge.len() + 8), limits());
+        reader.push(huge);
+        let e = reader.finish().unwrap_err();
+        assert!(
+            e.0.contains("binary_data_size is 134217728 but only 8 bytes"),
+            "{e}"
+        );
+        // Errors in the inputs themselves are the whole body's.
+        let bad = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"BF16","parameters":{"binary_data_size":4}}]}"#;
+        let body = [bad.as_slice(), &[0u8; 4]].concat();
+        let e = read_in_chunks(&body, Some(bad.len()), Some(body.len()), 3).unwrap_err();
+        assert_eq!(
+            e,
+            parse_request(&body, Some(bad.len()), &limits()).unwrap_err()
+        );
     }
 
     #[test]
