@@ -1064,23 +1064,38 @@ fn run_reason(message: &str) -> String {
         Some(at) => message.split_at(at + MARK.len()),
         None => ("", message),
     };
-    let mut out = String::with_capacity(message.len());
-    out.push_str(kept);
+    truncate(format!("{kept}{}", without_numbers(masked)))
+}
+
+/// `text` with every number (digits, with their decimals and exponent) replaced by `#`: an
+/// engine's message can quote the values of a tensor it failed on (an index out of range, say).
+pub(crate) fn without_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
     let mut in_number = false;
-    for c in masked.chars() {
+    while let Some(c) = chars.next() {
+        let continues = |next: Option<&char>| {
+            next.is_some_and(|n| n.is_ascii_digit() || *n == '-' || *n == '+')
+        };
         if c.is_ascii_digit() {
             if !in_number {
                 out.push('#');
             }
             in_number = true;
-        } else if in_number && (c == '.' || c == 'e' || c == 'E') {
-            // Part of the number: its decimals or exponent.
+        } else if in_number && matches!(c, '.' | 'e' | 'E') && continues(chars.peek()) {
+            // The number's decimals or exponent.
+        } else if in_number && matches!(c, '-' | '+') && out.ends_with('#') {
+            // An exponent's sign after `e`, dropped with it; a sign before a number stays.
+            if !chars.peek().is_some_and(char::is_ascii_digit) {
+                in_number = false;
+                out.push(c);
+            }
         } else {
             in_number = false;
             out.push(c);
         }
     }
-    truncate(out)
+    out
 }
 
 fn truncate(mut reason: String) -> String {
@@ -1110,6 +1125,14 @@ mod tests {
         assert!(!reason.contains("30521"), "{reason}");
         assert!(reason.contains("idx=#"), "{reason}");
         assert_eq!(run_reason("value 1.5e3 is wrong"), "value # is wrong");
+        assert_eq!(
+            without_numbers("index out of bounds: the len is 3 but the index is 40961."),
+            "index out of bounds: the len is # but the index is #."
+        );
+        assert_eq!(
+            without_numbers("-2.5e-3 and 7 elements"),
+            "-# and # elements"
+        );
     }
 
     #[test]

@@ -1138,7 +1138,9 @@ fn guarded<T>(call: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
                 .map(|s| (*s).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".to_owned());
-            Err(format!("tract panicked: {}", without_values(&message)))
+            // A panic's message can quote a value of the request (an index out of bounds).
+            let message = super::onnxruntime::without_numbers(&without_values(&message));
+            Err(format!("tract panicked: {message}"))
         }
     }
 }
