@@ -61,6 +61,7 @@ macro_rules! engine_suite {
                 a_string_with_a_nul_byte,
                 several_inputs_and_outputs_come_back_in_graph_order,
                 a_dynamic_batch_runs_any_batch_size,
+                an_unnamed_dimension_needs_no_shape_given,
                 input_shapes_fix_a_dimension_and_are_checked,
                 ahead_shapes_are_checked_against_the_signature,
                 threads_can_be_set,
@@ -384,6 +385,27 @@ fn a_dynamic_batch_runs_any_batch_size(engine: &dyn Engine, _kind: EngineKind) {
             dynamic_batch_expected(&x),
             "batch {batch}"
         );
+    }
+}
+
+/// `unknown_dim`'s input is `[batch, ?, 4]` and its graph squeezes axis 1 away: it loads with no
+/// shape given, and runs on the shapes that fit.
+fn an_unnamed_dimension_needs_no_shape_given(engine: &dyn Engine, _kind: EngineKind) {
+    let model = load(engine, "unknown_dim");
+    assert_eq!(
+        model.signature().inputs,
+        [spec(
+            "x",
+            DataType::F32,
+            &[Dim::Dynamic, Dim::Dynamic, Dim::Fixed(4)]
+        )]
+    );
+    let x = [1.0f32, -2.0, 3.5, 0.25, 8.0, -0.5, 0.0, 1e-3];
+    for batch in [1usize, 2] {
+        let outputs = run(&*model, vec![("x", f32s(&[batch, 1, 4], &x[..batch * 4]))]);
+        assert_eq!(outputs[0].shape(), [batch, 4]);
+        let doubled: Vec<f32> = x[..batch * 4].iter().map(|v| v * 2.0).collect();
+        assert_eq!(f32_values(&outputs[0]), doubled);
     }
 }
 
