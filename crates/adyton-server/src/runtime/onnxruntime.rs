@@ -1171,6 +1171,21 @@ mod tests {
         assert!(external_tensor(&[0x0b]).is_err());
     }
 
+    /// No other test of this binary loads onnxruntime, so this one is the first: the file is
+    /// opened, refused, and the process can still load a real library afterwards.
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused_with_how_to_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("libonnxruntime.so.1.32.0");
+        std::fs::write(&junk, b"not a shared library").unwrap();
+        let message = OnnxRuntimeEngine::new(&junk).unwrap_err().to_string();
+        assert!(message.contains(&junk.display().to_string()), "{message}");
+        assert!(message.contains("cannot be used"), "{message}");
+        assert!(message.contains("pip install onnxruntime"), "{message}");
+        assert!(message.contains(LIBRARY_ENV), "{message}");
+        assert!(RUNTIME.lock().unwrap().is_none());
+    }
+
     #[test]
     fn panics_become_reasons() {
         let reason = guarded::<()>(|| panic!("bad pointer")).unwrap_err();
