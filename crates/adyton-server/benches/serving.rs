@@ -15,13 +15,14 @@
 //! - Adyton served with each engine: the server's router on a real loopback socket, TLS 1.3 with the
 //!   attested certificate of a SIM attester, and a client that verified the attestation at its
 //!   handshake and sends binary-tensor infer requests over keep-alive HTTP/1.1 connections;
-//! - with dynamic batching, where the model has a batch dimension.
+//! - Adyton served with dynamic batching (`max_batch_size` 8, `max_queue_delay_us` 2000), where
+//!   the model has a batch dimension.
 //!
 //! At 1 client, the columns are measured in turn, one call of each at a time (the first column
-//! rotating), so that all see the same background load: p50 and p99. At 8 clients, each column runs
-//! alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to back:
-//! requests per second. Served outputs are checked against the same engine's in-process outputs
-//! before anything is timed.
+//! rotating), so that all see the same background load: p50 and p99. At 8 clients, each column
+//! runs alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to
+//! back: requests per second, after a second untimed. Served outputs are checked against the same
+//! engine's in-process outputs before anything is timed.
 //!
 //! The server runs as `adyton server serve` does: a multi-threaded tokio runtime with a worker per
 //! core, and an inference pool of one worker per core.
@@ -711,8 +712,15 @@ impl Caller {
     }
 }
 
-/// Requests per second with `clients` callers calling back to back for `seconds`.
+/// Requests per second with `clients` callers calling back to back for `seconds`, after a
+/// second of the same, untimed (plans for the batch sizes a batched column sees are compiled
+/// then, and connections warmed).
 fn throughput(target: &Target, clients: usize, seconds: u64) -> f64 {
+    run_clients(target, clients, 1);
+    run_clients(target, clients, seconds)
+}
+
+fn run_clients(target: &Target, clients: usize, seconds: u64) -> f64 {
     let barrier = Arc::new(Barrier::new(clients + 1));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
