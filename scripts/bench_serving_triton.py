@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""What a user of tritonclient sees: Adyton served over attested TLS against onnxruntime in Python.
+
+    scripts/bench_serving_triton.py [--adyton BIN] [--engines tract,onnxruntime] [--iterations N]
+                                    [--warmup N] [MODEL...]
+
+For each model (default: every model of tests/models/compare.py present in target/models/), starts
+`adyton server serve --tee sim` (the release binary by default) once per engine, each with that one
+model, and connects tritonclient over HTTPS pinned to the certificate the server wrote (its
+attested certificate; the client trusts exactly it, as tests/models/compare.py connects). Then, N
+times, in turn: one onnxruntime run in this process (onnxruntime's default threads, intra-op
+spinning off), and one inference on each server, as a user calls it (InferInput built from the
+numpy array, binary tensors both ways, outputs read back as numpy arrays). The inputs are
+compare.py's. Prints progress on stderr and a markdown table of p50 and p90 (ms) on stdout.
+
+The server runs with --workers 2, as compare.py starts it; a model that does not load on an engine
+gets the server's reason in the table. Engines the binary does not know (no --engine flag) are left
+out, with a note.
+"""
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.http as httpclient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+from compare import MODELS, datatype_of  # noqa: E402
+from ort_timing import inputs_for, session_for  # noqa: E402
+
+LIBRARY_ENV = "ADYTON_ONNXRUNTIME_LIBRARY"
+START_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 600
+
+
+def log(message):
+    print(f"bench_serving_triton: {message}", file=sys.stderr, flush=True)
+
+
+def onnxruntime_library():
+    """$ADYTON_ONNXRUNTIME_LIBRARY, else the shared library of the imported onnxruntime package."""
+    if os.environ.get(LIBRARY_ENV):
+        return os.environ[LIBRARY_ENV]
+    capi = Path(ort.__file__).parent / "capi"
+    found = sorted(p for p in capi.glob("libonnxruntime.so*") if p.is_file() and not p.is_symlink())
+    if not found:
+        sys.exit(f"bench_serving_triton.py: no libonnxruntime.so in {capi}; set {LIBRARY_ENV}")
+    return str(found[-1].resolve())
+
+
+def supports_engines(binary):
+    """Whether `adyton server serve` takes --engine."""
+    out = subprocess.run(
+        [str(binary), "server", "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--engine" in out.stdout
+
+
+class Server:
+    """`adyton server serve --tee sim` with one model, in a temporary directory."""
+
+    def __init__(self, binary, engine, name, path):
+        self.dir = tempfile.TemporaryDirectory(prefix="adyton-bench-")
+        self.cert = os.path.join(self.dir.name, "server.pem")
+        self.stderr = []
+        self.url = None
+        command = [
+            str(binary), "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
+            "--sim-key", os.path.join(self.dir.name, "sim.key"),
+            "--model", f"{name}={path}", "--certificate-out", self.cert, "--workers", "2",
+        ]
+        env = {**os.environ, "ADYTON_LOG": "warn"}
+        if engine is not None:
+            command += ["--engine", engine]
+            env[LIBRARY_ENV] = onnxruntime_library()
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env=env,
+        )
+        listening = threading.Event()
+
+        def read_stderr():
+            for line in self.process.stderr:
+                self.stderr.append(line.rstrip("\n"))
+                match = re.search(r"listening on https://(\S+)", line)
+                if match:
+                    self.url = match.group(1)
+                    listening.set()
+            listening.set()
+
+        threading.Thread(target=read_stderr, daemon=True).start()
+        listening.wait(START_TIMEOUT_S)
+        if self.url is None:
+            self.close()
+            errors = [line for line in self.stderr if line.startswith("error")]
+            raise RuntimeError(" ".join(errors or self.stderr[-3:]) or "the server did not start")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.dir.cleanup()
+
+
+class Caller:
+    """One served model, called as a tritonclient user calls it."""
+
+    def __init__(self, server, name, feeds):
+        self.server = server
+        self.name = name
+        self.feeds = feeds
+        self.client = httpclient.InferenceServerClient(
+            url=server.url, ssl=True, ssl_options={"ca_certs": server.cert},
+            connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
+        )
+        metadata = self.client.get_model_metadata(name)
+        self.output_names = [o["name"] for o in metadata["outputs"]]
+        self.plan = metadata.get("parameters", {}).get("plan", "?")
+
+    def call(self):
+        inputs = []
+        for input_name, value in self.feeds.items():
+            tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
+            tensor.set_data_from_numpy(value, binary_data=True)
+            inputs.append(tensor)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in self.output_names]
+        result = self.client.infer(self.name, inputs, outputs=outputs)
+        return {n: result.as_numpy(n) for n in self.output_names}
+
+    def close(self):
+        self.client.close()
+        self.server.close()
+
+
+def percentile(sorted_samples, p):
+    """Nearest rank, as the Rust benchmark computes it."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_samples)))
+    return sorted_samples[rank - 1]
+
+
+def check_close(name, served, reference):
+    """The served outputs are onnxruntime's, within 1e-3 of their largest magnitude (tract and
+    onnxruntime differ in the last bits; a wrong model differs far more)."""
+    for out_name, expected in reference.items():
+        got = served[out_name]
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{name}: output {out_name} has shape {got.shape}, not {expected.shape}")
+        if np.issubdtype(expected.dtype, np.floating):
+            scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, 1e-6)
+            error = float(np.max(np.abs(got.astype(np.float64) - expected))) / scale if got.size else 0.0
+            if not error < 1e-3:
+                raise RuntimeError(f"{name}: output {out_name} differs from onnxruntime ({error:.1e})")
+
+
+def measure(binary, engines, path, iterations, warmup):
+    """One table row: {"model", "ort": (p50, p90), engine: (p50, p90) or a reason, "plans"}."""
+    name = path.stem.replace(".", "_").replace("-", "_")
+    session = session_for(path, 0)
+    feeds = inputs_for(path, session)
+    output_names = [o.name for o in session.get_outputs()]
+    reference = dict(zip(output_names, session.run(None, feeds)))
+    row = {"model": path.name, "plans": {}}
+    callers = {}
+    for engine in engines:
+        log(f"{path.name}: starting the server ({engine or 'default engine'})")
+        try:
+            caller = Caller(Server(binary, engine, name, path), name, feeds)
+            check_close(f"{path.name} on {engine}", caller.call(), reference)
+            callers[engine] = caller
+            row["plans"][engine] = caller.plan
+        except Exception as e:  # noqa: BLE001 - any failure is reported in the table
+            row[engine] = f"n/a: {type(e).__name__}: {e}"
+    try:
+        runs = [("ort", lambda: session.run(None, feeds))]
+        runs += [(engine, caller.call) for engine, caller in callers.items()]
+        for _ in range(warmup):
+            for _, run in runs:
+                run()
+        samples = {key: [] for key, _ in runs}
+        log(f"{path.name}: {iterations} calls of {len(runs)} columns in turn")
+        for i in range(iterations):
+            for k in range(len(runs)):
+                key, run = runs[(i + k) % len(runs)]
+                started = time.perf_counter()
+                run()
+                samples[key].append((time.perf_counter() - started) * 1000.0)
+        for key, values in samples.items():
+            values.sort()
+            row[key] = (percentile(values, 50), percentile(values, 90))
+    finally:
+        for caller in callers.values():
+            caller.close()
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adyton", default=str(ROOT / "target" / "release" / "adyton"))
+    parser.add_argument("--engines", default="tract,onnxruntime")
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--models-dir", default=str(ROOT / "target" / "models"))
+    parser.add_argument("models", nargs="*", help="model file names (default: all fetched)")
+    args = parser.parse_args()
+    if args.iterations < 30:
+        sys.exit("bench_serving_triton.py: --iterations must be at least 30")
+
+    binary = Path(args.adyton)
+    if not binary.exists():
+        sys.exit(f"bench_serving_triton.py: no {binary}; build it (cargo build --release -p adyton)")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    notes = []
+    if not supports_engines(binary):
+        notes.append(f"{binary} has no --engine flag: one column, its default engine (tract)")
+        engines = [None]
+    models_dir = Path(args.models_dir)
+    names = args.models or [m for m in MODELS if (models_dir / m).exists()]
+    if not names:
+        sys.exit(f"bench_serving_triton.py: no model in {models_dir}; run scripts/fetch_models")
+
+    rows = []
+    for m in names:
+        rows.append(measure(binary, engines, models_dir / m, args.iterations, args.warmup))
+        log(f"{m}: done")
+
+    def cell(value):
+        return f"{value[0]:.2f} / {value[1]:.2f}" if isinstance(value, tuple) else value
+
+    def ratio(value, ort_value):
+        return f"{value[0] / ort_value[0]:.2f}×" if isinstance(value, tuple) else "–"
+
+    label = {None: "Adyton", "tract": "Adyton + tract", "onnxruntime": "Adyton + onnxruntime"}
+    print()
+    print(
+        f"tritonclient over attested TLS (binary tensors, pinned certificate) against onnxruntime "
+        f"{ort.__version__} in Python (default threads, spinning off); {args.iterations} calls of "
+        f"each, in turn; p50 / p90 in ms; {os.cpu_count()} cores."
+    )
+    print()
+    header = ["model", "onnxruntime (Python)"]
+    for engine in engines:
+        header += [label.get(engine, engine), f"{label.get(engine, engine)} / onnxruntime p50"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in rows:
+        cells = [row["model"], cell(row["ort"])]
+        for engine in engines:
+            value = row.get(engine, "n/a")
+            plan = row["plans"].get(engine)
+            text = cell(value) + (f" ({plan})" if plan and engine == "tract" else "")
+            cells += [text, ratio(value, row["ort"])]
+        print("| " + " | ".join(cells) + " |")
+    for note in notes:
+        print(f"\n{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
