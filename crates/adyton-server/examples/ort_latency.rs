@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! tests/models/ort_timing.py MODEL.onnx --dump-inputs > inputs.json
-//! cargo run --release -p adyton-server --example ort_latency -- MODEL.onnx inputs.json [ITERATIONS] [--threads N]
+//! cargo run --release -p adyton-server --example ort_latency -- MODEL.onnx inputs.json \
+//!     [ITERATIONS] [--threads N] [--sessions N] [--clients N]
 //! ```
 //!
 //! Prints one JSON object: {"engine", "threads", "sessions", "load_ms", "model_rss_mib" (the
-//! resident memory the load added), "rss_after_runs_mib", "iterations", "p50_ms", "p99_ms"}. The
+//! resident memory the load added), "rss_after_runs_mib", "clients", "iterations",
+//! "requests_per_second", "p50_ms", "p99_ms"}. The
 //! library is `find_library()`'s (ADYTON_ONNXRUNTIME_LIBRARY, else the workspace's .venv).
 
 use std::process::ExitCode;
@@ -33,9 +35,11 @@ fn run() -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let threads = flag(&mut args, "--threads")?.filter(|&t| t > 0);
     let sessions = flag(&mut args, "--sessions")?.unwrap_or(1);
+    let clients = flag(&mut args, "--clients")?.unwrap_or(1).max(1);
     let [model_path, inputs_path, rest @ ..] = args.as_slice() else {
         return Err(
-            "usage: ort_latency MODEL.onnx INPUTS.json [ITERATIONS] [--threads N] [--sessions N]"
+            "usage: ort_latency MODEL.onnx INPUTS.json [ITERATIONS] [--threads N] [--sessions N] \
+             [--clients N]"
                 .into(),
         );
     };
@@ -98,15 +102,35 @@ fn run() -> Result<(), String> {
     for _ in 0..10 {
         model.run(inputs.clone()).map_err(|e| e.to_string())?;
     }
-    let mut samples = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        // The clone is the request's tensors, which the server owns too; it is outside the timing.
-        let batch = inputs.clone();
-        let started = Instant::now();
-        let outputs = model.run(batch).map_err(|e| e.to_string())?;
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
-        drop(outputs);
-    }
+    // `clients` threads share the iterations, each running one request after another.
+    let started_all = Instant::now();
+    let per_client = iterations.div_ceil(clients);
+    let mut samples = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut samples = Vec::with_capacity(per_client);
+                    for _ in 0..per_client {
+                        // The clone is the request's tensors, which the server owns too; it is
+                        // outside the timing.
+                        let batch = inputs.clone();
+                        let started = Instant::now();
+                        let outputs = model.run(batch).map_err(|e| e.to_string())?;
+                        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                        drop(outputs);
+                    }
+                    Ok::<Vec<f64>, String>(samples)
+                })
+            })
+            .collect();
+        workers.into_iter().try_fold(Vec::new(), |mut all, worker| {
+            all.extend(worker.join().map_err(|_| "a client panicked")??);
+            Ok::<Vec<f64>, String>(all)
+        })
+    })?;
+    // Counts far below 2^52 convert exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let requests_per_second = samples.len() as f64 / started_all.elapsed().as_secs_f64();
     samples.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
         // Nearest rank, as ort_timing.py computes it.
@@ -127,7 +151,9 @@ fn run() -> Result<(), String> {
             "load_ms": load_ms,
             "model_rss_mib": rss_loaded - rss_before,
             "rss_after_runs_mib": rss_mib(),
-            "iterations": iterations,
+            "clients": clients,
+            "iterations": samples.len(),
+            "requests_per_second": requests_per_second,
             "p50_ms": percentile(50.0),
             "p99_ms": percentile(99.0),
         })
