@@ -47,7 +47,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tract_linalg::multithread::Executor;
+use threads::Threads;
 use tract_onnx::data_resolver::ModelDataResolver;
 use tract_onnx::pb::{type_proto, ModelProto};
 use tract_onnx::prelude::{
@@ -160,7 +160,7 @@ impl Engine for TractEngine {
             .graph
             .as_ref()
             .is_some_and(|graph| !graph.value_info.is_empty());
-        let executor = threads::executor(options.threads);
+        let threads = Threads::new(options.threads);
 
         let mut failures = Vec::new();
         let mut untyped = None;
@@ -171,7 +171,7 @@ impl Engine for TractEngine {
             &[false]
         };
         for &ignore_value_info in attempts {
-            match self.attempt(&proto, options, ignore_value_info, &executor, &mut failures)? {
+            match self.attempt(&proto, options, ignore_value_info, &threads, &mut failures)? {
                 Attempt::Loaded(model) => return model.ready(options),
                 Attempt::Untyped(graph) => {
                     untyped.get_or_insert(graph);
@@ -188,7 +188,7 @@ impl Engine for TractEngine {
                 Base::Untyped(graph),
                 HashSet::new(),
                 options,
-                executor,
+                threads,
             );
             return model.ready(options);
         }
@@ -218,7 +218,7 @@ impl TractEngine {
         proto: &ModelProto,
         options: &LoadOptions,
         ignore_value_info: bool,
-        executor: &Executor,
+        threads: &Threads,
         failures: &mut Vec<String>,
     ) -> Result<Attempt, EngineError> {
         let note = if ignore_value_info {
@@ -255,7 +255,7 @@ impl TractEngine {
         // A symbolic graph is worth one plan only if it optimises: its decluttered plan is
         // several times slower than the plans per shape would be.
         let steps: &[Step] = if symbolic { &STEPS[..2] } else { &STEPS };
-        if let Some((runnable, plan)) = first_runnable(&typed, steps, note, failures, executor) {
+        if let Some((runnable, plan)) = first_runnable(&typed, steps, note, failures) {
             let plan = if ignore_value_info {
                 Plan::ValueInfoIgnored
             } else {
@@ -265,6 +265,7 @@ impl TractEngine {
                 signature,
                 plan,
                 plans: Plans::One(Arc::new(RunPlan::new(runnable))),
+                threads: threads.clone(),
             }));
         }
         if !symbolic {
@@ -276,7 +277,7 @@ impl TractEngine {
             Base::Typed(typed),
             shared,
             options,
-            executor.clone(),
+            threads.clone(),
         )))
     }
 }
@@ -524,18 +525,14 @@ fn optimized_keeping_axes(mut model: TypedModel) -> TractResult<TypedModel> {
 }
 
 /// The runnable plan of the first step that works, with reasons pushed to `failures` for those
-/// that do not. Its operators run on `executor`'s threads.
+/// that do not. The plan sets no executor: each run picks its threads ([`Threads::scope`]).
 fn first_runnable(
     typed: &TypedModel,
     steps: &[Step],
     note: &str,
     failures: &mut Vec<String>,
-    executor: &Executor,
 ) -> Option<(Arc<TypedRunnableModel>, Plan)> {
-    let options = RunOptions {
-        executor: Some(executor.clone()),
-        ..RunOptions::default()
-    };
+    let options = RunOptions::default();
     for &(plan, verb, transform) in steps {
         match guarded(|| transform(typed.clone())?.into_runnable_with_options(&options)) {
             Ok(runnable) => return Some((runnable, plan)),
@@ -621,7 +618,6 @@ enum Base {
 struct PerShape {
     base: Base,
     cache: PlanCache<RunPlan>,
-    executor: Executor,
     /// The addresses of the base's constant tensors, which a plan shares rather than copies
     /// (not counted in its size).
     shared: HashSet<usize>,
@@ -643,6 +639,7 @@ struct TractModel {
     signature: Signature,
     plan: Plan,
     plans: Plans,
+    threads: Threads,
 }
 
 impl fmt::Debug for TractModel {
@@ -661,7 +658,7 @@ impl TractModel {
         base: Base,
         shared: HashSet<usize>,
         options: &LoadOptions,
-        executor: Executor,
+        threads: Threads,
     ) -> TractModel {
         let blame = signature
             .inputs
@@ -678,12 +675,12 @@ impl TractModel {
             plans: Plans::PerShape(Box::new(PerShape {
                 base,
                 cache: PlanCache::new(options.plan_cache),
-                executor,
                 shared,
                 max_bytes: options.plan_cache.max_bytes,
                 max_compiles_per_minute: options.plan_cache.max_compiles_per_minute,
                 blame,
             })),
+            threads,
         }
     }
 
@@ -814,9 +811,7 @@ impl PerShape {
             )));
         }
         let mut failures = Vec::new();
-        let Some((runnable, _)) =
-            first_runnable(&concrete, &STEPS, "", &mut failures, &self.executor)
-        else {
+        let Some((runnable, _)) = first_runnable(&concrete, &STEPS, "", &mut failures) else {
             failures.dedup();
             return Err(refusal(failures.join("; ")));
         };
@@ -848,12 +843,14 @@ fn concretize(base: &TypedModel, key: &ShapeKey, blame: usize) -> Result<TypedMo
             let size_dim = size.to_dim();
             match dim {
                 TDim::Sym(symbol) => match values.get(symbol) {
-                    Some(bound) if *bound != size_dim => return Err(Refusal {
-                        input,
-                        reason: format!(
+                    Some(bound) if *bound != size_dim => {
+                        return Err(Refusal {
+                            input,
+                            reason: format!(
                             "dimension {axis} is {symbol}, which another dimension makes {bound}"
                         ),
-                    }),
+                        })
+                    }
                     Some(_) => {}
                     None => {
                         values.insert(symbol.clone(), size_dim);
@@ -1022,7 +1019,8 @@ impl LoadedModel for TractModel {
         drop(inputs);
         // The plan itself is shared and never mutated; each run has a state of its own, which
         // is what lets many threads run one model at once.
-        let outputs = guarded(|| plan.run(values)).map_err(|reason| EngineError::Run { reason })?;
+        let outputs = guarded(|| self.threads.scope(|| plan.run(values)))
+            .map_err(|reason| EngineError::Run { reason })?;
         if outputs.len() != self.signature.outputs.len() {
             return Err(EngineError::Run {
                 reason: format!(
@@ -1250,14 +1248,7 @@ mod tests {
                 ),
             ];
             let mut failures = Vec::new();
-            let (runnable, plan) = first_runnable(
-                &doubling(),
-                &steps,
-                "",
-                &mut failures,
-                &Executor::SingleThread,
-            )
-            .unwrap();
+            let (runnable, plan) = first_runnable(&doubling(), &steps, "", &mut failures).unwrap();
             assert_eq!(plan, Plan::Decluttered);
             assert_eq!(failures.len(), 1);
             assert!(
@@ -1272,14 +1263,7 @@ mod tests {
 
         let steps = [(Plan::Optimized, "optimise", fails as Transform)];
         let mut failures = Vec::new();
-        assert!(first_runnable(
-            &doubling(),
-            &steps,
-            "",
-            &mut failures,
-            &Executor::SingleThread
-        )
-        .is_none());
+        assert!(first_runnable(&doubling(), &steps, "", &mut failures).is_none());
         assert_eq!(
             failures,
             ["tract cannot optimise the model: the optimiser gave up"]
