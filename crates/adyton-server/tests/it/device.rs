@@ -362,7 +362,7 @@ fn sealed_models_load_with_their_input_shapes_and_fail_alone_without() {
     let dir = tempfile::tempdir().unwrap();
     let state = DeviceState::open(dir.path()).unwrap();
     let (_, sealer) = device(1, MEASUREMENT);
-    // `unknown_dim` ([batch, ?, 4]) loads only with its input shape; `add` needs none.
+    // `unknown_dim` ([batch, ?, 4]) takes settings of its own; `add` none.
     for name in ["unknown_dim", "add"] {
         let plain = crate::support::model(name);
         let request = request(&state, 1, SealingPolicy::ExactBuild, name, &blob(&plain));
@@ -372,14 +372,25 @@ fn sealed_models_load_with_their_input_shapes_and_fail_alone_without() {
     }
     let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
 
+    // Settings that do not fit it (a shape for an input it does not have) fail it alone.
     let repository = Repository::new(16);
+    let misfit = BTreeMap::from([(
+        "unknown_dim".to_owned(),
+        LoadOptions {
+            ahead_shapes: vec![BTreeMap::from([("z".to_owned(), vec![2, 1, 4])])],
+            ..LoadOptions::default()
+        },
+    )]);
     let outcomes = state
-        .load_all(&sealer, &engine, &repository, &BTreeMap::new())
+        .load_all(&sealer, &engine, &repository, &misfit)
         .unwrap();
     let outcome = |name: &str| outcomes.iter().find(|(m, _)| m == name).unwrap().1.as_ref();
     assert!(outcome("add").is_ok());
     let refused = outcome("unknown_dim").unwrap_err().to_string();
-    assert!(refused.contains("does not load"), "{refused}");
+    assert!(
+        refused.contains("does not load") && refused.contains("input 'z'"),
+        "{refused}"
+    );
     assert!(repository.get("add", None).is_ok());
     assert!(repository.get("unknown_dim", None).is_err());
 

@@ -470,12 +470,20 @@ async fn the_pull_endpoint_takes_input_shapes() {
         }
     };
 
-    // Without its shape, the model does not load, and says why.
+    // Without a shape, the model loads with a plan per concrete input shape.
     let (status, body) = pull("plain", r#"{"model_id": "m1"}"#).await;
     assert_eq!(status, 202, "{body}");
-    match settled("plain").await {
+    assert_eq!(settled("plain").await, None);
+    // A shape that does not fit the model fails it, saying why.
+    let (status, body) = pull(
+        "misfit",
+        r#"{"model_id": "m1", "input_shapes": {"z": [1]}}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    match settled("misfit").await {
         Some(Pending::Failed { reason }) => {
-            assert!(reason.contains("load"), "{reason}")
+            assert!(reason.contains("input 'z'"), "{reason}")
         }
         other => panic!("expected a failed load, got {other:?}"),
     }
