@@ -4,10 +4,13 @@
 //!
 //! - **One plan** when every input dimension is fixed, or when tract optimises the graph with
 //!   its symbolic dimensions (a `batch` or `sequence` axis): tract binds the symbols from each
-//!   run's inputs, so the one plan serves every shape. Plans per shape are not built for such a
-//!   model: on paraphrase-MiniLM-L3 at 1x128, the symbolic plan runs in 22.1 ms and a plan
-//!   compiled for that shape in 21.6 ms (`examples/plans.rs`), a gain within the noise that
-//!   would cost a compilation (30 to 50 ms) and a copy of the weights per shape.
+//!   run's inputs, so the one plan serves every shape, and no request waits for a compilation or
+//!   is refused as busy. A plan compiled for one concrete shape is a little faster (on
+//!   paraphrase-MiniLM-L3 at 1x128, 6 to 9% in four runs of `examples/plans.rs`: 20.6 against
+//!   19.2 ms, say), but costs a compilation (25 to 35 ms) and a packed copy of the weights per
+//!   shape, and a text model's requests bring a new sequence length nearly every time. So the
+//!   rule: such a model gets plans of their own only for the shape sets the operator lists in
+//!   [`LoadOptions::ahead_shapes`], compiled at load; every other shape runs on the symbolic plan.
 //! - **A plan per concrete shape set** ([`Plan::PerShape`]) when tract cannot optimise the
 //!   symbolic graph (Yahoo's open_nsfw: its optimiser fails on the symbolic batch), or cannot
 //!   type the graph at all without sizes (PaddleOCR's recognizer, input `[N, 3, ?, W]`, whose
@@ -261,10 +264,20 @@ impl TractEngine {
             } else {
                 plan
             };
+            let one = Arc::new(RunPlan::new(runnable));
+            // Shapes the operator lists get plans of their own (see the module's notes); every
+            // other shape runs on the symbolic plan, so no request ever waits for a compilation.
+            let plans = if symbolic && !options.ahead_shapes.is_empty() {
+                let shared = constant_addresses(&typed);
+                let ahead = PerShape::new(&signature, Base::Typed(typed), shared, options);
+                Plans::Ahead(one, Box::new(ahead))
+            } else {
+                Plans::One(one)
+            };
             return Ok(Attempt::Loaded(TractModel {
                 signature,
                 plan,
-                plans: Plans::One(Arc::new(RunPlan::new(runnable))),
+                plans,
                 threads: threads.clone(),
             }));
         }
@@ -630,8 +643,13 @@ struct PerShape {
 
 /// The plans of a model.
 enum Plans {
+    /// One plan for every shape.
     One(Arc<RunPlan>),
+    /// A plan per shape set, compiled on first use.
     PerShape(Box<PerShape>),
+    /// A symbolic plan for every shape, and plans of their own for the shape sets compiled
+    /// ahead, at load (none is compiled for a request).
+    Ahead(Arc<RunPlan>, Box<PerShape>),
 }
 
 /// A model as tract runs it.
@@ -660,26 +678,11 @@ impl TractModel {
         options: &LoadOptions,
         threads: Threads,
     ) -> TractModel {
-        let blame = signature
-            .inputs
-            .iter()
-            .position(|spec| {
-                spec.shape
-                    .as_ref()
-                    .is_none_or(|s| s.contains(&Dim::Dynamic))
-            })
-            .unwrap_or(0);
+        let per_shape = PerShape::new(&signature, base, shared, options);
         TractModel {
             signature,
             plan: Plan::PerShape,
-            plans: Plans::PerShape(Box::new(PerShape {
-                base,
-                cache: PlanCache::new(options.plan_cache),
-                shared,
-                max_bytes: options.plan_cache.max_bytes,
-                max_compiles_per_minute: options.plan_cache.max_compiles_per_minute,
-                blame,
-            })),
+            plans: Plans::PerShape(Box::new(per_shape)),
             threads,
         }
     }
@@ -689,7 +692,7 @@ impl TractModel {
     fn ready(self, options: &LoadOptions) -> Result<Arc<dyn LoadedModel>, EngineError> {
         for shapes in &options.ahead_shapes {
             let key = key_of(shapes, &self.signature)?;
-            if let Plans::PerShape(per_shape) = &self.plans {
+            if let Plans::PerShape(per_shape) | Plans::Ahead(_, per_shape) = &self.plans {
                 per_shape.plan_for(&key, &self.signature, Admission::Ahead)?;
             }
         }
@@ -758,6 +761,31 @@ fn key_of(shapes: &ShapeSet, signature: &Signature) -> Result<ShapeKey, EngineEr
 }
 
 impl PerShape {
+    fn new(
+        signature: &Signature,
+        base: Base,
+        shared: HashSet<usize>,
+        options: &LoadOptions,
+    ) -> PerShape {
+        let blame = signature
+            .inputs
+            .iter()
+            .position(|spec| {
+                spec.shape
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&Dim::Dynamic))
+            })
+            .unwrap_or(0);
+        PerShape {
+            base,
+            cache: PlanCache::new(options.plan_cache),
+            shared,
+            max_bytes: options.plan_cache.max_bytes,
+            max_compiles_per_minute: options.plan_cache.max_compiles_per_minute,
+            blame,
+        }
+    }
+
     /// The plan for `key`, from the cache or compiled now.
     fn plan_for(
         &self,
@@ -980,7 +1008,7 @@ impl LoadedModel for TractModel {
     fn plan_stats(&self) -> PlanStats {
         match &self.plans {
             Plans::One(_) => PlanStats::default(),
-            Plans::PerShape(per_shape) => per_shape.cache.stats(),
+            Plans::PerShape(per_shape) | Plans::Ahead(_, per_shape) => per_shape.cache.stats(),
         }
     }
 
@@ -1004,6 +1032,13 @@ impl LoadedModel for TractModel {
         }
         let plan = match &self.plans {
             Plans::One(plan) => Arc::clone(plan),
+            Plans::Ahead(symbolic, ahead) => {
+                let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
+                ahead
+                    .cache
+                    .cached(&key)
+                    .unwrap_or_else(|| Arc::clone(symbolic))
+            }
             Plans::PerShape(per_shape) => {
                 let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
                 per_shape.plan_for(&key, &self.signature, Admission::Request)?

@@ -839,3 +839,27 @@ fn every_thread_setting_gives_the_same_outputs() {
         }
     }
 }
+
+#[test]
+fn a_symbolic_plan_serves_every_shape_and_ahead_shapes_get_plans_of_their_own() {
+    let model = load_with("dynamic_batch", &ahead(&[("x", &[3, 4])])).unwrap();
+    assert_eq!(model.plan(), Plan::Optimized);
+    assert_eq!(model.plan_stats().compiled, 1);
+    let check = |batch: usize| {
+        let x: Vec<f32> = (0..batch * 4).map(|i| i as f32).collect();
+        let outputs = run(&*model, vec![("x", f32s(&[batch, 4], &x))]);
+        let y = f32_values(&outputs[0]);
+        for (row, out) in x.chunks_exact(4).zip(y.chunks_exact(2)) {
+            assert_eq!(out[0], row[0] + row[2] + 2.0 * row[3] + 0.5);
+            assert_eq!(out[1], row[1] + row[2] - row[3] - 1.0);
+        }
+    };
+    check(3);
+    assert_eq!(model.plan_stats().hits, 1);
+    // Other shapes run on the symbolic plan: nothing is compiled for a request.
+    for batch in [1, 2, 5, 3] {
+        check(batch);
+    }
+    let stats = model.plan_stats();
+    assert_eq!((stats.compiled, stats.hits, stats.cached_plans), (1, 2, 1));
+}

@@ -321,6 +321,18 @@ impl<P> PlanCache<P> {
         }
     }
 
+    /// The plan for `key` if it is cached (a hit), never compiling one.
+    pub fn cached(&self, key: &ShapeKey) -> Option<Arc<P>> {
+        let mut inner = lock(&self.inner);
+        inner.tick += 1;
+        let tick = inner.tick;
+        let entry = inner.plans.get_mut(key)?;
+        entry.used = tick;
+        let plan = Arc::clone(&entry.plan);
+        inner.stats.hits += 1;
+        Some(plan)
+    }
+
     /// The counters, with the cache's size now.
     pub fn stats(&self) -> PlanStats {
         let inner = lock(&self.inner);
@@ -508,10 +520,16 @@ mod tests {
             plan(cache.get(&key(1), Admission::Request, compile(1, 1))),
             1
         );
+        assert_eq!(cache.cached(&key(2)).map(|p| *p), Some(2));
+        assert!(cache.cached(&key(3)).is_none());
         // Shapes compiled ahead, at load, are not capped.
         assert_eq!(plan(cache.get(&key(4), Admission::Ahead, compile(4, 1))), 4);
         let stats = cache.stats();
-        assert_eq!((stats.compiled, stats.rate_limited), (3, 1), "{stats:?}");
+        assert_eq!(
+            (stats.compiled, stats.rate_limited, stats.hits),
+            (3, 1, 2),
+            "{stats:?}"
+        );
     }
 
     #[test]
