@@ -201,6 +201,30 @@ def main():
     json_only = infer_body([{"name": "x", "shape": [1], "datatype": "FP16", "data": [0.5]}])
     write("infer_binary", "json-only", struct.pack("<H", len(json_only)) + json_only)
 
+    onnx_seeds()
+
+
+def field(number, payload):
+    """A length-delimited protobuf field (numbers and lengths under 128 here)."""
+    key = number << 3 | 2
+    key_bytes = bytes([key]) if key < 128 else bytes([key & 0x7F | 0x80, key >> 7])
+    return key_bytes + bytes([len(payload)]) + payload
+
+
+def onnx_seeds():
+    """Small ONNX models for the external data check, encoded by hand (onnx.proto's numbers)."""
+    inline = field(8, b"w") + struct.pack("<BB", 2 << 3, 1) + field(9, struct.pack("<f", 1.0))
+    external = (field(8, b"w") + field(13, field(1, b"location") + field(2, b"weights.bin"))
+                + struct.pack("<BB", 14 << 3, 1))
+    node = field(1, b"x") + field(1, b"w") + field(2, b"y") + field(4, b"Add")
+    for name, tensor in [("inline", inline), ("external", external)]:
+        graph = field(1, node) + field(2, b"g") + field(5, tensor)
+        write("onnx_external_data", f"initializer-{name}",
+              struct.pack("<BB", 1 << 3, 8) + field(7, graph))
+    # A Constant node's tensor attribute inside a local function (ModelProto.functions, 25).
+    function = field(7, field(5, field(1, b"value") + field(5, external)))
+    write("onnx_external_data", "function-constant-external",
+          struct.pack("<BB", 1 << 3, 8) + field(25, function))
 
 if __name__ == "__main__":
     main()
