@@ -4,9 +4,9 @@
     compare.py [--adyton BIN] [--engine tract|onnxruntime] [--models-dir DIR] [MODEL...]
     compare.py --server HOST:PORT --cert CERT.pem --served-name NAME MODEL_PATH
 
-For each model (default: every model present in target/models/), builds deterministic inputs of
-the model's real names, types and layouts, runs them through onnxruntime (the reference) and
-through a real Adyton server: `adyton server serve --tee sim --engine ENGINE` started as a
+For each model (default: every model of scripts/fetch_models, which it runs for those missing from
+target/models/), builds deterministic inputs of the model's real names, types and layouts, runs
+them through onnxruntime (the reference) and through a real Adyton server: `adyton server serve --tee sim --engine ENGINE` started as a
 subprocess with that one model and no other setting, queried over HTTPS with tritonclient pinned
 to the server's certificate, with binary tensors. A model with free dimensions that matter (the
 text detector's height and width) is run at two shapes on the same server. Prints one line per
@@ -71,6 +71,7 @@ import onnxruntime as ort
 import tritonclient.http as httpclient
 
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODELS_DIR = ROOT / "target" / "models"
 ENGINES = ("tract", "onnxruntime")
 LIBRARY_ENV = "ADYTON_ONNXRUNTIME_LIBRARY"
 # See the module's documentation for both.
@@ -481,11 +482,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adyton", help="the adyton binary")
     parser.add_argument("--engine", choices=ENGINES, default="tract", help="the server's engine (default: tract)")
-    parser.add_argument("--models-dir", default=str(ROOT / "target" / "models"))
+    parser.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     parser.add_argument("--server", help="HOST:PORT of a running server to compare instead")
     parser.add_argument("--cert", help="with --server: its certificate (PEM), pinned")
     parser.add_argument("--served-name", help="with --server: the model's name on it")
-    parser.add_argument("models", nargs="*", help="model file names (default: all fetched)")
+    parser.add_argument("models", nargs="*", help="model file names (default: all of them)")
     args = parser.parse_args()
 
     if args.server:
@@ -500,14 +501,21 @@ def main():
 
     binary = adyton_binary(args.adyton)
     models_dir = Path(args.models_dir)
-    names = args.models or [m for m in MODELS if (models_dir / m).exists()]
-    if not names:
-        sys.exit(f"compare.py: no model in {models_dir}; run scripts/fetch_models")
+    names = args.models or list(MODELS)
     for m in names:
         if m not in MODELS:
             sys.exit(f"compare.py: unknown model {m} (known: {', '.join(MODELS)})")
-        if not (models_dir / m).exists():
-            sys.exit(f"compare.py: {models_dir / m} is missing; run scripts/fetch_models {m}")
+    missing = [m for m in names if not (models_dir / m).exists()]
+    if missing and models_dir.resolve() == DEFAULT_MODELS_DIR.resolve():
+        # scripts/fetch_models fills this directory; it prints its progress on stderr.
+        fetched = subprocess.run(
+            [str(ROOT / "scripts" / "fetch_models"), *missing], stdout=subprocess.DEVNULL,
+            env={"PYTHON": sys.executable, **os.environ},
+        )
+        if fetched.returncode != 0:
+            sys.exit(f"compare.py: scripts/fetch_models {' '.join(missing)} failed")
+    elif missing:
+        sys.exit(f"compare.py: {', '.join(missing)} missing from {models_dir}")
 
     library = f", library {onnxruntime_library()}" if args.engine == "onnxruntime" else ""
     print(f"adyton: {binary}; engine {args.engine}{library}; reference onnxruntime {ort.__version__}", flush=True)
