@@ -21,7 +21,7 @@
 //!
 //! ```sh
 //! cargo build --release -p adyton
-//! .venv/bin/python tests/models/compare.py --engine tract          # every fetched model
+//! .venv/bin/python tests/models/compare.py --engine tract          # all six, fetched if missing
 //! .venv/bin/python tests/models/compare.py --engine onnxruntime
 //! ```
 //!
