@@ -1,7 +1,9 @@
 //! Intra-op threads on the tract engine: the latency of one client (median and 99th percentile
 //! of 30 runs) and the throughput of 8 threads calling `run` at once, for one thread per request,
 //! a pool of as many threads as cores for every request, and the engine's default (that pool for
-//! a request that runs alone, its own thread for a request that runs while others do).
+//! a request that runs alone, its own thread for a request that runs while others do). The
+//! settings take turns, five runs at a time, so that other load on the machine weighs on each
+//! alike.
 //!
 //!     scripts/fetch_models
 //!     cargo run --release -p adyton-server --example threads -- \
@@ -58,45 +60,60 @@ fn main() {
             .file_stem()
             .unwrap()
             .to_string_lossy();
-        for threads in [Some(1), Some(default_threads()), None] {
-            let options = LoadOptions {
-                threads,
-                ..LoadOptions::default()
-            };
-            let model = TractEngine::new().load_with(&bytes, &options).unwrap();
-            for _ in 0..3 {
-                model.run(inputs(&*model, &shapes)).unwrap();
-            }
-            let mut one: Vec<Duration> = (0..ROUNDS)
-                .map(|_| {
-                    let inputs = inputs(&*model, &shapes);
+        let settings = [Some(1), Some(default_threads()), None];
+        let models: Vec<_> = settings
+            .iter()
+            .map(|&threads| {
+                let options = LoadOptions {
+                    threads,
+                    ..LoadOptions::default()
+                };
+                let model = TractEngine::new().load_with(&bytes, &options).unwrap();
+                for _ in 0..3 {
+                    model.run(inputs(&*model, &shapes)).unwrap();
+                }
+                model
+            })
+            .collect();
+        // The settings take turns, a few runs at a time, so that the machine's other load
+        // weighs on each alike.
+        let mut one = vec![Vec::new(); settings.len()];
+        let mut busy = vec![(0usize, Duration::ZERO); settings.len()];
+        for _ in 0..ROUNDS / 5 {
+            for (index, model) in models.iter().enumerate() {
+                for _ in 0..5 {
+                    let inputs = inputs(&**model, &shapes);
                     let started = Instant::now();
                     model.run(inputs).unwrap();
-                    started.elapsed()
-                })
-                .collect();
-            one.sort();
-            let started = Instant::now();
-            std::thread::scope(|scope| {
-                for _ in 0..CLIENTS {
-                    let model = Arc::clone(&model);
-                    let shapes = &shapes;
-                    scope.spawn(move || {
-                        for _ in 0..ROUNDS {
-                            model.run(inputs(&*model, shapes)).unwrap();
-                        }
-                    });
+                    one[index].push(started.elapsed());
                 }
-            });
-            let throughput = (CLIENTS * ROUNDS) as f64 / started.elapsed().as_secs_f64();
+                let started = Instant::now();
+                std::thread::scope(|scope| {
+                    for _ in 0..CLIENTS {
+                        let model = Arc::clone(model);
+                        let shapes = &shapes;
+                        scope.spawn(move || {
+                            for _ in 0..5 {
+                                model.run(inputs(&*model, shapes)).unwrap();
+                            }
+                        });
+                    }
+                });
+                busy[index].0 += CLIENTS * 5;
+                busy[index].1 += started.elapsed();
+            }
+        }
+        for (index, threads) in settings.iter().enumerate() {
+            one[index].sort();
+            let throughput = busy[index].0 as f64 / busy[index].1.as_secs_f64();
             let label = match threads {
                 Some(n) => n.to_string(),
                 None => format!("default (adaptive, {})", default_threads()),
             };
             println!(
                 "| {name} | {label} | {:.2} ms | {:.2} ms | {throughput:.1} |",
-                percentile(&one, 50),
-                percentile(&one, 99)
+                percentile(&one[index], 50),
+                percentile(&one[index], 99)
             );
         }
     }

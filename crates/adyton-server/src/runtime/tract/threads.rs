@@ -6,11 +6,14 @@
 //! to the pool and waits.
 //!
 //! The default ([`Threads::Adaptive`], when neither the model nor the server sets a number) is
-//! measured, not assumed (`examples/threads.rs`, 2 cores): a request that runs alone gets the
+//! chosen from measurements (`examples/threads.rs`, 2 cores): a request that runs alone gets the
 //! pool of as many threads as cores ([`default_threads`]), and a request that runs while other
-//! tract requests do runs on its own thread only. With eight clients, a shared pool made every
-//! request queue for the same two threads and cost throughput (MiniLM-L3: 69 requests/s against
-//! 96 on one thread each); one thread per request keeps every core busy with no hand-offs.
+//! tract requests do runs on its own thread only. With eight clients, a pool for every request
+//! made them queue for the same two threads and cost throughput (MiniLM-L3: 69 requests/s
+//! against 96 on one thread each; open_nsfw: 21 against 35), while one thread per request keeps
+//! every core busy with no hand-offs. The pool can only shorten a request that has cores to
+//! itself; on the shared 2-core machine measured, it brought no gain at one client beyond the
+//! noise.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
