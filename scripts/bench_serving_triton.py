@@ -181,12 +181,23 @@ def measure(binary, engines, path, iterations, warmup):
     for engine in engines:
         log(f"{path.name}: starting the server ({engine or 'default engine'})")
         try:
-            caller = Caller(Server(binary, engine, name, path), name, feeds)
+            server = Server(binary, engine, name, path)
+        except Exception as e:  # noqa: BLE001 - any failure is reported in the table
+            row[engine] = f"n/a: {type(e).__name__}: {e}"
+            continue
+        try:
+            caller = Caller(server, name, feeds)
+        except Exception as e:  # noqa: BLE001
+            server.close()
+            row[engine] = f"n/a: {type(e).__name__}: {e}"
+            continue
+        try:
             error = largest_error(f"{path.name} on {engine}", caller.call(), reference)
             callers[engine] = caller
             row["plans"][engine] = caller.plan
             row.setdefault("errors", {})[engine] = error
         except Exception as e:  # noqa: BLE001 - any failure is reported in the table
+            caller.close()
             row[engine] = f"n/a: {type(e).__name__}: {e}"
     try:
         runs = [("ort", lambda: session.run(None, feeds))]
