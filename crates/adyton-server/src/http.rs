@@ -889,7 +889,7 @@ async fn run_alone(
 /// An engine's error as the client sees it, with its metrics label.
 fn engine_failure(e: EngineError) -> (FailureReason, ApiError) {
     let (status, reason, retry_after) = match &e {
-        EngineError::Input(_) | EngineError::Shape { .. } => {
+        EngineError::Input(_) | EngineError::Shape { .. } | EngineError::InputRejected { .. } => {
             (StatusCode::BAD_REQUEST, FailureReason::Rejected, None)
         }
         EngineError::Busy {

@@ -526,6 +526,14 @@ pub enum EngineError {
         /// When to try again, in seconds.
         retry_after_secs: u64,
     },
+    /// The engine refused the inputs while running them, for a reason of the inputs' own (an
+    /// index out of range, dimensions that disagree between inputs): the request's fault, so a
+    /// 400, never the server's. The reason quotes no tensor values.
+    #[error("the model refused the inputs: {reason}")]
+    InputRejected {
+        /// Why.
+        reason: String,
+    },
     /// An output has more elements than the server sends (the same limit as an input's).
     #[error(
         "output '{name}' has {elements} elements, over the limit of {limit} elements per tensor \
@@ -664,6 +672,17 @@ pub enum InputError {
         expected: usize,
         /// Given shape.
         actual: Vec<usize>,
+    },
+    /// A `BYTES` element holding a NUL byte, given to an engine whose strings cannot hold one
+    /// (ONNX Runtime's are C strings).
+    #[error(
+        "input '{name}' element {index} holds a NUL byte, which this model's engine cannot take"
+    )]
+    NulByte {
+        /// The input.
+        name: String,
+        /// The element's row-major index.
+        index: usize,
     },
     /// A `BYTES` element that is not UTF-8, given to a model whose input is a string tensor.
     #[error("input '{name}' element {index} is not UTF-8, and the model takes text")]

@@ -747,13 +747,33 @@ impl LoadedModel for OnnxRuntimeModel {
                 .session
                 .as_mut()
                 .ok_or_else(|| "the session was given back".to_owned())?;
-            let outputs = session.run(values.as_slice()).map_err(|e| e.to_string())?;
-            let outputs: Vec<DynValue> = outputs.into_iter().map(|(_, value)| value).collect();
-            Ok(outputs)
+            // ONNX Runtime answers INVALID_ARGUMENT for what the inputs' values or their
+            // combination cause once the declared types and ranks passed (a Gather index out of
+            // range, inputs whose dynamic dimensions disagree): the request's fault.
+            Ok(match session.run(values.as_slice()) {
+                Ok(outputs) => Ok(outputs
+                    .into_iter()
+                    .map(|(_, value)| value)
+                    .collect::<Vec<DynValue>>()),
+                Err(e) => Err((
+                    e.code() == ort::error::ErrorCode::InvalidArgument,
+                    e.to_string(),
+                )),
+            })
         });
-        let outputs = result.map_err(|reason| EngineError::Run {
-            reason: run_reason(&reason),
-        })?;
+        let outputs = match result {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err((true, reason))) => {
+                return Err(EngineError::InputRejected {
+                    reason: run_reason(&reason),
+                })
+            }
+            Ok(Err((false, reason))) | Err(reason) => {
+                return Err(EngineError::Run {
+                    reason: run_reason(&reason),
+                })
+            }
+        };
         drop(values);
         drop(staged);
         drop(inputs);
@@ -883,13 +903,11 @@ impl<'t> Staged<'t> {
                 // ONNX Runtime's strings are UTF-8, handed over as C strings and copied into
                 // memory of its own: an element cannot hold a NUL byte.
                 if let Some(index) = elements.iter().position(|e| e.contains(&0)) {
-                    return Err(EngineError::Run {
-                        reason: format!(
-                            "input '{}' element {index} holds a NUL byte, which onnxruntime's \
-                             string tensors cannot take",
-                            spec.name
-                        ),
-                    });
+                    return Err(InputError::NulByte {
+                        name: spec.name.clone(),
+                        index,
+                    }
+                    .into());
                 }
                 let strings = elements
                     .iter()

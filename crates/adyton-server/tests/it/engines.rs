@@ -322,7 +322,10 @@ fn a_string_with_a_nul_byte(engine: &dyn Engine, kind: EngineKind) {
         EngineKind::OnnxRuntime => {
             let e = model.run(vec![input]).unwrap_err();
             let message = e.to_string();
-            assert!(matches!(e, EngineError::Run { .. }), "{e:?}");
+            assert!(
+                matches!(e, EngineError::Input(InputError::NulByte { index: 3, .. })),
+                "{e:?}"
+            );
             assert!(
                 message.contains("input 'x' element 3 holds a NUL byte"),
                 "{message}"
@@ -646,7 +649,7 @@ fn eight_threads_run_one_model_at_once(engine: &dyn Engine, _kind: EngineKind) {
 }
 
 /// An index out of range fails the run; the error names no value of the request.
-fn a_failed_run_quotes_no_input_values(engine: &dyn Engine, _kind: EngineKind) {
+fn a_failed_run_quotes_no_input_values(engine: &dyn Engine, kind: EngineKind) {
     let gather = onnx::model(
         &[onnx::node("Gather", &["data", "indices"], &["y"])],
         &[onnx::int64_tensor("data", &[3], &[10, 20, 30])],
@@ -660,7 +663,11 @@ fn a_failed_run_quotes_no_input_values(engine: &dyn Engine, _kind: EngineKind) {
     );
     let e = model.run(vec![i64s(&[1], &[40_961])]).unwrap_err();
     let message = e.to_string();
-    assert!(matches!(e, EngineError::Run { .. }), "{e:?}");
+    // ONNX Runtime says the index is the input's fault (a 400); tract does not tell.
+    match kind {
+        EngineKind::OnnxRuntime => assert!(matches!(e, EngineError::InputRejected { .. }), "{e:?}"),
+        EngineKind::Tract => assert!(matches!(e, EngineError::Run { .. }), "{e:?}"),
+    }
     assert!(!message.contains("40961"), "{message}");
 }
 
