@@ -4,6 +4,7 @@
 //! [`tract::TractEngine`] is the implementation; no other module knows tract.
 
 pub mod onnxruntime;
+mod reason;
 pub mod tract;
 
 use std::collections::BTreeMap;

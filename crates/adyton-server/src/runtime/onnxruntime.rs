@@ -46,6 +46,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use super::reason::{panic_message, truncate, without_numbers};
 use half::f16;
 use ort::environment::Environment;
 use ort::logging::LogLevel;
@@ -67,9 +68,6 @@ pub const LIBRARY_ENV: &str = "ADYTON_ONNXRUNTIME_LIBRARY";
 
 /// The default [`OnnxRuntimeEngine::with_load_budget`], the tract engine's.
 pub const DEFAULT_LOAD_BUDGET: u64 = super::tract::DEFAULT_LOAD_BUDGET;
-
-/// The longest reason taken from ONNX Runtime, in bytes.
-const MAX_REASON_LEN: usize = 2048;
 
 /// The deepest nesting of ONNX messages followed when looking for external data.
 const MAX_PROTO_DEPTH: usize = 64;
@@ -1062,11 +1060,8 @@ fn guarded<T>(call: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_owned());
+            // A panic's message can quote a value of the request (an index out of bounds).
+            let message = without_numbers(&panic_message(payload.as_ref()));
             Err(format!("onnxruntime panicked: {message}"))
         }
     }
@@ -1083,49 +1078,6 @@ fn run_reason(message: &str) -> String {
         None => ("", message),
     };
     truncate(format!("{kept}{}", without_numbers(masked)))
-}
-
-/// `text` with every number (digits, with their decimals and exponent) replaced by `#`: an
-/// engine's message can quote the values of a tensor it failed on (an index out of range, say).
-pub(crate) fn without_numbers(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let mut in_number = false;
-    while let Some(c) = chars.next() {
-        let continues = |next: Option<&char>| {
-            next.is_some_and(|n| n.is_ascii_digit() || *n == '-' || *n == '+')
-        };
-        if c.is_ascii_digit() {
-            if !in_number {
-                out.push('#');
-            }
-            in_number = true;
-        } else if in_number && matches!(c, '.' | 'e' | 'E') && continues(chars.peek()) {
-            // The number's decimals or exponent.
-        } else if in_number && matches!(c, '-' | '+') && out.ends_with('#') {
-            // An exponent's sign after `e`, dropped with it; a sign before a number stays.
-            if !chars.peek().is_some_and(char::is_ascii_digit) {
-                in_number = false;
-                out.push(c);
-            }
-        } else {
-            in_number = false;
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn truncate(mut reason: String) -> String {
-    if reason.len() > MAX_REASON_LEN {
-        let mut end = MAX_REASON_LEN;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        reason.push_str("...");
-    }
-    reason
 }
 
 #[cfg(test)]

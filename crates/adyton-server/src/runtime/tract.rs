@@ -62,6 +62,7 @@ use tract_onnx::tract_core::optim::Optimizer;
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, GenericFactoid, ShapeFactoid};
 use tract_onnx::Onnx;
 
+use super::reason::{panic_message, truncate, without_numbers};
 use super::{
     DataType, Dim, Engine, EngineError, InputShapeError, LoadOptions, LoadedModel, Plan, PlanStats,
     ShapeSet, Signature, Tensor, TensorSpec,
@@ -78,10 +79,6 @@ pub mod threads;
 /// most 2 GiB; 4 GiB leaves as much again for constants computed from them, and refuses a
 /// model whose graph computes more than that from a few bytes of shape.
 pub const DEFAULT_LOAD_BUDGET: u64 = 4 << 30;
-
-/// The longest reason taken from tract, in bytes. Longer ones are cut: a reason names the node
-/// and the cause, and anything beyond this is a dump of the graph.
-const MAX_REASON_LEN: usize = 2048;
 
 /// The most idle run states kept per plan, for the next requests (see [`RunPlan`]).
 const POOLED_STATES: usize = 8;
@@ -1182,20 +1179,15 @@ fn guarded<T>(call: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(tract_reason(&e)),
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_owned());
             // A panic's message can quote a value of the request (an index out of bounds).
-            let message = super::onnxruntime::without_numbers(&without_values(&message));
+            let message = without_numbers(&without_values(&panic_message(payload.as_ref())));
             Err(format!("tract panicked: {message}"))
         }
     }
 }
 
 /// tract's error chain, outermost first, without the messages that can quote tensor values, cut
-/// to [`MAX_REASON_LEN`].
+/// to [`MAX_REASON_LEN`](super::reason::MAX_REASON_LEN).
 fn tract_reason(error: &TractError) -> String {
     let reason = error
         .chain()
@@ -1226,18 +1218,6 @@ fn without_values(message: &str) -> Cow<'_, str> {
     }
 }
 
-fn truncate(mut reason: String) -> String {
-    if reason.len() > MAX_REASON_LEN {
-        let mut end = MAX_REASON_LEN;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        reason.push_str("...");
-    }
-    reason
-}
-
 #[cfg(test)]
 mod tests {
     use tract_onnx::prelude::{tvec, SpecialOps, Tensor as TractTensor};
@@ -1256,13 +1236,6 @@ mod tests {
 
         let plain = "Translating node #1 \"y\" Det: operator is not implemented";
         assert_eq!(without_values(plain), plain);
-    }
-
-    #[test]
-    fn long_reasons_are_cut_on_a_character_boundary() {
-        let reason = truncate("é".repeat(MAX_REASON_LEN));
-        assert!(reason.len() <= MAX_REASON_LEN + 3);
-        assert!(reason.ends_with("..."));
     }
 
     /// A typed model whose output is its input doubled.
