@@ -18,8 +18,8 @@
 //! - Adyton served with dynamic batching (`max_batch_size` 8, `max_queue_delay_us` 2000), where
 //!   the model has a batch dimension.
 //!
-//! At 1 client, the columns are measured in turn, one call of each at a time (the first column
-//! rotating), so that all see the same background load: p50 and p99. At 8 clients, each column
+//! At 1 client, the columns are measured in turn, one call of each at a time, in an order
+//! that changes every round through all orders, so that all see the same background load: p50 and p99. At 8 clients, each column
 //! runs alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to
 //! back: requests per second, after a second untimed. Served outputs are checked against the same
 //! engine's in-process outputs before anything is timed.
@@ -712,6 +712,22 @@ impl Caller {
     }
 }
 
+/// The `i`-th of the `n!` orders of `0..n` (taken modulo `n!`), from its Lehmer code: as `i`
+/// counts up, every column comes first, and right after every other column, equally often, so
+/// that no column always follows one that leaves the cores busy or the caches cold.
+fn permutation(i: usize, n: usize) -> Vec<usize> {
+    let count: usize = (1..=n).product();
+    let mut code = i % count.max(1);
+    let mut left: Vec<usize> = (0..n).collect();
+    let mut order = Vec::with_capacity(n);
+    for m in (1..=n).rev() {
+        let f: usize = (1..m).product();
+        order.push(left.remove(code / f));
+        code %= f;
+    }
+    order
+}
+
 /// Requests per second with `clients` callers calling back to back for `seconds`, after a
 /// second of the same, untimed (plans for the batch sizes a batched column sees are compiled
 /// then, and connections warmed).
@@ -949,8 +965,7 @@ impl Bench {
             if i >= MIN_SAMPLES && started.elapsed().as_secs() >= self.latency_seconds {
                 break;
             }
-            for k in 0..callers.len() {
-                let k = (i + k) % callers.len();
+            for k in permutation(i, callers.len()) {
                 samples[k].push(callers[k].1.call());
             }
         }
