@@ -18,9 +18,9 @@
 //! - Adyton served with dynamic batching (`max_batch_size` 8, `max_queue_delay_us` 2000), where
 //!   the model has a batch dimension.
 //!
-//! At 1 client, the columns are measured in turn, one call of each at a time, in an order
-//! that changes every round through all orders, so that all see the same background load: p50 and p99. At 8 clients, each column
-//! runs alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to
+//! At 1 client, the columns are measured in turn, one call of each at a time, in an order that
+//! changes every round through all orders, so that all see the same background load: p50 and p99.
+//! At 8 clients, each column runs alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to
 //! back: requests per second, after a second untimed. Served outputs are checked against the same
 //! engine's in-process outputs before anything is timed.
 //!
