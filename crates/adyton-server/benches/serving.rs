@@ -20,9 +20,9 @@
 //!
 //! At 1 client, the columns are measured in turn, one call of each at a time, in an order that
 //! changes every round through all orders, so that all see the same background load: p50 and p99.
-//! At 8 clients, each column runs alone for a fixed time, 8 threads (in-process) or 8 connections (served) calling back to
-//! back: requests per second, after a second untimed. Served outputs are checked against the same
-//! engine's in-process outputs before anything is timed.
+//! At 8 clients, each column runs alone for a fixed time, 8 threads (in-process) or 8 connections
+//! (served) calling back to back: requests per second, after a second untimed. Served outputs are
+//! checked against the same engine's in-process outputs before anything is timed.
 //!
 //! The server runs as `adyton server serve` does: a multi-threaded tokio runtime with a worker per
 //! core, and an inference pool of one worker per core.
