@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use adyton_attest::{AttestError, TeeKind};
+use adyton_proto::{ProvisionRequest, TransferAnswer};
 use axum::body::Bytes;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, Path, Request, State,
@@ -115,10 +116,10 @@ impl KbsState {
         // Fail closed: no answer, and above all no key, without its audit record.
         self.audit.record(&decision).map_err(ApiError::audit)?;
         let (wrapped, _claims) = outcome?;
-        Ok(TransferReply::Key {
-            wrapped_key: BASE64.encode(&wrapped.wrapped_key),
-            wrapped_swk: BASE64.encode(&wrapped.wrapped_swk),
-        })
+        Ok(TransferReply::Key(TransferAnswer {
+            wrapped_key: wrapped.wrapped_key,
+            wrapped_swk: wrapped.wrapped_swk,
+        }))
     }
 }
 
@@ -251,13 +252,8 @@ async fn transfer_key(
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum TransferReply {
-    Key {
-        wrapped_key: String,
-        wrapped_swk: String,
-    },
-    Nonce {
-        nonce: String,
-    },
+    Key(TransferAnswer),
+    Nonce { nonce: String },
 }
 
 /// A call to the transfer endpoint, extracted and decoded: key id, header and body.
@@ -272,35 +268,6 @@ enum TransferBody {
     /// No quote: the client asks for a nonce to bind into its next request.
     NonceRequest,
     Transfer(TransferRequest),
-}
-
-/// The JSON body as sent; unknown fields are ignored, as Intel's KBS clients send extras. A field
-/// that is present must be a string: `"quote": null` is a malformed request, not a nonce request
-/// (which is a body without `quote`).
-#[derive(Deserialize)]
-struct TransferJson {
-    #[serde(default, deserialize_with = "present")]
-    quote: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    user_data: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    nonce: Option<Option<String>>,
-}
-
-/// A field that is present (`Some`), with its value (`None` for `null`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
-}
-
-/// A present field's string, or a 400 for `null`.
-fn non_null(field: &str, value: Option<Option<String>>) -> Result<Option<String>, ApiError> {
-    match value {
-        None => Ok(None),
-        Some(Some(text)) => Ok(Some(text)),
-        Some(None) => Err(ApiError::bad_request(format!(
-            "`{field}` is null: give a base64 string, or leave the field out"
-        ))),
-    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for TransferCall {
@@ -334,31 +301,19 @@ impl<S: Send + Sync> FromRequest<S> for TransferCall {
 }
 
 fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<TransferBody, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TransferBody::NonceRequest);
-    }
-    let json: TransferJson = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
-    let user_data = non_null("user_data", json.user_data)?;
-    let nonce = non_null("nonce", json.nonce)?;
-    let Some(quote) = non_null("quote", json.quote)? else {
-        return Ok(TransferBody::NonceRequest);
-    };
-    let user_data = user_data.ok_or_else(|| ApiError::bad_request("missing `user_data`"))?;
-    Ok(TransferBody::Transfer(TransferRequest {
-        attestation_type,
-        quote: decode_base64("quote", &quote)?,
-        user_data: decode_base64("user_data", &user_data)?,
-        nonce: nonce
-            .map(|nonce| decode_base64("nonce", &nonce))
-            .transpose()?,
-    }))
-}
-
-fn decode_base64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
-    BASE64
-        .decode(text.trim())
-        .map_err(|e| ApiError::bad_request(format!("`{field}` is not base64: {e}")))
+    // The body's syntax is the wire contract's (`adyton_proto::transfer`); its meaning, the
+    // broker's.
+    let body = adyton_proto::TransferBody::parse(bytes)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(match body {
+        None => TransferBody::NonceRequest,
+        Some(body) => TransferBody::Transfer(TransferRequest {
+            attestation_type,
+            quote: body.quote,
+            user_data: body.user_data,
+            nonce: body.nonce,
+        }),
+    })
 }
 
 // The admin API. Each handler: an authenticated operator (`Operator`, checked before the body is
@@ -520,9 +475,9 @@ async fn delete_key(
 async fn offline_transfer(
     State(app): State<AppState>,
     Path(key_id): Path<String>,
-    OperatorJson { operator, body }: OperatorJson<ProvisionRequestJson>,
+    OperatorJson { operator, body }: OperatorJson<ProvisionRequest>,
 ) -> Result<Json<TransferReply>, ApiError> {
-    let request = body.into_request(&key_id)?;
+    let request = offline_request(body, &key_id)?;
     // Verification is CPU work, like the online transfer's.
     let reply = blocking(app, move |app, now| {
         app.offline_transfer(&operator, &key_id, &request, now)
@@ -610,10 +565,10 @@ impl AppState {
                 .offline_transfer(key_id, request, &operator.user, now);
         self.kbs.audit.record(&decision).map_err(ApiError::audit)?;
         let (wrapped, _claims) = outcome?;
-        Ok(TransferReply::Key {
-            wrapped_key: BASE64.encode(&wrapped.wrapped_key),
-            wrapped_swk: BASE64.encode(&wrapped.wrapped_swk),
-        })
+        Ok(TransferReply::Key(TransferAnswer {
+            wrapped_key: wrapped.wrapped_key,
+            wrapped_swk: wrapped.wrapped_swk,
+        }))
     }
 
     /// Records a policy or key change, done or refused. An error means the record could not be
@@ -764,91 +719,35 @@ impl Drop for KeyInformation {
     }
 }
 
-/// The `format` of a provisioning request.
-const PROVISION_REQUEST_FORMAT: &str = "adyton-provision-request/1";
-/// Longest id of a provisioning request (`request_id`, `model`, `key_id`), in bytes.
-const MAX_PROVISION_ID_LEN: usize = 128;
-
-/// `POST /kbs/v1/keys/{id}/offline-transfer`'s body: a device's provisioning request file, as
-/// `adyton-client`'s `ProvisionRequest` writes it. Unlike the transfer's body, unknown fields are
-/// refused: the file has a versioned format of its own.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProvisionRequestJson {
-    format: String,
-    request_id: String,
-    model: String,
-    key_id: String,
-    tee: String,
-    sealing_policy: String,
-    public_key: String,
-    evidence: String,
-    /// Required, so that the whole format is checked; the broker keeps its own time.
-    #[serde(rename = "created_at")]
-    _created_at: u64,
-}
-
-impl ProvisionRequestJson {
-    /// Checks the format, the ids (the body's `key_id` must be the path's) and the sealing policy,
-    /// and decodes the base64 fields. The TEE is the broker's to judge.
-    fn into_request(self, path_key_id: &str) -> Result<OfflineTransferRequest, ApiError> {
-        if self.format != PROVISION_REQUEST_FORMAT {
-            return Err(ApiError::bad_request(format!(
-                "format `{}`, expected `{PROVISION_REQUEST_FORMAT}`",
-                self.format
-                    .chars()
-                    .take(64)
-                    .collect::<String>()
-                    .escape_debug()
-            )));
-        }
-        for (field, id) in [
-            ("request_id", &self.request_id),
-            ("model", &self.model),
-            ("key_id", &self.key_id),
-        ] {
-            check_provision_id(field, id)?;
-        }
-        if self.key_id != path_key_id {
-            return Err(ApiError::bad_request(format!(
-                "the request is for key `{}`, not for `{}` named in the path",
-                self.key_id,
-                path_key_id
-                    .chars()
-                    .take(128)
-                    .collect::<String>()
-                    .escape_debug()
-            )));
-        }
-        if !matches!(self.sealing_policy.as_str(), "exact-build" | "signer") {
-            return Err(ApiError::bad_request(
-                "sealing_policy must be `exact-build` or `signer`",
-            ));
-        }
-        Ok(OfflineTransferRequest {
-            request_id: self.request_id,
-            model: self.model,
-            tee: self.tee,
-            public_key: decode_base64("public_key", &self.public_key)?,
-            evidence: decode_base64("evidence", &self.evidence)?,
-        })
+/// Checks a device's provisioning request (`adyton_proto::provision`) as the broker takes it: its
+/// format, ids and sealing policy, the body's `key_id` equal to the path's, and the base64 fields
+/// decoded. The TEE and the bytes are the broker's to judge, and to audit.
+fn offline_request(
+    request: ProvisionRequest,
+    path_key_id: &str,
+) -> Result<OfflineTransferRequest, ApiError> {
+    request
+        .check_fields()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if request.key_id != path_key_id {
+        return Err(ApiError::bad_request(format!(
+            "the request is for key `{}`, not for `{}` named in the path",
+            request.key_id,
+            path_key_id
+                .chars()
+                .take(128)
+                .collect::<String>()
+                .escape_debug()
+        )));
     }
-}
-
-/// 1 to 128 characters of `[A-Za-z0-9._:-]`, so that what reaches the audit log is plain.
-fn check_provision_id(field: &str, id: &str) -> Result<(), ApiError> {
-    let ok = (1..=MAX_PROVISION_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`{field}` must be 1 to {MAX_PROVISION_ID_LEN} characters of letters, digits, `.`, `_`, \
-             `:` and `-`"
-        )))
-    }
+    let bad = |e: adyton_proto::ProtoError| ApiError::bad_request(e.to_string());
+    Ok(OfflineTransferRequest {
+        public_key: request.public_key_der().map_err(bad)?,
+        evidence: request.evidence_json().map_err(bad)?,
+        request_id: request.request_id,
+        model: request.model,
+        tee: request.tee,
+    })
 }
 
 /// An authenticated operator: the user of a live `Authorization: Bearer` token.

@@ -16,10 +16,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind, REPORT_DATA_LEN};
+use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind};
 use adyton_envelope::wrap::{self, ModulusOrder, TeePublicKey, WrappedKey};
 use adyton_envelope::{Aes256Key, EnvelopeError};
-use aws_lc_rs::digest::{digest, SHA512};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
@@ -35,15 +34,9 @@ const MAX_REDEEMED: usize = 100_000;
 const NONCE_RANDOM_LEN: usize = 16;
 const NONCE_LEN: usize = NONCE_RANDOM_LEN + 8 + 32;
 
-/// The report data a transfer requires: SHA-512 of the nonce (if any) followed by `user_data`.
-pub fn expected_report_data(user_data: &[u8], nonce: Option<&[u8]>) -> [u8; REPORT_DATA_LEN] {
-    let mut input = Vec::with_capacity(nonce.map_or(0, <[u8]>::len) + user_data.len());
-    input.extend_from_slice(nonce.unwrap_or_default());
-    input.extend_from_slice(user_data);
-    let mut out = [0u8; REPORT_DATA_LEN];
-    out.copy_from_slice(digest(&SHA512, &input).as_ref());
-    out
-}
+/// The report data a transfer requires: SHA-512 of the nonce (if any) followed by `user_data`,
+/// computed where the TEE side computes it too.
+pub use adyton_proto::transfer_report_data as expected_report_data;
 
 /// Issues signed, expiring, single-use nonces.
 ///
