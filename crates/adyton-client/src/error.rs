@@ -128,6 +128,16 @@ fn sanitise(text: &str) -> String {
     clean
 }
 
+/// A wire contract broken by an argument or a file: the same message as the client's own checks.
+impl From<adyton_proto::ProtoError> for ClientError {
+    fn from(e: adyton_proto::ProtoError) -> Self {
+        ClientError::InvalidInput {
+            what: e.what(),
+            reason: e.reason().to_owned(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

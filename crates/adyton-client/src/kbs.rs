@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{api_error, ClientError};
 use crate::http::{self, Timeouts};
-use crate::offline::{self, ProvisionRequest};
+use crate::offline::ProvisionRequest;
 
 type Result<T> = std::result::Result<T, ClientError>;
 
@@ -267,7 +267,7 @@ impl KbsClient {
         request: &ProvisionRequest,
     ) -> Result<TransferAnswer> {
         // The id goes into the URL path: check it here too, whatever made `request`.
-        offline::check_id("provisioning request", "key_id", &request.key_id)?;
+        adyton_proto::id::check_provision_id("provisioning request", "key_id", &request.key_id)?;
         let path = format!("{KEYS_PATH}/{}/offline-transfer", request.key_id);
         let body = request.to_json();
         let (request, bytes) = self.exchange(Method::Post, path, Some(token), Some(&body))?;
@@ -331,35 +331,7 @@ impl KbsClient {
     }
 }
 
-/// A key broker's answer to a key transfer, both fields decoded from base64.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TransferAnswer {
-    /// The model key sealed under the wrapping key (envelope v1).
-    pub wrapped_key: Vec<u8>,
-    /// The wrapping key, RSA-OAEP-SHA256 encrypted to the TEE's public key.
-    pub wrapped_swk: Vec<u8>,
-}
-
-impl fmt::Debug for TransferAnswer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransferAnswer")
-            .field(
-                "wrapped_key",
-                &format_args!("<{} bytes>", self.wrapped_key.len()),
-            )
-            .field(
-                "wrapped_swk",
-                &format_args!("<{} bytes>", self.wrapped_swk.len()),
-            )
-            .finish()
-    }
-}
-
-#[derive(Deserialize)]
-struct TransferJson {
-    wrapped_key: String,
-    wrapped_swk: String,
-}
+pub use adyton_proto::TransferAnswer;
 
 /// `POST url` (a key's full transfer URL, `.../kbs/v1/keys/{id}/transfer`, as model info carries it)
 /// with `Attestation-Type: attestation_type`, and the evidence and public key in base64, as the CNAP
@@ -403,19 +375,9 @@ pub fn transfer(
 
 /// A transfer's `{"wrapped_key", "wrapped_swk"}` answer, decoded from base64.
 fn decode_transfer_answer(request: String, bytes: &[u8]) -> Result<TransferAnswer> {
-    let invalid = |reason: String| ClientError::InvalidResponse {
-        request: request.clone(),
-        reason,
-    };
-    let json: TransferJson = http::decode_json(request.clone(), bytes)?;
-    let decode = |field: &str, text: &str| {
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|_| invalid(format!("{field} is not base64")))
-    };
-    Ok(TransferAnswer {
-        wrapped_key: decode("wrapped_key", &json.wrapped_key)?,
-        wrapped_swk: decode("wrapped_swk", &json.wrapped_swk)?,
+    TransferAnswer::from_json(bytes).map_err(|e| ClientError::InvalidResponse {
+        request,
+        reason: e.reason().to_owned(),
     })
 }
 

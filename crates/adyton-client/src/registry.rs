@@ -23,43 +23,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes copied per read of an upload or download.
 const COPY_BUFFER: usize = 256 << 10;
 
-/// Model info in CNAP's schema (`design.md`, "Model info"), with Adyton's extension fields.
-/// Fields the server adds later are ignored, so that an older client keeps working.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub framework: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// The blob's full download URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encrypted: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kbs: Option<String>,
-    /// The full URL of the key transfer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kbs_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-    /// Adyton: `v1` or `v2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// Adyton: the blob's length (set by the registry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blob_size: Option<u64>,
-    /// Adyton: the blob's SHA-256, hex (set by the registry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blob_sha256: Option<String>,
-}
+pub use adyton_proto::ModelInfo;
 
 /// What an upload stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,10 +128,7 @@ impl RegistryClient {
     /// Creates or replaces `info` (under `info.id`); returns it as stored, with `url`,
     /// `blob_size` and `blob_sha256` filled in by the registry for its own blob.
     pub fn put_info(&self, token: &Token, info: &ModelInfo) -> Result<ModelInfo> {
-        let body = serde_json::to_vec(info).map_err(|e| ClientError::InvalidInput {
-            what: "model info",
-            reason: e.to_string(),
-        })?;
+        let body = info.to_request_json();
         self.json(
             "PUT",
             item_path("/models", &info.id)?,
@@ -306,13 +267,7 @@ impl RegistryClient {
 
 /// `collection/id`, for ids of the registry's syntax (`[A-Za-z0-9._-]`, not starting with `.`).
 fn item_path(collection: &str, id: &str) -> Result<String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !ok {
+    if !adyton_proto::id::is_model_id(id) {
         return Err(ClientError::InvalidInput {
             what: "model id",
             reason: format!(

@@ -525,13 +525,7 @@ fn transport_error(request: &str, error: Box<dyn std::error::Error + Send + Sync
 /// Checks a model name as the server does: 1 to 128 letters, digits, `.`, `_` or `-`, not
 /// starting with `.` (it goes into a URL path).
 fn model_name(name: &str) -> Result<&str> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if adyton_proto::id::is_model_id(name) {
         Ok(name)
     } else {
         Err(ClientError::InvalidInput {

@@ -1,12 +1,12 @@
 //! The one error of this crate: input that breaks a wire contract.
 
-/// Bytes or fields that break a wire contract. The message is the reason alone, so that each
-/// service can put it in its own answer; `what` names the document, for callers that prefix it.
+/// Bytes or fields that break a wire contract: `invalid {what}: {reason}`. A service that answers
+/// with the reason alone takes [`ProtoError::reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtoError {
     /// The document or one of its fields is malformed.
-    #[error("{reason}")]
+    #[error("invalid {what}: {reason}")]
     Invalid {
         /// The document: `provisioning request`, `transfer request`, ...
         what: &'static str,
@@ -27,6 +27,13 @@ impl ProtoError {
     pub fn what(&self) -> &'static str {
         match self {
             ProtoError::Invalid { what, .. } => what,
+        }
+    }
+
+    /// Why, naming the field, without the document's name.
+    pub fn reason(&self) -> &str {
+        match self {
+            ProtoError::Invalid { reason, .. } => reason,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - a provisioning id (a request id, a model or key id in a provisioning file): 1 to 128 of
 //!   `[A-Za-z0-9._:-]`, neither `.` nor `..` (a key id becomes a URL path segment).
 
+use crate::error::{shorten, ProtoError};
+
 /// The longest id of either syntax, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -28,6 +30,23 @@ pub fn is_provision_id(id: &str) -> bool {
         && id != ".."
 }
 
+/// Checks the provisioning id in `field` of the document `what` ([`is_provision_id`]), with a
+/// message that names the field and quotes the id, escaped and cut.
+pub fn check_provision_id(what: &'static str, field: &str, id: &str) -> Result<(), ProtoError> {
+    if is_provision_id(id) {
+        Ok(())
+    } else {
+        Err(ProtoError::invalid(
+            what,
+            format!(
+                "{field} `{}` is not 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_`, `:` \
+                 and `-`",
+                shorten(id)
+            ),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +62,20 @@ mod tests {
         ] {
             assert!(!is_model_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_provision_id_is_named_on_one_line() {
+        let err = check_provision_id("provisioning request", "key_id", "../a\nb").unwrap_err();
+        assert_eq!(err.what(), "provisioning request");
+        assert!(
+            err.reason()
+                .starts_with("key_id `../a\\nb` is not 1 to 128"),
+            "{err}"
+        );
+        check_provision_id("provisioning request", "key_id", "k-1").unwrap_or_else(|e| {
+            panic!("{e}");
+        });
     }
 
     #[test]

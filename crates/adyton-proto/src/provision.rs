@@ -19,7 +19,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{shorten, ProtoError};
-use crate::id::{is_provision_id, MAX_ID_LEN};
+use crate::id::check_provision_id as check_id;
 use crate::transfer::TransferAnswer;
 
 /// The `format` of a provisioning request.
@@ -239,22 +239,6 @@ impl ProvisionResponse {
     }
 }
 
-/// Checks an id that names a request, a model or a key ([`is_provision_id`]).
-fn check_id(what: &'static str, field: &str, id: &str) -> Result<(), ProtoError> {
-    if is_provision_id(id) {
-        Ok(())
-    } else {
-        Err(ProtoError::invalid(
-            what,
-            format!(
-                "{field} `{}` is not 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_`, `:` \
-                 and `-`",
-                shorten(id)
-            ),
-        ))
-    }
-}
-
 fn parse<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
@@ -333,7 +317,11 @@ mod tests {
         edit(&mut json);
         let err = ProvisionRequest::from_json(&serde_json::to_vec(&json).unwrap()).unwrap_err();
         assert_eq!(err.what(), "provisioning request");
-        err.to_string()
+        assert_eq!(
+            err.to_string(),
+            format!("invalid provisioning request: {}", err.reason())
+        );
+        err.reason().to_owned()
     }
 
     #[test]
@@ -417,7 +405,10 @@ mod tests {
         assert!(ProvisionResponse::from_json(&bad.to_json()).is_err());
         let mut big = REQUEST_JSON.as_bytes().to_vec();
         big.resize(MAX_PROVISION_FILE_LEN + 1, b' ');
-        let err = ProvisionResponse::from_json(&big).unwrap_err().to_string();
+        let err = ProvisionResponse::from_json(&big)
+            .unwrap_err()
+            .reason()
+            .to_owned();
         assert!(err.contains("at most"), "{err}");
     }
 }

@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_refused() {
-        let reason = |json: &[u8]| TransferBody::parse(json).unwrap_err().to_string();
+        let reason = |json: &[u8]| TransferBody::parse(json).unwrap_err().reason().to_owned();
         assert!(reason(b"{").starts_with("malformed JSON body"));
         assert!(reason(br#"{"quote": 1}"#).starts_with("malformed JSON body"));
         for field in ["quote", "user_data", "nonce"] {
@@ -318,7 +318,12 @@ mod tests {
 
     #[test]
     fn a_bad_answer_is_refused() {
-        let reason = |json: &[u8]| TransferAnswer::from_json(json).unwrap_err().to_string();
+        let reason = |json: &[u8]| {
+            TransferAnswer::from_json(json)
+                .unwrap_err()
+                .reason()
+                .to_owned()
+        };
         assert_eq!(
             reason(br#"{"wrapped_key": "!", "wrapped_swk": "AA=="}"#),
             "wrapped_key is not base64"

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adyton_client::offline::MAX_PROVISION_FILE_LEN;
-use adyton_client::{
-    ClientError, KbsClient, KeyInfo, PolicyInfo, ProvisionRequest, ProvisionResponse, Token,
-};
+use adyton_client::{ClientError, KbsClient, KeyInfo, PolicyInfo, ProvisionResponse, Token};
 use anyhow::{bail, Context, Result};
 use zeroize::Zeroizing;
 
@@ -166,7 +164,7 @@ pub fn transfer(args: &KbsTransferArgs) -> Result<()> {
     // The request is checked, and an existing output refused, before anything is sent: the KBS
     // audits every answer, and an answer that could not be written would be audited for nothing.
     let bytes = read_limited(path, MAX_PROVISION_FILE_LEN as u64, "provisioning request")?;
-    let request = ProvisionRequest::from_json(&bytes)
+    let request = adyton_client::offline::read_request(&bytes)
         .with_context(|| format!("{} is not a valid provisioning request", path.display()))?;
     let mut out = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
     let (client, token) = session(&args.client)?;
