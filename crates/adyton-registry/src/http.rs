@@ -19,6 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use adyton_proto::BearerToken;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
@@ -33,23 +34,18 @@ use crate::error::{BlobError, RegistryError};
 use crate::range::{self, RangeAnswer};
 use crate::registry::{BlobSummary, ModelInfo, Registry, MAX_INFO_BYTES};
 
-/// The bearer token that writes need, kept only as its SHA-256 and compared in constant time.
-pub struct WriteToken([u8; 32]);
+/// The bearer token that writes need: an [`adyton_proto::BearerToken`], kept only as its SHA-256
+/// and compared in constant time.
+pub struct WriteToken(BearerToken);
 
 impl WriteToken {
     /// From the token's text (surrounding whitespace is not part of it); `None` if empty.
     pub fn new(token: &str) -> Option<Self> {
-        let token = token.trim();
-        if token.is_empty() {
-            return None;
-        }
-        Some(Self(sha256(token.as_bytes())))
+        BearerToken::new(token).map(Self)
     }
 
     fn matches(&self, presented: &str) -> bool {
-        // Hashing first gives both sides one length, so the comparison leaks nothing of the token.
-        let digest = sha256(presented.as_bytes());
-        aws_lc_rs::constant_time::verify_slices_are_equal(&digest, &self.0).is_ok()
+        self.0.matches(presented)
     }
 }
 
@@ -57,13 +53,6 @@ impl fmt::Debug for WriteToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WriteToken(<redacted>)")
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// What the handlers share.
@@ -158,7 +147,7 @@ async fn put_model(
 ) -> Result<Json<ModelInfo>, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     // Parsed here rather than by `Json`, because some clients send no `Content-Type`.
-    let info: ModelInfo = serde_json::from_slice(&body)
+    let info = ModelInfo::from_json_strict(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid model info: {e}")))?;
     Ok(Json(state.registry.put_model(&id, info).await?))
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobRead, BlobStore, ByteStream};
 use crate::error::{BlobError, RegistryError};
@@ -25,77 +25,12 @@ pub const MAX_INFO_BYTES: usize = 64 << 10;
 /// The default limit of one blob: 8 GiB.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
 /// The longest model id.
-pub const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = adyton_proto::id::MAX_ID_LEN;
 
-/// Model info in CNAP's schema (`design.md`, "Model info"), with Adyton's extension fields.
-///
-/// CNAP's fields are always present in the JSON (`null` when unknown), so that clients written
-/// for CNAP's model provider can index them; `id` and `url` are always set. Unknown fields are
-/// refused on input, so that a misspelt field is an error rather than silently lost.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelInfo {
-    /// The model's id; in a request, absent or equal to the id in the path.
-    #[serde(default)]
-    pub id: String,
-    /// The model's framework, e.g. `onnx`.
-    #[serde(default)]
-    pub framework: Option<String>,
-    /// The hardware it targets, e.g. `cpu`.
-    #[serde(default)]
-    pub target: Option<String>,
-    /// The blob's full download URL; the registry's own `{public_url}/blobs/{id}` when a request
-    /// leaves it out.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A display name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The model's version (a number is accepted and kept as text).
-    #[serde(default, deserialize_with = "text_or_number")]
-    pub version: Option<String>,
-    /// The data type of its tensors, e.g. `float32`.
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// Whether the blob is encrypted.
-    #[serde(default)]
-    pub encrypted: Option<bool>,
-    /// The key broker's kind or name, as CNAP records it.
-    #[serde(default)]
-    pub kbs: Option<String>,
-    /// The full URL of the key transfer: `{kbs}/kbs/v1/keys/{key_id}/transfer`.
-    #[serde(default)]
-    pub kbs_url: Option<String>,
-    /// The key broker's id of the model key.
-    #[serde(default)]
-    pub key_id: Option<String>,
-    /// Adyton: the envelope format of the blob, `v1` or `v2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// Adyton: the blob's length in bytes (set by the registry for its own blobs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blob_size: Option<u64>,
-    /// Adyton: the blob's SHA-256, hex (set by the registry for its own blobs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blob_sha256: Option<String>,
-}
-
-fn text_or_number<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum TextOrNumber {
-        Text(String),
-        Number(serde_json::Number),
-    }
-    Ok(
-        Option::<TextOrNumber>::deserialize(deserializer)?.map(|v| match v {
-            TextOrNumber::Text(text) => text,
-            TextOrNumber::Number(number) => number.to_string(),
-        }),
-    )
-}
+/// Model info in CNAP's schema, with Adyton's extension fields: the wire contract's
+/// ([`adyton_proto::ModelInfo`]). The registry reads requests with
+/// [`ModelInfo::from_json_strict`], which refuses unknown fields.
+pub use adyton_proto::ModelInfo;
 
 /// What an upload stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,13 +54,7 @@ struct BlobMeta {
 
 /// Checks a model id: `[A-Za-z0-9._-]{1,128}`, not starting with `.`.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if adyton_proto::id::is_model_id(id) {
         Ok(())
     } else {
         Err(RegistryError::InvalidId {
@@ -440,6 +369,6 @@ mod tests {
             assert!(json.get(field).is_some(), "{field}");
         }
         assert!(json.get("blob_size").is_none());
-        assert!(serde_json::from_str::<ModelInfo>(r#"{"id":"m","colour":"red"}"#).is_err());
+        assert!(ModelInfo::from_json_strict(br#"{"id":"m","colour":"red"}"#).is_err());
     }
 }
