@@ -304,7 +304,7 @@ fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<Transfe
     // The body's syntax is the wire contract's (`adyton_proto::transfer`); its meaning, the
     // broker's.
     let body = adyton_proto::TransferBody::parse(bytes)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.reason()))?;
     Ok(match body {
         None => TransferBody::NonceRequest,
         Some(body) => TransferBody::Transfer(TransferRequest {
@@ -728,7 +728,7 @@ fn offline_request(
 ) -> Result<OfflineTransferRequest, ApiError> {
     request
         .check_fields()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.reason()))?;
     if request.key_id != path_key_id {
         return Err(ApiError::bad_request(format!(
             "the request is for key `{}`, not for `{}` named in the path",
@@ -740,7 +740,7 @@ fn offline_request(
                 .escape_debug()
         )));
     }
-    let bad = |e: adyton_proto::ProtoError| ApiError::bad_request(e.to_string());
+    let bad = |e: adyton_proto::ProtoError| ApiError::bad_request(e.reason());
     Ok(OfflineTransferRequest {
         public_key: request.public_key_der().map_err(bad)?,
         evidence: request.evidence_json().map_err(bad)?,
