@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use adyton_attest::attester::Attester;
 use adyton_attest::seal::{Sealer, SealingPolicy};
-use adyton_client::offline::{ProvisionRequest, ProvisionResponse, REQUEST_FORMAT};
 use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
 use adyton_envelope::{sealed, v2, Aes256Key, EnvelopeError, Format};
-use aws_lc_rs::digest::{Context, SHA256, SHA512};
+use adyton_proto::provision::{ProvisionRequest, ProvisionResponse, REQUEST_FORMAT};
+use aws_lc_rs::digest::{Context, SHA256};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -383,12 +383,8 @@ impl DeviceState {
         let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)?;
         let public = pair.public_key()?;
         let public_der = public.spki_der().to_vec();
-        let report_data: [u8; 64] = {
-            let digest = aws_lc_rs::digest::digest(&SHA512, &public_der);
-            let mut out = [0u8; 64];
-            out.copy_from_slice(digest.as_ref());
-            out
-        };
+        // Offline, there is no nonce: the report data binds the public key alone.
+        let report_data = adyton_proto::transfer_report_data(&public_der, None);
         let evidence = attester.evidence(&report_data)?;
         let request = ProvisionRequest {
             format: REQUEST_FORMAT.to_owned(),

@@ -120,23 +120,19 @@ impl Default for Settings {
     }
 }
 
-/// The bearer token for uploads and deletes, kept only as its SHA-256.
+/// The bearer token for uploads and deletes: an [`adyton_proto::BearerToken`], kept only as its
+/// SHA-256 and compared in constant time.
 #[derive(Clone)]
-pub struct AdminToken([u8; 32]);
+pub struct AdminToken(adyton_proto::BearerToken);
 
 impl AdminToken {
     /// From the token's text (surrounding whitespace is not part of it).
     pub fn new(token: &str) -> Option<AdminToken> {
-        let token = token.trim();
-        if token.is_empty() {
-            return None;
-        }
-        Some(AdminToken(sha256(token.as_bytes())))
+        adyton_proto::BearerToken::new(token).map(AdminToken)
     }
 
     fn matches(&self, presented: &str) -> bool {
-        let digest = sha256(presented.as_bytes());
-        aws_lc_rs::constant_time::verify_slices_are_equal(&digest, &self.0).is_ok()
+        self.0.matches(presented)
     }
 }
 
@@ -144,13 +140,6 @@ impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AdminToken(<redacted>)")
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// Everything the handlers share.

@@ -36,21 +36,10 @@ use crate::runtime::{Engine, LoadOptions};
 /// Size of the RSA key pair made for each transfer.
 pub const TRANSFER_RSA_BITS: usize = 3072;
 
-/// The model info the server needs (the registry's CNAP schema has more).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelInfo {
-    /// The registry's id.
-    pub id: String,
-    /// Where the encrypted blob is.
-    pub url: String,
-    /// Whether the blob is encrypted (plain blobs are refused: the server serves pulled models
-    /// only when they were protected).
-    pub encrypted: bool,
-    /// The key broker's full transfer URL for the key.
-    pub kbs_url: Option<String>,
-    /// The key's id at the key broker.
-    pub key_id: Option<String>,
-}
+/// The registry's model info (`adyton_proto`'s, CNAP's schema). A pull needs its `url`, its
+/// `kbs_url` and `encrypted: true` (plain blobs are refused: the server serves pulled models only
+/// when they were protected), and checks the blob's key id against `key_id` when it is given.
+pub use adyton_proto::ModelInfo;
 
 /// Why a fetch from the registry or the key broker failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -428,12 +417,15 @@ impl Puller {
             .info(model_id)
             .map_err(|e| Attempt::from_fetch(Step::Info, e))?;
         timings.info = started.elapsed();
-        if !info.encrypted {
+        if info.encrypted != Some(true) {
             return Err(Attempt::permanent(
                 Step::Info,
                 "the model is not encrypted; pulled models must be protected",
             ));
         }
+        let url = info.url.clone().ok_or_else(|| {
+            Attempt::permanent(Step::Info, format!("the info of '{model_id}' has no url"))
+        })?;
         let kbs_url = info
             .kbs_url
             .clone()
@@ -447,7 +439,7 @@ impl Puller {
             .public_key()
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
         let user_data = public.spki_der().to_vec();
-        let report_data = sha512(&user_data);
+        let report_data = adyton_proto::transfer_report_data(&user_data, None);
         let evidence: Evidence = self
             .attester
             .evidence(&report_data)
@@ -473,7 +465,7 @@ impl Puller {
         let started = Instant::now();
         let blob = self
             .registry
-            .open_blob(&info.url)
+            .open_blob(&url)
             .map_err(|e| Attempt::from_fetch(Step::Download, e))?;
         let mut timed = Timed {
             inner: blob,
@@ -521,13 +513,6 @@ impl Attempt {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn sha512(bytes: &[u8]) -> [u8; 64] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, bytes);
-    let mut out = [0u8; 64];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// Decrypts the blob into one zeroized buffer (`blob::open`), sorting its failures: a broken

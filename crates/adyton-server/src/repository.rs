@@ -174,12 +174,7 @@ pub struct Repository {
 
 /// Checks a model name: it appears in URLs and logs.
 pub fn check_name(name: &str) -> Result<(), RepositoryError> {
-    let ok = (1..=128).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if adyton_proto::id::is_model_id(name) {
         Ok(())
     } else {
         Err(RepositoryError::BadName)

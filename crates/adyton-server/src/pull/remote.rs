@@ -62,17 +62,7 @@ impl HttpRegistry {
 
 impl super::Registry for HttpRegistry {
     fn info(&self, model_id: &str) -> Result<super::ModelInfo, FetchError> {
-        let info = self.client.get_info(model_id).map_err(|e| classify(&e))?;
-        let url = info
-            .url
-            .ok_or_else(|| FetchError::Permanent(format!("the info of '{model_id}' has no url")))?;
-        Ok(super::ModelInfo {
-            id: info.id,
-            url,
-            encrypted: info.encrypted.unwrap_or(false),
-            kbs_url: info.kbs_url,
-            key_id: info.key_id,
-        })
+        self.client.get_info(model_id).map_err(|e| classify(&e))
     }
 
     fn open_blob(&self, url: &str) -> Result<Box<dyn std::io::Read + Send>, FetchError> {

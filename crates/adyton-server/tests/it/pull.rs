@@ -139,10 +139,11 @@ fn v2_blob(plaintext: &[u8], key_id: &str) -> Vec<u8> {
 fn info(key_id: &str) -> ModelInfo {
     ModelInfo {
         id: "m1".into(),
-        url: "http://registry.invalid/blobs/m1".into(),
-        encrypted: true,
+        url: Some("http://registry.invalid/blobs/m1".into()),
+        encrypted: Some(true),
         kbs_url: Some(format!("http://kbs.invalid/kbs/v1/keys/{key_id}/transfer")),
         key_id: Some(key_id.into()),
+        ..ModelInfo::default()
     }
 }
 
@@ -406,7 +407,7 @@ fn unknown_and_unencrypted_models_are_refused() {
         "{e:?}"
     );
     let mut plain = info("k1");
-    plain.encrypted = false;
+    plain.encrypted = Some(false);
     let registry = Arc::new(MemoryRegistry {
         info: plain,
         blob: Mutex::new(model("add")),
