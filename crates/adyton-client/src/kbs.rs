@@ -331,26 +331,21 @@ impl KbsClient {
     }
 }
 
-pub use adyton_proto::TransferAnswer;
+pub use adyton_proto::{TransferAnswer, TransferBody};
 
 /// `POST url` (a key's full transfer URL, `.../kbs/v1/keys/{id}/transfer`, as model info carries it)
-/// with `Attestation-Type: attestation_type`, and the evidence and public key in base64, as the CNAP
-/// client sends them (`docs/kbs.md`).
-pub fn transfer(
-    url: &str,
-    attestation_type: &str,
-    quote_b64: &str,
-    user_data_b64: &str,
-) -> Result<TransferAnswer> {
+/// with `Attestation-Type: attestation_type` and `body`, the evidence and public key that the
+/// CNAP client sends (`docs/kbs.md`), in base64 on the wire.
+pub fn transfer(url: &str, attestation_type: &str, body: &TransferBody) -> Result<TransferAnswer> {
     let client = KbsClient::new(url)?;
     let request = "POST (key transfer)".to_owned();
-    let body = serde_json::json!({ "quote": quote_b64, "user_data": user_data_b64 }).to_string();
+    let body = body.to_json();
     let mut answer = client
         .agent
         .post(&client.base_url)
         .header("Attestation-Type", attestation_type)
         .content_type("application/json")
-        .send(body.as_bytes())
+        .send(&body)
         .map_err(|source| ClientError::Transport {
             request: request.clone(),
             source,

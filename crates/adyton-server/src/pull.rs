@@ -21,11 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adyton_attest::attester::Attester;
-use adyton_attest::{Evidence, TeeKind};
-use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
+use adyton_attest::Evidence;
+use adyton_envelope::wrap::{TeeKeyPair, TeePublicKey, WrappedKey};
 use adyton_envelope::{Aes256Key, EnvelopeError};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use crate::blob::OpenError;
@@ -65,13 +63,14 @@ pub trait Registry: Send + Sync + fmt::Debug {
 
 /// The key broker's transfer endpoint, as the puller sees it.
 pub trait KeyBroker: Send + Sync + fmt::Debug {
-    /// `POST kbs_url` with `Attestation-Type: tee`, the evidence and the public key (both base64).
+    /// Asks for the key at `kbs_url` (the model info's full transfer URL) for `public_key`, with
+    /// `evidence` whose report data is [`adyton_proto::transfer_report_data`] of the key's DER
+    /// form; the evidence's TEE is the `Attestation-Type`.
     fn transfer(
         &self,
         kbs_url: &str,
-        tee: TeeKind,
-        quote_b64: &str,
-        user_data_b64: &str,
+        evidence: &Evidence,
+        public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError>;
 }
 
@@ -432,14 +431,12 @@ impl Puller {
             .ok_or_else(|| Attempt::permanent(Step::Info, "the model info has no kbs_url"))?;
 
         let started = Instant::now();
-        let tee = self.attester.tee();
         let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
         let public = pair
             .public_key()
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
-        let user_data = public.spki_der().to_vec();
-        let report_data = adyton_proto::transfer_report_data(&user_data, None);
+        let report_data = adyton_proto::transfer_report_data(public.spki_der(), None);
         let evidence: Evidence = self
             .attester
             .evidence(&report_data)
@@ -449,12 +446,7 @@ impl Puller {
         let started = Instant::now();
         let wrapped = self
             .key_broker
-            .transfer(
-                &kbs_url,
-                tee,
-                &BASE64.encode(evidence.to_json()),
-                &BASE64.encode(&user_data),
-            )
+            .transfer(&kbs_url, &evidence, &public)
             .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
         let key = pair
             .unwrap_transfer(&wrapped)

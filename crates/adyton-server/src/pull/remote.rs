@@ -1,9 +1,10 @@
 //! The registry and the key broker over HTTP, through `adyton-client`.
 
-use adyton_attest::TeeKind;
+use adyton_attest::Evidence;
 use adyton_client::registry::RegistryClient;
 use adyton_client::ClientError;
-use adyton_envelope::wrap::WrappedKey;
+use adyton_envelope::wrap::{TeePublicKey, WrappedKey};
+use adyton_proto::TransferBody;
 
 use super::{FetchError, KeyBroker};
 
@@ -31,11 +32,15 @@ impl KeyBroker for HttpKeyBroker {
     fn transfer(
         &self,
         kbs_url: &str,
-        tee: TeeKind,
-        quote_b64: &str,
-        user_data_b64: &str,
+        evidence: &Evidence,
+        public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError> {
-        let answer = adyton_client::kbs::transfer(kbs_url, tee.as_str(), quote_b64, user_data_b64)
+        let body = TransferBody {
+            quote: evidence.to_json().into_bytes(),
+            user_data: public_key.spki_der().to_vec(),
+            nonce: None,
+        };
+        let answer = adyton_client::kbs::transfer(kbs_url, evidence.tee.as_str(), &body)
             .map_err(|e| classify(&e))?;
         Ok(WrappedKey {
             wrapped_key: answer.wrapped_key,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adyton_attest::attester::sim::SimAttester;
-use adyton_attest::TeeKind;
-use adyton_envelope::wrap::WrappedKey;
+use adyton_attest::Evidence;
+use adyton_envelope::wrap::{TeePublicKey, WrappedKey};
 use adyton_server::http::{router, AdminToken, ServerState, Settings};
 use adyton_server::protocol::Limits;
 use adyton_server::pull::{Backoff, FetchError, KeyBroker, ModelInfo, Puller, Registry};
@@ -280,9 +280,8 @@ impl KeyBroker for NoBroker {
     fn transfer(
         &self,
         _url: &str,
-        _tee: TeeKind,
-        _quote_b64: &str,
-        _user_data_b64: &str,
+        _evidence: &Evidence,
+        _public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError> {
         Err(FetchError::Denied("HTTP 403".into()))
     }

@@ -8,15 +8,13 @@ use std::time::Duration;
 
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::{sim::SimReport, Evidence, TeeKind};
-use adyton_envelope::wrap::{wrap_for_tee, ModulusOrder, TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{wrap_for_tee, TeePublicKey, WrappedKey};
 use adyton_envelope::{v1, v2, Aes256Key};
 use adyton_server::pull::{
     Backoff, FetchError, KeyBroker, ModelInfo, PullError, Puller, Registry, Step,
 };
 use adyton_server::repository::{Pending, Repository};
 use adyton_server::runtime::tract::TractEngine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 
 use crate::support::model;
 
@@ -92,16 +90,14 @@ impl KeyBroker for MemoryBroker {
     fn transfer(
         &self,
         _url: &str,
-        tee: TeeKind,
-        quote_b64: &str,
-        user_data_b64: &str,
+        evidence: &Evidence,
+        public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError> {
         self.transfers.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(tee, TeeKind::Sim);
-        let evidence = Evidence::from_json(&BASE64.decode(quote_b64).unwrap()).unwrap();
+        assert_eq!(evidence.tee, TeeKind::Sim);
         let report = SimReport::parse(&evidence.quote).unwrap();
-        let user_data = BASE64.decode(user_data_b64).unwrap();
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &user_data);
+        let user_data = public_key.spki_der();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, user_data);
         assert_eq!(
             &report.report_data[..],
             digest.as_ref(),
@@ -112,8 +108,7 @@ impl KeyBroker for MemoryBroker {
                 "HTTP 403: measurement is not in the policy".into(),
             ));
         }
-        let public = TeePublicKey::from_user_data(&user_data, ModulusOrder::BigEndian).unwrap();
-        Ok(wrap_for_tee(&public, &self.key).unwrap())
+        Ok(wrap_for_tee(public_key, &self.key).unwrap())
     }
 }
 
