@@ -5,8 +5,6 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::ClientError;
 use crate::http::{self, answer_body, bearer, decode_json, Timeouts};
 use crate::kbs::Token;
@@ -23,16 +21,8 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes copied per read of an upload or download.
 const COPY_BUFFER: usize = 256 << 10;
 
+pub use adyton_proto::model_info::BlobSummary;
 pub use adyton_proto::ModelInfo;
-
-/// What an upload stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobSummary {
-    pub id: String,
-    pub size: u64,
-    pub sha256: String,
-    pub url: String,
-}
 
 /// How a download retries after a dropped connection or a short read: at most `max_retries`
 /// reconnections in a row without progress, waiting `initial_backoff`, doubled each time up to

@@ -129,6 +129,19 @@ impl Serialize for SetFields<'_> {
     }
 }
 
+/// The registry's answer to a blob upload: what it stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobSummary {
+    /// The blob's id.
+    pub id: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its full download URL.
+    pub url: String,
+}
+
 fn text_or_number<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<Option<String>, D::Error> {
@@ -187,6 +200,15 @@ mod tests {
             r#"{"id":"resnet-50","framework":"onnx","url":"http://registry/blobs/resnet-50","encrypted":true,"kbs_url":"http://kbs/kbs/v1/keys/k1/transfer","key_id":"k1","format":"v2"}"#
         );
         assert_eq!(ModelInfo::from_json_strict(&json).unwrap(), info());
+    }
+
+    #[test]
+    fn a_blob_summary_round_trips() {
+        let json = r#"{"id":"m","size":3,"sha256":"ab","url":"http://r/blobs/m"}"#;
+        let summary: BlobSummary = serde_json::from_str(json).unwrap();
+        assert_eq!(summary.size, 3);
+        assert_eq!(serde_json::to_string(&summary).unwrap(), json);
+        assert!(serde_json::from_str::<BlobSummary>(r#"{"id":"m"}"#).is_err());
     }
 
     #[test]

@@ -32,18 +32,8 @@ pub const MAX_ID_LEN: usize = adyton_proto::id::MAX_ID_LEN;
 /// [`ModelInfo::from_json_strict`], which refuses unknown fields.
 pub use adyton_proto::ModelInfo;
 
-/// What an upload stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobSummary {
-    /// The blob's id.
-    pub id: String,
-    /// Its length in bytes.
-    pub size: u64,
-    /// Its SHA-256, hex.
-    pub sha256: String,
-    /// Its full download URL.
-    pub url: String,
-}
+/// What an upload stored (the wire contract's, [`adyton_proto::model_info::BlobSummary`]).
+pub use adyton_proto::model_info::BlobSummary;
 
 /// The registry's record of a blob, beside it.
 #[derive(Debug, Serialize, Deserialize)]
