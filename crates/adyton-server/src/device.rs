@@ -399,7 +399,7 @@ impl DeviceState {
         };
         // Checked as the provider will check it, so that a request this device makes is one the
         // provider can read.
-        ProvisionRequest::from_json(&request.to_json())
+        adyton_client::offline::read_request(&request.to_json())
             .map_err(|e| DeviceError::Invalid(format!("the request made is invalid: {e}")))?;
 
         let private = pair.to_pkcs8_der()?;
