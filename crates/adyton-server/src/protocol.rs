@@ -135,10 +135,14 @@ fn binary_left(name: &str, size: usize, left: usize) -> ProtocolError {
 }
 
 /// Where the binary inputs are: the body after its JSON part, or buffers already cut per input,
-/// in the order of the inputs that claim binary data.
+/// in the order of the inputs that claim binary data, with the count of the bytes that followed
+/// them (kept only as a count: no input has them).
 enum BinaryData<'b> {
     Body(&'b [u8]),
-    Cut(std::collections::VecDeque<Zeroizing<Vec<u8>>>),
+    Cut {
+        buffers: std::collections::VecDeque<Zeroizing<Vec<u8>>>,
+        after: usize,
+    },
 }
 
 /// One input's binary data: borrowed from the body, or its own buffer already.
@@ -168,7 +172,10 @@ impl<'b> BinaryData<'b> {
     fn left(&self) -> usize {
         match self {
             BinaryData::Body(bytes) => bytes.len(),
-            BinaryData::Cut(buffers) => buffers.iter().map(|b| b.len()).sum(),
+            BinaryData::Cut { buffers, after } => buffers
+                .iter()
+                .map(|b| b.len())
+                .fold(*after, usize::saturating_add),
         }
     }
 
@@ -180,8 +187,9 @@ impl<'b> BinaryData<'b> {
                 *bytes = rest;
                 Some(BinaryInput::Borrowed(taken))
             }
-            BinaryData::Cut(buffers) => {
-                // The reader cut exactly the claimed sizes, in order.
+            BinaryData::Cut { buffers, .. } => {
+                // The reader cut the claimed sizes, in order; a buffer is shorter when the body
+                // ended inside it, and there is none for a claim the body could not hold.
                 if buffers.front()?.len() != size {
                     return None;
                 }
@@ -217,7 +225,8 @@ fn binary_size_of(input: &InputJson) -> Result<Option<usize>, ProtocolError> {
 /// arriving chunks straight into a zeroized buffer of its own, which becomes its tensor: one copy,
 /// and no buffer of the whole body. A JSON body is gathered in one zeroized buffer and parsed at
 /// the end. Errors are kept until [`RequestReader::finish`], so that the caller reads the body to
-/// its end (and the client reads the answer, not a reset connection).
+/// its end (and the client reads the answer, not a reset connection), and they are the errors
+/// [`parse_request`] gives for the same body read whole, however it was cut into chunks.
 pub struct RequestReader {
     limits: Limits,
     header_length: Option<usize>,
@@ -237,12 +246,17 @@ impl std::fmt::Debug for RequestReader {
     }
 }
 
-/// The binary inputs being received: their names, claimed sizes and buffers, in order.
+/// What a buffer starts with when the body's length is unknown: all the buffers together, so that
+/// a small header that claims much cannot make the reader allocate much before bytes arrive.
+const UNKNOWN_LENGTH_CAPACITY: usize = 1 << 20;
+
+/// The binary inputs being received: their claimed sizes and buffers, in order, up to the first
+/// claim that cannot be honoured, and the count of the bytes that follow them.
 struct Receiving {
     request: RequestJson,
-    buffers: Vec<(String, usize, Zeroizing<Vec<u8>>)>,
+    buffers: Vec<(usize, Zeroizing<Vec<u8>>)>,
     current: usize,
-    unclaimed: usize,
+    after: usize,
 }
 
 impl RequestReader {
@@ -253,8 +267,10 @@ impl RequestReader {
         body_length: Option<usize>,
         limits: Limits,
     ) -> RequestReader {
+        // The header lengths come from the client: without a body length to bound them, the
+        // buffer starts small and grows with what arrives.
         let capacity = match header_length {
-            Some(n) => n.min(body_length.unwrap_or(n)),
+            Some(n) => n.min(body_length.unwrap_or(UNKNOWN_LENGTH_CAPACITY)),
             None => body_length.unwrap_or(0),
         };
         let mut reader = RequestReader {
@@ -288,43 +304,43 @@ impl RequestReader {
 
     /// Once the JSON part of a binary body is complete: parses it and makes a buffer per binary
     /// input. The claimed sizes must fit in the body's length when it is known, so that a buffer
-    /// is never larger than what the client sends.
+    /// is never larger than what the client sends: no buffer is made for the first claim that
+    /// does not fit or does not parse, nor for those after it, and the request fails at
+    /// [`RequestReader::finish`], where [`build_request`] sees the inputs in order and gives the
+    /// error the whole body gives (an earlier input's, or this claim's).
     fn start_binary_when_ready(&mut self) {
         if self.binary.is_some() || self.header_length != Some(self.head.len()) {
             return;
         }
         let available = self.body_length.map(|n| n.saturating_sub(self.head.len()));
-        self.binary = Some(parse_header(&self.head).and_then(|request| {
+        self.binary = Some(parse_header(&self.head).map(|request| {
             let mut left = available;
+            let mut unknown_length_capacity = UNKNOWN_LENGTH_CAPACITY;
             let mut buffers = Vec::new();
             for input in &request.inputs {
-                let Some(size) = binary_size_of(input)? else {
-                    continue;
+                let size = match (binary_size_of(input), left) {
+                    (Ok(None), _) => continue,
+                    (Ok(Some(size)), None) => size,
+                    (Ok(Some(size)), Some(l)) if size <= l => size,
+                    _ => break,
                 };
-                if let Some(l) = left {
-                    if size > l {
-                        return Err(binary_left(&input.name, size, l));
+                left = left.map(|l| l - size);
+                let capacity = match available {
+                    Some(_) => size,
+                    None => {
+                        let capacity = size.min(unknown_length_capacity);
+                        unknown_length_capacity -= capacity;
+                        capacity
                     }
-                    left = Some(l - size);
-                }
-                // Without a body length, a buffer grows with what arrives.
-                let capacity = if available.is_some() {
-                    size
-                } else {
-                    size.min(1 << 20)
                 };
-                buffers.push((
-                    input.name.clone(),
-                    size,
-                    Zeroizing::new(Vec::with_capacity(capacity)),
-                ));
+                buffers.push((size, Zeroizing::new(Vec::with_capacity(capacity))));
             }
-            Ok(Receiving {
+            Receiving {
                 request,
                 buffers,
                 current: 0,
-                unclaimed: 0,
-            })
+                after: 0,
+            }
         }));
         // The JSON part is parsed; its buffer is no longer needed.
         zeroize_in_bulk(&mut self.head);
@@ -350,15 +366,15 @@ impl Receiving {
             while self
                 .buffers
                 .get(self.current)
-                .is_some_and(|(_, size, buffer)| buffer.len() == *size)
+                .is_some_and(|(size, buffer)| buffer.len() == *size)
             {
                 self.current += 1;
             }
             if chunk.is_empty() {
                 return;
             }
-            let Some((_, size, buffer)) = self.buffers.get_mut(self.current) else {
-                self.unclaimed = self.unclaimed.saturating_add(chunk.len());
+            let Some((size, buffer)) = self.buffers.get_mut(self.current) else {
+                self.after = self.after.saturating_add(chunk.len());
                 return;
             };
             let wanted = (*size - buffer.len()).min(chunk.len());
@@ -367,21 +383,16 @@ impl Receiving {
         }
     }
 
+    /// The request, checked by [`build_request`] as the whole body is: a buffer the body ended
+    /// in, a claim without a buffer and bytes after the buffers are refused there, in the order
+    /// of the inputs.
     fn finish(self, limits: &Limits) -> Result<InferRequest, ProtocolError> {
-        if let Some(short) = self
-            .buffers
-            .iter()
-            .position(|(_, size, buffer)| buffer.len() < *size)
-        {
-            let (name, size, _) = &self.buffers[short];
-            let left = self.buffers[short..].iter().map(|(_, _, b)| b.len()).sum();
-            return Err(binary_left(name, *size, left));
-        }
-        if self.unclaimed > 0 {
-            return Err(unclaimed(self.unclaimed));
-        }
-        let buffers = self.buffers.into_iter().map(|(_, _, b)| b).collect();
-        build_request(self.request, BinaryData::Cut(buffers), limits)
+        let buffers = self.buffers.into_iter().map(|(_, b)| b).collect();
+        let binary = BinaryData::Cut {
+            buffers,
+            after: self.after,
+        };
+        build_request(self.request, binary, limits)
     }
 }
 
@@ -1214,6 +1225,7 @@ mod tests {
         let huge = br#"{"inputs":[{"name":"x","shape":[16777216],"datatype":"FP64","parameters":{"binary_data_size":134217728}}]}"#;
         let mut reader = RequestReader::new(Some(huge.len()), Some(huge.len() + 8), limits());
         reader.push(huge);
+        reader.push(&[0u8; 8]);
         let e = reader.finish().unwrap_err();
         assert!(
             e.0.contains("binary_data_size is 134217728 but only 8 bytes"),
@@ -1227,6 +1239,54 @@ mod tests {
             e,
             parse_request(&body, Some(bad.len()), &limits()).unwrap_err()
         );
+    }
+
+    /// Errors found while reading in chunks (bytes no input claims, a claim larger than the
+    /// body, a claim that is not a byte count) come after the errors of the inputs before them,
+    /// as when the body is read whole. The first body is what the fuzz target `infer_chunked`
+    /// found: an input whose `parameters` key is misspelt, so that its bytes are unclaimed.
+    #[test]
+    fn a_body_read_in_chunks_gives_the_error_the_whole_body_gives_first() {
+        let misspelt = br#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","rpaameters":{"binary_data_size":16}}]}"#;
+        let too_large = br#"{"id":7,"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":80}}]}"#;
+        let after_bad_type = br#"{"inputs":[{"name":"a","shape":[1],"datatype":"BF16","parameters":{"binary_data_size":4}},{"name":"b","shape":[1],"datatype":"INT32","parameters":{"binary_data_size":"four"}}]}"#;
+        let after_bad_bytes = br#"{"inputs":[{"name":"s","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":4}},{"name":"b","shape":[1],"datatype":"INT32","parameters":{"binary_data_size":400}}]}"#;
+        for (header, expected) in [
+            (misspelt.as_slice(), "input 'x' has no 'data'"),
+            (too_large, "'id' must be a string"),
+            (after_bad_type, "input 'a': unknown datatype 'BF16'"),
+            (
+                after_bad_bytes,
+                "input 's': BYTES data is not length-prefixed elements",
+            ),
+        ] {
+            let body = [header, &[9u8; 16]].concat();
+            let whole = parse_request(&body, Some(header.len()), &limits()).unwrap_err();
+            assert!(whole.0.starts_with(expected), "{whole}");
+            for chunk in [1, 7, body.len()] {
+                for length in [Some(body.len()), None] {
+                    let e = read_in_chunks(&body, Some(header.len()), length, chunk).unwrap_err();
+                    assert_eq!(e, whole, "chunks of {chunk}, length {length:?}");
+                }
+            }
+        }
+    }
+
+    /// The header lengths are the client's: without a body length, the reader's first buffer
+    /// does not take the size they claim.
+    #[test]
+    fn a_huge_header_length_without_a_body_length_is_refused_without_allocating_it() {
+        for header_length in [usize::MAX, 1 << 40] {
+            let mut reader = RequestReader::new(Some(header_length), None, limits());
+            reader.push(b"{\"inputs\":[]}");
+            let e = reader.finish().unwrap_err();
+            assert!(
+                e.0.contains(&format!(
+                    "Inference-Header-Content-Length is {header_length} but the body has only 13 bytes"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]
