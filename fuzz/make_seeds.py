@@ -201,6 +201,44 @@ def main():
     json_only = infer_body([{"name": "x", "shape": [1], "datatype": "FP16", "data": [0.5]}])
     write("infer_binary", "json-only", struct.pack("<H", len(json_only)) + json_only)
 
+    # The same bodies read in chunks: `flags || [u64le header length] || split count || u16le
+    # chunk lengths || body` (fuzz/fuzz_targets/infer_chunked.rs). Flags: 1 binary extension,
+    # 2 Content-Length known.
+    def chunked(body, header_length=None, known=True, splits=()):
+        flags = (1 if header_length is not None else 0) | (2 if known else 0)
+        head = bytes([flags])
+        if header_length is not None:
+            head += struct.pack("<Q", header_length)
+        return head + bytes([len(splits)]) + struct.pack(f"<{len(splits)}H", *splits) + body
+    strings_header = infer_body(
+        [{"name": "t", "shape": [3], "datatype": "BYTES",
+          "parameters": {"binary_data_size": len(strings)}},
+         {"name": "j", "shape": [1], "datatype": "FP32", "data": [0.5]},
+         {"name": "b", "shape": [2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}],
+        outputs=[{"name": "y", "parameters": {"binary_data": True}}], request_id="r1")
+    write("infer_chunked", "bytes-bool-bytewise",
+          chunked(strings_header + strings + b"\x01\x00", len(strings_header), splits=[1]))
+    fp32_header = infer_body(
+        [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+          "parameters": {"binary_data_size": len(fp32)}},
+         {"name": "e", "shape": [0], "datatype": "INT8", "parameters": {"binary_data_size": 0}},
+         {"name": "k", "shape": [2], "datatype": "INT64",
+          "parameters": {"binary_data_size": len(i64)}}],
+        parameters={"binary_data_output": True})
+    # Split inside the JSON part, at its end, inside a tensor and between tensors, with an empty
+    # chunk; and the same body without a Content-Length.
+    fp32_body = fp32_header + fp32 + i64
+    splits = [7, 0, len(fp32_header) - 7, 5, len(fp32) - 5, 3]
+    write("infer_chunked", "fp32-int64-split", chunked(fp32_body, len(fp32_header), splits=splits))
+    write("infer_chunked", "fp32-int64-no-length",
+          chunked(fp32_body, len(fp32_header), known=False, splits=[2, 61]))
+    # Refused alike: a tensor shorter than claimed, and bytes that no input claims.
+    write("infer_chunked", "short-tensor",
+          chunked(fp32_header + fp32 + i64[:5], len(fp32_header), splits=[50]))
+    write("infer_chunked", "unclaimed-bytes",
+          chunked(fp32_body + b"\0" * 4, len(fp32_header), known=False, splits=[9]))
+    write("infer_chunked", "json-only", chunked(json_only, splits=[3, 11]))
+
     onnx_seeds()
 
 
