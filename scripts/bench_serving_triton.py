@@ -7,11 +7,11 @@
 For each model (default: every model of tests/models/compare.py present in target/models/), starts
 `adyton server serve --tee sim` (the release binary by default) once per engine, each with that one
 model, and connects tritonclient over HTTPS pinned to the certificate the server wrote (its
-attested certificate; the client trusts exactly it, as tests/models/compare.py connects). Then, N
-times, in turn: one onnxruntime run in this process (onnxruntime's default threads, intra-op
-spinning off), and one inference on each server, as a user calls it (InferInput built from the
-numpy array, binary tensors both ways, outputs read back as numpy arrays). The inputs are
-compare.py's. Prints progress on stderr and a markdown table of p50 and p90 (ms) on stdout, each
+attested certificate; the client trusts exactly it), both with tests/models/sim_server.py, as
+tests/models/compare.py does. Then, N times, in turn: one onnxruntime run in this process
+(onnxruntime's default threads, intra-op spinning off), and one inference on each server, as a
+user calls it (InferInput built from the numpy array, binary tensors both ways, outputs read back
+as numpy arrays). The inputs are compare.py's. Prints progress on stderr and a markdown table of p50 and p90 (ms) on stdout, each
 served figure with the largest relative difference of its outputs from onnxruntime's (compare.py
 judges them; this only shows that the model served is the model timed).
 
@@ -21,43 +21,24 @@ out, with a note.
 """
 
 import argparse
-import math
 import os
-import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import tritonclient.http as httpclient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "models"))
-from compare import MODELS, datatype_of  # noqa: E402
-from ort_timing import inputs_for, session_for  # noqa: E402
-
-LIBRARY_ENV = "ADYTON_ONNXRUNTIME_LIBRARY"
-START_TIMEOUT_S = 300
-REQUEST_TIMEOUT_S = 600
+from compare import MODELS, relative_error  # noqa: E402
+from ort_timing import inputs_for, percentile, session_for  # noqa: E402
+from sim_server import Server, infer, triton_client  # noqa: E402
 
 
 def log(message):
     print(f"bench_serving_triton: {message}", file=sys.stderr, flush=True)
-
-
-def onnxruntime_library():
-    """$ADYTON_ONNXRUNTIME_LIBRARY, else the shared library of the imported onnxruntime package."""
-    if os.environ.get(LIBRARY_ENV):
-        return os.environ[LIBRARY_ENV]
-    capi = Path(ort.__file__).parent / "capi"
-    found = sorted(p for p in capi.glob("libonnxruntime.so*") if p.is_file() and not p.is_symlink())
-    if not found:
-        sys.exit(f"bench_serving_triton.py: no libonnxruntime.so in {capi}; set {LIBRARY_ENV}")
-    return str(found[-1].resolve())
 
 
 def supports_engines(binary):
@@ -68,56 +49,6 @@ def supports_engines(binary):
     return "--engine" in out.stdout
 
 
-class Server:
-    """`adyton server serve --tee sim` with one model, in a temporary directory."""
-
-    def __init__(self, binary, engine, name, path):
-        self.dir = tempfile.TemporaryDirectory(prefix="adyton-bench-")
-        self.cert = os.path.join(self.dir.name, "server.pem")
-        self.stderr = []
-        self.url = None
-        command = [
-            str(binary), "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
-            "--sim-key", os.path.join(self.dir.name, "sim.key"),
-            "--model", f"{name}={path}", "--certificate-out", self.cert, "--workers", "2",
-        ]
-        env = {**os.environ, "ADYTON_LOG": "warn"}
-        if engine is not None:
-            command += ["--engine", engine]
-            env[LIBRARY_ENV] = onnxruntime_library()
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env,
-        )
-        listening = threading.Event()
-
-        def read_stderr():
-            for line in self.process.stderr:
-                self.stderr.append(line.rstrip("\n"))
-                match = re.search(r"listening on https://(\S+)", line)
-                if match:
-                    self.url = match.group(1)
-                    listening.set()
-            listening.set()
-
-        threading.Thread(target=read_stderr, daemon=True).start()
-        listening.wait(START_TIMEOUT_S)
-        if self.url is None:
-            self.close()
-            errors = [line for line in self.stderr if line.startswith("error")]
-            raise RuntimeError(" ".join(errors or self.stderr[-3:]) or "the server did not start")
-
-    def close(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.dir.cleanup()
-
-
 class Caller:
     """One served model, called as a tritonclient user calls it."""
 
@@ -125,33 +56,17 @@ class Caller:
         self.server = server
         self.name = name
         self.feeds = feeds
-        self.client = httpclient.InferenceServerClient(
-            url=server.url, ssl=True, ssl_options={"ca_certs": server.cert},
-            connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
-        )
+        self.client = triton_client(server.url, server.cert)
         metadata = self.client.get_model_metadata(name)
         self.output_names = [o["name"] for o in metadata["outputs"]]
         self.plan = metadata.get("parameters", {}).get("plan", "?")
 
     def call(self):
-        inputs = []
-        for input_name, value in self.feeds.items():
-            tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
-            tensor.set_data_from_numpy(value, binary_data=True)
-            inputs.append(tensor)
-        outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in self.output_names]
-        result = self.client.infer(self.name, inputs, outputs=outputs)
-        return {n: result.as_numpy(n) for n in self.output_names}
+        return infer(self.client, self.name, self.feeds, self.output_names)
 
     def close(self):
         self.client.close()
         self.server.close()
-
-
-def percentile(sorted_samples, p):
-    """Nearest rank, as the Rust benchmark computes it."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_samples)))
-    return sorted_samples[rank - 1]
 
 
 def largest_error(name, served, reference):
@@ -163,9 +78,8 @@ def largest_error(name, served, reference):
         got = served.get(out_name)
         if got is None or got.shape != expected.shape:
             raise RuntimeError(f"{name}: output {out_name} is missing or has another shape")
-        if np.issubdtype(expected.dtype, np.floating) and expected.size:
-            scale = max(float(np.max(np.abs(expected))), 1e-6)
-            worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - expected))) / scale)
+        if np.issubdtype(expected.dtype, np.floating):
+            worst = max(worst, relative_error(got, expected))
     return worst
 
 
@@ -181,7 +95,7 @@ def measure(binary, engines, path, iterations, warmup):
     for engine in engines:
         log(f"{path.name}: starting the server ({engine or 'default engine'})")
         try:
-            server = Server(binary, engine, name, path)
+            server = Server(binary, engine, name, path, prefix="adyton-bench-")
         except Exception as e:  # noqa: BLE001 - any failure is reported in the table
             row[engine] = f"n/a: {type(e).__name__}: {e}"
             continue

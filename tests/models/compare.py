@@ -6,9 +6,10 @@
 
 For each model (default: every model of scripts/fetch_models, which it runs for those missing from
 target/models/), builds deterministic inputs of the model's real names, types and layouts, runs
-them through onnxruntime (the reference) and through a real Adyton server: `adyton server serve --tee sim --engine ENGINE` started as a
-subprocess with that one model and no other setting, queried over HTTPS with tritonclient pinned
-to the server's certificate, with binary tensors. A model with free dimensions that matter (the
+them through onnxruntime (the reference) and through a real Adyton server: `adyton server serve
+--tee sim --engine ENGINE` started as a subprocess with that one model and no other setting,
+queried over HTTPS with tritonclient pinned to the server's certificate, with binary tensors
+(tests/models/sim_server.py, which scripts/bench_serving_triton.py times the same way). A model with free dimensions that matter (the
 text detector's height and width) is run at two shapes on the same server. Prints one line per
 model, then a markdown table with one row per model and input shape (the engine and the plan the
 server reports for it), and exits non-zero if any model fails.
@@ -55,11 +56,8 @@ target/debug/adyton.
 
 import argparse
 import os
-import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +66,12 @@ from typing import Callable
 import numpy as np
 import onnx
 import onnxruntime as ort
-import tritonclient.http as httpclient
+
+from sim_server import Server, infer, onnxruntime_library, triton_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS_DIR = ROOT / "target" / "models"
 ENGINES = ("tract", "onnxruntime")
-LIBRARY_ENV = "ADYTON_ONNXRUNTIME_LIBRARY"
 # See the module's documentation for both.
 FLOAT_TOLERANCE = 1e-4
 QUANTIZED_FLOOR_FACTOR = 2.0
@@ -81,9 +79,6 @@ QUANTIZED_FLOOR_FACTOR = 2.0
 # unit in the last place of float32 up (2^-23) and down (2^-24, the spacing below 1).
 ULP_FACTORS = (1.0 + 2.0**-23, 1.0 - 2.0**-24)
 QUANTIZERS = ("DynamicQuantizeLinear", "QuantizeLinear")
-# A debug build of tract runs the larger models slowly.
-START_TIMEOUT_S = 300
-REQUEST_TIMEOUT_S = 600
 
 
 def text_inputs(length, first, last, low, high):
@@ -271,79 +266,12 @@ def adyton_binary(explicit):
     sys.exit("compare.py: no adyton binary; build it (cargo build -p adyton) or pass --adyton")
 
 
-def onnxruntime_library():
-    """$ADYTON_ONNXRUNTIME_LIBRARY, else the shared library of the imported onnxruntime package."""
-    if os.environ.get(LIBRARY_ENV):
-        return os.environ[LIBRARY_ENV]
-    capi = Path(ort.__file__).parent / "capi"
-    found = sorted(p for p in capi.glob("libonnxruntime.so*") if p.is_file() and not p.is_symlink())
-    if not found:
-        sys.exit(f"compare.py: no libonnxruntime.so in {capi}; set {LIBRARY_ENV}")
-    return str(found[-1].resolve())
-
-
-class Server:
-    """`adyton server serve --tee sim --engine ENGINE` with one model, in a temporary directory."""
-
-    def __init__(self, binary, engine, name, path):
-        self.dir = tempfile.TemporaryDirectory(prefix="adyton-compare-")
-        self.cert = os.path.join(self.dir.name, "server.pem")
-        self.stderr = []
-        self.url = None
-        command = [
-            str(binary), "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
-            "--sim-key", os.path.join(self.dir.name, "sim.key"),
-            "--model", f"{name}={path}", "--certificate-out", self.cert, "--workers", "2",
-            "--engine", engine,
-        ]
-        env = {**os.environ, "ADYTON_LOG": "warn", LIBRARY_ENV: onnxruntime_library()}
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=env,
-        )
-        listening = threading.Event()
-
-        def read_stderr():
-            for line in self.process.stderr:
-                self.stderr.append(line.rstrip("\n"))
-                match = re.search(r"listening on https://(\S+)", line)
-                if match:
-                    self.url = match.group(1)
-                    listening.set()
-            listening.set()
-
-        threading.Thread(target=read_stderr, daemon=True).start()
-        listening.wait(START_TIMEOUT_S)
-        if self.url is None:
-            self.close()
-            raise RuntimeError(self.failure())
-
-    def failure(self):
-        """Why the server did not start: its `error:` lines, or its last lines."""
-        errors = [line for line in self.stderr if line.startswith("error")]
-        tail = " ".join(errors or self.stderr[-3:]) or "no output"
-        return f"the server did not start: {tail}"
-
-    def close(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.dir.cleanup()
-
-
 class Client:
     """tritonclient over HTTPS pinned to `cert`, for model `name` of the server at `url`."""
 
     def __init__(self, url, cert, name):
         self.name = name
-        self.client = httpclient.InferenceServerClient(
-            url=url, ssl=True, ssl_options={"ca_certs": cert},
-            connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
-        )
+        self.client = triton_client(url, cert)
 
     def served_by(self):
         """(engine, plan) as the model's metadata reports them ("?" for one it leaves out)."""
@@ -353,24 +281,10 @@ class Client:
     def infer(self, feeds):
         """Runs `feeds` through the model; returns {output: array} for every declared output."""
         metadata = self.client.get_model_metadata(self.name)
-        inputs = []
-        for input_name, value in feeds.items():
-            tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
-            tensor.set_data_from_numpy(value, binary_data=True)
-            inputs.append(tensor)
-        outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=True) for o in metadata["outputs"]]
-        result = self.client.infer(self.name, inputs, outputs=outputs)
-        return {o["name"]: result.as_numpy(o["name"]) for o in metadata["outputs"]}
+        return infer(self.client, self.name, feeds, [o["name"] for o in metadata["outputs"]])
 
     def close(self):
         self.client.close()
-
-
-def datatype_of(array):
-    return {
-        np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64",
-        np.dtype(np.int32): "INT32", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
-    }[array.dtype]
 
 
 def relative_error(actual, expected):
@@ -438,7 +352,7 @@ def compare(binary, engine, path, served=None):
             if served:
                 client = Client(*served)
             else:
-                server = Server(binary, engine, path.stem.replace(".", "_"), path)
+                server = Server(binary, engine, path.stem.replace(".", "_"), path, prefix="adyton-compare-")
                 client = Client(server.url, server.cert, path.stem.replace(".", "_"))
         except Exception as e:  # noqa: BLE001 - any failure is reported in the table
             for row in rows:

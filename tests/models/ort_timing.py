@@ -25,7 +25,8 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import MODELS, datatype_of  # noqa: E402
+from compare import MODELS  # noqa: E402
+from sim_server import datatype_of  # noqa: E402
 
 SEED = 20240607
 
