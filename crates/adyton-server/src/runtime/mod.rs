@@ -5,6 +5,7 @@
 
 pub mod onnxruntime;
 mod reason;
+mod staging;
 pub mod tract;
 
 use std::collections::BTreeMap;

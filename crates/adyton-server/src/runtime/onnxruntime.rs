@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::reason::{panic_message, truncate, without_numbers};
+use super::staging::{utf8_strings, wrong_kind};
 use half::f16;
 use ort::environment::Environment;
 use ort::logging::LogLevel;
@@ -872,12 +873,6 @@ impl<'t> Staged<'t> {
             .map_err(|_| EngineError::Run {
                 reason: format!("input '{}' has a dimension over 2^63", spec.name),
             })?;
-        let wrong_kind = || EngineError::Run {
-            reason: format!(
-                "input '{}': {} does not take this kind of data",
-                spec.name, spec.datatype
-            ),
-        };
         Ok(match tensor.data() {
             TensorData::Fixed(bytes) => match tensor.datatype() {
                 DataType::U8 => Staged::Bytes(shape, bytes),
@@ -892,11 +887,11 @@ impl<'t> Staged<'t> {
                 DataType::F16 => Staged::F16(shape, HalfBuffer::decode(bytes)),
                 DataType::F32 => Staged::F32(shape, decode(bytes, f32::from_le_bytes)),
                 DataType::F64 => Staged::F64(shape, decode(bytes, f64::from_le_bytes)),
-                DataType::Bytes => return Err(wrong_kind()),
+                DataType::Bytes => return Err(wrong_kind(spec)),
             },
             TensorData::Bytes(elements) => {
                 if tensor.datatype() != DataType::Bytes {
-                    return Err(wrong_kind());
+                    return Err(wrong_kind(spec));
                 }
                 // ONNX Runtime's strings are UTF-8, handed over as C strings and copied into
                 // memory of its own: an element cannot hold a NUL byte.
@@ -907,19 +902,7 @@ impl<'t> Staged<'t> {
                     }
                     .into());
                 }
-                let strings = elements
-                    .iter()
-                    .enumerate()
-                    .map(|(index, element)| {
-                        std::str::from_utf8(element)
-                            .map(str::to_owned)
-                            .map_err(|_| InputError::NotUtf8 {
-                                name: spec.name.clone(),
-                                index,
-                            })
-                    })
-                    .collect::<Result<Vec<String>, InputError>>()
-                    .map(Zeroizing::new)?;
+                let strings = utf8_strings(spec, elements)?;
                 let value = guarded(|| {
                     OrtTensor::from_string_array((shape, strings.as_slice()))
                         .map_err(|e| e.to_string())

@@ -11,6 +11,7 @@ use tract_onnx::prelude::{
 };
 use zeroize::Zeroizing;
 
+use super::super::staging::{utf8_strings, wrong_kind};
 use super::super::{DataType, EngineError, InputError, Tensor, TensorData, TensorSpec};
 use super::{served_type, tract_reason};
 
@@ -53,19 +54,9 @@ pub(super) fn to_tract(spec: &TensorSpec, tensor: &Tensor) -> Result<TractTensor
             if tensor.datatype() != DataType::Bytes {
                 return Err(wrong_kind(spec));
             }
-            // tract's strings are Rust strings, so BYTES elements must be UTF-8.
-            let strings = elements
-                .iter()
-                .enumerate()
-                .map(|(index, element)| {
-                    std::str::from_utf8(element)
-                        .map(str::to_owned)
-                        .map_err(|_| InputError::NotUtf8 {
-                            name: spec.name.clone(),
-                            index,
-                        })
-                })
-                .collect::<Result<Vec<String>, InputError>>()?;
+            // The strings move into tract's tensor, which tract frees without zeroizing, as it
+            // does its other copies (docs/server.md, "Tensor memory").
+            let strings = std::mem::take(&mut *utf8_strings(spec, elements)?);
             tract_ndarray::ArrayD::from_shape_vec(shape, strings)
                 .map(TractTensor::from)
                 .map_err(TractError::from)
@@ -128,15 +119,6 @@ fn from_le<T: Datum + Copy, const N: usize>(
         })
         .collect();
     TractTensor::from_shape(shape, &elements)
-}
-
-fn wrong_kind(spec: &TensorSpec) -> EngineError {
-    EngineError::Run {
-        reason: format!(
-            "input '{}': {} does not take this kind of data",
-            spec.name, spec.datatype
-        ),
-    }
 }
 
 /// tract's tensor as ours: fixed-size elements as little-endian bytes (`BOOL` as 0 or 1),
