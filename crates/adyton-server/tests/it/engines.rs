@@ -90,7 +90,8 @@ engine_suite!(
     onnxruntime => EngineKind::OnnxRuntime,
 );
 
-const IDENTITY_MODELS: [(&str, DataType); 13] = [
+/// The identity model of every data type, from `scripts/make_test_models.py`.
+pub(crate) const IDENTITY_MODELS: [(&str, DataType); 13] = [
     ("identity_bool", DataType::Bool),
     ("identity_uint8", DataType::U8),
     ("identity_uint16", DataType::U16),
@@ -119,7 +120,7 @@ fn load_error(engine: &dyn Engine, bytes: &[u8]) -> EngineError {
     }
 }
 
-fn spec(name: &str, datatype: DataType, shape: &[Dim]) -> TensorSpec {
+pub(crate) fn spec(name: &str, datatype: DataType, shape: &[Dim]) -> TensorSpec {
     TensorSpec {
         name: name.into(),
         datatype,
@@ -127,16 +128,16 @@ fn spec(name: &str, datatype: DataType, shape: &[Dim]) -> TensorSpec {
     }
 }
 
-fn fixed(dims: &[usize]) -> Vec<Dim> {
+pub(crate) fn fixed(dims: &[usize]) -> Vec<Dim> {
     dims.iter().map(|&d| Dim::Fixed(d)).collect()
 }
 
-fn f32s(shape: &[usize], values: &[f32]) -> Tensor {
+pub(crate) fn f32s(shape: &[usize], values: &[f32]) -> Tensor {
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor::from_le_bytes(DataType::F32, shape.to_vec(), Zeroizing::new(bytes)).unwrap()
 }
 
-fn i64s(shape: &[usize], values: &[i64]) -> Tensor {
+pub(crate) fn i64s(shape: &[usize], values: &[i64]) -> Tensor {
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Tensor::from_le_bytes(DataType::I64, shape.to_vec(), Zeroizing::new(bytes)).unwrap()
 }
@@ -148,7 +149,7 @@ fn fixed_bytes(tensor: &Tensor) -> &[u8] {
     }
 }
 
-fn f32_values(tensor: &Tensor) -> Vec<f32> {
+pub(crate) fn f32_values(tensor: &Tensor) -> Vec<f32> {
     assert_eq!(tensor.datatype(), DataType::F32);
     fixed_bytes(tensor)
         .chunks_exact(4)
@@ -156,7 +157,7 @@ fn f32_values(tensor: &Tensor) -> Vec<f32> {
         .collect()
 }
 
-fn i64_values(tensor: &Tensor) -> Vec<i64> {
+pub(crate) fn i64_values(tensor: &Tensor) -> Vec<i64> {
     assert_eq!(tensor.datatype(), DataType::I64);
     fixed_bytes(tensor)
         .chunks_exact(8)
@@ -165,14 +166,14 @@ fn i64_values(tensor: &Tensor) -> Vec<i64> {
 }
 
 /// Checks named inputs against the model's signature and runs it.
-fn run(model: &dyn LoadedModel, inputs: Vec<(&str, Tensor)>) -> Vec<Tensor> {
+pub(crate) fn run(model: &dyn LoadedModel, inputs: Vec<(&str, Tensor)>) -> Vec<Tensor> {
     let named = inputs.into_iter().map(|(n, t)| (n.to_owned(), t)).collect();
     let inputs = check_inputs(model.signature(), named).unwrap();
     model.run(inputs).unwrap()
 }
 
 /// `dynamic_batch`'s output for `x`: `x @ W + B`, as in scripts/make_test_models.py.
-fn dynamic_batch_expected(x: &[f32]) -> Vec<f32> {
+pub(crate) fn dynamic_batch_expected(x: &[f32]) -> Vec<f32> {
     let weights = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]];
     let bias = [0.5f32, -1.0];
     x.chunks_exact(4)
@@ -203,6 +204,15 @@ fn loads_the_test_models_with_their_signatures(engine: &dyn Engine, kind: Engine
             outputs: vec![spec("sum", DataType::F32, &fixed(&[1, 3]))],
         }
     );
+    let a = [1.5, -2.0, 1e10];
+    let b = [0.25, 7.0, -3.0];
+    let outputs = run(
+        &*load(engine, "add"),
+        vec![("b", f32s(&[1, 3], &b)), ("a", f32s(&[1, 3], &a))],
+    );
+    let sum: Vec<f32> = a.iter().zip(&b).map(|(a, b)| a + b).collect();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(f32_values(&outputs[0]), sum);
     // A model loads from a reader as from bytes.
     let bytes = model("add");
     let model = engine.load_from_reader(&mut bytes.as_slice()).unwrap();
@@ -299,13 +309,16 @@ fn every_data_type_round_trips_exactly(engine: &dyn Engine, _kind: EngineKind) {
     elements[4] = Zeroizing::new(vec![0xff, 0xfe]);
     let input = Tensor::from_strings(vec![2, 3], elements).unwrap();
     match model.run(vec![input]) {
-        Err(EngineError::Input(e)) => assert_eq!(
-            e,
-            InputError::NotUtf8 {
-                name: "x".into(),
-                index: 4
-            }
-        ),
+        Err(EngineError::Input(e)) => {
+            assert_eq!(
+                e,
+                InputError::NotUtf8 {
+                    name: "x".into(),
+                    index: 4
+                }
+            );
+            assert!(e.to_string().contains("'x'"), "{e}");
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -379,6 +392,15 @@ fn a_dynamic_batch_runs_any_batch_size(engine: &dyn Engine, _kind: EngineKind) {
         model.signature().outputs,
         [spec("y", DataType::F32, &[Dim::Dynamic, Dim::Fixed(2)])]
     );
+    let declared: Vec<i64> = model.signature().inputs[0]
+        .shape
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_i64())
+        .collect();
+    assert_eq!(declared, [-1, 4]);
+    // One model, batches of different sizes, in turn and back again.
     for batch in [1usize, 2, 5, 1, 5] {
         let x: Vec<f32> = (0..batch * 4).map(|i| i as f32 - 3.0).collect();
         let outputs = run(&*model, vec![("x", f32s(&[batch, 4], &x))]);
@@ -546,10 +568,26 @@ fn wrong_inputs_are_refused_by_name(engine: &dyn Engine, _kind: EngineKind) {
     );
     let e = check(vec![("x", f32s(&[4], &[1.0, 2.0, 3.0, 4.0])), ("y", y())]);
     assert!(matches!(&e, InputError::Rank { name, expected: 2, .. } if name == "x"));
+    let e = check(vec![
+        ("x", f32s(&[1, 4], &[1.0, 2.0, 3.0, 4.0])),
+        ("y", y()),
+    ]);
+    assert!(matches!(&e, InputError::Dimension { name, axis: 0, expected: 2, .. } if name == "x"));
     let e = check(vec![("x", x())]);
     assert!(matches!(&e, InputError::Missing { name } if name == "y"));
     let e = check(vec![("x", x()), ("y", y()), ("z", y())]);
     assert!(matches!(&e, InputError::Unknown { name, .. } if name == "z"));
+    assert!(e.to_string().contains("x, y"), "{e}");
+    let e = check(vec![("x", x()), ("y", y()), ("x", x())]);
+    assert!(matches!(&e, InputError::Duplicate { name } if name == "x"));
+
+    // A dynamic dimension takes any size; a fixed one beside it is still checked.
+    let dynamic = load(engine, "dynamic_batch");
+    let named = vec![("x".to_owned(), f32s(&[3, 4], &[0.0; 12]))];
+    assert!(check_inputs(dynamic.signature(), named).is_ok());
+    let named = vec![("x".to_owned(), f32s(&[3, 2], &[0.0; 6]))];
+    let e = check_inputs(dynamic.signature(), named).unwrap_err();
+    assert!(matches!(&e, InputError::Dimension { name, axis: 1, expected: 4, .. } if name == "x"));
 
     // The engine checks what reaches it unchecked too: the data type by name, and the count.
     let e = model
@@ -671,11 +709,18 @@ fn a_failed_run_quotes_no_input_values(engine: &dyn Engine, kind: EngineKind) {
     assert!(!message.contains("40961"), "{message}");
 }
 
-fn debug_output_shows_no_weights(engine: &dyn Engine, _kind: EngineKind) {
+fn debug_output_shows_no_weights(engine: &dyn Engine, kind: EngineKind) {
     let model = load(engine, "dynamic_batch");
     let debug = format!("{model:?} {engine:?}");
     // The bias 0.5 appears in no form.
     assert!(!debug.contains("0.5"), "{debug}");
+    // The plan that runs does.
+    if kind == EngineKind::Tract {
+        assert!(debug.contains("Optimized"), "{debug}");
+    }
+    // Nor do a tensor's values.
+    let debug = format!("{:?}", f32s(&[1, 2], &[123.25, 6.5]));
+    assert!(!debug.contains("123.25"), "{debug}");
 }
 
 /// The onnxruntime engine's own refusals: the library's.
