@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::reason::{panic_message, truncate, without_numbers};
-use super::staging::{utf8_strings, wrong_kind};
+use super::staging::{check_type, utf8_strings, wrong_kind};
 use half::f16;
 use ort::environment::Environment;
 use ort::logging::LogLevel;
@@ -857,14 +857,7 @@ enum Staged<'t> {
 
 impl<'t> Staged<'t> {
     fn new(spec: &TensorSpec, tensor: &'t Tensor) -> Result<Staged<'t>, EngineError> {
-        if tensor.datatype() != spec.datatype {
-            return Err(InputError::DataType {
-                name: spec.name.clone(),
-                expected: spec.datatype,
-                actual: tensor.datatype(),
-            }
-            .into());
-        }
+        check_type(spec, tensor)?;
         let shape = tensor
             .shape()
             .iter()

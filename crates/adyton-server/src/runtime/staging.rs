@@ -1,9 +1,24 @@
-//! What every engine does to an input's data before handing it over: `BYTES` elements as UTF-8
-//! strings, and the refusal of data that is not of its type's kind. Shared by every engine.
+//! What every engine does to an input's data before handing it over: its data type checked
+//! against the declared one, `BYTES` elements as UTF-8 strings, and the refusal of data that is
+//! not of its type's kind. Shared by every engine.
 
 use zeroize::Zeroizing;
 
-use super::{EngineError, InputError, TensorSpec};
+use super::{EngineError, InputError, Tensor, TensorSpec};
+
+/// Refuses, by name, a tensor of another data type than input `spec` declares. The server checks
+/// inputs before they reach an engine ([`super::check_inputs`]); an engine checks again what it
+/// is handed directly.
+pub(crate) fn check_type(spec: &TensorSpec, tensor: &Tensor) -> Result<(), InputError> {
+    if tensor.datatype() == spec.datatype {
+        return Ok(());
+    }
+    Err(InputError::DataType {
+        name: spec.name.clone(),
+        expected: spec.datatype,
+        actual: tensor.datatype(),
+    })
+}
 
 /// The elements of `BYTES` input `spec` as strings, in zeroized memory. The engines' strings are
 /// UTF-8 (Rust strings in tract, UTF-8 C strings in ONNX Runtime), so the first element that is
@@ -71,6 +86,22 @@ mod tests {
                 name: "text".into(),
                 index: 1
             }
+        );
+    }
+
+    #[test]
+    fn another_data_type_than_declared_is_refused_by_name() {
+        let strings = Tensor::from_strings(vec![1], vec![Zeroizing::new(b"a".to_vec())]).unwrap();
+        assert_eq!(check_type(&spec(), &strings), Ok(()));
+        let numbers =
+            Tensor::from_le_bytes(DataType::I32, vec![1], Zeroizing::new(vec![0; 4])).unwrap();
+        assert_eq!(
+            check_type(&spec(), &numbers),
+            Err(InputError::DataType {
+                name: "text".into(),
+                expected: DataType::Bytes,
+                actual: DataType::I32
+            })
         );
     }
 

@@ -11,20 +11,13 @@ use tract_onnx::prelude::{
 };
 use zeroize::Zeroizing;
 
-use super::super::staging::{utf8_strings, wrong_kind};
-use super::super::{DataType, EngineError, InputError, Tensor, TensorData, TensorSpec};
+use super::super::staging::{check_type, utf8_strings, wrong_kind};
+use super::super::{DataType, EngineError, Tensor, TensorData, TensorSpec};
 use super::{served_type, tract_reason};
 
 /// Our tensor as tract's, checked against the input's declared type.
 pub(super) fn to_tract(spec: &TensorSpec, tensor: &Tensor) -> Result<TractTensor, EngineError> {
-    if tensor.datatype() != spec.datatype {
-        return Err(InputError::DataType {
-            name: spec.name.clone(),
-            expected: spec.datatype,
-            actual: tensor.datatype(),
-        }
-        .into());
-    }
+    check_type(spec, tensor)?;
     let shape = tensor.shape();
     let converted = match tensor.data() {
         // The protocol's layout is tract's own on a little-endian host: one copy. `BOOL` bytes
