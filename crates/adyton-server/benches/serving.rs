@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::{Collateral, Policy, TeeKind};
 use adyton_client::attested_tls::{client_config, AttestedServerVerifier};
-use adyton_server::batching::BatchOptions;
+use adyton_server::batching::{check_batchable, BatchOptions, PreferredBatchSizes};
 use adyton_server::http::{self, ServerState, Settings};
 use adyton_server::repository::{Repository, Source};
 use adyton_server::runtime::onnxruntime::{find_library, OnnxRuntimeEngine};
 use adyton_server::runtime::tract::TractEngine;
-use adyton_server::runtime::{DataType, Engine, LoadedModel, Tensor, TensorData};
+use adyton_server::runtime::{DataType, Engine, LoadOptions, LoadedModel, Tensor, TensorData};
 use adyton_server::tls::AttestedIdentity;
 use base64::Engine as _;
 use zeroize::Zeroizing;
@@ -66,12 +66,20 @@ const WARMUP: usize = 5;
 const MIN_SAMPLES: usize = 20;
 /// Elements of the identity model's input and output: 4 MiB of FP32 each way.
 const IDENTITY_ELEMENTS: usize = 1 << 20;
-/// Dynamic batching in the batched columns: up to one row per client, and a first request waits
-/// up to 2 ms for others.
-const BATCHING: BatchOptions = BatchOptions {
-    max_batch_size: CLIENTS,
-    max_queue_delay_us: 2000,
-};
+/// The rows of the batch each worker runs at 8 clients.
+const HALF: usize = CLIENTS / WORKERS;
+
+/// Dynamic batching in the batched columns: up to one row per client, a first request waits up
+/// to 2 ms for others, and batches are cut to [`HALF`] rows when more wait, so that each of the
+/// two workers runs one (`preferred`), or not (the batching table's uncut column).
+fn batching(preferred: bool) -> BatchOptions {
+    let sizes: &[usize] = if preferred { &[HALF] } else { &[] };
+    BatchOptions {
+        max_batch_size: CLIENTS,
+        max_queue_delay_us: 2000,
+        preferred_batch_size: PreferredBatchSizes::new(sizes).unwrap(),
+    }
+}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -811,6 +819,7 @@ struct Row {
     plan: String,
     latency: Vec<(Column, Cell<Latency>)>,
     rates: Vec<(Column, Cell<f64>)>,
+    batching: Vec<BatchingRow>,
 }
 
 impl Row {
@@ -855,14 +864,32 @@ impl Bench {
             Ok(model) => model.plan().as_str().to_owned(),
             Err(_) => "does not load".to_owned(),
         };
+        // As the server loads a model with preferred batch sizes: tract compiles plans of their
+        // own for them (onnxruntime ignores the setting).
+        let batch_options = LoadOptions {
+            batch_sizes: vec![HALF, CLIENTS],
+            ..LoadOptions::default()
+        };
+        let tract_batched = self
+            .tract
+            .load_with(&workload.onnx, &batch_options)
+            .map_err(|e| e.to_string());
         let mut served: Vec<ServedAs> = Vec::new();
-        for (engine, model) in [("tract", &loaded.tract), ("onnxruntime", &loaded.ort)] {
-            if let Ok(model) = model {
+        for (engine, model, batched) in [
+            ("tract", &loaded.tract, &tract_batched),
+            ("onnxruntime", &loaded.ort, &loaded.ort),
+        ] {
+            if let (Ok(model), Ok(batched)) = (model, batched) {
                 served.push((engine.to_owned(), Arc::clone(model), None));
                 served.push((
                     format!("{engine}-batched"),
+                    Arc::clone(batched),
+                    Some(batching(true)),
+                ));
+                served.push((
+                    format!("{engine}-uncut"),
                     Arc::clone(model),
-                    Some(BATCHING),
+                    Some(batching(false)),
                 ));
             }
         }
@@ -921,7 +948,7 @@ impl Bench {
             (Column::ServedOrt, served_as("onnxruntime", &loaded.ort)),
             (
                 Column::ServedTractBatched,
-                served_as("tract-batched", &loaded.tract),
+                served_as("tract-batched", &tract_batched),
             ),
             (
                 Column::ServedOrtBatched,
@@ -1005,6 +1032,64 @@ impl Bench {
                 (c, cell)
             })
             .collect();
+        // What batching can gain at most, and what it gains served, side by side.
+        let mut batching_rows = Vec::new();
+        for (engine, model, batched, served_name) in [
+            ("tract", &loaded.tract, &tract_batched, "tract"),
+            ("onnxruntime", &loaded.ort, &loaded.ort, "onnxruntime"),
+        ] {
+            let (Ok(model), Ok(batched)) = (model, batched) else {
+                continue;
+            };
+            if check_batchable(model.signature()).is_err()
+                || tensors.iter().any(|t| t.shape().first() != Some(&1))
+            {
+                continue;
+            }
+            let label = format!("{}, {engine}", workload.label);
+            let rate = |what: &str, target: Target, rows: usize, callers: usize| {
+                eprintln!("bench: {label}: batching, {what}");
+                rows as f64 * throughput(&target, callers, self.seconds)
+            };
+            let in_process = |model: &Arc<dyn LoadedModel>, rows: usize| Target::InProcess {
+                model: Arc::clone(model),
+                inputs: tensors.iter().map(|t| repeat_rows(t, rows)).collect(),
+            };
+            let served_target = |name: &str| {
+                served_as(name, &Ok(Arc::clone(model)))
+                    .unwrap_or_else(|reason| panic!("{name}: {reason}"))
+            };
+            let one_row = rate("8 calls of 1 row", in_process(model, 1), 1, CLIENTS);
+            let eight_rows = rate("1 call of 8 rows", in_process(batched, CLIENTS), CLIENTS, 1);
+            let halves = rate(
+                "2 calls of 4 rows",
+                in_process(batched, HALF),
+                HALF,
+                WORKERS,
+            );
+            let unbatched = rate("served", served_target(served_name), 1, CLIENTS);
+            let uncut = rate(
+                "served, batched, uncut",
+                served_target(&format!("{served_name}-uncut")),
+                1,
+                CLIENTS,
+            );
+            let cut = rate(
+                "served, batched",
+                served_target(&format!("{served_name}-batched")),
+                1,
+                CLIENTS,
+            );
+            batching_rows.push(BatchingRow {
+                label,
+                one_row,
+                eight_rows,
+                halves,
+                unbatched,
+                uncut,
+                cut,
+            });
+        }
         server.runtime.shutdown_background();
         let samples = measured.first().map_or(0, |(_, _, n)| *n);
         eprintln!("bench: {}: done ({samples} samples)", workload.label);
@@ -1014,8 +1099,32 @@ impl Bench {
             plan,
             latency,
             rates,
+            batching: batching_rows,
         }
     }
+}
+
+/// `tensor` (of one row) repeated to `rows` rows.
+fn repeat_rows(tensor: &Tensor, rows: usize) -> Tensor {
+    let TensorData::Fixed(bytes) = tensor.data() else {
+        panic!("no BYTES inputs here");
+    };
+    let mut shape = tensor.shape().to_vec();
+    shape[0] *= rows;
+    Tensor::from_le_bytes(tensor.datatype(), shape, Zeroizing::new(bytes.repeat(rows))).unwrap()
+}
+
+/// One model on one engine at 8 clients, in rows per second: in-process as one row per call
+/// (8 threads), as one call of 8 rows, and as two calls of 4 rows at once; served without
+/// batching, with batches of up to 8 rows, and with batches cut to 4.
+struct BatchingRow {
+    label: String,
+    one_row: f64,
+    eight_rows: f64,
+    halves: f64,
+    unbatched: f64,
+    uncut: f64,
+    cut: f64,
 }
 
 fn print_table(rows: &[Row], bench: &Bench) {
@@ -1089,6 +1198,46 @@ fn print_table(rows: &[Row], bench: &Bench) {
         for (i, reason) in missing.iter().enumerate() {
             println!("[{}] {reason}", i + 1);
         }
+    }
+    print_batching(rows);
+}
+
+/// The second table: what batching can gain at most on each engine, next to what it gains
+/// served.
+fn print_batching(rows: &[Row]) {
+    let lines: Vec<&BatchingRow> = rows.iter().flat_map(|r| &r.batching).collect();
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Dynamic batching, {CLIENTS} clients, rows/s. In-process: {CLIENTS} threads calling with \
+         1 row, 1 thread with {CLIENTS} rows, {WORKERS} threads with {HALF} rows (tract: plans \
+         for {HALF} and {CLIENTS} rows); ceiling: the better batched figure over 1 row. Served: \
+         without batching, batches of up to {CLIENTS} rows, and batches cut to {HALF} \
+         (preferred_batch_size)."
+    );
+    println!();
+    println!(
+        "| model, engine | in-process, 1 row | {CLIENTS} rows | {WORKERS} × {HALF} rows | \
+         ceiling | served | served, batched up to {CLIENTS} | served, batched by {HALF} | \
+         best served batched / served |"
+    );
+    println!("|{}", " --- |".repeat(9));
+    for line in lines {
+        let best = line.uncut.max(line.cut);
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.1} | {:.2}× |",
+            line.label,
+            line.one_row,
+            line.eight_rows,
+            line.halves,
+            line.eight_rows.max(line.halves) / line.one_row,
+            line.unbatched,
+            line.uncut,
+            line.cut,
+            best / line.unbatched,
+        );
     }
 }
 

@@ -11,6 +11,16 @@
 //! in their order of arrival. A request of more rows than `max_batch_size` runs alone, as it would
 //! without batching.
 //!
+//! Preferred sizes (Triton's `preferred_batch_size`): a batch stops growing at the largest, goes
+//! at once when it holds one of them and nothing more is queued, and is cut to its longest prefix
+//! of requests whose rows make a preferred size (the requests cut lead the next batch). So a
+//! model sees few batch sizes (for tract, each size gets a plan of its own: see
+//! `runtime::tract`), and when more requests wait than one batch takes, several batches of a
+//! preferred size run at once on the workers instead of one large batch on one. With eight
+//! clients on two workers, tract ran MiniLM-L3 at 128 tokens faster as two batches of 4 at once,
+//! each on one thread, than as one batch of 8 (which took both threads of its pool): a batch of 8
+//! rows costs tract more per row than one row does (`benches/serving.rs`, `docs/server.md`).
+//!
 //! Each caller gets its own errors: when a combined run fails (one bad request, an engine panic,
 //! an output over the element limit, outputs that cannot be split by rows), each request of the
 //! batch runs again alone. No caller waits forever: a panic or a stopped batcher drops the
@@ -37,6 +47,9 @@ pub const MAX_BATCH_SIZE: usize = 4096;
 /// The longest queue delay that may be configured: 10 s.
 pub const MAX_QUEUE_DELAY_US: u64 = 10_000_000;
 
+/// The most preferred batch sizes a model may list.
+pub const MAX_PREFERRED_SIZES: usize = 8;
+
 /// A model's dynamic batching settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchOptions {
@@ -45,15 +58,103 @@ pub struct BatchOptions {
     /// How long the first request of a batch waits for others, in microseconds; 0 batches only
     /// the requests already waiting.
     pub max_queue_delay_us: u64,
+    /// The batch sizes the batcher forms when it can (none: batches of up to `max_batch_size`).
+    pub preferred_batch_size: PreferredBatchSizes,
+}
+
+/// Triton's `preferred_batch_size`: the sizes, in rows, that a batch is cut to when the requests
+/// waiting allow it (see the module's documentation). At most [`MAX_PREFERRED_SIZES`], each
+/// from 1 to [`MAX_BATCH_SIZE`], kept in ascending order without repeats. A fixed array, so that
+/// the settings stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct PreferredBatchSizes {
+    sizes: [u16; MAX_PREFERRED_SIZES],
+    len: u8,
+}
+
+impl PreferredBatchSizes {
+    /// No preferred size.
+    pub const NONE: PreferredBatchSizes = PreferredBatchSizes {
+        sizes: [0; MAX_PREFERRED_SIZES],
+        len: 0,
+    };
+
+    /// The sizes given, sorted, repeats removed. Refuses a size of 0 or over
+    /// [`MAX_BATCH_SIZE`], and more than [`MAX_PREFERRED_SIZES`] sizes; the message names the
+    /// key.
+    pub fn new(sizes: &[usize]) -> Result<PreferredBatchSizes, BatchError> {
+        let mut sorted = sizes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if let Some(&bad) = sorted
+            .iter()
+            .find(|&&size| !(1..=MAX_BATCH_SIZE).contains(&size))
+        {
+            return Err(BatchError::Setting(format!(
+                "preferred_batch_size: each size must be from 1 to {MAX_BATCH_SIZE}, not {bad}"
+            )));
+        }
+        if sorted.len() > MAX_PREFERRED_SIZES {
+            return Err(BatchError::Setting(format!(
+                "preferred_batch_size lists {} sizes, at most {MAX_PREFERRED_SIZES} are allowed",
+                sorted.len()
+            )));
+        }
+        let mut preferred = PreferredBatchSizes::NONE;
+        for (slot, &size) in preferred.sizes.iter_mut().zip(&sorted) {
+            // At most MAX_BATCH_SIZE (4096), checked above.
+            *slot = u16::try_from(size).unwrap_or(u16::MAX);
+        }
+        preferred.len = u8::try_from(sorted.len()).unwrap_or(u8::MAX);
+        Ok(preferred)
+    }
+
+    /// The sizes, in ascending order.
+    pub fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.sizes[..usize::from(self.len)]
+            .iter()
+            .map(|&size| usize::from(size))
+    }
+
+    /// Whether `rows` is one of the sizes.
+    pub fn contains(&self, rows: usize) -> bool {
+        self.sizes().any(|size| size == rows)
+    }
+
+    /// The largest size, if any.
+    pub fn largest(&self) -> Option<usize> {
+        self.sizes().last()
+    }
+
+    /// Whether no size is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for PreferredBatchSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.sizes()).finish()
+    }
 }
 
 impl BatchOptions {
-    /// Checks the settings: `max_batch_size` from 1 to [`MAX_BATCH_SIZE`], `max_queue_delay_us`
-    /// at most [`MAX_QUEUE_DELAY_US`]. The message names the key.
+    /// Checks the settings: `max_batch_size` from 1 to [`MAX_BATCH_SIZE`], no preferred size
+    /// over it, `max_queue_delay_us` at most [`MAX_QUEUE_DELAY_US`]. The message names the key.
     pub fn check(&self) -> Result<(), BatchError> {
         if !(1..=MAX_BATCH_SIZE).contains(&self.max_batch_size) {
             return Err(BatchError::Setting(format!(
                 "max_batch_size must be from 1 to {MAX_BATCH_SIZE}, not {}",
+                self.max_batch_size
+            )));
+        }
+        if let Some(largest) = self
+            .preferred_batch_size
+            .largest()
+            .filter(|&largest| largest > self.max_batch_size)
+        {
+            return Err(BatchError::Setting(format!(
+                "preferred_batch_size {largest} is over max_batch_size {}",
                 self.max_batch_size
             )));
         }
@@ -340,17 +441,21 @@ impl Former {
         }
     }
 
-    /// Adds to `batch` the waiting requests that fit, then new ones, until it is full or, with a
-    /// `deadline`, that has passed; without one, only requests already queued are taken.
+    /// Adds to `batch` the waiting requests that fit, then new ones, until it holds the largest
+    /// preferred size (or `max_batch_size`) or, with a `deadline`, that has passed; without one,
+    /// only requests already queued are taken. Then cuts it to its longest prefix of a preferred
+    /// size, if any: the requests cut wait, first in line, for the next batch.
     fn fill(&mut self, batch: &mut Vec<Job>, deadline: Option<Instant>) {
         if batch[0].key.is_none() {
             return;
         }
         let max = self.options.max_batch_size;
+        let preferred = self.options.preferred_batch_size;
+        let goal = preferred.largest().unwrap_or(max).min(max);
         let mut rows: usize = batch.iter().map(Job::rows).sum();
         let mut kept = VecDeque::with_capacity(self.waiting.len());
         while let Some(job) = self.waiting.pop_front() {
-            if batch[0].joins(&job) && rows + job.rows() <= max {
+            if rows < goal && batch[0].joins(&job) && rows + job.rows() <= max {
                 rows += job.rows();
                 batch.push(job);
             } else {
@@ -358,11 +463,15 @@ impl Former {
             }
         }
         self.waiting = kept;
-        while rows < max {
+        while rows < goal {
             let job = match self.receiver.try_recv() {
                 Ok(job) => job,
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
+                    // A preferred size with nothing more queued goes at once.
+                    if preferred.contains(rows) {
+                        break;
+                    }
                     let Some(left) =
                         deadline.and_then(|d| d.checked_duration_since(Instant::now()))
                     else {
@@ -380,6 +489,21 @@ impl Former {
             } else {
                 self.waiting.push_back(job);
             }
+        }
+        let preferred = self.options.preferred_batch_size;
+        let mut prefix = 0;
+        let mut cut = None;
+        for (i, job) in batch.iter().enumerate() {
+            prefix += job.rows();
+            if preferred.contains(prefix) {
+                cut = Some(i + 1);
+            }
+        }
+        if let Some(cut) = cut.filter(|&c| c < batch.len()) {
+            self.waiting.extend(batch.drain(cut..));
+            self.waiting
+                .make_contiguous()
+                .sort_by_key(|job| job.arrived);
         }
     }
 }
@@ -570,6 +694,7 @@ mod tests {
                 BatchOptions {
                     max_batch_size: 0,
                     max_queue_delay_us: 0,
+                    preferred_batch_size: PreferredBatchSizes::NONE,
                 },
                 "max_batch_size",
             ),
@@ -577,6 +702,7 @@ mod tests {
                 BatchOptions {
                     max_batch_size: MAX_BATCH_SIZE + 1,
                     max_queue_delay_us: 0,
+                    preferred_batch_size: PreferredBatchSizes::NONE,
                 },
                 "max_batch_size",
             ),
@@ -584,6 +710,7 @@ mod tests {
                 BatchOptions {
                     max_batch_size: 8,
                     max_queue_delay_us: MAX_QUEUE_DELAY_US + 1,
+                    preferred_batch_size: PreferredBatchSizes::NONE,
                 },
                 "max_queue_delay_us",
             ),
@@ -591,6 +718,33 @@ mod tests {
             let e = options.check().unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
+    }
+
+    #[test]
+    fn preferred_sizes_are_sorted_and_checked() {
+        let preferred = PreferredBatchSizes::new(&[8, 2, 4, 2]).unwrap();
+        assert_eq!(preferred.sizes().collect::<Vec<_>>(), [2, 4, 8]);
+        assert!(preferred.contains(4) && !preferred.contains(3));
+        assert_eq!(preferred.largest(), Some(8));
+        assert!(PreferredBatchSizes::NONE.is_empty());
+        for bad in [
+            &[0][..],
+            &[MAX_BATCH_SIZE + 1],
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+        ] {
+            let e = PreferredBatchSizes::new(bad).unwrap_err().to_string();
+            assert!(e.contains("preferred_batch_size"), "{e}");
+        }
+        let over = BatchOptions {
+            max_batch_size: 4,
+            max_queue_delay_us: 0,
+            preferred_batch_size: PreferredBatchSizes::new(&[2, 8]).unwrap(),
+        };
+        let e = over.check().unwrap_err().to_string();
+        assert!(
+            e.contains("preferred_batch_size 8 is over max_batch_size 4"),
+            "{e}"
+        );
     }
 
     #[test]

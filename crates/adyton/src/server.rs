@@ -10,7 +10,7 @@ use std::sync::Arc;
 use adyton_attest::attested_tls::AttestedTlsError;
 use adyton_attest::attester::{self, Attester, AttesterPaths, TeeChoice};
 use adyton_attest::TeeKind;
-use adyton_server::batching::BatchOptions;
+use adyton_server::batching::{BatchOptions, PreferredBatchSizes};
 use adyton_server::http::{
     self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState, Settings,
 };
@@ -85,6 +85,8 @@ struct ModelEntry {
     max_batch_size: Option<usize>,
     /// Dynamic batching: how long a batch waits for more requests.
     max_queue_delay_us: Option<u64>,
+    /// Dynamic batching: the batch sizes formed when the requests waiting allow.
+    preferred_batch_size: Option<Vec<usize>>,
     /// The plan cache: the most plans kept.
     max_plans: Option<usize>,
     /// The plan cache: the most memory its plans may take.
@@ -119,6 +121,7 @@ impl ModelEntry {
             threads: None,
             max_batch_size: None,
             max_queue_delay_us: None,
+            preferred_batch_size: None,
             max_plans: None,
             max_plan_bytes: None,
             max_compiles_per_minute: None,
@@ -250,18 +253,20 @@ fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConf
         plan_cache.max_compiles_per_minute = n;
     }
     let batching = match (model.max_batch_size, model.max_queue_delay_us) {
-        (None, None) => None,
-        (None, Some(_)) => bail!(
-            "model '{name}': max_queue_delay_us needs max_batch_size (dynamic batching is off              without it)"
+        (None, None) if model.preferred_batch_size.is_none() => None,
+        (None, _) => bail!(
+            "model '{name}': max_queue_delay_us and preferred_batch_size need max_batch_size \
+             (dynamic batching is off without it)"
         ),
         (Some(max_batch_size), delay) => {
+            let preferred = model.preferred_batch_size.as_deref().unwrap_or_default();
             let options = BatchOptions {
                 max_batch_size,
                 max_queue_delay_us: delay.unwrap_or(0),
+                preferred_batch_size: PreferredBatchSizes::new(preferred)
+                    .with_context(|| format!("model '{name}'"))?,
             };
-            options
-                .check()
-                .with_context(|| format!("model '{name}'"))?;
+            options.check().with_context(|| format!("model '{name}'"))?;
             Some(options)
         }
     };
@@ -271,6 +276,9 @@ fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConf
             ahead_shapes: ahead_shapes(model)?,
             threads: threads.or(server.threads),
             plan_cache,
+            batch_sizes: batching
+                .map(|b| b.preferred_batch_size.sizes().collect())
+                .unwrap_or_default(),
             ..LoadOptions::default()
         },
         batching,
@@ -800,8 +808,13 @@ fn load_file_model(
         )
         .with_context(|| format!("model '{}'", entry.name))?;
     let batching = settings.batching.map_or_else(String::new, |b| {
+        let preferred = if b.preferred_batch_size.is_empty() {
+            String::new()
+        } else {
+            format!(", preferring {:?}", b.preferred_batch_size)
+        };
         format!(
-            ", batches of up to {} rows, {} µs queue delay",
+            ", batches of up to {} rows{preferred}, {} µs queue delay",
             b.max_batch_size, b.max_queue_delay_us
         )
     });
@@ -945,6 +958,7 @@ engine = "onnxruntime"
 threads = 4
 max_batch_size = 8
 max_queue_delay_us = 500
+preferred_batch_size = [4, 2]
 
 [[model]]
 name = "cached"
@@ -968,9 +982,12 @@ max_batch_size = 2
             fast.batching,
             Some(BatchOptions {
                 max_batch_size: 8,
-                max_queue_delay_us: 500
+                max_queue_delay_us: 500,
+                preferred_batch_size: PreferredBatchSizes::new(&[2, 4]).unwrap(),
             })
         );
+        // The engine may compile plans for the preferred sizes.
+        assert_eq!(fast.load.batch_sizes, [2, 4]);
         let cached = config(&resolved, "cached");
         assert_eq!(cached.engine, EngineKind::Tract);
         assert_eq!(cached.load.threads, Some(2), "the server's threads");
@@ -983,6 +1000,8 @@ max_batch_size = 2
             }
         );
         assert_eq!(cached.batching.unwrap().max_queue_delay_us, 0);
+        assert!(cached.batching.unwrap().preferred_batch_size.is_empty());
+        assert!(cached.load.batch_sizes.is_empty());
         // Flags win over the file; a model's own engine wins over both.
         let flags = resolve_with(
             Some(file),
@@ -1042,7 +1061,26 @@ max_batch_size = 2
             ("max_batch_size = 100000", &["model 'm'", "max_batch_size"]),
             (
                 "max_queue_delay_us = 100",
-                &["model 'm'", "max_queue_delay_us needs max_batch_size"],
+                &["model 'm'", "need max_batch_size"],
+            ),
+            (
+                "preferred_batch_size = [2]",
+                &["model 'm'", "preferred_batch_size need max_batch_size"],
+            ),
+            (
+                "max_batch_size = 4\npreferred_batch_size = [2, 8]",
+                &[
+                    "model 'm'",
+                    "preferred_batch_size 8 is over max_batch_size 4",
+                ],
+            ),
+            (
+                "max_batch_size = 4\npreferred_batch_size = [0]",
+                &["model 'm'", "preferred_batch_size"],
+            ),
+            (
+                "max_batch_size = 64\npreferred_batch_size = [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+                &["model 'm'", "preferred_batch_size lists 9 sizes"],
             ),
             (
                 "max_batch_size = 4\nmax_queue_delay_us = 99000000",

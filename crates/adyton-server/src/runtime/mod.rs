@@ -571,6 +571,9 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// The bounds of the cache of plans per input shape.
     pub plan_cache: PlanCacheOptions,
+    /// The batch sizes dynamic batching prefers to form (its `preferred_batch_size`): an engine
+    /// may compile plans of their own for inputs of these sizes on axis 0.
+    pub batch_sizes: Vec<usize>,
 }
 
 impl LoadOptions {
@@ -580,6 +583,7 @@ impl LoadOptions {
             && self.ahead_shapes.is_empty()
             && self.threads.is_none()
             && self.plan_cache == PlanCacheOptions::default()
+            && self.batch_sizes.is_empty()
     }
 }
 

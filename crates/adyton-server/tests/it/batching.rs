@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use adyton_server::batching::{BatchOptions, BatchRuntime, Batcher};
+use adyton_server::batching::{BatchOptions, BatchRuntime, Batcher, PreferredBatchSizes};
 use adyton_server::runtime::{
     DataType, Dim, EngineError, LoadedModel, Plan, Signature, Tensor, TensorData, TensorSpec,
 };
@@ -100,6 +100,15 @@ struct Setup {
 }
 
 fn setup(datatype: DataType, max_batch_size: usize, max_queue_delay_us: u64) -> Setup {
+    setup_preferring(datatype, max_batch_size, max_queue_delay_us, &[])
+}
+
+fn setup_preferring(
+    datatype: DataType,
+    max_batch_size: usize,
+    max_queue_delay_us: u64,
+    preferred: &[usize],
+) -> Setup {
     let model = Doubler::new(datatype);
     let workers = Arc::new(Semaphore::new(1));
     let execs = Arc::new(Mutex::new(Vec::new()));
@@ -113,6 +122,7 @@ fn setup(datatype: DataType, max_batch_size: usize, max_queue_delay_us: u64) -> 
     let options = BatchOptions {
         max_batch_size,
         max_queue_delay_us,
+        preferred_batch_size: PreferredBatchSizes::new(preferred).unwrap(),
     };
     let batcher = Batcher::start("fake", Arc::clone(&model) as _, options, runtime).unwrap();
     Setup {
@@ -205,6 +215,51 @@ async fn a_failing_request_gets_its_own_error_and_the_others_their_rows() {
     // The model serves on.
     let after = s.batcher.infer(vec![rows(1, 2, 0.0)]).await;
     assert_eq!(values(&after.outputs.unwrap()[0]), vec![0.0, 2.0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_cut_to_preferred_sizes_and_each_caller_gets_its_rows() {
+    let s = setup_preferring(DataType::F32, 8, 0, &[2, 4]);
+    let held = Arc::clone(&s.workers).try_acquire_owned().unwrap();
+    // Nine one-row requests: two batches of the largest preferred size, then the last alone
+    // (nothing else waits for it). Then 3 + 2 rows pass the largest preferred size with no
+    // prefix of a preferred size, so they run together; the next two rows make a preferred
+    // batch, whose failing request gets its own error.
+    let mut tickets: Vec<_> = (0..9)
+        .map(|i| s.batcher.submit(vec![rows(1, 2, 10.0 * i as f32)]))
+        .collect();
+    drop(held);
+    for (i, ticket) in tickets.drain(..).enumerate() {
+        let first = 10.0 * i as f32;
+        let outputs = ticket.answer().await.outputs.unwrap();
+        assert_eq!(
+            values(&outputs[0]),
+            vec![2.0 * first, 2.0 * first + 2.0],
+            "{i}"
+        );
+    }
+    assert_eq!(s.model.runs(), vec![4, 4, 1]);
+
+    // The last batch may still hold the worker for a moment after it answered.
+    let held = Arc::clone(&s.workers).acquire_owned().await.unwrap();
+    let three = s.batcher.submit(vec![rows(3, 1, 0.0)]);
+    let two = s.batcher.submit(vec![rows(2, 1, 5.0)]);
+    let bad = s.batcher.submit(vec![f32s(&[1, 1], &[-1.0])]);
+    let good = s.batcher.submit(vec![rows(1, 1, 9.0)]);
+    drop(held);
+    assert_eq!(
+        values(&three.answer().await.outputs.unwrap()[0]),
+        vec![0.0, 2.0, 4.0]
+    );
+    assert_eq!(
+        values(&two.answer().await.outputs.unwrap()[0]),
+        vec![10.0, 12.0]
+    );
+    let e = bad.answer().await.outputs.unwrap_err().to_string();
+    assert!(e.contains("a negative value"), "{e}");
+    assert_eq!(values(&good.answer().await.outputs.unwrap()[0]), vec![18.0]);
+    // The batch of two failed, and each of its requests ran again alone.
+    assert_eq!(s.model.runs()[3..], [5, 2, 1, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +379,7 @@ fn a_model_without_a_batch_dimension_is_refused() {
     let options = BatchOptions {
         max_batch_size: 4,
         max_queue_delay_us: 0,
+        preferred_batch_size: PreferredBatchSizes::NONE,
     };
     let e = Batcher::start("fixed", fixed, options, batch_runtime)
         .unwrap_err()
@@ -332,4 +388,44 @@ fn a_model_without_a_batch_dimension_is_refused() {
         e.contains("output 'y'") && e.contains("batch dimension"),
         "{e}"
     );
+}
+
+#[test]
+fn tract_compiles_plans_for_preferred_batch_sizes_only() {
+    use adyton_server::runtime::tract::TractEngine;
+    use adyton_server::runtime::{Engine, LoadOptions};
+
+    // y = x @ [[1, 0], [0, 1], [1, 1], [2, -1]] + [0.5, -1], with a symbolic batch: one plan
+    // serves every batch, and batches of 4 get a plan of their own.
+    let options = LoadOptions {
+        batch_sizes: vec![4],
+        ..LoadOptions::default()
+    };
+    let model = TractEngine::new()
+        .load_with(&crate::support::model("dynamic_batch"), &options)
+        .unwrap();
+    assert_eq!(model.plan(), Plan::Optimized);
+    let expected = |x: &[f32]| -> Vec<f32> {
+        x.chunks(4)
+            .flat_map(|r| [r[0] + r[2] + 2.0 * r[3] + 0.5, r[1] + r[2] - r[3] - 1.0])
+            .collect()
+    };
+    let mut compiled = Vec::new();
+    for batch in [1usize, 4, 3, 4, 2] {
+        let x = rows(batch, 4, batch as f32);
+        let outputs = model.run(vec![x.clone()]).unwrap();
+        assert_eq!(outputs[0].shape(), &[batch, 2]);
+        assert_eq!(values(&outputs[0]), expected(&values(&x)), "batch {batch}");
+        compiled.push(model.plan_stats().compiled);
+    }
+    // Compiled once, for the first batch of 4; the second was a hit.
+    assert_eq!(compiled, [0, 1, 1, 1, 1]);
+    assert_eq!(model.plan_stats().cached_plans, 1);
+
+    // Without preferred sizes, every batch runs on the one symbolic plan.
+    let model = TractEngine::new()
+        .load(&crate::support::model("dynamic_batch"))
+        .unwrap();
+    model.run(vec![rows(4, 4, 0.0)]).unwrap();
+    assert_eq!(model.plan_stats().compiled, 0);
 }

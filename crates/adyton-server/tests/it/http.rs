@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use adyton_server::batching::BatchOptions;
+use adyton_server::batching::{BatchOptions, PreferredBatchSizes};
 use adyton_server::http::{router, AdminToken, ServerState, Settings};
 use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
@@ -996,6 +996,7 @@ async fn engine_refusals_are_400_and_429_and_a_panic_fails_its_request_alone() {
         Some(BatchOptions {
             max_batch_size: 4,
             max_queue_delay_us: 0,
+            preferred_batch_size: PreferredBatchSizes::NONE,
         }),
     ] {
         let app = scripted_app(batching);
@@ -1043,6 +1044,7 @@ async fn metadata_and_metrics_show_the_engine_the_plan_cache_and_batching() {
     let batching = BatchOptions {
         max_batch_size: 8,
         max_queue_delay_us: 500,
+        preferred_batch_size: PreferredBatchSizes::NONE,
     };
     let app = scripted_app(Some(batching));
     let meta = get(&app, "/v2/models/scripted").await.json();
@@ -1115,6 +1117,7 @@ fn batching_is_refused_for_a_model_without_a_batch_dimension() {
             Some(BatchOptions {
                 max_batch_size: 4,
                 max_queue_delay_us: 0,
+                preferred_batch_size: PreferredBatchSizes::NONE,
             }),
         )
         .unwrap_err()
@@ -1163,6 +1166,7 @@ async fn a_model_deleted_while_requests_wait_in_its_batcher_answers_them() {
     let batching = BatchOptions {
         max_batch_size: 4,
         max_queue_delay_us: 0,
+        preferred_batch_size: PreferredBatchSizes::NONE,
     };
     repository
         .insert_with("gated", None, Arc::new(model), Source::File, Some(batching))
