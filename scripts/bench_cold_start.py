@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+from sim_server import stop  # noqa: E402
+
 PASSWORD = "cold-start-bench-password"
 TOKEN = "cold-start-bench-token"
 
@@ -76,6 +79,18 @@ class Process:
                 return at, line
         return None
 
+    def wait_for(self, *patterns, timeout=600):
+        """The first (time, line) of the log that matches one of `patterns`, polled until one
+        does; None after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pattern in patterns:
+                found = self.find(pattern)
+                if found is not None:
+                    return found
+            time.sleep(0.05)
+        return None
+
     def peak_rss_mib(self):
         with open(f"/proc/{self.process.pid}/status") as status:
             for line in status:
@@ -84,12 +99,7 @@ class Process:
         return float("nan")
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop(self.process)
 
 
 def fields(line):
@@ -118,11 +128,7 @@ def offline_device(adyton, d, env, kbs_url, model_id, model, plain):
     no_network = {**env, **{v: "http://127.0.0.1:9" for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}}
     server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", *device], d, no_network)
     try:
-        deadline = time.monotonic() + 600
-        done = None
-        while done is None and time.monotonic() < deadline:
-            done = server.find("sealed model unsealed and loaded") or server.find("sealed model not loaded")
-            time.sleep(0.05)
+        done = server.wait_for("sealed model unsealed and loaded", "sealed model not loaded")
         if done is None or "not loaded" in done[1]:
             sys.exit(f"the sealed model did not load: {done}")
         return {
@@ -137,7 +143,13 @@ def offline_device(adyton, d, env, kbs_url, model_id, model, plain):
 
 
 def main():
-    sizes = [float(s) for s in sys.argv[1:]] or [90.0, 400.0]
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__.strip())
+        return
+    try:
+        sizes = [float(s) for s in sys.argv[1:]] or [90.0, 400.0]
+    except ValueError:
+        sys.exit(f"usage: {sys.argv[0]} [SIZE_MB ...] (sizes in MB, e.g. 90 400; --help for more)")
     print("building release binaries...", file=sys.stderr, flush=True)
     run(["cargo", "build", "--release", "-q", "-p", "adyton"], cwd=ROOT)
     run(["cargo", "build", "--release", "-q", "-p", "adyton-server", "--example", "load_plain"], cwd=ROOT)
@@ -173,11 +185,7 @@ def main():
             server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
                               "--registry", registry.url, "--pull", f"m={model_id}"], d, env)
             try:
-                deadline = time.monotonic() + 600
-                done = None
-                while done is None and time.monotonic() < deadline:
-                    done = server.find("model pulled and loaded") or server.find("model not loaded")
-                    time.sleep(0.05)
+                done = server.wait_for("model pulled and loaded", "model not loaded")
                 if done is None or "not loaded" in done[1]:
                     sys.exit(f"the pull failed: {done}")
                 t = fields(done[1])

@@ -1,7 +1,9 @@
 """An Adyton server with one model, as tritonclient users reach it: `adyton server serve --tee sim`
 started as a subprocess, and tritonclient over HTTPS pinned to the certificate the server wrote
 (its attested certificate: the client trusts exactly it). Shared by tests/models/compare.py and
-scripts/bench_serving_triton.py, so that what is compared is what is timed.
+scripts/bench_serving_triton.py, so that what is compared is what is timed. `stop` needs the
+standard library only (numpy, onnxruntime and tritonclient are imported where they are used), so
+that scripts/bench_cold_start.py, which runs without them, stops its servers alike.
 """
 
 import os
@@ -11,10 +13,6 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-import tritonclient.http as httpclient
 
 LIBRARY_ENV = "ADYTON_ONNXRUNTIME_LIBRARY"
 # A debug build of tract runs the larger models slowly.
@@ -26,11 +24,25 @@ def onnxruntime_library():
     """$ADYTON_ONNXRUNTIME_LIBRARY, else the shared library of the imported onnxruntime package."""
     if os.environ.get(LIBRARY_ENV):
         return os.environ[LIBRARY_ENV]
+    import onnxruntime as ort
+
     capi = Path(ort.__file__).parent / "capi"
     found = sorted(p for p in capi.glob("libonnxruntime.so*") if p.is_file() and not p.is_symlink())
     if not found:
         sys.exit(f"{Path(sys.argv[0]).name}: no libonnxruntime.so in {capi}; set {LIBRARY_ENV}")
     return str(found[-1].resolve())
+
+
+def stop(process):
+    """Terminates `process` (a subprocess.Popen) if it still runs, and kills it if it has not
+    exited 10 s later; returns once it has."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class Server:
@@ -80,18 +92,14 @@ class Server:
         return f"the server did not start: {tail}"
 
     def close(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self.dir.cleanup()
 
 
 def triton_client(url, cert):
     """tritonclient's HTTP client for the server at `url` (HOST:PORT), trusting only `cert`."""
+    import tritonclient.http as httpclient
+
     return httpclient.InferenceServerClient(
         url=url, ssl=True, ssl_options={"ca_certs": cert},
         connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S,
@@ -99,6 +107,8 @@ def triton_client(url, cert):
 
 
 def datatype_of(array):
+    import numpy as np
+
     return {
         np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.int64): "INT64",
         np.dtype(np.int32): "INT32", np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
@@ -108,6 +118,8 @@ def datatype_of(array):
 def infer(client, name, feeds, output_names):
     """One inference as a user calls it: InferInput built from each numpy array of `feeds`, binary
     tensors both ways; returns {output: array} for `output_names`."""
+    import tritonclient.http as httpclient
+
     inputs = []
     for input_name, value in feeds.items():
         tensor = httpclient.InferInput(input_name, list(value.shape), datatype_of(value))
