@@ -15,14 +15,25 @@
 //! - Adyton served with each engine: the server's router on a real loopback socket, TLS 1.3 with the
 //!   attested certificate of a SIM attester, and a client that verified the attestation at its
 //!   handshake and sends binary-tensor infer requests over keep-alive HTTP/1.1 connections;
-//! - Adyton served with dynamic batching (`max_batch_size` 8, `max_queue_delay_us` 2000), where
-//!   the model has a batch dimension.
+//! - Adyton served with dynamic batching (`max_batch_size` 8, `max_queue_delay_us` 2000,
+//!   `preferred_batch_size` 4, so that each of the two workers runs a batch of 4 rows; tract then
+//!   has plans of its own for batches of 4 and 8 rows), where the model has a batch dimension.
+//!
+//! A second table shows, for each model with a batch dimension (axis 0 dynamic) and each engine,
+//! what batching can gain at most next to what it gains served, at 8 clients in rows per second:
+//! in-process, 8 threads calling with one row each, one thread calling with 8 rows, and two
+//! threads calling with 4 rows each (the ceiling is the better of the last two over the first);
+//! served, without batching, with batches of up to 8 rows and no preferred size, and with batches
+//! cut to 4.
 //!
 //! At 1 client, the columns are measured in turn, one call of each at a time, in an order that
 //! changes every round through all orders, so that all see the same background load: p50 and p99.
 //! At 8 clients, each column runs alone for a fixed time, 8 threads (in-process) or 8 connections
-//! (served) calling back to back: requests per second, after a second untimed. Served outputs are
-//! checked against the same engine's in-process outputs before anything is timed.
+//! (served) calling back to back: requests per second, after a second untimed (plans for the
+//! batch sizes a column sees are compiled then). The batching table's points are measured after
+//! the main table's, in turn: a second untimed each, then every point for `ADYTON_BENCH_SECONDS`
+//! in each of `ADYTON_BENCH_BATCHING_ROUNDS` rounds, medians. Served outputs are checked against
+//! the same engine's in-process outputs before anything is timed.
 //!
 //! The server runs as `adyton server serve` does: a multi-threaded tokio runtime with a worker per
 //! core, and an inference pool of one worker per core.
@@ -30,9 +41,10 @@
 //! Environment: `ADYTON_BENCH_ITERATIONS` (most latency samples per column, default 200),
 //! `ADYTON_BENCH_LATENCY_SECONDS` (a model's latency phase stops after this long, with at least
 //! 20 samples; default 40), `ADYTON_BENCH_SECONDS` (per throughput point, default 3),
-//! `ADYTON_BENCH_MODELS` (comma-separated file names or `identity`, default all), `PYTHON`
-//! (default `.venv/bin/python`). The models come from `scripts/fetch_models`, which the benchmark
-//! runs (it fetches only what is missing). Progress goes to stderr, the table to stdout.
+//! `ADYTON_BENCH_BATCHING_ROUNDS` (default 3), `ADYTON_BENCH_MODELS` (comma-separated file
+//! names or `identity`, default all), `PYTHON` (default `.venv/bin/python`). The models come
+//! from `scripts/fetch_models`, which the benchmark runs (it fetches only what is missing).
+//! Progress goes to stderr, the tables to stdout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -845,6 +857,8 @@ struct Bench {
     iterations: usize,
     latency_seconds: u64,
     seconds: u64,
+    /// Rounds of the batching table.
+    batching_rounds: usize,
     identity: AttestedIdentity,
     tract: TractEngine,
     ort: Result<OnnxRuntimeEngine, String>,
@@ -1047,10 +1061,6 @@ impl Bench {
                 continue;
             }
             let label = format!("{}, {engine}", workload.label);
-            let rate = |what: &str, target: Target, rows: usize, callers: usize| {
-                eprintln!("bench: {label}: batching, {what}");
-                rows as f64 * throughput(&target, callers, self.seconds)
-            };
             let in_process = |model: &Arc<dyn LoadedModel>, rows: usize| Target::InProcess {
                 model: Arc::clone(model),
                 inputs: tensors.iter().map(|t| repeat_rows(t, rows)).collect(),
@@ -1059,27 +1069,44 @@ impl Bench {
                 served_as(name, &Ok(Arc::clone(model)))
                     .unwrap_or_else(|reason| panic!("{name}: {reason}"))
             };
-            let one_row = rate("8 calls of 1 row", in_process(model, 1), 1, CLIENTS);
-            let eight_rows = rate("1 call of 8 rows", in_process(batched, CLIENTS), CLIENTS, 1);
-            let halves = rate(
-                "2 calls of 4 rows",
-                in_process(batched, HALF),
-                HALF,
-                WORKERS,
-            );
-            let unbatched = rate("served", served_target(served_name), 1, CLIENTS);
-            let uncut = rate(
-                "served, batched, uncut",
-                served_target(&format!("{served_name}-uncut")),
-                1,
-                CLIENTS,
-            );
-            let cut = rate(
-                "served, batched",
-                served_target(&format!("{served_name}-batched")),
-                1,
-                CLIENTS,
-            );
+            // (what, target, rows per call, callers), in the table's order.
+            let points = [
+                ("8 calls of 1 row", in_process(model, 1), 1, CLIENTS),
+                ("1 call of 8 rows", in_process(batched, CLIENTS), CLIENTS, 1),
+                (
+                    "2 calls of 4 rows",
+                    in_process(batched, HALF),
+                    HALF,
+                    WORKERS,
+                ),
+                ("served", served_target(served_name), 1, CLIENTS),
+                (
+                    "served, batched up to 8",
+                    served_target(&format!("{served_name}-uncut")),
+                    1,
+                    CLIENTS,
+                ),
+                (
+                    "served, batched by 4",
+                    served_target(&format!("{served_name}-batched")),
+                    1,
+                    CLIENTS,
+                ),
+            ];
+            // A second untimed each (plans compiled, connections warmed), then the points in
+            // turn, round after round, so that all see the same background load: medians.
+            eprintln!("bench: {label}: batching, {} points in turn", points.len());
+            for (_, target, _, callers) in &points {
+                run_clients(target, *callers, 1);
+            }
+            let mut samples: [Vec<f64>; 6] = Default::default();
+            for round in 0..self.batching_rounds {
+                eprintln!("bench: {label}: batching, round {}", round + 1);
+                for ((_, target, rows, callers), samples) in points.iter().zip(&mut samples) {
+                    samples.push(*rows as f64 * run_clients(target, *callers, self.seconds));
+                }
+            }
+            let [one_row, eight_rows, halves, unbatched, uncut, cut] = samples.map(median);
             batching_rows.push(BatchingRow {
                 label,
                 one_row,
@@ -1102,6 +1129,12 @@ impl Bench {
             batching: batching_rows,
         }
     }
+}
+
+/// The median of a column's rounds.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// `tensor` (of one row) repeated to `rows` rows.
@@ -1199,23 +1232,25 @@ fn print_table(rows: &[Row], bench: &Bench) {
             println!("[{}] {reason}", i + 1);
         }
     }
-    print_batching(rows);
+    print_batching(rows, bench);
 }
 
 /// The second table: what batching can gain at most on each engine, next to what it gains
 /// served.
-fn print_batching(rows: &[Row]) {
+fn print_batching(rows: &[Row], bench: &Bench) {
     let lines: Vec<&BatchingRow> = rows.iter().flat_map(|r| &r.batching).collect();
     if lines.is_empty() {
         return;
     }
     println!();
     println!(
-        "Dynamic batching, {CLIENTS} clients, rows/s. In-process: {CLIENTS} threads calling with \
+        "Dynamic batching, {CLIENTS} clients, rows/s, medians of {} rounds of {} s per point, \
+         the points in turn. In-process: {CLIENTS} threads calling with \
          1 row, 1 thread with {CLIENTS} rows, {WORKERS} threads with {HALF} rows (tract: plans \
          for {HALF} and {CLIENTS} rows); ceiling: the better batched figure over 1 row. Served: \
          without batching, batches of up to {CLIENTS} rows, and batches cut to {HALF} \
-         (preferred_batch_size)."
+         (preferred_batch_size).",
+        bench.batching_rounds, bench.seconds
     );
     println!();
     println!(
@@ -1272,6 +1307,7 @@ fn main() {
         iterations,
         latency_seconds,
         seconds,
+        batching_rounds: env_number("ADYTON_BENCH_BATCHING_ROUNDS", 3).max(1),
         identity: AttestedIdentity::generate(&attester).unwrap(),
         tract: TractEngine::new(),
         ort: find_library()
