@@ -78,13 +78,15 @@ impl ModelInfo {
     ];
 
     /// Reads model info, refusing unknown fields, so that a misspelt field is an error rather
-    /// than silently lost (the registry's input).
+    /// than silently lost (the registry's input), and a field given twice.
     pub fn from_json_strict(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)?;
         if let Some(unknown) = map.keys().find(|key| !Self::FIELDS.contains(&key.as_str())) {
             return Err(serde::de::Error::unknown_field(unknown, Self::FIELDS));
         }
-        serde_json::from_value(serde_json::Value::Object(map))
+        // From the bytes, not the map, which keeps the last of a field given twice: the derived
+        // reader refuses duplicates, as the lenient reader does.
+        serde_json::from_slice(bytes)
     }
 
     /// The info as a publisher sends it: only the fields that are set.
@@ -229,5 +231,15 @@ mod tests {
         assert_eq!(lenient.id, "m");
         assert!(ModelInfo::from_json_strict(b"[]").is_err());
         assert!(ModelInfo::from_json_strict(br#"{"blob_size": -1}"#).is_err());
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_by_both_readers() {
+        // Found by fuzzing: the strict reader kept the last value, where the lenient one refuses.
+        let json =
+            br#"{"id": "m", "kbs_url": "http://a/kbs/v1/keys/k/transfer", "kbs_url": "http://b"}"#;
+        let err = ModelInfo::from_json_strict(json).unwrap_err().to_string();
+        assert!(err.contains("duplicate field `kbs_url`"), "{err}");
+        assert!(serde_json::from_slice::<ModelInfo>(json).is_err());
     }
 }
