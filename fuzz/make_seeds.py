@@ -155,6 +155,61 @@ def main():
         "issued_at": 1_800_000_100,
     }, indent=2) + "\n")
 
+    # Key transfer bodies: the exact JSON of adyton-proto's transfer tests and of the key
+    # broker's HTTP tests (crates/adyton-kbs/tests/it/http.rs, audit.rs), and a SIM device's body
+    # as the broker's tests build it (evidence JSON, a DER public key, an extra field, a nonce).
+    for name, body in [
+        ("cnap", '{"quote":"ZXZpZGVuY2U=","user_data":"a2V5"}'),
+        ("cnap-nonce", '{"quote":"ZXZpZGVuY2U=","user_data":"a2V5","nonce":"bg=="}'),
+        ("extras-whitespace", '{"quote": " ZXZpZGVuY2U= ", "user_data": "a2V5", "tee": "sgx"}'),
+        ("nonce-request", "{}"),
+        ("nonce-request-user-data", '{"user_data": "a2V5"}'),
+        ("missing-user-data", '{"quote": "AAAA"}'),
+        ("null-quote", '{"quote": null, "user_data": "AAAA"}'),
+        ("null-nonce", '{"nonce": null}'),
+        ("not-base64", '{"quote": "AA==", "user_data": "not base64!", "nonce": "AA=="}'),
+    ]:
+        write("transfer_body", f"{name}.json", body)
+    sim_body = {"quote": b64(evidence_json("SIM", b"\x00" * 64).encode()), "user_data": b64(spki),
+                "extra_field": "ignored"}
+    write("transfer_body", "sim.json", json.dumps(sim_body))
+    write("transfer_body", "sim-nonce.json", json.dumps({**sim_body, "nonce": b64(bytes(range(32)))}))
+
+    # The key broker's transfer answers: adyton-proto's tests, and one of real sizes (a v1
+    # envelope of a 32-byte key, an RSA-2048 ciphertext).
+    for name, body in [
+        ("small", '{"wrapped_key":"AQID","wrapped_swk":"BAU="}'),
+        ("bad-key", '{"wrapped_key": "!", "wrapped_swk": "AA=="}'),
+        ("missing-swk", '{"wrapped_key": "AA=="}'),
+    ]:
+        write("transfer_answer", f"{name}.json", body)
+    write("transfer_answer", "real-sizes.json", json.dumps({
+        "wrapped_key": b64(struct.pack("<III", 12, 16, 32) + bytes(60)),
+        "wrapped_swk": b64(bytes(256))}))
+
+    # Model info: the exact JSON of adyton-proto's model info tests (the registry's answer, a
+    # publisher's request, a numeric version, a misspelt field), the registry's test of an
+    # unknown field, and the documentation's answer.
+    for name, body in [
+        ("answer", '{"id":"resnet-50","framework":"onnx","target":null,"url":"http://registry/blobs/'
+                   'resnet-50","name":null,"version":null,"dtype":null,"encrypted":true,"kbs":null,'
+                   '"kbs_url":"http://kbs/kbs/v1/keys/k1/transfer","key_id":"k1","format":"v2"}'),
+        ("request", '{"id":"resnet-50","framework":"onnx","url":"http://registry/blobs/resnet-50",'
+                    '"encrypted":true,"kbs_url":"http://kbs/kbs/v1/keys/k1/transfer","key_id":"k1",'
+                    '"format":"v2"}'),
+        ("numeric-version", '{"id": "m", "version": 3}'),
+        ("text-version", '{"version": "1.2"}'),
+        ("misspelt", '{"id": "m", "framwork": "onnx"}'),
+        ("unknown", '{"id":"m","colour":"red"}'),
+        ("negative-size", '{"blob_size": -1}'),
+        # A past crash: the strict reader kept the last of a field given twice.
+        ("duplicate-field", '{"id": "m", "kbs_url": "http://a", "kbs_url": "http://b"}'),
+    ]:
+        write("model_info", f"{name}.json", body)
+    for i, block in enumerate(doc_blocks("registry.md", "json")):
+        if '"framework"' in block:
+            write("model_info", f"doc-{i}.json", block)
+
     # Infer requests as JSON: every data type, nested and flat data, ids, parameters, outputs.
     write("infer_json", "fp32-nested", infer_body(
         [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1.0, 2.5], [-3.0, 1e-7]]}],
