@@ -303,8 +303,8 @@ impl<S: Send + Sync> FromRequest<S> for TransferCall {
 fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<TransferBody, ApiError> {
     // The body's syntax is the wire contract's (`adyton_proto::transfer`); its meaning, the
     // broker's.
-    let body = adyton_proto::TransferBody::parse(bytes)
-        .map_err(|e| ApiError::bad_request(e.reason()))?;
+    let body =
+        adyton_proto::TransferBody::parse(bytes).map_err(|e| ApiError::bad_request(e.reason()))?;
     Ok(match body {
         None => TransferBody::NonceRequest,
         Some(body) => TransferBody::Transfer(TransferRequest {
