@@ -126,3 +126,47 @@ pub(crate) fn is_storage_full(err: &std::io::Error) -> bool {
 
 /// The result type of this crate.
 pub type Result<T, E = KbsError> = std::result::Result<T, E>;
+
+/// What a use case of the key broker's services ([`crate::service::KbsState`],
+/// [`crate::admin::AdminService`]) refuses or fails at. `http` maps each variant to a status in
+/// one place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request is malformed before it reaches the broker (an unknown key algorithm, a policy
+    /// document of the wrong shape, a provisioning request for another key). Nothing was attempted,
+    /// so nothing is audited.
+    #[error("{reason}")]
+    InvalidRequest {
+        /// What is wrong, for the client.
+        reason: String,
+    },
+
+    /// The broker or its store refused or failed; the attempt is in the audit log.
+    #[error(transparent)]
+    Broker(#[from] KbsError),
+
+    /// An operator's login was refused, or a token is not live.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+
+    /// The audit record could not be written: nothing was done or released (fail closed).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+
+    /// A task of the service ended without an answer (a panic on a blocking thread).
+    #[error("internal: {reason}")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl ServiceError {
+    /// A malformed request.
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            reason: reason.into(),
+        }
+    }
+}

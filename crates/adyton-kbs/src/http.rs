@@ -27,12 +27,19 @@
 //!
 //! Nothing secret is logged: not the key, not the wrapped bytes, not `user_data`, not a password or
 //! a token.
+//!
+//! Each handler is an adapter: extractors read and check the request (the admin token in
+//! [`Operator`]'s, bodies in `OperatorJson` and `AdminJson`, the transfer in `TransferCall`);
+//! one call of the transfer use case ([`KbsState`]) or of the admin service ([`AdminService`]),
+//! which write the audit log themselves; one answer. [`ApiError`] maps every refusal to its status
+//! in one place.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use adyton_attest::{AttestError, TeeKind};
+use adyton_attest::AttestError;
+use adyton_envelope::wrap::WrappedKey;
 use adyton_proto::{ProvisionRequest, TransferAnswer};
 use axum::body::Bytes;
 use axum::extract::{
@@ -49,11 +56,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::admin::{AdminAction, AdminAuth, AdminError, AdminEvent, AdminUsers, PasswordPool};
+use crate::admin::{
+    policy_document, AdminAuth, AdminError, AdminService, AdminUsers, Login, NewKey, NewPolicy,
+    Operator, PasswordPool,
+};
 use crate::audit::AuditError;
-use crate::error::KbsError;
-use crate::store::{KeyRecord, PolicyRecord, REQUIRE_NONCE_FIELD};
-use crate::transfer::{Broker, OfflineTransferRequest, TransferRequest};
+use crate::error::{KbsError, ServiceError};
+use crate::store::KeyRecord;
+use crate::transfer::TransferRequest;
 
 /// The largest transfer request body accepted. A quote with its certificate chain is a few KiB; an
 /// SNP report with a VCEK chain under 16 KiB. 1 MiB leaves room and bounds the memory a client can
@@ -61,67 +71,7 @@ use crate::transfer::{Broker, OfflineTransferRequest, TransferRequest};
 pub const TRANSFER_BODY_LIMIT: usize = 1 << 20;
 
 pub use crate::audit::{AuditSink, JsonLinesAudit, MemoryAudit};
-
-/// The current time in unix seconds; a plain function so tests can fix it.
-pub type Clock = fn() -> u64;
-
-/// The system clock. A clock before 1970 reads as 0, which every nonce and certificate check refuses.
-pub fn system_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// What the HTTP handlers share.
-pub struct KbsState {
-    /// The broker.
-    pub broker: Broker,
-    /// Where transfer decisions go.
-    pub audit: Arc<dyn AuditSink>,
-    /// The time source.
-    pub clock: Clock,
-}
-
-impl std::fmt::Debug for KbsState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KbsState")
-            .field("broker", &self.broker)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KbsState {
-    /// The state of a broker.
-    pub fn new(broker: Broker, audit: Arc<dyn AuditSink>, clock: Clock) -> Self {
-        Self {
-            broker,
-            audit,
-            clock,
-        }
-    }
-
-    /// Answers a call to the transfer endpoint: a nonce, or the transfer, audited.
-    fn answer(&self, call: TransferCall) -> Result<TransferReply, ApiError> {
-        let now = (self.clock)();
-        let request = match call.body {
-            TransferBody::NonceRequest => {
-                let nonce = self.broker.nonce(now).map_err(ApiError::from)?;
-                return Ok(TransferReply::Nonce {
-                    nonce: BASE64.encode(nonce),
-                });
-            }
-            TransferBody::Transfer(request) => request,
-        };
-        let (outcome, decision) = self.broker.transfer(&call.key_id, &request, now);
-        // Fail closed: no answer, and above all no key, without its audit record.
-        self.audit.record(&decision).map_err(ApiError::audit)?;
-        let (wrapped, _claims) = outcome?;
-        Ok(TransferReply::Key(TransferAnswer {
-            wrapped_key: wrapped.wrapped_key,
-            wrapped_swk: wrapped.wrapped_swk,
-        }))
-    }
-}
+pub use crate::service::{system_clock, Clock, KbsState};
 
 /// The key broker's router, with no operators: every admin request is 401.
 pub fn router(state: Arc<KbsState>) -> Router {
@@ -130,7 +80,7 @@ pub fn router(state: Arc<KbsState>) -> Router {
 
 /// The key broker's router, with the admin API open to `admin`'s operators.
 ///
-/// The admin side is a second state rather than a field of [`KbsState`], so that code building
+/// The admin side is a second argument rather than a field of [`KbsState`], so that code building
 /// `KbsState` by its fields keeps compiling.
 ///
 /// The routes mounted are exactly [`ROUTES`]: the router is built from that list.
@@ -144,7 +94,7 @@ pub fn router_with_admin_pool(
     admin: Arc<AdminAuth>,
     passwords: PasswordPool,
 ) -> Router {
-    let passwords = Arc::new(passwords);
+    let admin = Arc::new(AdminService::new(state.clone(), admin, passwords));
     ROUTES
         .iter()
         .filter_map(|&(method, path)| Some((path, handler(method, path)?)))
@@ -153,11 +103,7 @@ pub fn router_with_admin_pool(
             router.route(path, handler)
         })
         .layer(DefaultBodyLimit::max(TRANSFER_BODY_LIMIT))
-        .with_state(AppState {
-            kbs: state,
-            admin,
-            passwords,
-        })
+        .with_state(AppState { kbs: state, admin })
 }
 
 /// `POST`: the key transfer and the nonce flow.
@@ -223,12 +169,11 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
-/// The router's state: the broker's, and the admin side's.
+/// The router's state: the transfer use case, and the admin service.
 #[derive(Clone)]
 struct AppState {
     kbs: Arc<KbsState>,
-    admin: Arc<AdminAuth>,
-    passwords: Arc<PasswordPool>,
+    admin: Arc<AdminService>,
 }
 
 impl FromRef<AppState> for Arc<KbsState> {
@@ -237,14 +182,24 @@ impl FromRef<AppState> for Arc<KbsState> {
     }
 }
 
+impl FromRef<AppState> for Arc<AdminService> {
+    fn from_ref(state: &AppState) -> Self {
+        state.admin.clone()
+    }
+}
+
 async fn transfer_key(
-    State(state): State<Arc<KbsState>>,
+    State(kbs): State<Arc<KbsState>>,
     call: TransferCall,
 ) -> Result<Json<TransferReply>, ApiError> {
     // Verification is CPU work (signatures, certificate chains, RSA): keep it off the async workers.
-    let reply = tokio::task::spawn_blocking(move || state.answer(call))
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+    let reply = off_workers(move || match call.body {
+        TransferBody::NonceRequest => kbs.nonce().map(|nonce| TransferReply::Nonce {
+            nonce: BASE64.encode(nonce),
+        }),
+        TransferBody::Transfer(request) => kbs.transfer(&call.key_id, &request).map(Into::into),
+    })
+    .await?;
     Ok(Json(reply))
 }
 
@@ -317,351 +272,107 @@ fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<Transfe
 }
 
 // The admin API. Each handler: an authenticated operator (`Operator`, checked before the body is
-// read), a typed body (`AdminJson`), one broker or store call off the async workers, one answer.
+// parsed), a typed body (`OperatorJson`, `AdminJson`), one call of the admin service, off the async
+// workers when it touches the store or the disk, one answer.
 
 async fn issue_token(
-    State(app): State<AppState>,
+    State(admin): State<Arc<AdminService>>,
     ClientAddress(client): ClientAddress,
-    AdminJson(login): AdminJson<LoginJson>,
+    AdminJson(login): AdminJson<Login>,
 ) -> Result<Json<TokenReply>, ApiError> {
-    Ok(Json(app.login(client, login).await?))
+    let issued = admin.login(client, login).await?;
+    Ok(Json(TokenReply {
+        token: issued.token.to_string(),
+        expires_in: issued.expires_in,
+    }))
 }
 
 async fn create_policy(
-    State(app): State<AppState>,
-    OperatorJson { operator, body }: OperatorJson<serde_json::Map<String, serde_json::Value>>,
+    State(admin): State<Arc<AdminService>>,
+    OperatorJson { operator, body }: OperatorJson<NewPolicy>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let (tee, table) = parse_policy_body(body)?;
-    let record = blocking(app, move |app, now| {
-        let outcome = app.kbs.broker.create_policy(tee, table, now);
-        let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        let audited = app.audit_change(now, &operator, AdminAction::CreatePolicy, target, &outcome);
-        if let (Err(e), Ok(record)) = (audited, &outcome) {
-            // An unaudited policy must not stay: take it back out.
-            let _ = app.kbs.broker.store().delete_policy(&record.id);
-            return Err(e);
-        }
-        Ok(outcome?)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(policy_json(&record))))
+    let record = off_workers(move || admin.create_policy(&operator, body)).await?;
+    Ok((StatusCode::CREATED, Json(policy_document(&record))))
 }
 
 async fn list_policies(
-    State(app): State<AppState>,
-    _operator: Operator,
+    State(admin): State<Arc<AdminService>>,
+    operator: Operator,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let records = blocking(app, |app, _| Ok(app.kbs.broker.store().policies()?)).await?;
-    Ok(Json(records.iter().map(policy_json).collect()))
+    let records = off_workers(move || admin.policies(&operator)).await?;
+    Ok(Json(records.iter().map(policy_document).collect()))
 }
 
 async fn get_policy(
-    State(app): State<AppState>,
-    _operator: Operator,
+    State(admin): State<Arc<AdminService>>,
+    operator: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let record = blocking(app, move |app, _| {
-        app.kbs
-            .broker
-            .store()
-            .policy(&id)?
-            .ok_or_else(|| unknown_policy(&id).into())
-    })
-    .await?;
-    Ok(Json(policy_json(&record)))
+    let record = off_workers(move || admin.policy(&operator, &id)).await?;
+    Ok(Json(policy_document(&record)))
 }
 
 async fn delete_policy(
-    State(app): State<AppState>,
+    State(admin): State<Arc<AdminService>>,
     operator: Operator,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(app, move |app, now| {
-        let outcome = match app.kbs.broker.store().delete_policy(&id) {
-            Ok(false) => Err(unknown_policy(&id)),
-            other => other.map(drop),
-        };
-        // A deletion cannot be taken back; it only ever removes access. Its audit failure is still
-        // answered 503, so that the operator knows the record is missing.
-        app.audit_change(
-            now,
-            &operator,
-            AdminAction::DeletePolicy,
-            Some(id),
-            &outcome,
-        )?;
-        Ok(outcome?)
-    })
-    .await?;
+    off_workers(move || admin.delete_policy(&operator, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn create_key(
-    State(app): State<AppState>,
-    OperatorJson { operator, mut body }: OperatorJson<KeyJson>,
+    State(admin): State<Arc<AdminService>>,
+    OperatorJson { operator, body }: OperatorJson<NewKey>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let info = &mut body.key_information;
-    if !info.algorithm.eq_ignore_ascii_case("AES") || info.key_length != 256 {
-        return Err(ApiError::bad_request(
-            "key_information: only algorithm AES with key_length 256 is supported",
-        ));
-    }
-    let key_data = info
-        .key_data
-        .as_deref()
-        .map(|text| BASE64.decode(text.trim()).map(Zeroizing::new))
-        .transpose()
-        // The decoder's message names an offending byte of the key: leave it out.
-        .map_err(|_| ApiError::bad_request("key_information.key_data is not base64"))?;
-    let policy_id = std::mem::take(&mut body.transfer_policy_id);
-    drop(body);
-    let record = blocking(app, move |app, now| {
-        let key_data = key_data.as_ref().map(|k| k.as_slice());
-        let outcome = app.kbs.broker.create_key(&policy_id, key_data, now);
-        let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        let audited = app.audit_change(now, &operator, AdminAction::CreateKey, target, &outcome);
-        if let (Err(e), Ok(record)) = (audited, &outcome) {
-            // An unaudited key must not stay: take it back out.
-            let _ = app.kbs.broker.store().delete_key(&record.id);
-            return Err(e);
-        }
-        Ok(outcome?)
-    })
-    .await?;
+    let record = off_workers(move || admin.create_key(&operator, body)).await?;
     Ok((StatusCode::CREATED, Json(key_json(&record))))
 }
 
 async fn list_keys(
-    State(app): State<AppState>,
-    _operator: Operator,
+    State(admin): State<Arc<AdminService>>,
+    operator: Operator,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let records = blocking(app, |app, _| Ok(app.kbs.broker.store().keys()?)).await?;
+    let records = off_workers(move || admin.keys(&operator)).await?;
     Ok(Json(records.iter().map(key_json).collect()))
 }
 
 async fn get_key(
-    State(app): State<AppState>,
-    _operator: Operator,
+    State(admin): State<Arc<AdminService>>,
+    operator: Operator,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let record = blocking(app, move |app, _| {
-        app.kbs
-            .broker
-            .store()
-            .key(&id)?
-            .ok_or_else(|| unknown_key(&id).into())
-    })
-    .await?;
+    let record = off_workers(move || admin.key(&operator, &id)).await?;
     Ok(Json(key_json(&record)))
 }
 
 async fn delete_key(
-    State(app): State<AppState>,
+    State(admin): State<Arc<AdminService>>,
     operator: Operator,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(app, move |app, now| {
-        let outcome = match app.kbs.broker.store().delete_key(&id) {
-            Ok(false) => Err(unknown_key(&id)),
-            other => other.map(drop),
-        };
-        app.audit_change(now, &operator, AdminAction::DeleteKey, Some(id), &outcome)?;
-        Ok(outcome?)
-    })
-    .await?;
+    off_workers(move || admin.delete_key(&operator, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn offline_transfer(
-    State(app): State<AppState>,
+    State(admin): State<Arc<AdminService>>,
     Path(key_id): Path<String>,
     OperatorJson { operator, body }: OperatorJson<ProvisionRequest>,
 ) -> Result<Json<TransferReply>, ApiError> {
-    let request = offline_request(body, &key_id)?;
     // Verification is CPU work, like the online transfer's.
-    let reply = blocking(app, move |app, now| {
-        app.offline_transfer(&operator, &key_id, &request, now)
-    })
-    .await?;
-    Ok(Json(reply))
+    let wrapped = off_workers(move || admin.offline_transfer(&operator, &key_id, body)).await?;
+    Ok(Json(wrapped.into()))
 }
 
-/// Runs store, disk and argon2 work on the blocking pool, with the state's current time.
-async fn blocking<T: Send + 'static>(
-    app: AppState,
-    work: impl FnOnce(&AppState, u64) -> Result<T, ApiError> + Send + 'static,
+/// Runs a use case that verifies evidence or touches the store or the disk on the blocking pool.
+async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let now = (app.kbs.clock)();
-        work(&app, now)
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-}
-
-impl AppState {
-    /// Checks a password (on the password pool) and issues a token; the attempt is audited either
-    /// way, and a token is answered only once its login's record is written.
-    async fn login(&self, client: IpAddr, mut login: LoginJson) -> Result<TokenReply, ApiError> {
-        let now = (self.kbs.clock)();
-        let username = login.username.clone();
-        let outcome = match self.admin.begin_login(client, now) {
-            Err(refused) => Err(refused),
-            Ok(attempt) => {
-                let password = Zeroizing::new(std::mem::take(&mut login.password));
-                let checked = self
-                    .passwords
-                    .verify(
-                        self.admin.clone(),
-                        &attempt,
-                        login.username.clone(),
-                        password,
-                    )
-                    .await;
-                match checked {
-                    Ok(verified) => {
-                        let now = (self.kbs.clock)();
-                        self.admin.finish_login(attempt, &username, verified, now)
-                    }
-                    Err(busy) => {
-                        // Never checked: it does not count against the address.
-                        self.admin.abandon_login(attempt);
-                        Err(busy)
-                    }
-                }
-            }
-        };
-        let mut event = AdminEvent::new(now, &username, AdminAction::Login);
-        event.allowed = outcome.is_ok();
-        event.reason = outcome.as_ref().err().map(ToString::to_string);
-        let app = self.clone();
-        let recorded = tokio::task::spawn_blocking(move || app.kbs.audit.record_admin(&event))
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
-        if let Err(e) = recorded {
-            if let Ok(issued) = &outcome {
-                self.admin.revoke(&issued.token);
-            }
-            return Err(ApiError::audit(e));
-        }
-        let issued = outcome?;
-        Ok(TokenReply {
-            token: issued.token.to_string(),
-            expires_in: issued.expires_in,
-        })
-    }
-
-    /// Answers a provisioning request, audited either way.
-    fn offline_transfer(
-        &self,
-        operator: &Operator,
-        key_id: &str,
-        request: &OfflineTransferRequest,
-        now: u64,
-    ) -> Result<TransferReply, ApiError> {
-        let (outcome, decision) =
-            self.kbs
-                .broker
-                .offline_transfer(key_id, request, &operator.user, now);
-        self.kbs.audit.record(&decision).map_err(ApiError::audit)?;
-        let (wrapped, _claims) = outcome?;
-        Ok(TransferReply::Key(TransferAnswer {
-            wrapped_key: wrapped.wrapped_key,
-            wrapped_swk: wrapped.wrapped_swk,
-        }))
-    }
-
-    /// Records a policy or key change, done or refused. An error means the record could not be
-    /// written: the caller undoes what it can and answers 503.
-    fn audit_change<T>(
-        &self,
-        now: u64,
-        operator: &Operator,
-        action: AdminAction,
-        target: Option<String>,
-        outcome: &Result<T, KbsError>,
-    ) -> Result<(), ApiError> {
-        let mut event = AdminEvent::new(now, &operator.user, action);
-        event.target = target.map(|id| id.chars().take(128).collect());
-        event.allowed = outcome.is_ok();
-        event.reason = outcome.as_ref().err().map(ToString::to_string);
-        self.kbs.audit.record_admin(&event).map_err(ApiError::audit)
-    }
-}
-
-fn unknown_policy(id: &str) -> KbsError {
-    KbsError::UnknownPolicy {
-        id: id.chars().take(128).collect(),
-    }
-}
-
-fn unknown_key(id: &str) -> KbsError {
-    KbsError::UnknownKey {
-        id: id.chars().take(128).collect(),
-    }
-}
-
-/// Splits `{"attestation_type": "SIM", "sim": {table}}`: the table must sit under the lowercase
-/// name of the attestation type, and nothing else may sit beside it, so that a policy meant for one
-/// TEE is never stored under another.
-fn parse_policy_body(
-    mut body: serde_json::Map<String, serde_json::Value>,
-) -> Result<(TeeKind, serde_json::Value), ApiError> {
-    let require_nonce = match body.remove(REQUIRE_NONCE_FIELD) {
-        None => false,
-        Some(serde_json::Value::Bool(value)) => value,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "`require_nonce` must be true or false",
-            ))
-        }
-    };
-    let tee: TeeKind = match body.remove("attestation_type") {
-        Some(serde_json::Value::String(name)) => name
-            .parse()
-            .map_err(|e: AttestError| ApiError::bad_request(format!("attestation_type: {e}")))?,
-        _ => return Err(ApiError::bad_request("missing string `attestation_type`")),
-    };
-    let name = tee.as_str().to_ascii_lowercase();
-    let table = body.remove(&name).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "attestation_type {tee} needs its table under `{name}`"
-        ))
-    })?;
-    if let Some(other) = body.keys().next() {
-        let other: String = other.chars().take(32).collect();
-        return Err(ApiError::bad_request(format!(
-            "unexpected field `{other}`: the policy for {tee} sits under `{name}` alone"
-        )));
-    }
-    let mut table = match table {
-        serde_json::Value::Object(fields) => fields,
-        _ => return Err(ApiError::bad_request(format!("`{name}` must be an object"))),
-    };
-    if table.contains_key(REQUIRE_NONCE_FIELD) {
-        return Err(ApiError::bad_request(format!(
-            "`{REQUIRE_NONCE_FIELD}` belongs beside `attestation_type`, not under `{name}`"
-        )));
-    }
-    if require_nonce {
-        table.insert(REQUIRE_NONCE_FIELD.into(), serde_json::Value::Bool(true));
-    }
-    Ok((tee, serde_json::Value::Object(table)))
-}
-
-fn policy_json(record: &PolicyRecord) -> serde_json::Value {
-    let mut json = serde_json::json!({
-        "id": record.id,
-        "attestation_type": record.attestation_type,
-        "created_at": record.created_at,
-    });
-    let mut table = record.table.clone();
-    if let Some(fields) = table.as_object_mut() {
-        fields.remove(REQUIRE_NONCE_FIELD);
-    }
-    json[REQUIRE_NONCE_FIELD] = serde_json::Value::Bool(record.require_nonce());
-    json[record.attestation_type.as_str().to_ascii_lowercase()] = table;
-    json
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(ApiError::from)
 }
 
 /// A key's metadata. The sealed bytes stay in the store: no admin answer carries key material.
@@ -719,42 +430,70 @@ impl Drop for KeyInformation {
     }
 }
 
-/// Checks a device's provisioning request (`adyton_proto::provision`) as the broker takes it: its
-/// format, ids and sealing policy, the body's `key_id` equal to the path's, and the base64 fields
-/// decoded. The TEE and the bytes are the broker's to judge, and to audit.
-fn offline_request(
-    request: ProvisionRequest,
-    path_key_id: &str,
-) -> Result<OfflineTransferRequest, ApiError> {
-    request
-        .check_fields()
-        .map_err(|e| ApiError::bad_request(e.reason()))?;
-    if request.key_id != path_key_id {
-        return Err(ApiError::bad_request(format!(
-            "the request is for key `{}`, not for `{}` named in the path",
-            request.key_id,
-            path_key_id
-                .chars()
-                .take(128)
-                .collect::<String>()
-                .escape_debug()
-        )));
+/// An admin request's typed input, read from its JSON body.
+trait AdminBody: Sized {
+    /// The body's JSON shape.
+    type Json: DeserializeOwned;
+
+    fn from_json(json: Self::Json) -> Result<Self, ServiceError>;
+}
+
+impl AdminBody for Login {
+    type Json = LoginJson;
+
+    fn from_json(mut json: LoginJson) -> Result<Self, ServiceError> {
+        Ok(Self {
+            username: std::mem::take(&mut json.username),
+            password: Zeroizing::new(std::mem::take(&mut json.password)),
+        })
     }
-    let bad = |e: adyton_proto::ProtoError| ApiError::bad_request(e.reason());
-    Ok(OfflineTransferRequest {
-        public_key: request.public_key_der().map_err(bad)?,
-        evidence: request.evidence_json().map_err(bad)?,
-        request_id: request.request_id,
-        model: request.model,
-        tee: request.tee,
-    })
+}
+
+impl AdminBody for NewPolicy {
+    type Json = serde_json::Map<String, serde_json::Value>;
+
+    fn from_json(json: Self::Json) -> Result<Self, ServiceError> {
+        Self::from_document(json)
+    }
+}
+
+impl AdminBody for NewKey {
+    type Json = KeyJson;
+
+    fn from_json(mut json: KeyJson) -> Result<Self, ServiceError> {
+        let info = &json.key_information;
+        let policy_id = std::mem::take(&mut json.transfer_policy_id);
+        let key = Self::new(&info.algorithm, info.key_length, policy_id)?;
+        let Some(text) = info.key_data.as_deref() else {
+            return Ok(key);
+        };
+        let key_data = BASE64
+            .decode(text.trim())
+            .map(Zeroizing::new)
+            // The decoder's message names an offending byte of the key: leave it out.
+            .map_err(|_| ServiceError::invalid("key_information.key_data is not base64"))?;
+        Ok(key.imported(key_data))
+    }
+}
+
+impl AdminBody for ProvisionRequest {
+    type Json = Self;
+
+    fn from_json(json: Self) -> Result<Self, ServiceError> {
+        Ok(json)
+    }
+}
+
+impl From<WrappedKey> for TransferReply {
+    fn from(wrapped: WrappedKey) -> Self {
+        Self::Key(TransferAnswer {
+            wrapped_key: wrapped.wrapped_key,
+            wrapped_swk: wrapped.wrapped_swk,
+        })
+    }
 }
 
 /// An authenticated operator: the user of a live `Authorization: Bearer` token.
-struct Operator {
-    user: String,
-}
-
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
@@ -768,8 +507,7 @@ impl FromRequestParts<AppState> for Operator {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .ok_or(AdminError::Unauthenticated)?;
-        let user = app.admin.authenticate(token, (app.kbs.clock)())?;
-        Ok(Self { user })
+        Ok(app.admin.authenticate(token)?)
     }
 }
 
@@ -781,7 +519,7 @@ struct OperatorJson<T> {
     body: T,
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for OperatorJson<T> {
+impl<T: AdminBody> FromRequest<AppState> for OperatorJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
@@ -790,8 +528,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OperatorJson<T> {
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         let operator = Operator::from_request_parts(&mut parts, app).await?;
-        let body = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+        let body = T::from_json(parse_json(&bytes)?)?;
         Ok(Self { operator, body })
     }
 }
@@ -800,17 +537,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OperatorJson<T> {
 /// the transfer endpoint's, not axum's 415 or 422.
 struct AdminJson<T>(T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
+impl<T: AdminBody, S: Send + Sync> FromRequest<S> for AdminJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+        Ok(Self(T::from_json(parse_json(&bytes)?)?))
     }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 impl From<AdminError> for ApiError {
@@ -907,6 +647,19 @@ impl ApiError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+}
+
+/// The one mapping of the services' refusals to statuses.
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::InvalidRequest { reason } => Self::bad_request(reason),
+            ServiceError::Broker(err) => err.into(),
+            ServiceError::Admin(err) => err.into(),
+            ServiceError::Audit(err) => Self::audit(err),
+            ServiceError::Internal { .. } => Self::internal(&err),
+        }
     }
 }
 

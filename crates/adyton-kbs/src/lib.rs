@@ -9,7 +9,8 @@ pub mod audit;
 mod error;
 pub mod http;
 pub mod master_key;
+pub mod service;
 pub mod store;
 pub mod transfer;
 
-pub use error::{KbsError, Result};
+pub use error::{KbsError, Result, ServiceError};

@@ -29,7 +29,6 @@ use aws_lc_rs::digest::{digest, SHA256};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
-use serde::Serialize;
 use zeroize::Zeroizing;
 
 /// How long a token is valid.
@@ -73,8 +72,6 @@ impl Default for LoginLimits {
 }
 /// Most live tokens. When full, the token closest to expiry is dropped.
 const MAX_TOKENS: usize = 10_000;
-/// Longer usernames are truncated for rate limiting and audit.
-const MAX_USERNAME_CHARS: usize = 128;
 const TOKEN_LEN: usize = 32;
 
 /// What admin authentication refuses or fails at.
@@ -709,54 +706,6 @@ fn token_hash(token: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
     out
-}
-
-/// What an operator did, for the audit log. It holds no password, token or key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AdminEvent {
-    /// Unix seconds.
-    pub time: u64,
-    /// The username: the one presented at login, or the token's owner.
-    pub user: String,
-    /// What was attempted.
-    pub action: AdminAction,
-    /// The policy or key id, when there is one.
-    pub target: Option<String>,
-    /// Whether it succeeded.
-    pub allowed: bool,
-    /// Why not, when it failed.
-    pub reason: Option<String>,
-}
-
-impl AdminEvent {
-    /// An event, with the username truncated.
-    pub fn new(time: u64, user: &str, action: AdminAction) -> Self {
-        Self {
-            time,
-            user: user.chars().take(MAX_USERNAME_CHARS).collect(),
-            action,
-            target: None,
-            allowed: false,
-            reason: None,
-        }
-    }
-}
-
-/// The audited admin actions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum AdminAction {
-    /// `POST /kbs/v1/token`.
-    Login,
-    /// `POST /kbs/v1/key-transfer-policies`.
-    CreatePolicy,
-    /// `DELETE /kbs/v1/key-transfer-policies/{id}`.
-    DeletePolicy,
-    /// `POST /kbs/v1/keys`.
-    CreateKey,
-    /// `DELETE /kbs/v1/keys/{id}`.
-    DeleteKey,
 }
 
 #[cfg(test)]
