@@ -497,3 +497,6 @@ pub enum AdminAction {
     /// `DELETE /kbs/v1/keys/{id}`.
     DeleteKey,
 }
+
+#[cfg(test)]
+mod tests;
