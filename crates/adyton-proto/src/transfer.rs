@@ -87,6 +87,12 @@ fn non_null(field: &str, value: Option<Option<String>>) -> Result<Option<String>
     }
 }
 
+/// Whether `bytes` open a JSON object: serde would also read a struct from an array of its
+/// fields' values, which no client sends and the documents do not allow.
+fn is_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 fn decode_field(field: &str, text: &str) -> Result<Vec<u8>, ProtoError> {
     BASE64
         .decode(text.trim())
@@ -99,6 +105,12 @@ impl TransferBody {
     pub fn parse(bytes: &[u8]) -> Result<Option<Self>, ProtoError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
+        }
+        if !is_object(bytes) {
+            return Err(ProtoError::invalid(
+                REQUEST,
+                "malformed JSON body: expected an object",
+            ));
         }
         let json: TransferJson = serde_json::from_slice(bytes)
             .map_err(|e| ProtoError::invalid(REQUEST, format!("malformed JSON body: {e}")))?;
@@ -172,6 +184,9 @@ struct AnswerJson {
 impl TransferAnswer {
     /// Reads the broker's `{"wrapped_key", "wrapped_swk"}` answer.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ProtoError> {
+        if !is_object(bytes) {
+            return Err(ProtoError::invalid(ANSWER, "expected a JSON object"));
+        }
         let json: AnswerJson = serde_json::from_slice(bytes)
             .map_err(|e| ProtoError::invalid(ANSWER, e.to_string()))?;
         let decode = |field: &str, text: &str| {
@@ -206,6 +221,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn arrays_of_the_fields_are_refused() {
+        for body in [
+            &b"[]"[..],
+            b" [\"ZXZp\", \"a2V5\"]",
+            b"[null]",
+            b"\"quote\"",
+            b"7",
+        ] {
+            let error = TransferBody::parse(body).unwrap_err().to_string();
+            assert!(error.contains("malformed JSON body"), "{error}");
+        }
+        for body in [&b"[\"ZXZp\", \"a2V5\"]"[..], b"[]"] {
+            let error = TransferAnswer::from_json(body).unwrap_err().to_string();
+            assert!(error.contains("expected a JSON object"), "{error}");
+        }
+    }
 
     #[test]
     fn report_data_is_sha512_of_nonce_then_user_data() {
