@@ -37,7 +37,7 @@ pub use auth::{
 use crate::audit::AuditError;
 use crate::error::{KbsError, ServiceError};
 use crate::service::KbsState;
-use crate::store::{KeyRecord, PolicyRecord, REQUIRE_NONCE_FIELD};
+use crate::store::{KeyRecord, PolicyRecord, Store, REQUIRE_NONCE_FIELD};
 use crate::transfer::OfflineTransferRequest;
 
 /// Longer usernames and ids are truncated in audit records and error messages.
@@ -187,14 +187,7 @@ impl AdminService {
     ) -> Result<PolicyRecord, ServiceError> {
         let now = self.now();
         let outcome = self.kbs.broker.create_policy(policy.tee, policy.table, now);
-        let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        let audited = self.audit_change(now, operator, AdminAction::CreatePolicy, target, &outcome);
-        if let (Err(e), Ok(record)) = (audited, &outcome) {
-            // An unaudited policy must not stay.
-            let _ = self.kbs.broker.store().delete_policy(&record.id);
-            return Err(e.into());
-        }
-        Ok(outcome?)
+        self.audited_creation(now, operator, AdminAction::CreatePolicy, outcome)
     }
 
     /// Every transfer policy, ordered by id.
@@ -210,19 +203,14 @@ impl AdminService {
 
     /// Deletes a transfer policy, audited; [`KbsError::PolicyInUse`] while keys use it.
     pub fn delete_policy(&self, operator: &Operator, id: &str) -> Result<(), ServiceError> {
-        let outcome = match self.kbs.broker.store().delete_policy(id) {
-            Ok(false) => Err(unknown_policy(id)),
-            other => other.map(drop),
-        };
-        let target = Some(id.to_owned());
-        self.audit_change(
-            self.now(),
+        let deleted = self.kbs.broker.store().delete_policy(id);
+        self.audited_deletion(
             operator,
             AdminAction::DeletePolicy,
-            target,
-            &outcome,
-        )?;
-        Ok(outcome?)
+            id,
+            deleted,
+            unknown_policy,
+        )
     }
 
     /// Creates a key under its policy; audited, and taken back out if its record cannot be
@@ -234,14 +222,7 @@ impl AdminService {
             .kbs
             .broker
             .create_key(&key.transfer_policy_id, key_data, now);
-        let target = outcome.as_ref().ok().map(|r| r.id.clone());
-        let audited = self.audit_change(now, operator, AdminAction::CreateKey, target, &outcome);
-        if let (Err(e), Ok(record)) = (audited, &outcome) {
-            // An unaudited key must not stay.
-            let _ = self.kbs.broker.store().delete_key(&record.id);
-            return Err(e.into());
-        }
-        Ok(outcome?)
+        self.audited_creation(now, operator, AdminAction::CreateKey, outcome)
     }
 
     /// Every key's record, ordered by id. The sealed bytes are in the records: callers answer
@@ -258,19 +239,8 @@ impl AdminService {
 
     /// Deletes a key (its sealed bytes leave the store), audited.
     pub fn delete_key(&self, operator: &Operator, id: &str) -> Result<(), ServiceError> {
-        let outcome = match self.kbs.broker.store().delete_key(id) {
-            Ok(false) => Err(unknown_key(id)),
-            other => other.map(drop),
-        };
-        let target = Some(id.to_owned());
-        self.audit_change(
-            self.now(),
-            operator,
-            AdminAction::DeleteKey,
-            target,
-            &outcome,
-        )?;
-        Ok(outcome?)
+        let deleted = self.kbs.broker.store().delete_key(id);
+        self.audited_deletion(operator, AdminAction::DeleteKey, id, deleted, unknown_key)
     }
 
     /// Answers a device's provisioning request for `key_id` (`design.md` flow D): its fields are
@@ -293,6 +263,44 @@ impl AdminService {
         Ok(wrapped)
     }
 
+    /// Records a creation, done or refused. A record created whose audit record cannot be written
+    /// must not stay: it is deleted again.
+    fn audited_creation<R: Created>(
+        &self,
+        now: u64,
+        operator: &Operator,
+        action: AdminAction,
+        outcome: Result<R, KbsError>,
+    ) -> Result<R, ServiceError> {
+        let target = outcome.as_ref().ok().map(|record| record.id().to_owned());
+        let audited = self.audit_change(now, operator, action, target, &outcome);
+        if let (Err(e), Ok(record)) = (audited, &outcome) {
+            record.take_back(self.kbs.broker.store());
+            return Err(e.into());
+        }
+        Ok(outcome?)
+    }
+
+    /// Records a deletion of `id` (`deleted` is the store's answer), done or refused. A deletion
+    /// cannot be taken back, and only ever removes access; its audit failure still fails the use
+    /// case, so that the operator knows the record is missing.
+    fn audited_deletion(
+        &self,
+        operator: &Operator,
+        action: AdminAction,
+        id: &str,
+        deleted: crate::Result<bool>,
+        unknown: fn(&str) -> KbsError,
+    ) -> Result<(), ServiceError> {
+        let outcome = match deleted {
+            Ok(false) => Err(unknown(id)),
+            other => other.map(drop),
+        };
+        let target = Some(id.to_owned());
+        self.audit_change(self.now(), operator, action, target, &outcome)?;
+        Ok(outcome?)
+    }
+
     /// Records a policy or key change, done or refused. An error means the record could not be
     /// written: the caller undoes what it can and fails.
     fn audit_change<T>(
@@ -308,6 +316,35 @@ impl AdminService {
         event.allowed = outcome.is_ok();
         event.reason = outcome.as_ref().err().map(ToString::to_string);
         self.kbs.audit.record_admin(&event)
+    }
+}
+
+/// A record an admin use case creates, and how to take it back out of the store.
+trait Created {
+    fn id(&self) -> &str;
+
+    /// Deletes the record again. A failure leaves it in the store, where an operator sees it
+    /// (and the refusal already told them its creation failed); nothing more can be done here.
+    fn take_back(&self, store: &dyn Store);
+}
+
+impl Created for PolicyRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_back(&self, store: &dyn Store) {
+        let _ = store.delete_policy(&self.id);
+    }
+}
+
+impl Created for KeyRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_back(&self, store: &dyn Store) {
+        let _ = store.delete_key(&self.id);
     }
 }
 

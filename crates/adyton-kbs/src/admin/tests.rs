@@ -111,6 +111,14 @@ impl Fixture {
             .create_policy(operator, new_policy(sim_document()))
             .unwrap()
     }
+
+    /// A generated key under a new SIM policy.
+    fn key(&self, operator: &Operator) -> KeyRecord {
+        let policy = self.policy(operator);
+        self.service
+            .create_key(operator, aes_key(&policy.id))
+            .unwrap()
+    }
 }
 
 fn sim_document() -> Value {
@@ -150,6 +158,22 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, ServiceError>, expected: 
         ),
         other => panic!("expected an invalid request, got {other:?}"),
     }
+}
+
+/// The broker's refusal, audited, that `result` must be, checked by `expected`.
+fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, ServiceError>,
+    expected: impl FnOnce(&KbsError) -> bool,
+) {
+    match result {
+        Err(ServiceError::Broker(e)) => assert!(expected(&e), "unexpected refusal: {e:?}"),
+        other => panic!("expected the broker's refusal, got {other:?}"),
+    }
+}
+
+/// `result` must fail for want of its audit record.
+fn assert_audit_failure<T: std::fmt::Debug>(result: Result<T, ServiceError>) {
+    assert!(matches!(result, Err(ServiceError::Audit(_))), "{result:?}");
 }
 
 /// The one event recorded, checked against what it must say.
@@ -198,10 +222,7 @@ async fn a_login_whose_record_cannot_be_written_issues_no_token() {
     let f = fixture();
     f.audit.break_it();
     let refused = f.service.login(CLIENT, login(PASSWORD)).await;
-    assert!(
-        matches!(refused, Err(ServiceError::Audit(_))),
-        "{refused:?}"
-    );
+    assert_audit_failure(refused);
     assert!(f.events().is_empty());
 }
 
@@ -280,13 +301,7 @@ fn a_policy_the_broker_cannot_evaluate_is_refused_audited_and_not_stored() {
     let operator = f.operator();
     let doc = json!({ "attestation_type": "SIM", "sim": { "no_such_field": 1 } });
     let refused = f.service.create_policy(&operator, new_policy(doc));
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::BadRequest { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::BadRequest { .. }));
     let event = assert_one_event(&f, AdminAction::CreatePolicy, false);
     assert_eq!(event.target, None);
     assert!(f.service.policies(&operator).unwrap().is_empty());
@@ -300,10 +315,7 @@ fn a_policy_whose_record_cannot_be_written_does_not_stay() {
     let refused = f
         .service
         .create_policy(&operator, new_policy(sim_document()));
-    assert!(
-        matches!(refused, Err(ServiceError::Audit(_))),
-        "{refused:?}"
-    );
+    assert_audit_failure(refused);
     assert!(f.kbs.broker.store().policies().unwrap().is_empty());
 }
 
@@ -312,19 +324,13 @@ fn an_unknown_policy_is_not_found_and_its_deletion_is_audited_as_refused() {
     let f = fixture();
     let operator = f.operator();
     let missing = f.service.policy(&operator, "no-such-policy");
-    assert!(
-        matches!(missing, Err(ServiceError::Broker(KbsError::UnknownPolicy { ref id })) if id == "no-such-policy"),
-        "{missing:?}"
+    assert_refused(
+        missing,
+        |e| matches!(e, KbsError::UnknownPolicy { id } if id == "no-such-policy"),
     );
     assert!(f.events().is_empty(), "reads are not audited");
     let refused = f.service.delete_policy(&operator, "no-such-policy");
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::UnknownPolicy { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::UnknownPolicy { .. }));
     let event = assert_one_event(&f, AdminAction::DeletePolicy, false);
     assert_eq!(event.target.as_deref(), Some("no-such-policy"));
 }
@@ -333,21 +339,14 @@ fn an_unknown_policy_is_not_found_and_its_deletion_is_audited_as_refused() {
 fn a_policy_in_use_is_not_deleted_until_its_keys_are() {
     let f = fixture();
     let operator = f.operator();
-    let policy = f.policy(&operator);
-    let key = f
-        .service
-        .create_key(&operator, aes_key(&policy.id))
-        .unwrap();
-    let refused = f.service.delete_policy(&operator, &policy.id);
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::PolicyInUse { keys: 1, .. }))
-        ),
-        "{refused:?}"
-    );
+    let key = f.key(&operator);
+    let policy_id = key.transfer_policy_id.clone();
+    let refused = f.service.delete_policy(&operator, &policy_id);
+    assert_refused(refused, |e| {
+        matches!(e, KbsError::PolicyInUse { keys: 1, .. })
+    });
     f.service.delete_key(&operator, &key.id).unwrap();
-    f.service.delete_policy(&operator, &policy.id).unwrap();
+    f.service.delete_policy(&operator, &policy_id).unwrap();
     let outcomes: Vec<_> = f
         .events()
         .into_iter()
@@ -372,10 +371,7 @@ fn a_deletion_whose_record_cannot_be_written_fails_though_done() {
     let policy = f.policy(&operator);
     f.audit.break_it();
     let refused = f.service.delete_policy(&operator, &policy.id);
-    assert!(
-        matches!(refused, Err(ServiceError::Audit(_))),
-        "{refused:?}"
-    );
+    assert_audit_failure(refused);
     // It only ever removes access, so it is not taken back.
     assert!(f.kbs.broker.store().policy(&policy.id).unwrap().is_none());
 }
@@ -409,13 +405,7 @@ fn keys_generated_or_imported_are_stored_audited_read_and_deleted() {
 
     f.service.delete_key(&operator, &generated.id).unwrap();
     let missing = f.service.key(&operator, &generated.id);
-    assert!(
-        matches!(
-            missing,
-            Err(ServiceError::Broker(KbsError::UnknownKey { .. }))
-        ),
-        "{missing:?}"
-    );
+    assert_refused(missing, |e| matches!(e, KbsError::UnknownKey { .. }));
     let events = f.events();
     let targets: Vec<_> = events[1..].iter().map(|e| e.target.clone()).collect();
     assert_eq!(
@@ -445,26 +435,14 @@ fn a_key_under_an_unknown_policy_or_of_the_wrong_length_is_refused_and_audited()
     let f = fixture();
     let operator = f.operator();
     let refused = f.service.create_key(&operator, aes_key("no-such-policy"));
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::UnknownPolicy { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::UnknownPolicy { .. }));
     let event = assert_one_event(&f, AdminAction::CreateKey, false);
     assert_eq!(event.target, None);
 
     let policy = f.policy(&operator);
     let short = aes_key(&policy.id).imported(Zeroizing::new(vec![1; 16]));
     let refused = f.service.create_key(&operator, short);
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::BadRequest { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::BadRequest { .. }));
     assert!(f.service.keys(&operator).unwrap().is_empty());
     let last = f.events().pop().unwrap();
     assert_eq!((last.action, last.allowed), (AdminAction::CreateKey, false));
@@ -477,10 +455,7 @@ fn a_key_whose_record_cannot_be_written_does_not_stay() {
     let policy = f.policy(&operator);
     f.audit.break_it();
     let refused = f.service.create_key(&operator, aes_key(&policy.id));
-    assert!(
-        matches!(refused, Err(ServiceError::Audit(_))),
-        "{refused:?}"
-    );
+    assert_audit_failure(refused);
     assert!(f.kbs.broker.store().keys().unwrap().is_empty());
 }
 
@@ -489,13 +464,7 @@ fn deleting_an_unknown_key_is_not_found_and_audited_as_refused() {
     let f = fixture();
     let operator = f.operator();
     let refused = f.service.delete_key(&operator, "no-such-key");
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::UnknownKey { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::UnknownKey { .. }));
     let event = assert_one_event(&f, AdminAction::DeleteKey, false);
     assert_eq!(event.target.as_deref(), Some("no-such-key"));
 }
@@ -525,11 +494,7 @@ fn provision_request(key_id: &str, tee: &str, device: &TeeKeyPair) -> ProvisionR
 fn an_offline_transfer_releases_the_key_to_the_device_and_audits_who_asked() {
     let f = fixture();
     let operator = f.operator();
-    let policy = f.policy(&operator);
-    let key = f
-        .service
-        .create_key(&operator, aes_key(&policy.id))
-        .unwrap();
+    let key = f.key(&operator);
     let device = TeeKeyPair::generate(2048).unwrap();
     let request = provision_request(&key.id, "SIM", &device);
     let wrapped = f
@@ -579,24 +544,12 @@ fn an_offline_transfer_for_tdx_or_an_unknown_key_is_refused_and_audited() {
     let refused = f
         .service
         .offline_transfer(&operator, "no-such-key", request);
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::NoSealingKey { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::NoSealingKey { .. }));
     let request = provision_request("no-such-key", "SIM", &device);
     let refused = f
         .service
         .offline_transfer(&operator, "no-such-key", request);
-    assert!(
-        matches!(
-            refused,
-            Err(ServiceError::Broker(KbsError::UnknownKey { .. }))
-        ),
-        "{refused:?}"
-    );
+    assert_refused(refused, |e| matches!(e, KbsError::UnknownKey { .. }));
     let decisions = f.audit.memory.decisions();
     assert_eq!(decisions.len(), 2);
     assert!(decisions.iter().all(|d| !d.allowed && d.offline.is_some()));
@@ -606,17 +559,10 @@ fn an_offline_transfer_for_tdx_or_an_unknown_key_is_refused_and_audited() {
 fn an_offline_transfer_whose_decision_cannot_be_written_releases_nothing() {
     let f = fixture();
     let operator = f.operator();
-    let policy = f.policy(&operator);
-    let key = f
-        .service
-        .create_key(&operator, aes_key(&policy.id))
-        .unwrap();
+    let key = f.key(&operator);
     let device = TeeKeyPair::generate(2048).unwrap();
     let request = provision_request(&key.id, "SIM", &device);
     f.audit.break_it();
     let refused = f.service.offline_transfer(&operator, &key.id, request);
-    assert!(
-        matches!(refused, Err(ServiceError::Audit(_))),
-        "{refused:?}"
-    );
+    assert_audit_failure(refused);
 }
