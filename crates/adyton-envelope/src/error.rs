@@ -180,6 +180,13 @@ pub enum EnvelopeError {
         actual: String,
     },
 
+    /// A v2 header announces more plaintext than this machine can hold in memory.
+    #[error("the envelope announces {len} bytes of plaintext, more than can be held in memory")]
+    TooLargeForMemory {
+        /// The plaintext length in the header.
+        len: u64,
+    },
+
     /// Key material has the wrong length.
     #[error("bad key length: expected {expected} bytes, found {found}")]
     BadKeyLength {

@@ -17,6 +17,7 @@ mod read_ahead;
 pub mod sealed;
 pub mod v1;
 pub mod v2;
+mod whole;
 pub mod wrap;
 
 pub use error::{EnvelopeError, Result};

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::error::{EnvelopeError, Result};
 use crate::key::{fill_random, Aes256Key};
 use crate::read_ahead::ReadAhead;
+pub use crate::whole::WholeEnvelope;
 
 /// The first six bytes of every v2 envelope.
 pub const MAGIC: &[u8; 6] = b"ADYTON";
@@ -211,7 +212,7 @@ impl Header {
         Ok((header, raw))
     }
 
-    fn nonce(&self, index: u64) -> Nonce {
+    pub(crate) fn nonce(&self, index: u64) -> Nonce {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..NONCE_PREFIX_LEN].copy_from_slice(&self.nonce_prefix);
         // validate() bounds the chunk count by 2^32, so every index fits in a u32.
@@ -744,6 +745,6 @@ pub fn open(key: &Aes256Key, envelope: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     Ok(out)
 }
 
-fn hex_string(bytes: &[u8]) -> String {
+pub(crate) fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -8,3 +8,4 @@ mod properties;
 mod sealed;
 mod support;
 mod tamper_v2;
+mod whole_v2;
