@@ -1,11 +1,14 @@
 //! Flow B (`design.md`): pulling an encrypted model from the registry, with its key released by the
 //! key broker to this TEE only.
 //!
-//! For each model: fetch its info; make an RSA key pair here, inside the TEE; get evidence over
-//! SHA-512 of the public key (DER SubjectPublicKeyInfo); ask the key broker's transfer endpoint;
-//! unwrap the key; stream the blob through the v2 decryptor (or read a v1 blob whole) into memory
-//! that is zeroized afterwards; check the plaintext SHA-256 of the authenticated header; load.
-//! The plaintext never touches disk, and is held once: the decrypted bytes, then tract's model.
+//! For each model: make an RSA key pair here, inside the TEE, and evidence over SHA-512 of its
+//! public key (DER SubjectPublicKeyInfo), on a thread of their own; meanwhile fetch the model's
+//! info and download its blob whole into memory that is zeroized afterwards (the download needs no
+//! key, and the key pair takes longer). Then ask the key broker's transfer endpoint, unwrap the key,
+//! open the blob in place (every v2 chunk's tag, the end of input, the plaintext SHA-256 of the
+//! authenticated header; a v1 blob whole), and load. The plaintext never touches disk, is held
+//! once (the decrypted bytes, then tract's model), and reaches the engine only once every check
+//! has passed.
 //!
 //! The registry and the key broker are reached through two traits ([`Registry`], [`KeyBroker`]),
 //! implemented over HTTP in [`remote`], so that failures can be classified: transient ones (down,
@@ -13,6 +16,7 @@
 //! (the policy refused the key, the blob was altered or truncated, the wrong key, the hash) stop and
 //! show in the model's metadata, and the other models serve on.
 
+mod download;
 pub mod remote;
 
 use std::fmt;
@@ -23,13 +27,13 @@ use std::time::{Duration, Instant};
 use adyton_attest::attester::Attester;
 use adyton_attest::Evidence;
 use adyton_envelope::wrap::{TeeKeyPair, TeePublicKey, WrappedKey};
-use adyton_envelope::{Aes256Key, EnvelopeError};
-use zeroize::Zeroizing;
+use adyton_envelope::EnvelopeError;
 
 use crate::blob::OpenError;
 pub use crate::blob::MAX_MODEL_BYTES;
 use crate::repository::{ModelSettings, Pending, Repository, ServedModel, Source};
 use crate::runtime::{Engine, LoadOptions};
+use download::Downloaded;
 
 /// Size of the RSA key pair made for each transfer.
 pub const TRANSFER_RSA_BITS: usize = 3072;
@@ -136,18 +140,23 @@ impl fmt::Display for Step {
     }
 }
 
-/// How long each step of a successful pull took.
+/// How long each step of a successful pull took. The key pair and evidence are made while the
+/// info is fetched and the blob downloaded, so those steps overlap: [`Timings::total`] is the
+/// pull's own time, less than their sum.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
     /// Fetching the info.
     pub info: Duration,
-    /// Key pair and evidence.
+    /// Key pair and evidence (on a thread of their own, from the attempt's start).
     pub evidence: Duration,
+    /// How long the downloaded blob waited for the key pair and evidence (zero when the download
+    /// took longer).
+    pub key_wait: Duration,
     /// The key broker's transfer and the unwrap.
     pub key_transfer: Duration,
-    /// Time spent waiting for the blob's bytes.
+    /// Downloading the blob whole (from the info's arrival).
     pub download: Duration,
-    /// Time spent decrypting and checking (the rest of the streaming step).
+    /// Authenticating and decrypting it in place, with the plaintext hash.
     pub decrypt: Duration,
     /// The engine's load and optimisation.
     pub load: Duration,
@@ -155,12 +164,14 @@ pub struct Timings {
     pub blob_bytes: u64,
     /// Attempts made (1 when nothing was retried).
     pub attempts: u32,
+    /// The successful attempt, from its start to the model loaded.
+    pub elapsed: Duration,
 }
 
 impl Timings {
-    /// The whole pull.
+    /// The whole (successful) attempt: its steps overlap, so this is less than their sum.
     pub fn total(&self) -> Duration {
-        self.info + self.evidence + self.key_transfer + self.download + self.decrypt + self.load
+        self.elapsed
     }
 }
 
@@ -209,21 +220,31 @@ pub struct Puller {
     pub backoff: Backoff,
 }
 
-/// A blob reader that counts its bytes and the time spent waiting for them.
-struct Timed<R> {
+/// A blob reader that counts its bytes.
+struct Counted<R> {
     inner: R,
-    waited: Duration,
     bytes: u64,
 }
 
-impl<R: Read> Read for Timed<R> {
+impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let started = Instant::now();
         let n = self.inner.read(buf)?;
-        self.waited += started.elapsed();
         self.bytes += n as u64;
         Ok(n)
     }
+}
+
+/// The TEE's side of a transfer: a fresh key pair, its public half, and evidence over it.
+struct TransferIdentity {
+    pair: TeeKeyPair,
+    public: TeePublicKey,
+    evidence: Evidence,
+}
+
+/// What the registry gave: the key broker's transfer URL and the downloaded blob.
+struct Fetched {
+    kbs_url: String,
+    blob: Downloaded,
 }
 
 /// An I/O failure while reading the blob is the network's (transient); anything else the
@@ -321,6 +342,7 @@ impl Puller {
         let (name, model_id) = (name.to_owned(), model_id.to_owned());
         let _ = repository.set_pending(&name, Pending::Loading);
         std::thread::spawn(move || {
+            tracing::info!(model = %name, model_id = %model_id, "pulling model");
             match puller.pull_into_with(&repository, &name, &model_id, &settings) {
                 Ok((served, t)) => tracing::info!(
                     model = %name,
@@ -330,10 +352,12 @@ impl Puller {
                     plan = served.model.plan().as_str(),
                     info_ms = millis(t.info),
                     evidence_ms = millis(t.evidence),
-                    key_transfer_ms = millis(t.key_transfer),
                     download_ms = millis(t.download),
+                    key_wait_ms = millis(t.key_wait),
+                    key_transfer_ms = millis(t.key_transfer),
                     decrypt_ms = millis(t.decrypt),
                     load_ms = millis(t.load),
+                    total_ms = millis(t.elapsed),
                     blob_bytes = t.blob_bytes,
                     attempts = t.attempts,
                     "model pulled and loaded"
@@ -409,27 +433,74 @@ impl Puller {
         model_id: &str,
         options: &LoadOptions,
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
+        let attempt_started = Instant::now();
         let mut timings = Timings::default();
-        let started = Instant::now();
-        let info = self
-            .registry
-            .info(model_id)
-            .map_err(|e| Attempt::from_fetch(Step::Info, e))?;
-        timings.info = started.elapsed();
-        if info.encrypted != Some(true) {
-            return Err(Attempt::permanent(
-                Step::Info,
-                "the model is not encrypted; pulled models must be protected",
-            ));
-        }
-        let url = info.url.clone().ok_or_else(|| {
-            Attempt::permanent(Step::Info, format!("the info of '{model_id}' has no url"))
-        })?;
-        let kbs_url = info
-            .kbs_url
-            .clone()
-            .ok_or_else(|| Attempt::permanent(Step::Info, "the model info has no kbs_url"))?;
+        // The key pair and its evidence need nothing from the registry, and take longer than the
+        // info and the download: they are made on a thread of their own meanwhile.
+        let (fetched, identity) = std::thread::scope(|scope| {
+            let identity = std::thread::Builder::new()
+                .name("adyton-transfer-key".into())
+                .spawn_scoped(scope, || self.transfer_identity());
+            let fetched = self.fetch(model_id, &mut timings);
+            let fetched_at = Instant::now();
+            let identity = match identity {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(Attempt::permanent(
+                        Step::Evidence,
+                        "the key pair's thread panicked",
+                    ))
+                }),
+                // No thread to spare: make them now, after the download.
+                Err(_) => self.transfer_identity(),
+            };
+            timings.key_wait = fetched_at.elapsed();
+            (fetched, identity)
+        });
+        // Failures are reported in the steps' order: the info first, then the evidence, then the
+        // download. Whatever was made is dropped (and zeroized) either way.
+        let (fetched, identity) = match (fetched, identity) {
+            (Err((Step::Info, e)), _) => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err((_, e)), _) => return Err(e),
+            (Ok(fetched), Ok((identity, evidence_took))) => {
+                timings.evidence = evidence_took;
+                (fetched, identity)
+            }
+        };
 
+        let started = Instant::now();
+        let TransferIdentity {
+            pair,
+            public,
+            evidence,
+        } = identity;
+        let wrapped = self
+            .key_broker
+            .transfer(&fetched.kbs_url, &evidence, &public)
+            .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
+        let key = pair
+            .unwrap_transfer(&wrapped)
+            .map_err(|e| Attempt::permanent(Step::Unwrap, e))?;
+        drop(pair);
+        timings.key_transfer = started.elapsed();
+
+        let started = Instant::now();
+        let plaintext = fetched.blob.open(&key).map_err(open_failure)?;
+        drop(key);
+        timings.decrypt = started.elapsed();
+
+        let started = Instant::now();
+        let model = engine
+            .load_with(&plaintext, options)
+            .map_err(|e| Attempt::permanent(Step::Load, e))?;
+        drop(plaintext);
+        timings.load = started.elapsed();
+        timings.elapsed = attempt_started.elapsed();
+        Ok((model, timings))
+    }
+
+    /// A fresh RSA key pair and evidence over its public key, with the time they took.
+    fn transfer_identity(&self) -> Result<(TransferIdentity, Duration), Attempt> {
         let started = Instant::now();
         let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
@@ -441,43 +512,52 @@ impl Puller {
             .attester
             .evidence(&report_data)
             .map_err(|e| Attempt::Transient(Step::Evidence, e.to_string()))?;
-        timings.evidence = started.elapsed();
+        let identity = TransferIdentity {
+            pair,
+            public,
+            evidence,
+        };
+        Ok((identity, started.elapsed()))
+    }
 
+    /// The model's info and its blob, downloaded whole. A failure names its step, so that the
+    /// caller can order it against the evidence's.
+    fn fetch(&self, model_id: &str, timings: &mut Timings) -> Result<Fetched, (Step, Attempt)> {
         let started = Instant::now();
-        let wrapped = self
-            .key_broker
-            .transfer(&kbs_url, &evidence, &public)
-            .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
-        let key = pair
-            .unwrap_transfer(&wrapped)
-            .map_err(|e| Attempt::permanent(Step::Unwrap, e))?;
-        drop(pair);
-        timings.key_transfer = started.elapsed();
+        let info = self
+            .registry
+            .info(model_id)
+            .map_err(|e| (Step::Info, Attempt::from_fetch(Step::Info, e)))?;
+        timings.info = started.elapsed();
+        let refuse = |reason: String| (Step::Info, Attempt::permanent(Step::Info, reason));
+        if info.encrypted != Some(true) {
+            return Err(refuse(
+                "the model is not encrypted; pulled models must be protected".into(),
+            ));
+        }
+        let url = info
+            .url
+            .clone()
+            .ok_or_else(|| refuse(format!("the info of '{model_id}' has no url")))?;
+        let kbs_url = info
+            .kbs_url
+            .clone()
+            .ok_or_else(|| refuse("the model info has no kbs_url".into()))?;
 
         let started = Instant::now();
         let blob = self
             .registry
             .open_blob(&url)
-            .map_err(|e| Attempt::from_fetch(Step::Download, e))?;
-        let mut timed = Timed {
+            .map_err(|e| (Step::Download, Attempt::from_fetch(Step::Download, e)))?;
+        let mut counted = Counted {
             inner: blob,
-            waited: Duration::ZERO,
             bytes: 0,
         };
-        let plaintext = decrypt_blob(&mut timed, &key, info.key_id.as_deref())?;
-        drop(key);
-        let streamed = started.elapsed();
-        timings.download = timed.waited;
-        timings.decrypt = streamed.saturating_sub(timed.waited);
-        timings.blob_bytes = timed.bytes;
-
-        let started = Instant::now();
-        let model = engine
-            .load_with(&plaintext, options)
-            .map_err(|e| Attempt::permanent(Step::Load, e))?;
-        drop(plaintext);
-        timings.load = started.elapsed();
-        Ok((model, timings))
+        let blob = download::download(&mut counted, info.key_id.as_deref())
+            .map_err(|e| (Step::Download, open_failure(e)))?;
+        timings.download = started.elapsed();
+        timings.blob_bytes = counted.bytes;
+        Ok(Fetched { kbs_url, blob })
     }
 }
 
@@ -507,14 +587,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Decrypts the blob into one zeroized buffer (`blob::open`), sorting its failures: a broken
-/// download is transient, a refused envelope permanent.
-fn decrypt_blob(
-    blob: &mut dyn Read,
-    key: &Aes256Key,
-    expected_key_id: Option<&str>,
-) -> Result<Zeroizing<Vec<u8>>, Attempt> {
-    crate::blob::open(blob, key, expected_key_id).map_err(|e| match e {
+/// Sorts a blob's failure to download or open: a broken download is transient, a refused
+/// envelope permanent.
+fn open_failure(e: OpenError) -> Attempt {
+    match e {
         OpenError::Io(e) => Attempt::Transient(Step::Download, format!("the download broke: {e}")),
         OpenError::Envelope(e) => match classify_envelope(e) {
             Ok(permanent) => Attempt::Permanent(permanent),
@@ -526,5 +602,5 @@ fn decrypt_blob(
             format!("the blob is encrypted under key '{found}', the model info names '{expected}'"),
         ),
         too_large @ OpenError::TooLarge { .. } => Attempt::permanent(Step::Download, too_large),
-    })
+    }
 }

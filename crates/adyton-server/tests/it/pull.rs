@@ -2,11 +2,12 @@
 //! broker in memory: what is pulled, what is refused and why, and what is retried.
 
 use std::io::{Cursor, Read};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use adyton_attest::attester::sim::SimAttester;
+use adyton_attest::attester::Attester;
 use adyton_attest::{sim::SimReport, Evidence, TeeKind};
 use adyton_envelope::wrap::{wrap_for_tee, TeePublicKey, WrappedKey};
 use adyton_envelope::{v1, v2, Aes256Key};
@@ -26,6 +27,22 @@ struct MemoryRegistry {
     failures: AtomicU32,
     /// Ends every download after this many bytes, with an I/O error.
     cut_at: Option<usize>,
+    /// Blob bytes read by the puller, over all downloads.
+    read: Arc<AtomicUsize>,
+}
+
+/// A blob reader that counts what the puller read.
+struct Counting {
+    inner: Box<dyn Read + Send>,
+    read: Arc<AtomicUsize>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n, Ordering::SeqCst);
+        Ok(n)
+    }
 }
 
 /// A reader that fails after `left` bytes, as a dropped connection does.
@@ -67,13 +84,17 @@ impl Registry for MemoryRegistry {
 
     fn open_blob(&self, _url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
         let blob = self.blob.lock().unwrap().clone();
-        Ok(match self.cut_at {
+        let inner: Box<dyn Read + Send> = match self.cut_at {
             Some(left) => Box::new(Cut {
                 inner: Cursor::new(blob),
                 left,
             }),
             None => Box::new(Cursor::new(blob)),
-        })
+        };
+        Ok(Box::new(Counting {
+            inner,
+            read: Arc::clone(&self.read),
+        }))
     }
 }
 
@@ -154,6 +175,7 @@ fn fixture(blob: Vec<u8>, measurement: [u8; 48]) -> Fixture {
         blob: Mutex::new(blob),
         failures: AtomicU32::new(0),
         cut_at: None,
+        read: Arc::default(),
     });
     let broker = Arc::new(MemoryBroker {
         key: key(),
@@ -371,6 +393,7 @@ fn a_broken_download_is_transient() {
         blob: Mutex::new(blob),
         failures: AtomicU32::new(0),
         cut_at: Some(100),
+        read: Arc::default(),
     });
     f.puller.registry = registry;
     let e = f.puller.pull("m1").unwrap_err();
@@ -408,6 +431,7 @@ fn unknown_and_unencrypted_models_are_refused() {
         blob: Mutex::new(model("add")),
         failures: AtomicU32::new(0),
         cut_at: None,
+        read: Arc::default(),
     });
     let mut puller = f.puller.clone();
     puller.registry = registry;
@@ -510,4 +534,191 @@ async fn the_pull_endpoint_takes_input_shapes() {
         assert_eq!(status, 400, "{body}: {answer}");
     }
     assert!(repository.summary("bad").is_none());
+}
+
+/// The SIM attester, made slow or failing, recording when it was asked and when it answered, and
+/// able to hold its answer until the blob has been read whole.
+#[derive(Debug)]
+struct ObservedAttester {
+    inner: Arc<SimAttester>,
+    delay: Duration,
+    fail: bool,
+    /// Answer only once this many blob bytes have been read (bounded wait).
+    after_download: Option<(Arc<AtomicUsize>, usize)>,
+    asked: AtomicU32,
+    answered: AtomicU32,
+}
+
+impl ObservedAttester {
+    fn new(delay: Duration, fail: bool) -> Self {
+        ObservedAttester {
+            inner: attester(MEASUREMENT),
+            delay,
+            fail,
+            after_download: None,
+            asked: AtomicU32::new(0),
+            answered: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Attester for ObservedAttester {
+    fn tee(&self) -> TeeKind {
+        TeeKind::Sim
+    }
+
+    fn evidence(&self, report_data: &[u8; 64]) -> adyton_attest::Result<Evidence> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        if let Some((read, len)) = &self.after_download {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while read.load(Ordering::SeqCst) < *len {
+                if Instant::now() > deadline {
+                    self.answered.fetch_add(1, Ordering::SeqCst);
+                    return Err(adyton_attest::AttestError::TeeUnavailable {
+                        tee: TeeKind::Sim,
+                        reason: "the blob was not downloaded while the evidence was made".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let outcome = if self.fail {
+            Err(adyton_attest::AttestError::TeeUnavailable {
+                tee: TeeKind::Sim,
+                reason: "the attestation device is busy".into(),
+            })
+        } else {
+            self.inner.evidence(report_data)
+        };
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+/// The blob is downloaded while the key pair and its evidence are made: evidence that waits for
+/// the whole blob to have been read would never come if the two ran one after the other.
+#[test]
+fn the_download_runs_while_the_key_pair_and_evidence_are_made() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let len = blob.len();
+    let mut f = fixture(blob, MEASUREMENT);
+    let mut observed = ObservedAttester::new(Duration::ZERO, false);
+    observed.after_download = Some((Arc::clone(&f.registry.read), len));
+    f.puller.attester = Arc::new(observed);
+    let (model, timings) = f.puller.pull("m1").unwrap();
+    assert_eq!(model.signature().inputs[0].name, "x");
+    assert_eq!(timings.attempts, 1);
+    assert_eq!(timings.blob_bytes, len as u64);
+    assert!(timings.elapsed >= timings.load);
+}
+
+/// A download that fails while the key pair is still being made fails the attempt with the
+/// download's reason once the key pair's thread has finished (nothing is left running), and no key
+/// is asked for.
+#[test]
+fn a_download_failing_while_the_key_pair_is_made_asks_for_no_key() {
+    let full = v2_blob(&model("dynamic_batch"), "k1");
+    let cases: [(&str, Vec<u8>, Option<usize>); 3] = [
+        ("truncated", full[..full.len() - 3].to_vec(), None),
+        ("another key id", v2_blob(&model("add"), "k2"), None),
+        ("connection reset", full.clone(), Some(200)),
+    ];
+    for (case, blob, cut_at) in cases {
+        let mut f = fixture(blob.clone(), MEASUREMENT);
+        f.puller.registry = Arc::new(MemoryRegistry {
+            info: info("k1"),
+            blob: Mutex::new(blob),
+            failures: AtomicU32::new(0),
+            cut_at,
+            read: Arc::default(),
+        });
+        f.puller.backoff.attempts = 2;
+        let observed = Arc::new(ObservedAttester::new(Duration::from_millis(300), false));
+        f.puller.attester = observed.clone();
+        let repository = Repository::new(4);
+        let e = f.puller.pull_into(&repository, "m", "m1").unwrap_err();
+        match (case, &e) {
+            ("connection reset", PullError::GaveUp { step, attempts, .. }) => {
+                assert_eq!((*step, *attempts), (Step::Download, 2), "{case}: {e}");
+                assert!(reason(&e).contains("connection reset"), "{case}: {e}");
+            }
+            (_, PullError::Permanent { step, .. }) => {
+                assert_eq!(*step, Step::Download, "{case}: {e}")
+            }
+            _ => panic!("{case}: unexpected {e:?}"),
+        }
+        assert_eq!(
+            f.broker.transfers.load(Ordering::SeqCst),
+            0,
+            "{case}: a key was asked for"
+        );
+        // Every key pair's thread ran to its end before the pull returned.
+        let asked = observed.asked.load(Ordering::SeqCst);
+        assert!(asked >= 1, "{case}");
+        assert_eq!(observed.answered.load(Ordering::SeqCst), asked, "{case}");
+        let summary = repository.summary("m").unwrap();
+        assert!(summary.versions.is_empty(), "{case}");
+        assert!(
+            matches!(summary.pending, Some(Pending::Failed { .. })),
+            "{case}: {summary:?}"
+        );
+    }
+}
+
+/// Evidence that cannot be made while the download succeeds is the evidence step's failure,
+/// retried as a transient one, and no key is asked for.
+#[test]
+fn failing_evidence_fails_the_attempt_after_a_good_download() {
+    let mut f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+    f.puller.attester = Arc::new(ObservedAttester::new(Duration::ZERO, true));
+    let e = f.puller.pull("m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::GaveUp {
+                step: Step::Evidence,
+                attempts: 4,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(reason(&e).contains("attestation device is busy"), "{e}");
+    assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 0);
+}
+
+/// The key broker refuses once the whole blob is already in memory: the refusal is the pull's
+/// error, nothing is served, and the downloaded blob goes (zeroized) with the attempt.
+#[test]
+fn a_transfer_refused_after_the_download_finished_fails_cleanly() {
+    let blob = v2_blob(&model("add"), "k1");
+    let len = blob.len();
+    let f = fixture(blob, [0x99; 48]);
+    let repository = Repository::new(4);
+    let e = f.puller.pull_into(&repository, "m", "m1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PullError::Permanent {
+                step: Step::KeyTransfer,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(reason(&e).contains("refused the key"), "{e}");
+    assert_eq!(
+        f.registry.read.load(Ordering::SeqCst),
+        len,
+        "the blob was downloaded whole before the refusal"
+    );
+    assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 1);
+    let summary = repository.summary("m").unwrap();
+    assert!(summary.versions.is_empty());
+    assert!(
+        matches!(&summary.pending, Some(Pending::Failed { reason }) if reason.contains("refused the key")),
+        "{summary:?}"
+    );
+    assert!(!repository.all_ready());
 }
