@@ -21,7 +21,8 @@ pub mod remote;
 
 use std::fmt;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use adyton_attest::attester::Attester;
@@ -37,6 +38,43 @@ use download::Downloaded;
 
 /// Size of the RSA key pair made for each transfer.
 pub const TRANSFER_RSA_BITS: usize = 3072;
+
+/// The key pair that [`make_transfer_key_ahead`] is making, for the next pull to take.
+static KEY_AHEAD: Mutex<Option<JoinHandle<Result<TeeKeyPair, EnvelopeError>>>> = Mutex::new(None);
+
+/// Starts making the RSA key pair of the next pull's transfer now, on a thread of its own.
+///
+/// An RSA-3072 key pair takes a few hundred milliseconds, most of a protected model's pull before
+/// its load. A server that pulls models at start calls this first thing, so that the key pair is
+/// made while the server starts up (its attester, its TLS identity, its engines) rather than
+/// during the pull. The next pull's attempt takes it, once; later ones make their own. Like every
+/// transfer key pair, it lives only in memory, serves one transfer, and is zeroized when dropped.
+/// Nothing happens if one is already waiting, or if no thread can be started (the pull then makes
+/// its own).
+pub fn make_transfer_key_ahead() {
+    let Ok(mut ahead) = KEY_AHEAD.lock() else {
+        return;
+    };
+    if ahead.is_none() {
+        *ahead = std::thread::Builder::new()
+            .name("adyton-transfer-key".into())
+            .spawn(|| TeeKeyPair::generate(TRANSFER_RSA_BITS))
+            .ok();
+    }
+}
+
+/// The key pair made ahead, if there is one (waiting for it to be finished).
+fn take_key_ahead() -> Option<TeeKeyPair> {
+    let handle = KEY_AHEAD.lock().ok()?.take()?;
+    match handle.join() {
+        Ok(Ok(pair)) => Some(pair),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the transfer key pair made ahead failed; making another");
+            None
+        }
+        Err(_) => None,
+    }
+}
 
 /// The registry's model info (`adyton_proto`'s, CNAP's schema). A pull needs its `url`, its
 /// `kbs_url` and `encrypted: true` (plain blobs are refused: the server serves pulled models only
@@ -164,6 +202,8 @@ pub struct Timings {
     pub blob_bytes: u64,
     /// Attempts made (1 when nothing was retried).
     pub attempts: u32,
+    /// Whether the key pair was made ahead ([`make_transfer_key_ahead`]).
+    pub key_made_ahead: bool,
     /// The successful attempt, from its start to the model loaded.
     pub elapsed: Duration,
 }
@@ -239,6 +279,7 @@ struct TransferIdentity {
     pair: TeeKeyPair,
     public: TeePublicKey,
     evidence: Evidence,
+    made_ahead: bool,
 }
 
 /// What the registry gave: the key broker's transfer URL and the downloaded blob.
@@ -358,6 +399,7 @@ impl Puller {
                     decrypt_ms = millis(t.decrypt),
                     load_ms = millis(t.load),
                     total_ms = millis(t.elapsed),
+                    key_made_ahead = t.key_made_ahead,
                     blob_bytes = t.blob_bytes,
                     attempts = t.attempts,
                     "model pulled and loaded"
@@ -473,7 +515,9 @@ impl Puller {
             pair,
             public,
             evidence,
+            made_ahead,
         } = identity;
+        timings.key_made_ahead = made_ahead;
         let wrapped = self
             .key_broker
             .transfer(&fetched.kbs_url, &evidence, &public)
@@ -502,8 +546,14 @@ impl Puller {
     /// A fresh RSA key pair and evidence over its public key, with the time they took.
     fn transfer_identity(&self) -> Result<(TransferIdentity, Duration), Attempt> {
         let started = Instant::now();
-        let pair = TeeKeyPair::generate(TRANSFER_RSA_BITS)
-            .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
+        let (pair, made_ahead) = match take_key_ahead() {
+            Some(pair) => (pair, true),
+            None => (
+                TeeKeyPair::generate(TRANSFER_RSA_BITS)
+                    .map_err(|e| Attempt::permanent(Step::Evidence, e))?,
+                false,
+            ),
+        };
         let public = pair
             .public_key()
             .map_err(|e| Attempt::permanent(Step::Evidence, e))?;
@@ -516,6 +566,7 @@ impl Puller {
             pair,
             public,
             evidence,
+            made_ahead,
         };
         Ok((identity, started.elapsed()))
     }
@@ -602,5 +653,22 @@ fn open_failure(e: OpenError) -> Attempt {
             format!("the blob is encrypted under key '{found}', the model info names '{expected}'"),
         ),
         too_large @ OpenError::TooLarge { .. } => Attempt::permanent(Step::Download, too_large),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key pair made ahead is taken once, is a transfer key pair, and then the next pull makes
+    /// its own.
+    #[test]
+    fn a_key_pair_made_ahead_is_taken_once() {
+        make_transfer_key_ahead();
+        // A second call while one waits starts nothing more.
+        make_transfer_key_ahead();
+        let pair = take_key_ahead().expect("a key pair made ahead");
+        assert_eq!(pair.public_key().unwrap().bits(), TRANSFER_RSA_BITS);
+        assert!(take_key_ahead().is_none());
     }
 }

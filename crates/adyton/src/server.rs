@@ -604,6 +604,10 @@ fn init_logging() {
 /// `adyton server serve`.
 pub fn serve(args: &ServerServeArgs) -> Result<()> {
     let resolved = resolve(args)?;
+    // The first pull's RSA key pair is made while the server starts up, not during the pull.
+    if resolved.models.iter().any(|m| m.model_id.is_some()) {
+        adyton_server::pull::make_transfer_key_ahead();
+    }
     init_logging();
     quiet_panics();
     let admin_token = match &resolved.token_file {
