@@ -3,7 +3,8 @@
 into its steps, and the server's peak resident memory against plain tract loading the same
 plaintext model.
 
-    scripts/bench_cold_start.py [SIZE_MB ...]        # default: 90 400
+    scripts/bench_cold_start.py [--runs N] [--no-offline] [--bin-dir DIR] [SIZE_MB ...]
+                                                     # default: 90 400, one run each
 
 For each size: an ONNX model of that many MB of weights (scripts/make_big_model.py) is published
 encrypted (envelope v2) to a local registry, its key to a local key broker under a SIM policy for
@@ -11,13 +12,21 @@ this build; a fresh `adyton server serve --tee sim --pull` pulls it. The server 
 every step (info, evidence, key transfer, download, decryption, load); the script reads them, and
 the server's peak resident memory (VmHWM) once the model is ready. The baseline is
 `examples/load_plain.rs`: the plaintext read from disk and loaded by the same engine, which is what
-plain tract does. Release builds; prints a markdown table.
+plain tract does. Release builds; prints a markdown table. With `--runs N`, the server and the
+baseline start N times each, in turn, and the run with the median start-to-ready time is shown.
 
-Then the same model on an offline device (flow D, docs/offline.md): a provisioning request, the key
-broker's offline transfer and the device's acceptance (which checks the key against the whole
-blob), each timed, and a fresh `adyton server serve --state-dir` with no registry: the time from
-its start to the model ready (the key unsealed, the blob decrypted in memory, the model loaded) and
-its peak resident memory. A second table.
+A second table is the timeline of each shown run, from the server's start (the time each line
+reached the script): the SIM attester ready (its banner: the executable hashed), the attested TLS
+identity made, the pull started ("pulling model"), listening, and the model ready.
+
+`--bin-dir DIR` takes `adyton` and `load_plain` from DIR instead of building them (to compare two
+builds close together on a busy machine).
+
+Then (unless `--no-offline`) the same model on an offline device (flow D, docs/offline.md): a
+provisioning request, the key broker's offline transfer and the device's acceptance (which checks
+the key against the whole blob), each timed, and a fresh `adyton server serve --state-dir` with no
+registry: the time from its start to the model ready (the key unsealed, the blob decrypted in
+memory, the model loaded) and its peak resident memory. A third table.
 """
 
 import json
@@ -142,19 +151,73 @@ def offline_device(adyton, d, env, kbs_url, model_id, model, plain):
         server.stop()
 
 
+def since_start(server, pattern):
+    """Milliseconds from the server's start to the first log line matching `pattern`, or "-"."""
+    found = server.find(pattern)
+    return "-" if found is None else f"{(found[0] - server.started) * 1000:.0f}"
+
+
+def pull_once(adyton, d, env, registry_url, model_id, model, plain):
+    """Starts a server that pulls `model_id`, and reads its steps from the log."""
+    server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
+                      "--registry", registry_url, "--pull", f"m={model_id}"], d, env)
+    try:
+        done = server.wait_for("model pulled and loaded", "model not loaded")
+        if done is None or "not loaded" in done[1]:
+            sys.exit(f"the pull failed: {done}")
+        t = fields(done[1])
+        return {
+            "size": f"{model.stat().st_size / 1e6:.0f} MB",
+            "info": t["info_ms"], "evidence": t["evidence_ms"], "transfer": t["key_transfer_ms"],
+            "download": t["download_ms"], "decrypt": t["decrypt_ms"], "load": t["load_ms"],
+            # Logged since the key pair overlaps the download; an older build has neither.
+            "key_wait": t.get("key_wait_ms", "-"), "pull": t.get("total_ms", "-"),
+            "ready": f"{(done[0] - server.started) * 1000:.0f}",
+            "server_peak": server.peak_rss_mib(),
+            "plain_peak": plain["peak_rss_kib"] / 1024,
+            "plain_load": plain["read_ms"] + plain["load_ms"],
+            "timeline": {
+                "sim": since_start(server, r"WARNING: tee = sim"),
+                "tls": since_start(server, r"attested TLS:"),
+                "pull": since_start(server, r"pulling model"),
+                "listening": since_start(server, r"listening on"),
+            },
+        }
+    finally:
+        server.stop()
+
+
 def main():
     if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
         print(__doc__.strip())
         return
+    usage = f"usage: {sys.argv[0]} [--runs N] [--no-offline] [--bin-dir DIR] [SIZE_MB ...] (--help for more)"
+    args = sys.argv[1:]
+    runs, offline_too, bin_dir, sizes = 1, True, None, []
     try:
-        sizes = [float(s) for s in sys.argv[1:]] or [90.0, 400.0]
-    except ValueError:
-        sys.exit(f"usage: {sys.argv[0]} [SIZE_MB ...] (sizes in MB, e.g. 90 400; --help for more)")
-    print("building release binaries...", file=sys.stderr, flush=True)
-    run(["cargo", "build", "--release", "-q", "-p", "adyton"], cwd=ROOT)
-    run(["cargo", "build", "--release", "-q", "-p", "adyton-server", "--example", "load_plain"], cwd=ROOT)
-    adyton = ROOT / "target/release/adyton"
-    load_plain = ROOT / "target/release/examples/load_plain"
+        while args:
+            arg = args.pop(0)
+            if arg == "--runs":
+                runs = int(args.pop(0))
+            elif arg == "--no-offline":
+                offline_too = False
+            elif arg == "--bin-dir":
+                bin_dir = Path(args.pop(0)).resolve()
+            else:
+                sizes.append(float(arg))
+    except (ValueError, IndexError):
+        sys.exit(usage)
+    if runs < 1:
+        sys.exit(usage)
+    sizes = sizes or [90.0, 400.0]
+    if bin_dir is None:
+        print("building release binaries...", file=sys.stderr, flush=True)
+        run(["cargo", "build", "--release", "-q", "-p", "adyton"], cwd=ROOT)
+        run(["cargo", "build", "--release", "-q", "-p", "adyton-server", "--example", "load_plain"], cwd=ROOT)
+        adyton = ROOT / "target/release/adyton"
+        load_plain = ROOT / "target/release/examples/load_plain"
+    else:
+        adyton, load_plain = bin_dir / "adyton", bin_dir / "load_plain"
     python = os.environ.get("PYTHON", str(ROOT / ".venv/bin/python"))
 
     work = tempfile.TemporaryDirectory(prefix="adyton-cold-start-")
@@ -181,39 +244,44 @@ def main():
             run([adyton, "model", "publish", str(model), "--registry", registry.url, "--registry-token-file",
                  "token", "--kbs", kbs.url, "--kbs-token-file", "kbs-token", "--policy", policy,
                  "--id", model_id], cwd=d, env=env)
-            plain = json.loads(run([load_plain, str(model)]))
-            server = Process([adyton, "server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim",
-                              "--registry", registry.url, "--pull", f"m={model_id}"], d, env)
-            try:
-                done = server.wait_for("model pulled and loaded", "model not loaded")
-                if done is None or "not loaded" in done[1]:
-                    sys.exit(f"the pull failed: {done}")
-                t = fields(done[1])
-                rows.append({
-                    "size": f"{model.stat().st_size / 1e6:.0f} MB",
-                    "info": t["info_ms"], "evidence": t["evidence_ms"], "transfer": t["key_transfer_ms"],
-                    "download": t["download_ms"], "decrypt": t["decrypt_ms"], "load": t["load_ms"],
-                    "ready": f"{(done[0] - server.started) * 1000:.0f}",
-                    "server_peak": server.peak_rss_mib(),
-                    "plain_peak": plain["peak_rss_kib"] / 1024,
-                    "plain_load": plain["read_ms"] + plain["load_ms"],
-                })
-            finally:
-                server.stop()
-            offline.append(offline_device(adyton, d, env, kbs.url, model_id, model, plain))
+            measured = []
+            for _ in range(runs):
+                plain = json.loads(run([load_plain, str(model)]))
+                measured.append(pull_once(adyton, d, env, registry.url, model_id, model, plain))
+            measured.sort(key=lambda r: float(r["ready"]))
+            row = measured[len(measured) // 2]
+            if runs > 1:
+                row["ready_range"] = f"{measured[0]['ready']}-{measured[-1]['ready']}"
+            rows.append(row)
+            if offline_too:
+                offline.append(offline_device(adyton, d, env, kbs.url, model_id, model, plain))
             model.unlink()
     finally:
         kbs.stop()
         registry.stop()
 
     print()
-    print("| model | info ms | evidence ms | key transfer ms | download ms | decrypt ms | load ms "
-          "| start to ready ms | server peak RSS MiB | plain tract peak RSS MiB | difference MiB | plain read+load ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | info ms | evidence ms | download ms | key wait ms | key transfer ms | decrypt ms | load ms "
+          "| pull ms | start to ready ms | server peak RSS MiB | plain tract peak RSS MiB | difference MiB "
+          "| plain read+load ms | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['size']} | {r['info']} | {r['evidence']} | {r['transfer']} | {r['download']} | {r['decrypt']} "
-              f"| {r['load']} | {r['ready']} | {r['server_peak']:.0f} | {r['plain_peak']:.0f} "
-              f"| {r['server_peak'] - r['plain_peak']:+.0f} | {r['plain_load']} |")
+        print(f"| {r['size']} | {r['info']} | {r['evidence']} | {r['download']} | {r['key_wait']} | {r['transfer']} "
+              f"| {r['decrypt']} | {r['load']} | {r['pull']} | {r['ready']} | {r['server_peak']:.0f} "
+              f"| {r['plain_peak']:.0f} | {r['server_peak'] - r['plain_peak']:+.0f} | {r['plain_load']} "
+              f"| {float(r['ready']) / max(r['plain_load'], 1):.2f} |")
+    if runs > 1:
+        print()
+        print(f"Median of {runs} runs; start to ready ranged " +
+              ", ".join(f"{r['size']}: {r['ready_range']} ms" for r in rows) + ".")
+    print()
+    print("| model | SIM attester ready ms | TLS identity made ms | pull started ms | listening ms | ready ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        t = r["timeline"]
+        print(f"| {r['size']} | {t['sim']} | {t['tls']} | {t['pull']} | {t['listening']} | {r['ready']} |")
+    if not offline:
+        return
     print()
     print("| model (offline device) | request ms | offline transfer ms | accept ms | start to ready ms "
           "| server peak RSS MiB | plain tract peak RSS MiB | difference MiB |")
