@@ -13,6 +13,8 @@
 //! - [`batching`]: dynamic batching: requests to one model concatenated along the batch axis,
 //!   run once and split back by rows.
 //! - [`metrics`]: Prometheus metrics under Triton's names.
+//! - [`service`]: [`Server`], the use cases (inference, upload, pull, delete, evidence,
+//!   readiness), each returning a typed result or a [`ServerError`] ([`error`]); no HTTP.
 //! - [`http`]: the Open Inference Protocol and Adyton's own endpoints (axum); the only module
 //!   that knows axum.
 //! - [`tls`]: the attested TLS identity: a key made in the TEE, its certificate carrying evidence.
@@ -22,10 +24,15 @@
 pub mod batching;
 pub mod blob;
 pub mod device;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod pull;
 pub mod repository;
 pub mod runtime;
+pub mod service;
 pub mod tls;
+
+pub use error::ServerError;
+pub use service::Server;
