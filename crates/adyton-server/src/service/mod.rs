@@ -17,6 +17,8 @@
 //! No tensor, weight or token is logged: logs carry model names, sizes and times.
 
 mod infer;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
