@@ -784,3 +784,114 @@ pub fn describe_signature(specs: &[TensorSpec]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(error: ServerError) -> (StatusCode, Option<String>, String) {
+        let response = error.into_response();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        (
+            status,
+            retry_after,
+            json["error"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_servers_own_failures_keep_their_details_in_the_log() {
+        for (error, says) in [
+            (
+                ServerError::Evidence {
+                    reason: "/dev/attestation/quote: EIO".to_owned(),
+                },
+                "evidence failed",
+            ),
+            (
+                ServerError::Engine(EngineError::Run {
+                    reason: "node 'MatMul_3' failed".to_owned(),
+                }),
+                "inference failed",
+            ),
+            (
+                ServerError::Batcher(crate::batching::BatchError::Thread(
+                    "resource temporarily unavailable".to_owned(),
+                )),
+                "inference failed",
+            ),
+            (
+                ServerError::WorkerStopped { task: "loading" },
+                "loading failed: the worker stopped",
+            ),
+        ] {
+            assert_eq!(
+                answer(error).await,
+                (StatusCode::INTERNAL_SERVER_ERROR, None, says.to_owned())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_keep_their_messages_and_say_when_to_come_back() {
+        let busy = answer(ServerError::Busy {
+            retry_after_secs: 2,
+        })
+        .await;
+        assert_eq!(
+            (busy.0, busy.1.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("2"))
+        );
+        let engine_busy = answer(ServerError::Engine(EngineError::Busy {
+            reason: "too many plans this minute".to_owned(),
+            retry_after_secs: 7,
+        }))
+        .await;
+        assert_eq!(
+            engine_busy,
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("7".to_owned()),
+                "too many plans this minute".to_owned()
+            )
+        );
+        let full = answer(RepositoryError::Full { max: 4 }.into()).await;
+        assert_eq!(
+            full,
+            (
+                StatusCode::INSUFFICIENT_STORAGE,
+                None,
+                "the server already holds 4 models; delete one first".to_owned()
+            )
+        );
+        for (error, status) in [
+            (ServerError::AdminDisabled, StatusCode::FORBIDDEN),
+            (ServerError::MissingToken, StatusCode::UNAUTHORIZED),
+            (ServerError::InvalidToken, StatusCode::UNAUTHORIZED),
+            (ServerError::NoAttestation, StatusCode::NOT_FOUND),
+            (ServerError::PullsDisabled, StatusCode::NOT_FOUND),
+            (
+                ServerError::PullInProgress {
+                    name: "m".to_owned(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ServerError::TooLarge {
+                    what: "model",
+                    limit: 1,
+                },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ] {
+            let message = error.to_string();
+            assert_eq!(answer(error).await, (status, None, message));
+        }
+    }
+}
