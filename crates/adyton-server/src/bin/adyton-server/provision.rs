@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
 use adyton_attest::seal::{self, Sealer};
 use adyton_attest::TeeKind;
-use adyton_cli::files::{OutputFile, OutputKind};
+use adyton_cli::files::{read_limited, OutputFile, OutputKind};
 use adyton_server::device::{DeviceState, RequestParams, MAX_RESPONSE_LEN};
 use adyton_server::repository::{ModelSettings, Repository};
 use adyton_server::runtime::Engine;
@@ -173,7 +173,7 @@ pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
     let choice = tee_choice(tee.as_deref())?;
     let sealer = sealer(choice, sim_key.as_deref())?;
     sim_warning(sealer.tee());
-    let bytes = read_bounded(&args.response, MAX_RESPONSE_LEN)?;
+    let bytes = read_limited(&args.response, MAX_RESPONSE_LEN, "response")?;
     let dir = state_dir(dir.as_deref());
     let state = DeviceState::open(&dir)
         .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
@@ -191,20 +191,6 @@ pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
         dir.display(),
     );
     Ok(())
-}
-
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        bail!("{} is over {limit} bytes", path.display());
-    }
-    Ok(bytes)
 }
 
 /// Loads the sealed models of the state directory `dir` into `repository`, each with its
