@@ -150,7 +150,7 @@ def main():
 
     binary = Path(args.adyton)
     if not binary.exists():
-        sys.exit(f"bench_serving_triton.py: no {binary}; build it (cargo build --release -p adyton)")
+        sys.exit(f"bench_serving_triton.py: no {binary}; build it (cargo build --release: adyton and adyton-server)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     notes = []
     if not supports_engines(binary):

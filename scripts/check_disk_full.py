@@ -705,7 +705,7 @@ def main():
         return 2
     if not os.access(args.adyton, os.X_OK):
         print(f"check_disk_full: {args.adyton} is not an executable; build it with "
-              "`cargo build --release -p adyton`", file=sys.stderr)
+              "`cargo build --release` (adyton and adyton-server)", file=sys.stderr)
         return 2
     work = tempfile.mkdtemp(prefix="adyton-disk-full-")
     results = {"mounts": [], "tally": Tally()}

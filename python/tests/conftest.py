@@ -115,7 +115,7 @@ class Server:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     if not adyton_bin().exists():
-        pytest.fail(f"{adyton_bin()} is missing: run `cargo build -p adyton` or set ADYTON_BIN")
+        pytest.fail(f"{adyton_bin()} is missing: run `cargo build` (adyton and adyton-server) or set ADYTON_BIN")
     running = Server(tmp_path_factory.mktemp("server"))
     running.start()
     # Logging lines arrive on a thread; a short pause lets the start-up lines land first.

@@ -263,7 +263,7 @@ def adyton_binary(explicit):
     built = [b for b in built if b.exists()]
     if built:
         return max(built, key=lambda b: b.stat().st_mtime)
-    sys.exit("compare.py: no adyton binary; build it (cargo build -p adyton) or pass --adyton")
+    sys.exit("compare.py: no adyton binary; build it (cargo build: adyton and adyton-server) or pass --adyton")
 
 
 class Client:

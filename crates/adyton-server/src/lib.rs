@@ -17,12 +17,14 @@
 //!   readiness), each returning a typed result or a [`ServerError`] ([`error`]); no HTTP.
 //! - [`http`]: the Open Inference Protocol and Adyton's own endpoints (axum); the only module
 //!   that knows axum.
+//! - [`config`]: `server.toml` and the serve flags, merged and checked into a `ServerConfig`.
 //! - [`tls`]: the attested TLS identity: a key made in the TEE, its certificate carrying evidence.
 
 #![forbid(unsafe_code)]
 
 pub mod batching;
 pub mod blob;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod http;

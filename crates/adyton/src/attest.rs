@@ -1,48 +1,24 @@
-//! `adyton attest`: make evidence, verify it, verify a running inference server, and print this
-//! build's SIM measurement.
+//! `adyton attest`: verify evidence, and verify a running inference server. Making evidence and
+//! printing the SIM measurement are the TEE binary's (`adyton-server attest report`, `measure`).
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
 use adyton_attest::collateral::Collateral;
 use adyton_attest::pccs::{FetchOptions, KdsClient, PccsClient, SnpProduct};
-use adyton_attest::{sim, Claims, Evidence, Policy, TeeKind, REPORT_DATA_LEN};
+use adyton_attest::{Claims, Evidence, Policy, TeeKind};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use adyton_client::{ConnectOptions, ServerClient, Token};
 
-use crate::cli::{AttestServerArgs, AttestedServerArgs, ReportArgs, VerifyArgs};
+use adyton_cli::report_data::parse_report_data;
+
+use crate::cli::{AttestServerArgs, AttestedServerArgs, VerifyArgs};
 use crate::files::{print_stdout, OutputFile, OutputKind};
 
 /// Largest evidence, quote or certificate file read.
 const MAX_INPUT_LEN: u64 = 4 << 20;
-
-pub fn report(args: &ReportArgs) -> Result<()> {
-    let report_data = parse_report_data(&args.report_data)?;
-    let choice: TeeChoice = args.tee.parse()?;
-    let mut paths = AttesterPaths::default();
-    if let Some(key) = &args.sim_key {
-        paths.sim_key = key.clone();
-    }
-    let mut output = OutputFile::create(&args.output, args.force, OutputKind::PublicOrStdout)?;
-    let attester = attester::attester_for(choice, &paths)?;
-    if attester.tee() == TeeKind::Sim {
-        eprintln!("warning: SIM evidence is INSECURE: it proves nothing about hardware");
-    }
-    let evidence = attester.evidence(&report_data)?;
-    std::io::Write::write_all(output.file(), evidence.to_json().as_bytes())
-        .with_context(|| format!("cannot write {output}"))?;
-    let shown = output.to_string();
-    output.commit()?;
-    eprintln!(
-        "wrote {} evidence ({} bytes of quote) to {shown}",
-        evidence.tee,
-        evidence.quote.len(),
-    );
-    Ok(())
-}
 
 pub fn verify(args: &VerifyArgs) -> Result<()> {
     let now = match &args.at {
@@ -163,15 +139,6 @@ pub fn connect_server(args: &AttestedServerArgs, token: Option<Token>) -> Result
     Ok(client)
 }
 
-pub fn measure() -> Result<()> {
-    let measurement = sim::measurement_of_this_build()?;
-    let exe = std::env::current_exe().map_or_else(|_| "adyton".into(), |p| p.display().to_string());
-    print_stdout(&format!(
-        "SIM measurement (SHA-384 of {exe}), for a policy's [sim] measurement list:\n{}",
-        hex::encode(measurement)
-    ))
-}
-
 /// The claims as text, one field a line.
 fn claims_text(claims: &Claims, now: u64) -> String {
     let verified_at = UNIX_EPOCH + std::time::Duration::from_secs(now);
@@ -206,20 +173,6 @@ fn claims_text(claims: &Claims, now: u64) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     text
-}
-
-fn parse_report_data(text: &str) -> Result<[u8; REPORT_DATA_LEN]> {
-    let bytes = hex::decode(text.trim()).context("--report-data must be hex")?;
-    if bytes.len() > REPORT_DATA_LEN {
-        bail!(
-            "--report-data is {} bytes; at most {REPORT_DATA_LEN} fit",
-            bytes.len()
-        );
-    }
-    // Shorter values are zero-padded on the right, as the TEEs do.
-    let mut out = [0u8; REPORT_DATA_LEN];
-    out[..bytes.len()].copy_from_slice(&bytes);
-    Ok(out)
 }
 
 fn parse_time(text: &str) -> Result<u64> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{attest, demo, dev, kbs, kbs_client, model, provision, publish, registry, server};
+use crate::{attest, demo, dev, kbs, kbs_client, model, publish, registry, server_binary};
 
 /// Confidential AI inference: models and data decrypted only inside a TEE.
 #[derive(Debug, Parser)]
@@ -48,8 +48,12 @@ enum Command {
     Kbs(KbsCommand),
 
     /// Run the inference server: ONNX models over the Open Inference Protocol and attested TLS.
-    #[command(subcommand)]
-    Server(ServerCommand),
+    ///
+    /// The server is its own binary, `adyton-server`, which runs in the TEE: this runs the one
+    /// beside `adyton` (else on PATH) with the same arguments (serve, provision-request,
+    /// provision-accept; `adyton server serve --help` for each).
+    #[command(disable_help_flag = true)]
+    Server(Forwarded),
 
     /// Run the model registry: model info and encrypted blobs, on a filesystem or S3.
     #[command(subcommand)]
@@ -105,186 +109,26 @@ pub struct RegistryServeArgs {
     pub public_url: Option<String>,
 
     /// Largest blob accepted, e.g. 512M or 20G [default: 8G].
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    #[arg(long, value_name = "SIZE", value_parser = adyton_cli::bytes::parse_bytes)]
     pub max_blob_bytes: Option<u64>,
 
-    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-private-key.
-    #[arg(long, value_name = "FILE", requires = "tls_private_key")]
-    pub tls_certificate: Option<PathBuf>,
-
-    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
-    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
-    pub tls_private_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: adyton_cli::net::TlsArgs,
 
     #[command(flatten)]
     pub connections: crate::net::ConnectionArgs,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum ServerCommand {
-    /// Serve models over HTTPS whose certificate carries this TEE's evidence, until SIGINT or
-    /// SIGTERM.
-    ///
-    /// With --config, settings come from a TOML file (docs/server-config.md), flags overriding it.
-    /// Without it, a local trial needs only --listen; models that are not secret may be loaded
-    /// from plain files with --model.
-    #[command(after_help = "Examples:\n  \
-        adyton server serve --listen 127.0.0.1:8443 --tee sim --model add=add.onnx --token-file token\n  \
-        adyton server serve --config server.toml")]
-    // Boxed: the serve flags are many, and the other variants small.
-    Serve(Box<ServerServeArgs>),
-
-    /// Offline device, step 1 of 3: make a provisioning request to carry to the model provider.
-    ///
-    /// Installs the encrypted model blob in the state directory, makes an RSA-3072 key pair inside
-    /// the TEE, seals its private key to this TEE, and writes the request: the public key and
-    /// evidence over its SHA-512. The provider answers it with `adyton kbs transfer --offline`;
-    /// `adyton server provision-accept` takes the answer. TDX is refused: it has no sealing key.
-    #[command(after_help = "Examples:\n  \
-        adyton server provision-request --model scanner-v3 --blob scanner-v3.enc -o request.json\n  \
-        adyton server provision-request --tee sim --model digits --blob digits.enc --sealing signer -o req.json")]
-    ProvisionRequest(ProvisionRequestArgs),
-
-    /// Offline device, step 3 of 3: accept the provider's response to a provisioning request.
-    ///
-    /// Unseals the request's private key, unwraps the model key, checks that it opens the model
-    /// blob, seals it to this TEE and deletes the provisioning key pair. From then on
-    /// `adyton server serve --state-dir DIR` serves the model with no network. A response is
-    /// accepted once, and only by the device that made its request.
-    #[command(after_help = "Example:\n  adyton server provision-accept response.json")]
-    ProvisionAccept(ProvisionAcceptArgs),
-}
-
-/// Where an offline device keeps its state, and which TEE it seals to.
+/// Arguments run unchanged by `adyton-server` (help flags included).
 #[derive(Debug, Args)]
-pub struct DeviceArgs {
-    /// The device's state directory: encrypted blobs, sealed keys, pending requests [default:
-    /// $ADYTON_STATE_DIR if set, else /var/lib/adyton].
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// The TEE to seal to: auto, sgx, snp or sim (INSECURE). TDX has no sealing key [default:
-    /// auto].
-    #[arg(long, value_name = "TEE")]
-    pub tee: Option<String>,
-    /// The SIM attester's key file, the SIM device's identity [default: $ADYTON_SIM_KEY if set,
-    /// else ~/.local/share/adyton/sim-attester.key].
-    #[arg(long, value_name = "FILE")]
-    pub sim_key: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct ProvisionRequestArgs {
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    /// The model's id on this device, which it is served as.
-    #[arg(long, value_name = "ID")]
-    pub model: String,
-    /// The encrypted model blob (envelope v2 or v1), as the provider delivered it.
-    #[arg(long, value_name = "FILE")]
-    pub blob: PathBuf,
-    /// The key broker's id of the model key [default: the key id in the blob's v2 header].
-    #[arg(long, value_name = "ID")]
-    pub key_id: Option<String>,
-    /// What the model key is sealed to: exact-build (this build's measurement: an upgrade needs
-    /// a new provisioning) or signer (any build by this signer: an upgrade keeps the model).
-    #[arg(long, value_name = "POLICY", default_value = "exact-build")]
-    pub sealing: adyton_attest::seal::SealingPolicy,
-    /// Where to write the request.
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
-    /// Replace the output file if it exists.
-    #[arg(long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ProvisionAcceptArgs {
-    /// The response file written by `adyton kbs transfer --offline`.
-    #[arg(value_name = "RESPONSE")]
-    pub response: PathBuf,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ServerServeArgs {
-    /// The configuration file (docs/server-config.md).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address and port to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<std::net::SocketAddr>,
-    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp or sim (INSECURE).
-    #[arg(long, value_name = "TEE")]
-    pub tee: Option<String>,
-    /// The SIM attester's key file (default: ~/.config/adyton/sim.key, made on first use).
-    #[arg(long, value_name = "FILE")]
-    pub sim_key: Option<PathBuf>,
-    /// A plain ONNX model to serve, as NAME=PATH; repeatable. For models that are not secret.
-    #[arg(long = "model", value_name = "NAME=PATH")]
-    pub models: Vec<String>,
-    /// A protected model to pull from the registry at start, as NAME=MODEL_ID; repeatable. Its key
-    /// is released by the key broker named in the model's info, to this TEE's evidence.
-    #[arg(long = "pull", value_name = "NAME=MODEL_ID")]
-    pub pulls: Vec<String>,
-    /// A concrete input shape whose plan is compiled when the model loads, as NAME:INPUT=DIMS,
-    /// e.g. ocr:x=1,3,48,320 (sizes only: other shapes are compiled on first use, so dynamic
-    /// dimensions need no setting). Repeatable: the flags of one model fill one shape set input
-    /// by input, and an input given again starts the next set (docs/server-config.md, "Input
-    /// shapes").
-    #[arg(long = "input-shape", value_name = "NAME:INPUT=DIMS")]
-    pub input_shapes: Vec<String>,
-    /// The engine that runs models: tract (pure Rust, the default and the smaller trusted
-    /// computing base) or onnxruntime (faster, more operators; its shared library must be part of
-    /// the measured image). A model's `engine` in the configuration file overrides it.
-    #[arg(long, value_name = "ENGINE")]
-    pub engine: Option<String>,
-    /// Threads for one inference's operators (intra-op), for every model without a `threads` of
-    /// its own [default: the engine's].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// The onnxruntime shared library (libonnxruntime.so) for the onnxruntime engine [default:
-    /// $ADYTON_ONNXRUNTIME_LIBRARY; `scripts/onnxruntime_library` prints the pip wheel's].
-    #[arg(long, value_name = "FILE")]
-    pub onnxruntime_library: Option<PathBuf>,
-    /// The registry that protected models are pulled from (also for POST .../{name}:pull).
-    #[arg(long, value_name = "URL")]
-    pub registry: Option<String>,
-    /// An offline device's state directory: serve the models provisioned there, their keys
-    /// unsealed by this TEE, with no network (docs/offline.md).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// A file holding the bearer token that model upload, pull and delete require.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Write the attested certificate (PEM) here, for clients that pin it (curl, tritonclient).
-    #[arg(long, value_name = "FILE")]
-    pub certificate_out: Option<PathBuf>,
-    /// Inferences running at once (default: the number of cores).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Requests that may wait for a worker before the server answers 503 (default: 16 per worker).
-    #[arg(long, value_name = "N")]
-    pub queue: Option<usize>,
-    /// Model versions held at once, uploaded or configured (default 16).
-    #[arg(long, value_name = "N")]
-    pub max_models: Option<usize>,
-    /// Largest model upload, e.g. 512M (default 1G).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
-    pub max_upload_bytes: Option<usize>,
-    /// Memory a model's constants may need, declared or computed from constant shapes, checked
-    /// before the model loads (uploads, pulls, --model, sealed models), e.g. 2G (default 4G).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
-    pub load_budget_bytes: Option<usize>,
-    /// Largest JSON infer response, bounded before it is built; beyond it, binary outputs are
-    /// needed, e.g. 16M (default 64M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
-    pub max_json_response_bytes: Option<usize>,
-    /// Largest infer request body, e.g. 16M (default 64M).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit)]
-    pub max_request_bytes: Option<usize>,
-    #[command(flatten)]
-    pub connections: crate::net::ConnectionArgs,
+pub struct Forwarded {
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -493,13 +337,8 @@ pub struct KbsServeArgs {
     #[arg(long, value_name = "FILE")]
     pub collateral: Option<PathBuf>,
 
-    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-private-key.
-    #[arg(long, value_name = "FILE", requires = "tls_private_key")]
-    pub tls_certificate: Option<PathBuf>,
-
-    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
-    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
-    pub tls_private_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: adyton_cli::net::TlsArgs,
 
     #[command(flatten)]
     pub connections: crate::net::ConnectionArgs,
@@ -508,10 +347,10 @@ pub struct KbsServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum AttestCommand {
     /// Make evidence over report data in this machine's TEE, and write it as JSON.
-    #[command(after_help = "Examples:\n  \
-        adyton attest report --tee sim --report-data 00ff -o evidence.json\n  \
-        adyton attest report --report-data $(sha512sum key.der | cut -c1-128) -o evidence.json")]
-    Report(ReportArgs),
+    ///
+    /// Made by `adyton-server attest report`, the TEE binary, with the same arguments.
+    #[command(disable_help_flag = true)]
+    Report(Forwarded),
 
     /// Verify evidence: genuine and current, and (with --policy) allowed by the policy.
     ///
@@ -524,8 +363,10 @@ pub enum AttestCommand {
         adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
     Verify(Box<VerifyArgs>),
 
-    /// Print the SIM measurement of this build (hex, alone on the last line).
-    Measure,
+    /// Print the SIM measurement of the inference server's build, `adyton-server` (hex, alone on
+    /// the last line): what a policy's [sim] table pins.
+    #[command(disable_help_flag = true)]
+    Measure(Forwarded),
 
     /// Connect to an inference server over attested TLS, verify it against a policy, and print
     /// the claims and the certificate's SHA-256.
@@ -603,29 +444,6 @@ pub struct InferArgs {
     /// The server's bearer token, for servers that require one.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    /// The TEE to use: auto (detect; never falls back to sim), sgx, tdx, snp, or sim (INSECURE).
-    #[arg(long, default_value = "auto", value_name = "TEE")]
-    pub tee: String,
-
-    /// Up to 64 bytes of report data, as hex (zero-padded to 64 bytes).
-    #[arg(long, value_name = "HEX")]
-    pub report_data: String,
-
-    /// Where to write the evidence JSON.
-    #[arg(short, long, value_name = "EVIDENCE")]
-    pub output: PathBuf,
-
-    /// The SIM attester's key file [default: $ADYTON_SIM_KEY or ~/.local/share/adyton/sim-attester.key].
-    #[arg(long, value_name = "FILE")]
-    pub sim_key: Option<PathBuf>,
-
-    /// Replace EVIDENCE if it exists.
-    #[arg(long)]
-    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -818,7 +636,7 @@ pub struct EncryptArgs {
     pub content_type: Option<String>,
 
     /// Plaintext bytes per v2 chunk (16 B to 16 MiB). Suffixes K, M for KiB, MiB.
-    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = adyton_cli::bytes::parse_size)]
     pub chunk_size: u32,
 
     /// Replace OUT (and the new key file) if they exist.
@@ -861,31 +679,15 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Parses a byte count with an optional K, M or G suffix (binary units).
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().last() {
-        Some((at, 'k' | 'K')) => (&text[..at], 1u64 << 10),
-        Some((at, 'm' | 'M')) => (&text[..at], 1u64 << 20),
-        Some((at, 'g' | 'G')) => (&text[..at], 1u64 << 30),
-        _ => (text, 1),
-    };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a byte count (examples: 65536, 64K, 1M, 2G)"))?;
-    value
-        .checked_mul(unit)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// A byte count that fits 32 bits (chunk sizes).
-fn parse_size(text: &str) -> Result<u32, String> {
-    u32::try_from(parse_bytes(text)?).map_err(|_| format!("`{}` is too large", text.trim()))
-}
-
-/// A byte count for memory limits.
-fn parse_limit(text: &str) -> Result<usize, String> {
-    usize::try_from(parse_bytes(text)?).map_err(|_| format!("`{}` is too large", text.trim()))
+impl Forwarded {
+    /// The arguments after the `adyton-server` subcommand `prefix`.
+    fn with_prefix(&self, prefix: &[&str]) -> Vec<std::ffi::OsString> {
+        prefix
+            .iter()
+            .map(std::ffi::OsString::from)
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
 }
 
 impl Cli {
@@ -898,9 +700,13 @@ impl Cli {
             Command::Model(ModelCommand::Decrypt(args)) => model::decrypt(&args),
             Command::Model(ModelCommand::Inspect(args)) => model::inspect(&args),
             Command::Model(ModelCommand::Publish(args)) => publish::publish(&args),
-            Command::Attest(AttestCommand::Report(args)) => attest::report(&args),
+            Command::Attest(AttestCommand::Report(forwarded)) => {
+                server_binary::exec(&forwarded.with_prefix(&["attest", "report"]))
+            }
             Command::Attest(AttestCommand::Verify(args)) => attest::verify(&args),
-            Command::Attest(AttestCommand::Measure) => attest::measure(),
+            Command::Attest(AttestCommand::Measure(forwarded)) => {
+                server_binary::exec(&forwarded.with_prefix(&["measure"]))
+            }
             Command::Attest(AttestCommand::Server(args)) => attest::server(&args),
             Command::Infer(args) => crate::infer::infer(&args),
             Command::Kbs(KbsCommand::Serve(args)) => kbs::serve(&args),
@@ -909,9 +715,7 @@ impl Cli {
             Command::Kbs(KbsCommand::Policy(command)) => kbs_client::policy(&command),
             Command::Kbs(KbsCommand::Key(command)) => kbs_client::key(&command),
             Command::Kbs(KbsCommand::Transfer(args)) => kbs_client::transfer(&args),
-            Command::Server(ServerCommand::Serve(args)) => server::serve(&args),
-            Command::Server(ServerCommand::ProvisionRequest(args)) => provision::request(&args),
-            Command::Server(ServerCommand::ProvisionAccept(args)) => provision::accept(&args),
+            Command::Server(forwarded) => server_binary::exec(&forwarded.args),
             Command::Registry(RegistryCommand::Serve(args)) => registry::serve(&args),
         }
     }
@@ -928,13 +732,36 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("1M"), Ok(1 << 20));
-        assert_eq!(parse_size("64k"), Ok(65536));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("4G").is_err());
-        assert_eq!(parse_limit("2G"), Ok(2 << 30));
-        assert!(parse_size("99999999M").is_err());
-        assert!(parse_size("").is_err());
+    fn server_commands_are_forwarded_whole() {
+        let cli = Cli::try_parse_from([
+            "adyton",
+            "server",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--help",
+        ])
+        .unwrap();
+        let Command::Server(forwarded) = cli.command else {
+            panic!("not the server command");
+        };
+        assert_eq!(
+            forwarded.args,
+            ["serve", "--listen", "127.0.0.1:0", "--help"]
+        );
+        let cli =
+            Cli::try_parse_from(["adyton", "attest", "report", "--tee", "sim", "-o", "-"]).unwrap();
+        let Command::Attest(AttestCommand::Report(forwarded)) = cli.command else {
+            panic!("not attest report");
+        };
+        assert_eq!(
+            forwarded.with_prefix(&["attest", "report"]),
+            ["attest", "report", "--tee", "sim", "-o", "-"]
+        );
+        let cli = Cli::try_parse_from(["adyton", "attest", "measure"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Attest(AttestCommand::Measure(_))
+        ));
     }
 }

@@ -268,8 +268,8 @@ fn show_refusals(stack: &Stack, progress: &mut Progress) -> Result<()> {
     let other_dir = layout.dir.join("other-build");
     std::fs::create_dir_all(&other_dir)
         .with_context(|| format!("cannot create {}", other_dir.display()))?;
-    let other_exe = other_dir.join("adyton");
-    another_build(&layout.exe, &other_exe)?;
+    let other_exe = other_dir.join("adyton-server");
+    another_build(&layout.server_exe, &other_exe)?;
     let other_build = adyton_attest::sim::measure_file(&other_exe)?;
     let server = start_server(
         layout,
@@ -299,7 +299,7 @@ fn show_refusals(stack: &Stack, progress: &mut Progress) -> Result<()> {
             .count()
     };
     details.push(format!(
-        "(b) another build of the server (this executable with bytes appended, so SIM \
+        "(b) another build of the server (adyton-server with bytes appended, so SIM \
          measurement {}...) pulled the same model: the key broker refused it the key",
         &hex::encode(other_build)[..16]
     ));
@@ -330,15 +330,20 @@ fn offline_device(stack: &Stack, progress: &mut Progress) -> Result<()> {
         &shipped,
     )
     .context("cannot copy the encrypted model for the device")?;
+    // The device's steps are the TEE binary's; the provider's are this executable's.
     let run = |args: &[&str]| -> Result<String> {
+        let (exe, name, args) = match args.split_first() {
+            Some((&"server", rest)) => (&layout.server_exe, "adyton-server", rest),
+            _ => (&layout.exe, "adyton", args),
+        };
         let out = layout
-            .command(args)
+            .command_of(exe, args)
             .stdin(Stdio::null())
             .output()
-            .with_context(|| format!("cannot run adyton {}", args.join(" ")))?;
+            .with_context(|| format!("cannot run {name} {}", args.join(" ")))?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
-            bail!("adyton {} failed: {}", args.join(" "), stderr.trim());
+            bail!("{name} {} failed: {}", args.join(" "), stderr.trim());
         }
         Ok(stderr)
     };
@@ -460,8 +465,8 @@ fn offline_device(stack: &Stack, progress: &mut Progress) -> Result<()> {
     let other = SimAttester::from_key_file(&other_key)
         .context("cannot open the other device's SIM key")?
         .public_key();
-    let measurement =
-        adyton_attest::sim::measurement_of_this_build().context("cannot measure this build")?;
+    let measurement = adyton_attest::sim::measure_file(&layout.server_exe)
+        .context("cannot measure the server's build")?;
     let watcher = Policy::from_toml(&sim_policy_toml(&[measurement], Some(other)))?;
     let reason = match wait_for_model(&server, &watcher, MODEL_NAME)? {
         Err(reason) => reason,
@@ -482,7 +487,7 @@ fn offline_device(stack: &Stack, progress: &mut Progress) -> Result<()> {
     Ok(())
 }
 
-/// Starts `adyton server serve` on a device's state directory with no registry, no key broker and
+/// Starts `adyton-server serve` on a device's state directory with no registry, no key broker and
 /// every proxy pointing at a closed port.
 fn start_offline_server(
     layout: &Layout,
@@ -490,8 +495,10 @@ fn start_offline_server(
     sim_key: &Path,
     name: &str,
 ) -> Result<crate::stack::Service> {
-    let mut command =
-        layout.command(&["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"]);
+    let mut command = layout.command_of(
+        &layout.server_exe,
+        &["serve", "--listen", "127.0.0.1:0", "--tee", "sim"],
+    );
     command
         .arg("--sim-key")
         .arg(sim_key)

@@ -123,7 +123,7 @@ fn instructions(stack: &Stack, env_file: &Path) -> Result<String> {
     );
     let _ = writeln!(
         out,
-        "client policy    {}  (SIM measurement of this build and this stack's SIM key)",
+        "client policy    {}  (SIM measurement of adyton-server and this stack's SIM key)",
         layout.policy_file.display()
     );
     let _ = writeln!(

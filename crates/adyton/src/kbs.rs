@@ -338,8 +338,7 @@ fn open_store(setting: &StoreSetting, data_dir: &Path) -> Result<Arc<dyn Store>>
 
 impl Settings {
     fn resolve(args: &KbsServeArgs) -> Result<Self> {
-        let flag_tls =
-            TlsFiles::from_flags(args.tls_certificate.as_ref(), args.tls_private_key.as_ref());
+        let flag_tls = TlsFiles::from_args(&args.tls);
         let Some(path) = &args.config else {
             let data_dir = args
                 .data_dir

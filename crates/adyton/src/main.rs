@@ -11,15 +11,16 @@ mod infer;
 mod kbs;
 mod kbs_client;
 mod model;
-mod net;
-mod provision;
 mod publish;
 mod registry;
 mod secrets;
-mod server;
+mod server_binary;
 mod stack;
 
 use std::process::ExitCode;
+
+// The serve loop that the key broker and the registry share with `adyton-server`.
+use adyton_cli::net;
 
 use clap::Parser;
 

@@ -89,8 +89,7 @@ struct Settings {
 
 impl Settings {
     fn resolve(args: &RegistryServeArgs) -> Result<Self> {
-        let flag_tls =
-            TlsFiles::from_flags(args.tls_certificate.as_ref(), args.tls_private_key.as_ref());
+        let flag_tls = TlsFiles::from_args(&args.tls);
         let Some(path) = &args.config else {
             let data_dir = args
                 .data_dir

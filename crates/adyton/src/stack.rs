@@ -1,5 +1,5 @@
-//! The whole stack on one machine: the key broker, the registry and the inference server (SIM TEE)
-//! as child processes of this executable on free loopback ports, with the digits model published
+//! The whole stack on one machine: the key broker and the registry (this executable) and the
+//! inference server (`adyton-server`, SIM TEE) as child processes on free loopback ports, with the digits model published
 //! encrypted and pulled by the server through attested key release. `adyton demo` and
 //! `adyton dev` share it.
 //!
@@ -223,8 +223,10 @@ fn tail(text: &str) -> String {
 /// Where the stack keeps its state, and the secrets it runs with.
 pub struct Layout {
     pub dir: PathBuf,
-    /// The executable the services run from.
+    /// The executable the key broker and the registry run from (this one).
     pub exe: PathBuf,
+    /// The inference server's executable, `adyton-server`, whose measurement the policies pin.
+    pub server_exe: PathBuf,
     pub kbs_dir: PathBuf,
     pub registry_dir: PathBuf,
     pub sim_key: PathBuf,
@@ -251,12 +253,14 @@ impl Layout {
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let exe = std::env::current_exe().context("cannot find this executable")?;
+        let server_exe = crate::server_binary::find()?;
         let admin_token_file = dir.join("admin-token");
         let admin_token = secret_file(&admin_token_file, 24)?;
         let kbs_password_file = dir.join("kbs-password");
         let kbs_password = secret_file(&kbs_password_file, 16)?;
         Ok(Self {
             exe,
+            server_exe,
             kbs_dir: dir.join("kbs"),
             registry_dir: dir.join("registry"),
             sim_key: dir.join("sim.key"),
@@ -276,7 +280,8 @@ impl Layout {
         self.command_of(&self.exe, args)
     }
 
-    /// A command running `exe` (this executable, or another build of it) in the state directory.
+    /// A command running `exe` (this executable, the server's, or another build of it) in the
+    /// state directory.
     pub fn command_of(&self, exe: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(exe);
         command
@@ -396,9 +401,9 @@ impl Stack {
             )],
         );
 
-        // 3. The model owner publishes the model, its key guarded by this build's measurement.
-        let measurement =
-            adyton_attest::sim::measurement_of_this_build().context("cannot measure this build")?;
+        // 3. The model owner publishes the model, its key guarded by the server's measurement.
+        let measurement = adyton_attest::sim::measure_file(&layout.server_exe)
+            .context("cannot measure the server's build")?;
         let signer = SimAttester::from_key_file(&layout.sim_key)
             .context("cannot open the SIM attester's key")?
             .public_key();
@@ -412,7 +417,7 @@ impl Stack {
         let mut lines = vec![format!(
             "transfer policy {transfer_policy}: SIM measurement {} (SHA-384 of {})",
             hex::encode(measurement),
-            layout.exe.display()
+            layout.server_exe.display()
         )];
         let published = publish_model(
             &PublishArgs {
@@ -447,7 +452,7 @@ impl Stack {
         let written = layout.dir.join("server-written.pem");
         let server = start_server(
             &layout,
-            &layout.exe,
+            &layout.server_exe,
             &registry.url,
             &published.id,
             &written,
@@ -484,7 +489,8 @@ impl Stack {
     }
 }
 
-/// Starts `adyton server serve --tee sim` from `exe`, pulling `model_id` as the digits model.
+/// Starts `adyton-server serve --tee sim` from `exe` (the server's build, or another), pulling
+/// `model_id` as the digits model.
 pub fn start_server(
     layout: &Layout,
     exe: &Path,
@@ -495,7 +501,7 @@ pub fn start_server(
 ) -> Result<Service> {
     let mut command = layout.command_of(exe, &[]);
     command
-        .args(["server", "serve", "--listen", "127.0.0.1:0", "--tee", "sim"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--tee", "sim"])
         .arg("--sim-key")
         .arg(&layout.sim_key)
         .args(["--registry", registry])

@@ -14,3 +14,4 @@ mod pull;
 mod refusals;
 mod runtime;
 mod support;
+mod tcb;

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{adyton_err, adyton_ok};
+use crate::support::{adyton_err, adyton_ok, server_exe};
 
 fn adyton_sim(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_adyton"))
@@ -25,10 +25,11 @@ fn measurement(dir: &Path) -> String {
 }
 
 #[test]
-fn measure_prints_the_sha384_of_the_binary() {
+fn measure_prints_the_sha384_of_the_server_binary() {
     let dir = tempfile::tempdir().unwrap();
     let expected = {
-        let bytes = fs::read(env!("CARGO_BIN_EXE_adyton")).unwrap();
+        // `adyton attest measure` is `adyton-server measure`: the TEE binary's measurement.
+        let bytes = fs::read(server_exe()).unwrap();
         hex::encode(aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA384,
             &bytes,

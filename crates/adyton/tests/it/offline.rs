@@ -403,14 +403,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of this executable with bytes appended: another build, with another SIM measurement.
+/// Another build of the server, with another SIM measurement: `adyton` copied into a directory
+/// beside a copy of `adyton-server` with bytes appended (the `adyton` copy runs the server
+/// beside it). Returns the `adyton` copy.
 fn another_build(d: &Path) -> PathBuf {
-    let copy = d.join("adyton-next");
-    let mut bytes = std::fs::read(adyton()).unwrap();
+    let next = d.join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    let adyton_copy = next.join("adyton");
+    std::fs::copy(adyton(), &adyton_copy).unwrap();
+    let mut bytes = std::fs::read(crate::support::server_exe()).unwrap();
     bytes.extend_from_slice(b"\0another build of the server\0");
-    std::fs::write(&copy, bytes).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
+    let server_copy = next.join("adyton-server");
+    std::fs::write(&server_copy, bytes).unwrap();
+    for copy in [&adyton_copy, &server_copy] {
+        std::fs::set_permissions(copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    adyton_copy
 }
 
 #[test]

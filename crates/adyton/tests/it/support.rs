@@ -3,7 +3,24 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `adyton-server`, the TEE binary, which `adyton server ...` and `adyton attest report|measure`
+/// run: beside the `adyton` under test. `cargo test --workspace` builds it; `cargo test -p
+/// adyton` alone does not, hence the message.
+pub fn server_exe() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_adyton")).with_file_name("adyton-server");
+    assert!(
+        exe.is_file(),
+        "{} is missing: build it first (`cargo build -p adyton-server`, or run \
+         `cargo test --workspace`)",
+        exe.display()
+    );
+    exe
+}
+
 pub fn adyton(args: &[&str], dir: &Path) -> Output {
+    if matches!(args.first(), Some(&"server" | &"attest")) {
+        server_exe();
+    }
     Command::new(env!("CARGO_BIN_EXE_adyton"))
         .args(args)
         .current_dir(dir)

@@ -1,6 +1,6 @@
-//! `adyton server provision-request` and `adyton server provision-accept`: an offline device's
-//! one-time provisioning by file (flow D, `docs/offline.md`), and the sealed models that
-//! `adyton server serve --state-dir` loads with no network.
+//! `adyton-server provision-request` and `provision-accept` (also run as `adyton server ...`): an
+//! offline device's one-time provisioning by file (flow D, `docs/offline.md`), and the sealed
+//! models that `serve --state-dir` loads with no network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +10,63 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use adyton_attest::attester::{self, AttesterPaths, TeeChoice};
 use adyton_attest::seal::{self, Sealer};
 use adyton_attest::TeeKind;
+use adyton_cli::files::{read_limited, OutputFile, OutputKind};
 use adyton_server::device::{DeviceState, RequestParams, MAX_RESPONSE_LEN};
 use adyton_server::repository::{ModelSettings, Repository};
 use adyton_server::runtime::Engine;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 
-use crate::cli::{DeviceArgs, ProvisionAcceptArgs, ProvisionRequestArgs};
-use crate::files::{OutputFile, OutputKind};
+/// Where an offline device keeps its state, and which TEE it seals to.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device's state directory: encrypted blobs, sealed keys, pending requests [default:
+    /// $ADYTON_STATE_DIR if set, else /var/lib/adyton].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The TEE to seal to: auto, sgx, snp or sim (INSECURE). TDX has no sealing key [default:
+    /// auto].
+    #[arg(long, value_name = "TEE")]
+    pub tee: Option<String>,
+    /// The SIM attester's key file, the SIM device's identity [default: $ADYTON_SIM_KEY if set,
+    /// else ~/.local/share/adyton/sim-attester.key].
+    #[arg(long, value_name = "FILE")]
+    pub sim_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionRequestArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The model's id on this device, which it is served as.
+    #[arg(long, value_name = "ID")]
+    pub model: String,
+    /// The encrypted model blob (envelope v2 or v1), as the provider delivered it.
+    #[arg(long, value_name = "FILE")]
+    pub blob: PathBuf,
+    /// The key broker's id of the model key [default: the key id in the blob's v2 header].
+    #[arg(long, value_name = "ID")]
+    pub key_id: Option<String>,
+    /// What the model key is sealed to: exact-build (this build's measurement: an upgrade needs
+    /// a new provisioning) or signer (any build by this signer: an upgrade keeps the model).
+    #[arg(long, value_name = "POLICY", default_value = "exact-build")]
+    pub sealing: adyton_attest::seal::SealingPolicy,
+    /// Where to write the request.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionAcceptArgs {
+    /// The response file written by `adyton kbs transfer --offline`.
+    #[arg(value_name = "RESPONSE")]
+    pub response: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 /// The state directory when neither --state-dir nor ADYTON_STATE_DIR names one.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/adyton";
@@ -62,7 +112,7 @@ fn sim_warning(tee: TeeKind) {
     }
 }
 
-/// `adyton server provision-request`.
+/// `adyton-server provision-request`.
 pub fn request(args: &ProvisionRequestArgs) -> Result<()> {
     let DeviceArgs {
         state_dir: dir,
@@ -113,7 +163,7 @@ pub fn request(args: &ProvisionRequestArgs) -> Result<()> {
     Ok(())
 }
 
-/// `adyton server provision-accept`.
+/// `adyton-server provision-accept`.
 pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
     let DeviceArgs {
         state_dir: dir,
@@ -123,7 +173,7 @@ pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
     let choice = tee_choice(tee.as_deref())?;
     let sealer = sealer(choice, sim_key.as_deref())?;
     sim_warning(sealer.tee());
-    let bytes = read_bounded(&args.response, MAX_RESPONSE_LEN)?;
+    let bytes = read_limited(&args.response, MAX_RESPONSE_LEN, "response")?;
     let dir = state_dir(dir.as_deref());
     let state = DeviceState::open(&dir)
         .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
@@ -141,20 +191,6 @@ pub fn accept(args: &ProvisionAcceptArgs) -> Result<()> {
         dir.display(),
     );
     Ok(())
-}
-
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        bail!("{} is over {limit} bytes", path.display());
-    }
-    Ok(bytes)
 }
 
 /// Loads the sealed models of the state directory `dir` into `repository`, each with its

@@ -1,5 +1,5 @@
 //! Serving axum over TCP or TLS until SIGINT or SIGTERM: shared by `adyton kbs serve`,
-//! `adyton registry serve` and `adyton server serve`.
+//! `adyton registry serve` and `adyton-server serve`.
 //!
 //! Connections are served by hyper directly rather than by `axum::serve`, which has no timeouts:
 //! every connection holds one of `max_connections` slots from accept to close (the excess is
@@ -525,6 +525,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 }
 
+/// The flags of a server's own TLS identity (`adyton kbs serve`, `adyton registry serve`); the
+/// inference server's identity is attested instead, made in the TEE.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-private-key.
+    #[arg(long, value_name = "FILE", requires = "tls_private_key")]
+    pub tls_certificate: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-certificate.
+    #[arg(long, value_name = "FILE", requires = "tls_certificate")]
+    pub tls_private_key: Option<PathBuf>,
+}
+
 /// The PEM files of a server's TLS identity: `[tls]` of a configuration file, or the flags
 /// `--tls-certificate` and `--tls-private-key`.
 #[derive(Debug, Clone, Deserialize)]
@@ -547,6 +560,11 @@ impl TlsFiles {
             }),
             _ => None,
         }
+    }
+
+    /// From the flag group, when both flags are given.
+    pub fn from_args(args: &TlsArgs) -> Option<Self> {
+        Self::from_flags(args.tls_certificate.as_ref(), args.tls_private_key.as_ref())
     }
 
     /// The rustls server configuration (aws-lc-rs) from the PEM files.

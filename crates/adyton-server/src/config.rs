@@ -1,36 +1,103 @@
-//! `adyton server serve`: the inference server, from a TOML configuration file (`--config`,
-//! `docs/server-config.md`) or, in the local trial, from flags alone.
+//! `server.toml` (`docs/server-config.md`) and the serve flags that override it, parsed and
+//! checked into a typed [`ServerConfig`]. The binary reads the file and the flags; every rule
+//! about what they may say lives here, so that a new setting touches this module and the flag
+//! that names it.
 
-use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use adyton_attest::attested_tls::AttestedTlsError;
-use adyton_attest::attester::{self, Attester, AttesterPaths, TeeChoice};
-use adyton_attest::TeeKind;
-use adyton_server::batching::{BatchOptions, PreferredBatchSizes};
-use adyton_server::http::{
-    self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState, Settings,
-};
-use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
-use adyton_server::pull::{Backoff, Puller};
-use adyton_server::repository::{ModelSettings, Pending, Repository, Source};
-use adyton_server::runtime::onnxruntime::{self, OnnxRuntimeEngine};
-use adyton_server::runtime::tract::{TractEngine, DEFAULT_LOAD_BUDGET};
-use adyton_server::runtime::{Engine, EngineKind, LoadOptions, PlanCacheOptions, ShapeSet};
-use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
-use anyhow::{bail, Context, Result};
+use adyton_attest::attester::TeeChoice;
+use adyton_attest::AttestError;
 use serde::Deserialize;
 
-use crate::cli::ServerServeArgs;
-use crate::files::{OutputFile, OutputKind};
-use crate::net;
-use crate::secrets::read_token_file;
+use crate::batching::{BatchError, BatchOptions, PreferredBatchSizes};
+use crate::http::Settings;
+use crate::runtime::onnxruntime;
+use crate::runtime::tract::DEFAULT_LOAD_BUDGET;
+use crate::runtime::{EngineKind, LoadOptions, PlanCacheOptions, ShapeSet};
 
-/// Largest plain model file loaded from disk.
-const MAX_MODEL_FILE: u64 = 4 << 30;
+/// Why a configuration was refused. Every message names the key or flag at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file is not TOML, or holds an unknown key or a value of the wrong type.
+    #[error("{path} is not a valid server configuration")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The TEE's name is not one of auto, sgx, tdx, snp and sim.
+    #[error("unknown TEE '{name}' (auto, sgx, tdx, snp or sim)")]
+    Tee {
+        name: String,
+        #[source]
+        source: AttestError,
+    },
+    /// A model's dynamic batching settings.
+    #[error("model '{model}'")]
+    Batching {
+        model: String,
+        #[source]
+        source: BatchError,
+    },
+    /// An `--input-shape` flag, and what is wrong with it.
+    #[error("--input-shape '{spec}'")]
+    InputShape {
+        spec: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
+    /// Any other bad value or combination, with the key or flag it concerns.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// `bail!` for [`ConfigError::Invalid`].
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(ConfigError::Invalid(format!($($arg)*)))
+    };
+}
+
+/// The serve flags, as the binary parsed them: each overrides the file's key of the same name
+/// (`docs/server-config.md`, "Flags"). `models`, `pulls` and `input_shapes` add to the file's.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFlags {
+    pub listen: Option<SocketAddr>,
+    pub tee: Option<String>,
+    pub sim_key: Option<PathBuf>,
+    /// `--model NAME=PATH`.
+    pub models: Vec<String>,
+    /// `--pull NAME=MODEL_ID`.
+    pub pulls: Vec<String>,
+    /// `--input-shape NAME:INPUT=DIMS`.
+    pub input_shapes: Vec<String>,
+    pub engine: Option<String>,
+    pub threads: Option<usize>,
+    pub onnxruntime_library: Option<PathBuf>,
+    pub registry: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub certificate_out: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub queue: Option<usize>,
+    pub max_models: Option<usize>,
+    pub max_upload_bytes: Option<usize>,
+    pub load_budget_bytes: Option<usize>,
+    pub max_json_response_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+}
+
+/// The configuration file: where it was read from (paths in it are relative to its directory)
+/// and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigSource<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
 
 /// `server.toml` (docs/server-config.md). Unknown keys are refused so that a typo is not ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -63,7 +130,8 @@ struct ConfigFile {
     onnxruntime_library: Option<PathBuf>,
     #[serde(default, rename = "model")]
     models: Vec<ModelEntry>,
-    connections: Option<net::ConnectionsSection>,
+    /// `[connections]`, checked by the serve loop that applies it.
+    connections: Option<toml::Value>,
 }
 
 /// A model to serve: a plain (not secret) file, or a protected model pulled from the registry.
@@ -96,17 +164,25 @@ struct ModelEntry {
     /// Shape sets added by `--input-shape`.
     #[serde(skip)]
     flag_shapes: Vec<ShapeSet>,
-    /// The settings, checked (filled in by `resolve`).
-    #[serde(skip)]
-    resolved: ModelConfig,
 }
 
 /// A model's settings, checked.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct ModelConfig {
-    engine: EngineKind,
-    load: LoadOptions,
-    batching: Option<BatchOptions>,
+pub struct ModelConfig {
+    pub engine: EngineKind,
+    pub load: LoadOptions,
+    pub batching: Option<BatchOptions>,
+}
+
+/// A model the configuration names: a plain file (`path`), a protected model pulled from the
+/// registry (`model_id`), or, with neither, one provisioned in the state directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub model_id: Option<String>,
+    pub version: Option<u64>,
+    pub config: ModelConfig,
 }
 
 impl ModelEntry {
@@ -126,7 +202,6 @@ impl ModelEntry {
             max_plan_bytes: None,
             max_compiles_per_minute: None,
             flag_shapes: Vec::new(),
-            resolved: ModelConfig::default(),
         }
     }
 }
@@ -140,14 +215,17 @@ const MAX_THREADS: usize = 1024;
 
 /// An engine's name (`engine`, `--engine`).
 fn engine_kind(text: &str, key: &str) -> Result<EngineKind> {
-    EngineKind::parse(text)
-        .with_context(|| format!("{key}: unknown engine '{text}' (tract or onnxruntime)"))
+    EngineKind::parse(text).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{key}: unknown engine '{text}' (tract or onnxruntime)"
+        ))
+    })
 }
 
 fn check_threads(threads: Option<usize>, key: &str) -> Result<Option<usize>> {
     match threads {
         Some(n) if !(1..=MAX_THREADS).contains(&n) => {
-            bail!("{key} must be from 1 to {MAX_THREADS}, not {n}")
+            invalid!("{key} must be from 1 to {MAX_THREADS}, not {n}")
         }
         other => Ok(other),
     }
@@ -156,36 +234,36 @@ fn check_threads(threads: Option<usize>, key: &str) -> Result<Option<usize>> {
 /// One dimension of a shape compiled ahead: a size. -1 is refused with why it is not needed.
 fn ahead_dimension(size: i64, model: &str, input: &str) -> Result<usize> {
     match size {
-        -1 => bail!(
+        -1 => invalid!(
             "model '{model}': input_shapes: input '{input}' has -1; shapes compiled ahead are              concrete (sizes only), and dynamic dimensions need no setting any more: a plan is              compiled for each shape a request brings"
         ),
         size => usize::try_from(size).map_err(|_| {
-            anyhow::anyhow!(
+            ConfigError::Invalid(format!(
                 "model '{model}': input_shapes: input '{input}' has {size}; a dimension is a size"
-            )
+            ))
         }),
     }
 }
 
 /// One table of `input_shapes`: a shape (a list of sizes) by input name.
 fn shape_set(value: &toml::Value, model: &str) -> Result<ShapeSet> {
-    let table = value.as_table().with_context(|| {
-        format!(
+    let table = value.as_table().ok_or_else(|| {
+        ConfigError::Invalid(format!(
             "model '{model}': input_shapes takes tables of shapes by input name, e.g.              [{{ x = [1, 3, 48, 320] }}], not {value}"
-        )
+        ))
     })?;
     if table.len() > MAX_SHAPED_INPUTS {
-        bail!("model '{model}': input_shapes: a shape set names {} inputs; at most {MAX_SHAPED_INPUTS}", table.len());
+        invalid!("model '{model}': input_shapes: a shape set names {} inputs; at most {MAX_SHAPED_INPUTS}", table.len());
     }
     let mut set = ShapeSet::new();
     for (input, dims) in table {
-        let dims = dims.as_array().with_context(|| {
-            format!(
+        let dims = dims.as_array().ok_or_else(|| {
+            ConfigError::Invalid(format!(
                 "model '{model}': input_shapes: input '{input}' needs a list of sizes, not {dims}"
-            )
+            ))
         })?;
         if dims.len() > MAX_SHAPE_RANK {
-            bail!(
+            invalid!(
                 "model '{model}': input_shapes: input '{input}' has {} dimensions; at most {MAX_SHAPE_RANK}",
                 dims.len()
             );
@@ -193,8 +271,8 @@ fn shape_set(value: &toml::Value, model: &str) -> Result<ShapeSet> {
         let sizes = dims
             .iter()
             .map(|d| {
-                let size = d.as_integer().with_context(|| {
-                    format!("model '{model}': input_shapes: input '{input}' has {d}; a dimension is a size")
+                let size = d.as_integer().ok_or_else(|| {
+                    ConfigError::Invalid(format!("model '{model}': input_shapes: input '{input}' has {d}; a dimension is a size"))
                 })?;
                 ahead_dimension(size, model, input)
             })
@@ -216,7 +294,7 @@ fn ahead_shapes(model: &ModelEntry) -> Result<Vec<ShapeSet>> {
     };
     sets.extend(model.flag_shapes.iter().cloned());
     if sets.len() > MAX_AHEAD_SHAPES {
-        bail!(
+        invalid!(
             "model '{}': input_shapes: {} shape sets; at most {MAX_AHEAD_SHAPES}",
             model.name,
             sets.len()
@@ -226,7 +304,7 @@ fn ahead_shapes(model: &ModelEntry) -> Result<Vec<ShapeSet>> {
 }
 
 /// A model's settings from its entry and the server's: every bad value names its key.
-fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConfig> {
+fn model_config(model: &ModelEntry, server: &EngineDefaults) -> Result<ModelConfig> {
     let name = &model.name;
     let engine = match &model.engine {
         Some(text) => engine_kind(text, &format!("model '{name}': engine"))?,
@@ -236,25 +314,25 @@ fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConf
     let mut plan_cache = PlanCacheOptions::default();
     if let Some(n) = model.max_plans {
         if n == 0 {
-            bail!("model '{name}': max_plans must be at least 1");
+            invalid!("model '{name}': max_plans must be at least 1");
         }
         plan_cache.max_plans = n;
     }
     if let Some(n) = model.max_plan_bytes {
         if n == 0 {
-            bail!("model '{name}': max_plan_bytes must be at least 1");
+            invalid!("model '{name}': max_plan_bytes must be at least 1");
         }
         plan_cache.max_bytes = n;
     }
     if let Some(n) = model.max_compiles_per_minute {
         if n == 0 {
-            bail!("model '{name}': max_compiles_per_minute must be at least 1");
+            invalid!("model '{name}': max_compiles_per_minute must be at least 1");
         }
         plan_cache.max_compiles_per_minute = n;
     }
     let batching = match (model.max_batch_size, model.max_queue_delay_us) {
         (None, None) if model.preferred_batch_size.is_none() => None,
-        (None, _) => bail!(
+        (None, _) => invalid!(
             "model '{name}': max_queue_delay_us and preferred_batch_size need max_batch_size \
              (dynamic batching is off without it)"
         ),
@@ -263,10 +341,17 @@ fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConf
             let options = BatchOptions {
                 max_batch_size,
                 max_queue_delay_us: delay.unwrap_or(0),
-                preferred_batch_size: PreferredBatchSizes::new(preferred)
-                    .with_context(|| format!("model '{name}'"))?,
+                preferred_batch_size: PreferredBatchSizes::new(preferred).map_err(|source| {
+                    ConfigError::Batching {
+                        model: name.clone(),
+                        source,
+                    }
+                })?,
             };
-            options.check().with_context(|| format!("model '{name}'"))?;
+            options.check().map_err(|source| ConfigError::Batching {
+                model: name.clone(),
+                source,
+            })?;
             Some(options)
         }
     };
@@ -285,11 +370,12 @@ fn model_config(model: &ModelEntry, server: &ServerDefaults) -> Result<ModelConf
     })
 }
 
-/// The server-wide engine settings that models inherit.
+/// The server-wide engine settings that models inherit, and that uploads and pulls over the
+/// API take.
 #[derive(Clone, Copy, Debug)]
-struct ServerDefaults {
-    engine: EngineKind,
-    threads: Option<usize>,
+pub struct EngineDefaults {
+    pub engine: EngineKind,
+    pub threads: Option<usize>,
 }
 
 /// The onnxruntime library: the setting (file or flag), else the environment's; an error only
@@ -301,7 +387,7 @@ fn onnxruntime_library(
 ) -> Result<Option<PathBuf>> {
     let library = setting.or(from_env);
     if let (None, Some(who)) = (&library, needed_by) {
-        bail!(
+        invalid!(
             "{who} runs on the onnxruntime engine, which needs its shared library: set              `onnxruntime_library` in the file, --onnxruntime-library, or {}              (scripts/onnxruntime_library prints the path of the onnxruntime wheel's)",
             onnxruntime::LIBRARY_ENV
         );
@@ -313,7 +399,9 @@ fn onnxruntime_library(
 /// sizes). The input is split at the last `=`, since ONNX names may hold `:` (`input:0`).
 fn parse_input_shape(spec: &str) -> Result<(String, String, Vec<i64>)> {
     let malformed = || {
-        anyhow::anyhow!("--input-shape takes NAME:INPUT=DIMS (e.g. ocr:x=1,3,48,320), not '{spec}'")
+        ConfigError::Invalid(format!(
+            "--input-shape takes NAME:INPUT=DIMS (e.g. ocr:x=1,3,48,320), not '{spec}'"
+        ))
     };
     let (model, rest) = spec.split_once(':').ok_or_else(malformed)?;
     let (input, dims) = rest.rsplit_once('=').ok_or_else(malformed)?;
@@ -331,547 +419,307 @@ fn parse_input_shape(spec: &str) -> Result<(String, String, Vec<i64>)> {
     Ok((model.to_owned(), input.to_owned(), dims))
 }
 
-/// Settings after merging the file and the flags (flags win).
+/// The server's settings: the file's, overridden by the flags, checked.
 #[derive(Debug)]
-struct Resolved {
-    listen: SocketAddr,
-    tee: TeeChoice,
-    sim_key: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-    certificate_out: Option<PathBuf>,
-    max_models: usize,
-    load_budget: u64,
-    settings: Settings,
-    models: Vec<ModelEntry>,
-    registry: Option<String>,
-    state_dir: Option<PathBuf>,
-    connections: net::ConnectionLimits,
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tee: TeeChoice,
+    pub sim_key: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub certificate_out: Option<PathBuf>,
+    pub max_models: usize,
+    pub load_budget: u64,
+    pub settings: Settings,
+    pub models: Vec<ModelSpec>,
+    pub registry: Option<String>,
+    pub state_dir: Option<PathBuf>,
     /// The engine and threads of uploads, pulls over the API, and models without their own.
-    defaults: ServerDefaults,
+    pub defaults: EngineDefaults,
     /// The onnxruntime library, when some model runs on onnxruntime.
-    onnxruntime_library: Option<PathBuf>,
+    pub onnxruntime_library: Option<PathBuf>,
+    /// The file's `[connections]`, for the serve loop (which checks it, with its flags).
+    pub connections: Option<toml::Value>,
 }
 
-fn resolve(args: &ServerServeArgs) -> Result<Resolved> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let mut file = toml::from_str::<ConfigFile>(&text).with_context(|| {
-                format!("{} is not a valid server configuration", path.display())
-            })?;
-            // Paths in the file are relative to the file's directory.
-            let base = path.parent().unwrap_or(Path::new("."));
-            for p in [
-                &mut file.sim_key,
-                &mut file.token_file,
-                &mut file.certificate_out,
-                &mut file.state_dir,
-                &mut file.onnxruntime_library,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                *p = base.join(&*p);
-            }
-            for model in &mut file.models {
-                if let Some(path) = &mut model.path {
-                    *path = base.join(&*path);
-                }
-            }
-            file
-        }
-        None => ConfigFile::default(),
-    };
-    let listen = args
-        .listen
-        .or(file.listen)
-        .context("--listen is required without --config (or set `listen` in the file)")?;
-    let tee_text = args
-        .tee
-        .clone()
-        .or(file.tee)
-        .unwrap_or_else(|| "auto".to_owned());
-    let tee: TeeChoice = tee_text
-        .parse()
-        .with_context(|| format!("unknown TEE '{tee_text}' (auto, sgx, tdx, snp or sim)"))?;
-    let mut models = file.models;
-    for spec in &args.models {
-        let (name, path) = spec
-            .split_once('=')
-            .with_context(|| format!("--model takes NAME=PATH.onnx, not '{spec}'"))?;
-        models.push(ModelEntry::new(name, Some(PathBuf::from(path)), None));
-    }
-    for spec in &args.pulls {
-        let (name, model_id) = spec
-            .split_once('=')
-            .with_context(|| format!("--pull takes NAME=MODEL_ID, not '{spec}'"))?;
-        models.push(ModelEntry::new(name, None, Some(model_id.to_owned())));
-    }
-    let state_dir = args.state_dir.clone().or(file.state_dir);
-    for spec in &args.input_shapes {
-        let (name, input, dims) = parse_input_shape(spec)?;
-        let dims = dims
-            .iter()
-            .map(|&d| ahead_dimension(d, &name, &input))
-            .collect::<Result<Vec<usize>>>()
-            .with_context(|| format!("--input-shape '{spec}'"))?;
-        if !models.iter().any(|m| m.name == name) {
-            if state_dir.is_none() {
-                bail!(
-                    "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
-                );
-            }
-            // A model provisioned on this device (checked against the state directory at start).
-            models.push(ModelEntry::new(&name, None, None));
-        }
-        for model in models.iter_mut().filter(|m| m.name == name) {
-            // The flags of one model fill one set input by input; an input again starts the next.
-            match model.flag_shapes.last_mut() {
-                Some(set) if !set.contains_key(&input) => {
-                    set.insert(input.clone(), dims.clone());
-                }
-                _ => model
-                    .flag_shapes
-                    .push(ShapeSet::from([(input.clone(), dims.clone())])),
-            }
-        }
-    }
-    let engine_text = args.engine.clone().or(file.engine);
-    let defaults = ServerDefaults {
-        engine: match &engine_text {
-            Some(text) => engine_kind(text, "engine")?,
-            None => EngineKind::default(),
-        },
-        threads: check_threads(args.threads.or(file.threads), "threads")?,
-    };
-    for model in &mut models {
-        model.resolved = model_config(model, &defaults)?;
-    }
-    let needed_by = if defaults.engine == EngineKind::OnnxRuntime {
-        Some("the server (engine = \"onnxruntime\")".to_owned())
-    } else {
-        models
-            .iter()
-            .find(|m| m.resolved.engine == EngineKind::OnnxRuntime)
-            .map(|m| format!("model '{}'", m.name))
-    };
-    let onnxruntime_library = onnxruntime_library(
-        args.onnxruntime_library
+impl ServerConfig {
+    /// The configuration from `file` (if any) and `flags`, flags winning. Paths in the file are
+    /// relative to its directory.
+    pub fn resolve(file: Option<ConfigSource<'_>>, flags: &ServerFlags) -> Result<Self> {
+        let file = match file {
+            Some(source) => parse_file(source)?,
+            None => ConfigFile::default(),
+        };
+        let listen = flags.listen.or(file.listen).ok_or_else(|| {
+            ConfigError::Invalid(
+                "--listen is required without --config (or set `listen` in the file)".to_owned(),
+            )
+        })?;
+        let tee_text = flags
+            .tee
             .clone()
-            .or(file.onnxruntime_library),
-        onnxruntime::library_from_env(),
-        needed_by.as_deref(),
-    )?;
-    for model in &models {
-        match (&model.path, &model.model_id) {
-            (Some(_), None) | (None, Some(_)) => {}
-            (None, None) if state_dir.is_some() => {}
-            (None, None) => bail!(
-                "model '{}' needs one of `path` (a plain file) and `model_id` (pulled from the \
-                 registry), or `state_dir` for a model provisioned on this device",
-                model.name
-            ),
-            _ => bail!(
-                "model '{}' needs exactly one of `path` (a plain file) and `model_id` (pulled from the registry)",
-                model.name
-            ),
+            .or(file.tee)
+            .unwrap_or_else(|| "auto".to_owned());
+        let tee: TeeChoice = tee_text.parse().map_err(|source| ConfigError::Tee {
+            name: tee_text.clone(),
+            source,
+        })?;
+        let mut models = file.models;
+        for spec in &flags.models {
+            let (name, path) = spec.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--model takes NAME=PATH.onnx, not '{spec}'"))
+            })?;
+            models.push(ModelEntry::new(name, Some(PathBuf::from(path)), None));
         }
-    }
-    let registry = args.registry.clone().or(file.registry);
-    if registry.is_none() && models.iter().any(|m| m.model_id.is_some()) {
-        bail!(
-            "models pulled by model_id need a registry (--registry URL, or `registry` in the file)"
-        );
-    }
-    let mut settings = Settings::default();
-    if let Some(n) = args.workers.or(file.workers) {
-        if n == 0 {
-            bail!("workers must be at least 1");
+        for spec in &flags.pulls {
+            let (name, model_id) = spec.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--pull takes NAME=MODEL_ID, not '{spec}'"))
+            })?;
+            models.push(ModelEntry::new(name, None, Some(model_id.to_owned())));
         }
-        settings.workers = n;
-    }
-    settings.queue = args.queue.or(file.queue).unwrap_or(settings.workers * 16);
-    if let Some(n) = args.max_upload_bytes.or(file.max_upload_bytes) {
-        settings.max_upload = n;
-    }
-    if let Some(n) = args.max_request_bytes.or(file.max_request_bytes) {
-        settings.max_infer_body = n;
-    }
-    if let Some(n) = file.max_tensor_elements {
-        settings.limits.max_elements = n;
-        settings.limits.max_total_elements = settings.limits.max_total_elements.max(n);
-    }
-    if let Some(n) = args
-        .max_json_response_bytes
-        .or(file.max_json_response_bytes)
-    {
-        settings.max_json_response = n;
-    }
-    let load_budget = args
-        .load_budget_bytes
-        .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
-        .or(file.load_budget_bytes)
-        .unwrap_or(DEFAULT_LOAD_BUDGET);
-    Ok(Resolved {
-        listen,
-        tee,
-        sim_key: args.sim_key.clone().or(file.sim_key),
-        token_file: args.token_file.clone().or(file.token_file),
-        certificate_out: args.certificate_out.clone().or(file.certificate_out),
-        max_models: args.max_models.or(file.max_models).unwrap_or(16),
-        load_budget,
-        settings,
-        models,
-        registry,
-        state_dir,
-        defaults,
-        onnxruntime_library,
-        connections: net::ConnectionLimits::resolve(
-            file.connections.as_ref(),
-            &args.connections,
-            &args
-                .config
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        )?,
-    })
-}
-
-fn read_token(path: &Path) -> Result<AdminToken> {
-    let text = read_token_file(path, "token file")?;
-    AdminToken::new(&text).with_context(|| format!("token file {} is empty", path.display()))
-}
-
-/// Evidence over the TLS key and a client's nonce, from the server's attester.
-#[derive(Debug)]
-struct Freshness {
-    identity: Arc<AttestedIdentity>,
-    attester: Arc<dyn Attester>,
-}
-
-impl FreshEvidence for Freshness {
-    fn evidence_for_nonce(&self, nonce: &[u8]) -> Result<String, FreshEvidenceError> {
-        self.identity
-            .fresh_evidence(self.attester.as_ref(), nonce)
-            .map(|e| e.to_json())
-            .map_err(|e| match e {
-                TlsIdentityError::Binding(AttestedTlsError::NonceLength { .. }) => {
-                    FreshEvidenceError::BadNonce(e.to_string())
-                }
-                other => FreshEvidenceError::Tee(other.to_string()),
-            })
-    }
-}
-
-fn sim_banner() {
-    eprintln!(
-        "\n\
-         ************************************************************************\n\
-         *  WARNING: tee = sim. This server runs in NO trusted execution         *\n\
-         *  environment. Its evidence is made with a software key that anyone    *\n\
-         *  can hold: it proves NOTHING. Models and inputs are NOT protected.    *\n\
-         *  Use it for development and tests only. Clients accept it only when   *\n\
-         *  their policy names SIM.                                              *\n\
-         ************************************************************************\n"
-    );
-}
-
-/// Panics inside the engine are caught and answered as errors; their messages may quote tensor
-/// or weight values, so only where they happened is printed.
-fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        let place = info
-            .location()
-            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
-        eprintln!("error: a panic was caught{place} (its message is withheld: it may quote data)");
-    }));
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ADYTON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: a log file or a pipe gets plain `key=value` fields.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
-
-/// `adyton server serve`.
-pub fn serve(args: &ServerServeArgs) -> Result<()> {
-    let resolved = resolve(args)?;
-    // The first pull's RSA key pair is made while the server starts up, not during the pull.
-    if resolved.models.iter().any(|m| m.model_id.is_some()) {
-        adyton_server::pull::make_transfer_key_ahead();
-    }
-    init_logging();
-    quiet_panics();
-    let admin_token = match &resolved.token_file {
-        Some(path) => Some(read_token(path)?),
-        None => {
-            eprintln!("note: no --token-file: model upload and delete are disabled");
-            None
+        let state_dir = flags.state_dir.clone().or(file.state_dir);
+        for spec in &flags.input_shapes {
+            add_flag_shape(&mut models, spec, state_dir.is_some())?;
         }
-    };
-    let mut paths = AttesterPaths::default();
-    if let Some(key) = &resolved.sim_key {
-        paths.sim_key = key.clone();
-    }
-    // Offline mode needs the TEE's sealing key: a TEE without one (TDX) is refused before the
-    // server starts, with the reason.
-    let sealer = match &resolved.state_dir {
-        Some(_) => Some(
-            adyton_attest::seal::sealer_for(resolved.tee, &paths)
-                .context("--state-dir: offline mode needs this TEE's sealing key")?,
-        ),
-        None => None,
-    };
-    let attester: Arc<dyn Attester> = Arc::from(
-        attester::attester_for(resolved.tee, &paths)
-            .context("cannot open the TEE's attestation interface")?,
-    );
-    if attester.tee() == TeeKind::Sim {
-        sim_banner();
-    }
-    let identity = Arc::new(
-        AttestedIdentity::generate(attester.as_ref())
-            .context("cannot make the attested TLS identity")?,
-    );
-    eprintln!(
-        "attested TLS: {} evidence over a fresh key; certificate SHA-256 {}",
-        attester.tee(),
-        hex::encode(identity.certificate_sha256())
-    );
-    if let Some(path) = &resolved.certificate_out {
-        let mut out = OutputFile::create(path, true, OutputKind::Public)?;
-        std::io::Write::write_all(out.file(), identity.certificate_pem().as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        out.commit()?;
-        eprintln!("wrote the certificate to {}", path.display());
-    }
-
-    let engines = Engines::new(&resolved)?;
-    let engine = engines.get(resolved.defaults.engine)?;
-    let repository = Arc::new(Repository::new(resolved.max_models));
-    for entry in &resolved.models {
-        if let Some(path) = &entry.path {
-            load_file_model(&engines.settings(entry)?, &repository, entry, path)?;
-        }
-    }
-    if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
-        // `[[model]]` entries with neither `path` nor `model_id` give settings to sealed models.
-        let settings = resolved
-            .models
+        let engine_text = flags.engine.clone().or(file.engine);
+        let defaults = EngineDefaults {
+            engine: match &engine_text {
+                Some(text) => engine_kind(text, "engine")?,
+                None => EngineKind::default(),
+            },
+            threads: check_threads(flags.threads.or(file.threads), "threads")?,
+        };
+        let models = models
             .iter()
-            .filter(|m| m.path.is_none() && m.model_id.is_none())
-            .map(|m| Ok((m.name.clone(), engines.settings(m)?)))
-            .collect::<Result<BTreeMap<String, ModelSettings>>>()?;
-        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &settings)?;
-    }
-    let puller = match &resolved.registry {
-        Some(url) => Some(Arc::new(Puller {
-            attester: Arc::clone(&attester),
-            engine: Arc::clone(&engine),
-            registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
-            key_broker: Arc::new(HttpKeyBroker),
-            backoff: Backoff::default(),
-        })),
-        None => None,
-    };
-    // Protected models are pulled in the background; readiness waits for them.
-    for entry in &resolved.models {
-        if let (Some(model_id), Some(puller)) = (&entry.model_id, &puller) {
-            repository
-                .set_pending(&entry.name, Pending::Loading)
-                .with_context(|| format!("model '{}'", entry.name))?;
-            Puller::spawn_with(
-                Arc::clone(puller),
-                Arc::clone(&repository),
-                &entry.name,
-                model_id,
-                engines.settings(entry)?,
+            .map(|model| {
+                Ok(ModelSpec {
+                    name: model.name.clone(),
+                    path: model.path.clone(),
+                    model_id: model.model_id.clone(),
+                    version: model.version,
+                    config: model_config(model, &defaults)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let needed_by = if defaults.engine == EngineKind::OnnxRuntime {
+            Some("the server (engine = \"onnxruntime\")".to_owned())
+        } else {
+            models
+                .iter()
+                .find(|m| m.config.engine == EngineKind::OnnxRuntime)
+                .map(|m| format!("model '{}'", m.name))
+        };
+        let onnxruntime_library = onnxruntime_library(
+            flags
+                .onnxruntime_library
+                .clone()
+                .or(file.onnxruntime_library),
+            onnxruntime::library_from_env(),
+            needed_by.as_deref(),
+        )?;
+        for model in &models {
+            match (&model.path, &model.model_id) {
+                (Some(_), None) | (None, Some(_)) => {}
+                (None, None) if state_dir.is_some() => {}
+                (None, None) => invalid!(
+                    "model '{}' needs one of `path` (a plain file) and `model_id` (pulled from the \
+                     registry), or `state_dir` for a model provisioned on this device",
+                    model.name
+                ),
+                _ => invalid!(
+                    "model '{}' needs exactly one of `path` (a plain file) and `model_id` (pulled from the registry)",
+                    model.name
+                ),
+            }
+        }
+        let registry = flags.registry.clone().or(file.registry);
+        if registry.is_none() && models.iter().any(|m| m.model_id.is_some()) {
+            invalid!(
+                "models pulled by model_id need a registry (--registry URL, or `registry` in the file)"
             );
         }
-    }
-    let freshness: Arc<dyn FreshEvidence> = Arc::new(Freshness {
-        identity: Arc::clone(&identity),
-        attester: Arc::clone(&attester),
-    });
-    let mut state = ServerState::new(
-        engine,
-        repository,
-        resolved.settings.clone(),
-        admin_token,
-        Some(freshness),
-    );
-    if let Some(puller) = puller {
-        state = state.with_puller(puller);
-    }
-    // Uploads and pulls over the API take the server-wide engine and threads.
-    state = state.with_load_options(LoadOptions {
-        threads: resolved.defaults.threads,
-        ..LoadOptions::default()
-    });
-    let state = Arc::new(state);
-    let config = identity.rustls_server_config();
-
-    net::serve(resolved.listen, Some(config), resolved.connections, |_| {
-        http::router(state)
-    })
-}
-
-/// The engines models run on: tract always, and onnxruntime when some model needs it, each
-/// with the load budget, so that it holds for files, sealed models, pulls and uploads alike.
-struct Engines {
-    tract: Arc<dyn Engine>,
-    onnxruntime: Option<Arc<dyn Engine>>,
-}
-
-impl Engines {
-    fn new(resolved: &Resolved) -> Result<Engines> {
-        let tract: Arc<dyn Engine> =
-            Arc::new(TractEngine::new().with_load_budget(resolved.load_budget));
-        let onnxruntime = match &resolved.onnxruntime_library {
-            Some(library) if resolved.needs_onnxruntime() => {
-                let engine = OnnxRuntimeEngine::new(library)
-                    .with_context(|| format!("the onnxruntime engine, from {}", library.display()))?
-                    .with_load_budget(resolved.load_budget);
-                eprintln!("onnxruntime engine: {}", library.display());
-                Some(Arc::new(engine) as Arc<dyn Engine>)
+        let mut settings = Settings::default();
+        if let Some(n) = flags.workers.or(file.workers) {
+            if n == 0 {
+                invalid!("workers must be at least 1");
             }
-            _ => None,
-        };
-        Ok(Engines { tract, onnxruntime })
-    }
-
-    fn get(&self, kind: EngineKind) -> Result<Arc<dyn Engine>> {
-        match kind {
-            EngineKind::Tract => Ok(Arc::clone(&self.tract)),
-            // `resolve` refuses a configuration that needs onnxruntime without its library.
-            EngineKind::OnnxRuntime => self
-                .onnxruntime
-                .clone()
-                .context("the onnxruntime engine is not set up"),
+            settings.workers = n;
         }
-    }
-
-    /// A model's settings, with its engine.
-    fn settings(&self, entry: &ModelEntry) -> Result<ModelSettings> {
-        Ok(ModelSettings {
-            engine: Some(self.get(entry.resolved.engine)?),
-            load: entry.resolved.load.clone(),
-            batching: entry.resolved.batching,
+        settings.queue = flags.queue.or(file.queue).unwrap_or(settings.workers * 16);
+        if let Some(n) = flags.max_upload_bytes.or(file.max_upload_bytes) {
+            settings.max_upload = n;
+        }
+        if let Some(n) = flags.max_request_bytes.or(file.max_request_bytes) {
+            settings.max_infer_body = n;
+        }
+        if let Some(n) = file.max_tensor_elements {
+            settings.limits.max_elements = n;
+            settings.limits.max_total_elements = settings.limits.max_total_elements.max(n);
+        }
+        if let Some(n) = flags
+            .max_json_response_bytes
+            .or(file.max_json_response_bytes)
+        {
+            settings.max_json_response = n;
+        }
+        let load_budget = flags
+            .load_budget_bytes
+            .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+            .or(file.load_budget_bytes)
+            .unwrap_or(DEFAULT_LOAD_BUDGET);
+        Ok(ServerConfig {
+            listen,
+            tee,
+            sim_key: flags.sim_key.clone().or(file.sim_key),
+            token_file: flags.token_file.clone().or(file.token_file),
+            certificate_out: flags.certificate_out.clone().or(file.certificate_out),
+            max_models: flags.max_models.or(file.max_models).unwrap_or(16),
+            load_budget,
+            settings,
+            models,
+            registry,
+            state_dir,
+            defaults,
+            onnxruntime_library,
+            connections: file.connections,
         })
     }
-}
 
-impl Resolved {
-    fn needs_onnxruntime(&self) -> bool {
+    /// Whether some model, or the server's default, runs on onnxruntime.
+    pub fn needs_onnxruntime(&self) -> bool {
         self.defaults.engine == EngineKind::OnnxRuntime
             || self
                 .models
                 .iter()
-                .any(|m| m.resolved.engine == EngineKind::OnnxRuntime)
+                .any(|m| m.config.engine == EngineKind::OnnxRuntime)
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
     }
 }
 
-fn load_file_model(
-    settings: &ModelSettings,
-    repository: &Repository,
-    entry: &ModelEntry,
-    path: &Path,
-) -> Result<()> {
-    let Some(engine) = &settings.engine else {
-        bail!("model '{}': no engine", entry.name);
-    };
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("model '{}': cannot open {}", entry.name, path.display()))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if size > MAX_MODEL_FILE {
-        bail!(
-            "model '{}': {} is over {MAX_MODEL_FILE} bytes",
-            entry.name,
-            path.display()
-        );
+/// The file, parsed, with its paths made relative to its directory.
+fn parse_file(source: ConfigSource<'_>) -> Result<ConfigFile> {
+    let mut file =
+        toml::from_str::<ConfigFile>(source.text).map_err(|source_error| ConfigError::Parse {
+            path: source.path.display().to_string(),
+            source: source_error,
+        })?;
+    let base = source.path.parent().unwrap_or(Path::new("."));
+    for p in [
+        &mut file.sim_key,
+        &mut file.token_file,
+        &mut file.certificate_out,
+        &mut file.state_dir,
+        &mut file.onnxruntime_library,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *p = base.join(&*p);
     }
-    let mut reader = file.take(MAX_MODEL_FILE);
-    let model = engine
-        .load_from_reader_with(&mut reader, &settings.load)
-        .with_context(|| format!("model '{}': cannot load {}", entry.name, path.display()))?;
-    let served = repository
-        .insert_with(
-            &entry.name,
-            entry.version,
-            model,
-            Source::File,
-            settings.batching,
-        )
-        .with_context(|| format!("model '{}'", entry.name))?;
-    let batching = settings.batching.map_or_else(String::new, |b| {
-        let preferred = if b.preferred_batch_size.is_empty() {
-            String::new()
-        } else {
-            format!(", preferring {:?}", b.preferred_batch_size)
-        };
-        format!(
-            ", batches of up to {} rows{preferred}, {} µs queue delay",
-            b.max_batch_size, b.max_queue_delay_us
-        )
-    });
-    eprintln!(
-        "model '{}' version {} loaded from {} (engine {}, {} plan{batching}): inputs {}; outputs {}",
-        served.name,
-        served.version,
-        path.display(),
-        served.model.engine().as_str(),
-        served.model.plan().as_str(),
-        http::describe_signature(&served.model.signature().inputs),
-        http::describe_signature(&served.model.signature().outputs),
-    );
+    for model in &mut file.models {
+        if let Some(path) = &mut model.path {
+            *path = base.join(&*path);
+        }
+    }
+    Ok(file)
+}
+
+/// Adds one `--input-shape` flag to its model's shape sets. With a state directory, a name no
+/// other model has is a model provisioned there (checked against the directory at start).
+fn add_flag_shape(models: &mut Vec<ModelEntry>, spec: &str, has_state_dir: bool) -> Result<()> {
+    let (name, input, dims) = parse_input_shape(spec)?;
+    let dims = dims
+        .iter()
+        .map(|&d| ahead_dimension(d, &name, &input))
+        .collect::<Result<Vec<usize>>>()
+        .map_err(|source| ConfigError::InputShape {
+            spec: spec.to_owned(),
+            source: Box::new(source),
+        })?;
+    if !models.iter().any(|m| m.name == name) {
+        if !has_state_dir {
+            invalid!(
+                "--input-shape '{spec}': no model is named '{name}' (--model, --pull or [[model]])"
+            );
+        }
+        models.push(ModelEntry::new(&name, None, None));
+    }
+    for model in models.iter_mut().filter(|m| m.name == name) {
+        // The flags of one model fill one set input by input; an input again starts the next.
+        match model.flag_shapes.last_mut() {
+            Some(set) if !set.contains_key(&input) => {
+                set.insert(input.clone(), dims.clone());
+            }
+            _ => model
+                .flag_shapes
+                .push(ShapeSet::from([(input.clone(), dims.clone())])),
+        }
+    }
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
 
-    /// `adyton server serve`'s arguments alone.
-    #[derive(Parser)]
-    struct Serve {
-        #[command(flatten)]
-        args: ServerServeArgs,
+    /// The serve flags of `argv`, as the binary's parser would give them.
+    fn flags(argv: &[&str]) -> ServerFlags {
+        let mut flags = ServerFlags {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServerFlags::default()
+        };
+        let size = |text: &str| -> usize {
+            match text.strip_suffix('M') {
+                Some(n) => n.parse::<usize>().unwrap() << 20,
+                None => text.parse().unwrap(),
+            }
+        };
+        for pair in argv.chunks(2) {
+            let value = pair[1].to_owned();
+            match pair[0] {
+                "--model" => flags.models.push(value),
+                "--pull" => flags.pulls.push(value),
+                "--input-shape" => flags.input_shapes.push(value),
+                "--engine" => flags.engine = Some(value),
+                "--threads" => flags.threads = Some(value.parse().unwrap()),
+                "--onnxruntime-library" => flags.onnxruntime_library = Some(value.into()),
+                "--load-budget-bytes" => flags.load_budget_bytes = Some(size(&value)),
+                "--max-json-response-bytes" => flags.max_json_response_bytes = Some(size(&value)),
+                other => panic!("no such flag in these tests: {other}"),
+            }
+        }
+        flags
     }
 
-    fn resolve_with(file: Option<&str>, flags: &[&str]) -> Result<Resolved> {
+    fn resolve_with(file: Option<&str>, argv: &[&str]) -> Result<ServerConfig> {
         let dir = tempfile::tempdir().unwrap();
-        let mut argv = vec!["serve", "--listen", "127.0.0.1:0"];
-        let config = dir.path().join("server.toml");
-        let config_arg = config.to_string_lossy().into_owned();
-        if let Some(text) = file {
-            std::fs::write(&config, text).unwrap();
-            argv.extend(["--config", &config_arg]);
+        let path = dir.path().join("server.toml");
+        let source = file.map(|text| ConfigSource { path: &path, text });
+        ServerConfig::resolve(source, &flags(argv))
+    }
+
+    /// The error and its causes, as the binary prints them.
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
         }
-        argv.extend(flags);
-        resolve(&Serve::try_parse_from(argv).unwrap().args)
+        text
     }
 
     fn error(file: Option<&str>, flags: &[&str]) -> String {
-        format!("{:#}", resolve_with(file, flags).unwrap_err())
+        chain(&resolve_with(file, flags).unwrap_err())
     }
 
-    fn config<'r>(resolved: &'r Resolved, name: &str) -> &'r ModelConfig {
-        &resolved
-            .models
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap()
-            .resolved
+    fn config<'r>(resolved: &'r ServerConfig, name: &str) -> &'r ModelConfig {
+        &resolved.model(name).unwrap().config
     }
 
     fn set(entries: &[(&str, &[usize])]) -> ShapeSet {
