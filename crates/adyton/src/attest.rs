@@ -1,24 +1,178 @@
 //! `adyton attest`: verify evidence, and verify a running inference server. Making evidence and
 //! printing the SIM measurement are the TEE binary's (`adyton-server attest report`, `measure`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use adyton_attest::collateral::Collateral;
 use adyton_attest::pccs::{FetchOptions, KdsClient, PccsClient, SnpProduct};
 use adyton_attest::{Claims, Evidence, Policy, TeeKind};
 use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use adyton_client::{ConnectOptions, ServerClient, Token};
 
 use adyton_cli::report_data::parse_report_data;
 
-use crate::cli::{AttestServerArgs, AttestedServerArgs, VerifyArgs};
 use crate::files::{print_stdout, OutputFile, OutputKind};
+use crate::server_binary::{self, Forwarded};
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Make evidence over report data in this machine's TEE, and write it as JSON.
+    ///
+    /// Made by `adyton-server attest report`, the TEE binary, with the same arguments.
+    #[command(disable_help_flag = true)]
+    Report(Forwarded),
+
+    /// Verify evidence: genuine and current, and (with --policy) allowed by the policy.
+    ///
+    /// Without --policy, only signatures, certificate chains, revocation, collateral dates and the
+    /// TCB level are checked, and the TCB status is printed without refusing on it. With --policy,
+    /// the policy decides. Exits non-zero on any failure, with the reason.
+    #[command(after_help = "Examples:\n  \
+        adyton attest verify evidence.json --policy policy.toml\n  \
+        adyton attest verify --tee tdx --quote tdx_quote --collateral tdx_quote_collateral.json --at 2025-06-01T00:00:00Z\n  \
+        adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
+    Verify(Box<VerifyArgs>),
+
+    /// Print the SIM measurement of the inference server's build, `adyton-server` (hex, alone on
+    /// the last line): what a policy's [sim] table pins.
+    #[command(disable_help_flag = true)]
+    Measure(Forwarded),
+
+    /// Connect to an inference server over attested TLS, verify it against a policy, and print
+    /// the claims and the certificate's SHA-256.
+    ///
+    /// --save-cert writes the verified certificate, so that clients that cannot verify
+    /// attestation (curl --cacert, tritonclient) can pin it.
+    #[command(after_help = "Examples:\n  \
+        adyton attest server https://10.0.0.5:8443 --policy policy.toml --save-cert server.pem\n  \
+        curl --cacert server.pem https://10.0.0.5:8443/v2/health/ready")]
+    Server(Box<AttestServerArgs>),
+}
+
+/// How to reach and verify an attested inference server.
+#[derive(Debug, Args)]
+pub struct AttestedServerArgs {
+    /// The server's URL: https://HOST:PORT.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// The policy the server's evidence must satisfy (TOML, or JSON when named .json).
+    #[arg(long, value_name = "POLICY")]
+    pub policy: PathBuf,
+
+    /// Collateral for the evidence's checks (a bundle file), for SGX, TDX and SNP servers.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
+
+    /// Skip the check of fresh evidence over a nonce of this client's own; the evidence in the
+    /// server's certificate is still verified.
+    #[arg(long)]
+    pub no_nonce: bool,
+
+    /// The limit of connecting and of each request.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub timeout: humantime::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AttestServerArgs {
+    #[command(flatten)]
+    pub server: AttestedServerArgs,
+
+    /// Write the verified certificate (PEM) here.
+    #[arg(long, value_name = "CERT.pem")]
+    pub save_cert: Option<PathBuf>,
+
+    /// Replace CERT.pem if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Evidence JSON, as `adyton attest report` writes it.
+    #[arg(value_name = "EVIDENCE")]
+    pub evidence: Option<PathBuf>,
+
+    /// TEE of a raw vendor file given with --quote or --report.
+    #[arg(long, value_name = "sgx|tdx|snp")]
+    pub tee: Option<String>,
+
+    /// A raw DCAP quote (binary or hex), for --tee sgx or tdx.
+    #[arg(long, value_name = "FILE")]
+    pub quote: Option<PathBuf>,
+
+    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Collateral: a bundle file, or DCAP collateral JSON as dcap-qvl's sample/ folder has it.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
+
+    /// Fetch DCAP collateral from this PCCS (or Intel's PCS) when --collateral is not given, e.g.
+    /// https://pccs.example:8081 or https://api.trustedservices.intel.com.
+    #[arg(long, value_name = "URL")]
+    pub pccs: Option<String>,
+
+    /// Fetch the SNP VCEK and chain from AMD's KDS (or a mirror) when not given, for this
+    /// processor family: Milan, Genoa or Turin.
+    #[arg(long, value_name = "PRODUCT")]
+    pub kds_product: Option<String>,
+
+    /// The KDS base URL used with --kds-product.
+    #[arg(long, value_name = "URL", default_value = "https://kdsintf.amd.com")]
+    pub kds: String,
+
+    /// Keep fetched collateral in this directory, so that a later run works offline.
+    #[arg(long, value_name = "DIR")]
+    pub collateral_cache: Option<PathBuf>,
+
+    /// The VCEK or VLEK certificate (DER or PEM), for SNP.
+    #[arg(long, value_name = "FILE")]
+    pub vcek: Option<PathBuf>,
+
+    /// AMD's certificate chain (ASK then ARK, PEM), for SNP; the built-in roots otherwise.
+    #[arg(long, value_name = "FILE")]
+    pub chain: Option<PathBuf>,
+
+    /// Policy file (TOML, or JSON when named .json).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Verify as of this time: RFC 3339 or unix seconds [default: now].
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+
+    /// Also require this report data (hex, zero-padded to 64 bytes).
+    #[arg(long, value_name = "HEX")]
+    pub expect_report_data: Option<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Largest evidence, quote or certificate file read.
 const MAX_INPUT_LEN: u64 = 4 << 20;
+
+/// Runs an `adyton attest` subcommand; making evidence and measuring are `adyton-server`'s.
+pub fn run(command: &AttestCommand) -> Result<()> {
+    match command {
+        AttestCommand::Report(forwarded) => {
+            server_binary::exec(&forwarded.with_prefix(&["attest", "report"]))
+        }
+        AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Measure(forwarded) => {
+            server_binary::exec(&forwarded.with_prefix(&["measure"]))
+        }
+        AttestCommand::Server(args) => server(args),
+    }
+}
 
 pub fn verify(args: &VerifyArgs) -> Result<()> {
     let now = match &args.at {

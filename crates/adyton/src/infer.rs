@@ -7,12 +7,40 @@ use std::path::{Path, PathBuf};
 
 use adyton_client::{InferTensor, ModelMetadata, Token};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::{json, Value};
 
-use crate::attest::connect_server;
-use crate::cli::InferArgs;
+use crate::attest::{connect_server, AttestedServerArgs};
 use crate::files::{print_stdout, read_limited, OutputFile, OutputKind};
 use crate::secrets::read_token_file;
+
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub server: AttestedServerArgs,
+
+    /// The model's name on the server.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+
+    /// An input: its name and a .npy or .json file (`{"shape", "datatype", "data"}` or a nested
+    /// array of the model's data type). Repeat for each input.
+    #[arg(long = "input", value_name = "NAME=FILE", required = true)]
+    pub inputs: Vec<String>,
+
+    /// Write the outputs to OUT.npy (one output), OUT.npz (any number) or OUT.json, instead of
+    /// printing them as JSON.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// The server's bearer token, for servers that require one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
 
 /// Largest input file read (inputs are held in memory, zeroized afterwards).
 const MAX_INPUT_FILE_LEN: u64 = 1 << 30;

@@ -20,9 +20,102 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::cli::KbsServeArgs;
+use adyton_cli::net::{self, TlsFiles};
+use clap::{Args, Subcommand};
+
 use crate::files::read_limited;
-use crate::net::{self, TlsFiles};
+use crate::kbs_client::{self, KbsKeyCommand, KbsLoginArgs, KbsPolicyCommand, KbsTransferArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum KbsCommand {
+    /// Serve the KBS HTTP API (key transfer and admin) until SIGINT or SIGTERM.
+    ///
+    /// With --config, settings come from a TOML file (docs/kbs-config.md), flags overriding it.
+    /// Without it, local-trial mode: everything comes from flags and the environment.
+    /// ADYTON_KBS_MASTER_KEY (64 hex digits or base64 of 32 bytes) sets the master key; else
+    /// --master-key-file; else DIR/master.key, generated (mode 0600) on first start.
+    /// ADYTON_KBS_ADMIN_PASSWORD enables the admin API for the user `admin`; without it every admin
+    /// request is 401. Transfer decisions and admin actions are appended to DIR/audit.jsonl. SIM
+    /// evidence is accepted only for keys whose transfer policy names SIM.
+    #[command(after_help = "Examples:\n  \
+        ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs serve --listen 127.0.0.1:8443 --data-dir /var/lib/adyton-kbs\n  \
+        adyton kbs serve --listen 127.0.0.1:0 --data-dir kbs --collateral collateral.json")]
+    Serve(KbsServeArgs),
+
+    /// Hash an admin password for the `[[admin]]` entries of a KBS configuration file.
+    ///
+    /// The password comes from ADYTON_KBS_ADMIN_PASSWORD, else from one line of standard input;
+    /// the argon2id PHC string (`$argon2id$...`) is printed on standard output.
+    #[command(after_help = "Examples:\n  \
+        pass show kbs-admin | adyton kbs hash-password\n  \
+        ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs hash-password")]
+    HashPassword,
+
+    /// Log in to a KBS's admin API and keep the token (15 minutes) in a file of mode 0600.
+    ///
+    /// The password comes from ADYTON_KBS_ADMIN_PASSWORD, else from one line of standard input.
+    #[command(after_help = "Examples:\n  \
+        ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs login --url http://127.0.0.1:8443\n  \
+        pass show kbs | adyton kbs login --url https://kbs.example --token-file kbs-token")]
+    Login(KbsLoginArgs),
+
+    /// Create, list, show and delete key transfer policies.
+    #[command(subcommand)]
+    Policy(KbsPolicyCommand),
+
+    /// Create (or import), list, show and delete model keys. Key bytes are never shown.
+    #[command(subcommand)]
+    Key(KbsKeyCommand),
+
+    /// Answer an offline device's provisioning request with its key, wrapped to the device.
+    ///
+    /// A device with no network writes a provisioning request (its attestation evidence over a
+    /// public key of its own) and someone carries the file here. The KBS checks the evidence and
+    /// the key's transfer policy as for an online transfer, wraps the key to the device's public
+    /// key, and audits the decision with the request id, the model and your user name. The
+    /// response file goes back to the device, which unwraps the key and seals it to its TEE. It
+    /// holds no usable key for anyone else. TDX devices are refused: TDX cannot seal. Online
+    /// servers need none of this: they fetch their keys from the KBS themselves.
+    #[command(after_help = "Examples:\n  \
+        adyton kbs transfer --url https://kbs.example --offline request.json -o response.json")]
+    Transfer(KbsTransferArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KbsServeArgs {
+    /// Configuration file (TOML; see docs/kbs-config.md). Flags given on the command line override
+    /// its values. Without it, the local-trial mode described above applies.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
+    /// `listening on http://ADDR`, or `https://` with TLS). Without TLS this is plain HTTP: put it
+    /// behind TLS or keep it on a trusted network [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Data directory: the key store (kbs.redb), the audit log (audit.jsonl) and, unless given
+    /// otherwise, the master key (master.key). Created with mode 0700 if missing. Required unless
+    /// the configuration file sets `data_dir`.
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Master key file: exactly 32 raw bytes, mode 0600 (ignored when ADYTON_KBS_MASTER_KEY is
+    /// set) [default: DIR/master.key, generated if missing].
+    #[arg(long, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Collateral for verifying SGX, TDX and SNP evidence: a bundle file, or DCAP collateral JSON.
+    /// Without it, only SIM evidence (under SIM policies) can succeed.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: adyton_cli::net::TlsArgs,
+
+    #[command(flatten)]
+    pub connections: adyton_cli::net::ConnectionArgs,
+}
 
 /// The environment variable holding the master key (64 hex digits or base64 of 32 bytes).
 const MASTER_KEY_ENV: &str = "ADYTON_KBS_MASTER_KEY";
@@ -39,6 +132,18 @@ const AUDIT_FILE: &str = "audit.jsonl";
 const MAX_COLLATERAL_LEN: u64 = 16 << 20;
 
 /// `adyton kbs serve`.
+/// Runs an `adyton kbs` subcommand.
+pub fn run(command: &KbsCommand) -> Result<()> {
+    match command {
+        KbsCommand::Serve(args) => serve(args),
+        KbsCommand::HashPassword => hash_password(),
+        KbsCommand::Login(args) => kbs_client::login(args),
+        KbsCommand::Policy(command) => kbs_client::policy(command),
+        KbsCommand::Key(command) => kbs_client::key(command),
+        KbsCommand::Transfer(args) => kbs_client::transfer(args),
+    }
+}
+
 pub fn serve(args: &KbsServeArgs) -> Result<()> {
     // Everything that can be wrong in the configuration is found before anything is opened or bound.
     let settings = Settings::resolve(args)?;

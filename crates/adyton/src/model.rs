@@ -2,21 +2,148 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use adyton_envelope::{v1, v2, Aes256Key, EnvelopeError, Format};
 use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::cli::{DecryptArgs, EncryptArgs, FormatArg, InspectArgs};
 use crate::files::{
     open_input, prepare_key_file, print_stdout, progress, read_key_file, OutputFile, OutputKind,
 };
+use crate::format::FormatArg;
+use crate::publish::{self, PublishArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Encrypt a model file with AES-256-GCM.
+    ///
+    /// v2 (the default) is Adyton's chunked format: it is checked chunk by chunk and decrypts with
+    /// bounded memory. v1 is the CNAP single-shot format, for tools that read only that.
+    #[command(after_help = "Examples:\n  \
+        adyton model encrypt model.onnx -o model.enc --new-key model.key\n  \
+        adyton model encrypt model.onnx -o model.enc --key model.key --format v1")]
+    Encrypt(EncryptArgs),
+
+    /// Decrypt a v1 or v2 envelope (the format is detected from the file).
+    Decrypt(DecryptArgs),
+
+    /// Show an envelope's header without the key, and check its length.
+    Inspect(InspectArgs),
+
+    /// Publish a model: encrypt it with a fresh key, import the key into the KBS under a transfer
+    /// policy, upload the encrypted blob to the registry and write its info.
+    ///
+    /// The KBS token is the one `adyton kbs login` saved. If a step fails, the steps before it
+    /// are undone where possible (the KBS key is deleted, the uploaded blob removed), and what
+    /// remains is said. The model id is printed alone on the last line.
+    #[command(
+        disable_version_flag = true,
+        after_help = "Examples:\n  \
+        adyton model publish model.onnx --registry http://127.0.0.1:8080 --registry-token-file token \\\n      \
+        --kbs http://127.0.0.1:8443 --policy POLICY_ID\n  \
+        adyton model publish model.onnx ... --format v1 --id mlp-1 --name mlp --version 1"
+    )]
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(id = "key_source", required = true, multiple = false)]
+pub struct KeySource {
+    /// Use the 32-byte raw key in this file.
+    #[arg(long, value_name = "KEYFILE", group = "key_source")]
+    pub key: Option<PathBuf>,
+
+    /// Generate a fresh key and write it to this file (mode 0600).
+    #[arg(long, value_name = "KEYFILE", group = "key_source")]
+    pub new_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// The plaintext model file.
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Where to write the encrypted model.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// Envelope format.
+    #[arg(long, value_enum, default_value_t = FormatArg::V2)]
+    pub format: FormatArg,
+
+    #[command(flatten)]
+    pub key_source: KeySource,
+
+    /// Key id recorded in the v2 header (the key broker's id of the key).
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub key_id: String,
+
+    /// Media type recorded in the v2 header [default: application/x-onnx for .onnx files,
+    /// application/octet-stream otherwise].
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+
+    /// Plaintext bytes per v2 chunk (16 B to 16 MiB). Suffixes K, M for KiB, MiB.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = adyton_cli::bytes::parse_size)]
+    pub chunk_size: u32,
+
+    /// Replace OUT (and the new key file) if they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// The encrypted model (v1 or v2).
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Where to write the plaintext model.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// The 32-byte raw key file.
+    #[arg(long, value_name = "KEYFILE")]
+    pub key: PathBuf,
+
+    /// Skip the v2 plaintext SHA-256 check. Every chunk is still authenticated, header included;
+    /// the check only catches a writer with the key that recorded a wrong hash.
+    #[arg(long)]
+    pub skip_hash_check: bool,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The encrypted model (v1 or v2).
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Buffer size for file streams: large enough that a chunk costs few system calls.
 const IO_BUFFER: usize = 1 << 20;
+
+/// Runs an `adyton model` subcommand.
+pub fn run(command: &ModelCommand) -> Result<()> {
+    match command {
+        ModelCommand::Encrypt(args) => encrypt(args),
+        ModelCommand::Decrypt(args) => decrypt(args),
+        ModelCommand::Inspect(args) => inspect(args),
+        ModelCommand::Publish(args) => publish::publish(args),
+    }
+}
 
 pub fn encrypt(args: &EncryptArgs) -> Result<()> {
     let started = Instant::now();

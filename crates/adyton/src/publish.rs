@@ -8,16 +8,61 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read as _, Seek as _, SeekFrom, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use adyton_client::{KbsClient, ModelInfo, RegistryClient, Token};
 use adyton_envelope::{v1, v2, Aes256Key};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use zeroize::Zeroizing;
 
-use crate::cli::{FormatArg, PublishArgs};
 use crate::files::{open_input, print_stdout, progress};
+use crate::format::FormatArg;
 use crate::secrets::{kbs_token_file, read_token_file};
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The plaintext ONNX model.
+    #[arg(value_name = "MODEL")]
+    pub input: PathBuf,
+
+    /// The registry's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub registry: String,
+
+    /// A file holding the registry's write token.
+    #[arg(long, value_name = "FILE")]
+    pub registry_token_file: PathBuf,
+
+    /// The KBS's base URL, e.g. http://127.0.0.1:8443.
+    #[arg(long, value_name = "URL")]
+    pub kbs: String,
+
+    /// The token file written by `adyton kbs login` [default: $ADYTON_KBS_TOKEN if set, else
+    /// $HOME/.config/adyton/kbs-token].
+    #[arg(long, value_name = "FILE")]
+    pub kbs_token_file: Option<PathBuf>,
+
+    /// The id of the KBS transfer policy that guards the model's key.
+    #[arg(long, value_name = "ID")]
+    pub policy: String,
+
+    /// Envelope format: v2 (chunked, streamed) or v1 (CNAP's, whole file in memory, at most 4 GiB).
+    #[arg(long, value_enum, default_value_t = FormatArg::V2)]
+    pub format: FormatArg,
+
+    /// The model's id in the registry [default: the file's name and a random suffix].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// The model's display name [default: the file's name without extension].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The model's version.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+}
 
 /// Buffer size for file streams.
 const IO_BUFFER: usize = 1 << 20;

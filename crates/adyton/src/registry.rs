@@ -11,10 +11,62 @@ use adyton_registry::registry::{Registry, DEFAULT_MAX_BLOB_BYTES};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::RegistryServeArgs;
+use adyton_cli::net::{self, TlsFiles};
+use clap::{Args, Subcommand};
+
 use crate::files::read_limited;
-use crate::net::{self, TlsFiles};
 use crate::secrets::read_token_file;
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the registry's HTTP API (docs/registry.md) until SIGINT or SIGTERM.
+    ///
+    /// With --config, settings come from a TOML file (docs/registry.md, "Configuration"), flags
+    /// overriding it. Without it, a local trial: blobs in --data-dir, writes allowed with the token
+    /// in --token-file. Blobs are stored and served as they are: the registry never sees a key.
+    #[command(after_help = "Examples:\n  \
+        adyton registry serve --listen 127.0.0.1:8080 --data-dir registry --token-file token\n  \
+        adyton registry serve --config registry.toml")]
+    Serve(RegistryServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryServeArgs {
+    /// Configuration file (TOML; see docs/registry.md). Flags given on the command line override
+    /// its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
+    /// `listening on http://ADDR`, or `https://` with TLS) [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Directory of the filesystem store (blobs and model info). Created with mode 0700 if
+    /// missing. Required unless the configuration file sets `data_dir` or an S3 store.
+    #[arg(long, value_name = "DIR", required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
+
+    /// A file holding the bearer token that writes (uploads, info, deletes) require; without
+    /// one, every write is refused (401).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The URL clients reach this registry at, used in the models' `url` [default:
+    /// http(s)://ADDR, the address bound].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Largest blob accepted, e.g. 512M or 20G [default: 8G].
+    #[arg(long, value_name = "SIZE", value_parser = adyton_cli::bytes::parse_bytes)]
+    pub max_blob_bytes: Option<u64>,
+
+    #[command(flatten)]
+    pub tls: adyton_cli::net::TlsArgs,
+
+    #[command(flatten)]
+    pub connections: adyton_cli::net::ConnectionArgs,
+}
 
 /// The default listen address.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -184,6 +236,13 @@ impl Settings {
 }
 
 /// `adyton registry serve`.
+/// Runs an `adyton registry` subcommand.
+pub fn run(command: &RegistryCommand) -> Result<()> {
+    match command {
+        RegistryCommand::Serve(args) => serve(args),
+    }
+}
+
 pub fn serve(args: &RegistryServeArgs) -> Result<()> {
     // Everything that can be wrong in the configuration is found before anything is bound.
     let settings = Settings::resolve(args)?;

@@ -9,6 +9,30 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// Arguments run unchanged by `adyton-server` (help flags included).
+#[derive(Debug, Args)]
+pub struct Forwarded {
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..
+    )]
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl Forwarded {
+    /// The arguments after the `adyton-server` subcommand `prefix`.
+    pub fn with_prefix(&self, prefix: &[&str]) -> Vec<std::ffi::OsString> {
+        prefix
+            .iter()
+            .map(std::ffi::OsString::from)
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+}
 
 /// The TEE binary's file name.
 pub const NAME: &str = "adyton-server";

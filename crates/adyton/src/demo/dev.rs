@@ -3,15 +3,24 @@
 //! shell the URLs, the admin token, the client policy and the pinned certificate.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adyton_client::RegistryClient;
 use anyhow::{Context, Result};
 
-use crate::cli::DevArgs;
-use crate::net::shutdown_signal;
-use crate::stack::{write_private, Layout, Progress, Stack, TestSet, MODEL_NAME};
+use adyton_cli::net::shutdown_signal;
+use clap::Args;
+
+use super::stack::{write_private, Layout, Progress, Stack, TestSet, MODEL_NAME};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the stack keeps its state (key broker, registry, SIM key, tokens, policy,
+    /// certificate, logs) and writes dev.env. Created with mode 0700; kept across runs.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
 
 /// The file in the state directory that names the model the last run published.
 const PUBLISHED_FILE: &str = "published-model";

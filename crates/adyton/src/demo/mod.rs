@@ -5,6 +5,9 @@
 //! TLS, shows two refusals, and provisions an offline device by file (flow D) that then serves the
 //! model with no network. It fails unless every result is the expected one.
 
+pub mod dev;
+mod stack;
+
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -17,7 +20,7 @@ use adyton_attest::Policy;
 use adyton_client::{ClientError, ConnectOptions, InferTensor, ServerClient};
 use anyhow::{bail, Context, Result};
 
-use crate::stack::{
+use stack::{
     attested_get, counter, seconds, sim_policy_toml, start_server, wait_for_model, Layout,
     Progress, Stack, TestSet, MODEL_NAME,
 };
@@ -494,7 +497,7 @@ fn start_offline_server(
     state_dir: &Path,
     sim_key: &Path,
     name: &str,
-) -> Result<crate::stack::Service> {
+) -> Result<stack::Service> {
     let mut command = layout.command_of(
         &layout.server_exe,
         &["serve", "--listen", "127.0.0.1:0", "--tee", "sim"],
@@ -516,7 +519,7 @@ fn start_offline_server(
     ] {
         command.env(var, "http://127.0.0.1:9");
     }
-    crate::stack::Service::start(
+    stack::Service::start(
         "offline inference server",
         command,
         &layout.dir.join(format!("{name}.log")),

@@ -23,13 +23,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::cli::{FormatArg, PublishArgs};
-use crate::publish::{publish_model, Published};
+use crate::format::FormatArg;
+use crate::publish::{publish_model, PublishArgs, Published};
 
 /// The digit classifier (`assets/README.md`): made by `scripts/train_digits.py`.
-pub const DIGITS_ONNX: &[u8] = include_bytes!("../assets/digits.onnx");
+pub const DIGITS_ONNX: &[u8] = include_bytes!("../../assets/digits.onnx");
 /// Its held-out test set, with scikit-learn's predictions and accuracy.
-pub const DIGITS_TEST: &str = include_str!("../assets/digits_test.json");
+pub const DIGITS_TEST: &str = include_str!("../../assets/digits_test.json");
 /// The name the server serves the digits model under.
 pub const MODEL_NAME: &str = "digits";
 
