@@ -19,7 +19,7 @@ A second table is the timeline of each shown run, from the server's start (the t
 reached the script): the SIM attester ready (its banner: the executable hashed), the attested TLS
 identity made, the pull started ("pulling model"), listening, and the model ready.
 
-`--bin-dir DIR` takes `adyton` and `load_plain` from DIR instead of building them (to compare two
+`--bin-dir DIR` takes `adyton`, `adyton-server` and `load_plain` from DIR instead of building them (to compare two
 builds close together on a busy machine).
 
 Then (unless `--no-offline`) the same model on an offline device (flow D, docs/offline.md): a
@@ -212,7 +212,7 @@ def main():
     sizes = sizes or [90.0, 400.0]
     if bin_dir is None:
         print("building release binaries...", file=sys.stderr, flush=True)
-        run(["cargo", "build", "--release", "-q", "-p", "adyton"], cwd=ROOT)
+        run(["cargo", "build", "--release", "-q", "-p", "adyton", "-p", "adyton-server"], cwd=ROOT)
         run(["cargo", "build", "--release", "-q", "-p", "adyton-server", "--example", "load_plain"], cwd=ROOT)
         adyton = ROOT / "target/release/adyton"
         load_plain = ROOT / "target/release/examples/load_plain"
