@@ -2,9 +2,10 @@
 //! broker, the registry, the demo) and `adyton-server` (what runs in the TEE).
 //!
 //! - [`net`]: the one serve loop of every server (bind, bounded connections, timeouts, graceful
-//!   shutdown), its `[connections]` section and flags, and the TLS flag group.
+//!   shutdown), its `[connections]` section and flags, and the listen and TLS flag groups.
 //! - [`files`]: outputs written atomically, bounded reads, standard output.
-//! - [`secrets`]: bearer-token files (bounded, zeroized, a warning when others may read them).
+//! - [`secrets`]: bearer-token files (bounded, zeroized, a warning when others may read them) and
+//!   the `--token-file` flag group.
 //! - [`bytes`]: byte-count flags (`64K`, `512M`, `2G`).
 //! - [`report_data`]: report data given as hex.
 //!

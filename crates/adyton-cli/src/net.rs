@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
@@ -525,6 +526,24 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 }
 
+/// `--listen`'s help in general. A server adds its default, and anything of its own, with clap's
+/// `mut_arg("listen", ...)` on its arguments: the default cannot be clap's, since it applies only
+/// when the configuration file sets no `listen` either.
+pub const LISTEN_HELP: &str = "Address and port to listen on (port 0 picks a free port; the bound \
+    address is printed as `listening on http://ADDR`, or `https://` with TLS)";
+
+/// `--listen ADDR`, the address a server binds. `A` is what the server binds: a `String` (a host
+/// name is resolved when binding) or a `SocketAddr`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListenArgs<A = String>
+where
+    A: FromStr + Clone + Send + Sync + 'static,
+    A::Err: std::error::Error + Send + Sync + 'static,
+{
+    #[arg(id = "listen", long = "listen", value_name = "ADDR", help = LISTEN_HELP)]
+    pub address: Option<A>,
+}
+
 /// The flags of a server's own TLS identity (`adyton kbs serve`, `adyton registry serve`); the
 /// inference server's identity is attested instead, made in the TEE.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -650,6 +669,30 @@ mod tests {
         assert_eq!(limits.header_timeout, Duration::from_secs(5));
         assert_eq!(limits.body_timeout, Duration::from_secs(30));
         assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    }
+
+    /// `--listen` parsed into `A` by a command `serve` that has only the listen group.
+    fn listen<A>(argv: &[&str]) -> Result<Option<A>, clap::Error>
+    where
+        A: FromStr + Clone + Send + Sync + 'static,
+        A::Err: std::error::Error + Send + Sync + 'static,
+    {
+        use clap::{Args as _, FromArgMatches as _};
+        let serve = ListenArgs::<A>::augment_args(clap::Command::new("serve"));
+        let matches = serve.try_get_matches_from(argv)?;
+        Ok(ListenArgs::<A>::from_arg_matches(&matches)?.address)
+    }
+
+    #[test]
+    fn listen_takes_host_names_or_only_socket_addresses_as_the_server_binds() {
+        let name = listen::<String>(&["serve", "--listen", "localhost:8443"]).unwrap();
+        assert_eq!(name.as_deref(), Some("localhost:8443"));
+        assert_eq!(listen::<String>(&["serve"]).unwrap(), None);
+        let addr = listen::<SocketAddr>(&["serve", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(addr, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let err = listen::<SocketAddr>(&["serve", "--listen", "localhost:8443"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("--listen <ADDR>"), "{err}");
     }
 
     #[test]

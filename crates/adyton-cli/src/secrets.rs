@@ -1,9 +1,9 @@
 //! Files that hold secrets: the bearer-token files that the servers and the operator's commands
-//! read.
+//! read, and their flag.
 
 use std::fs::Metadata;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use zeroize::Zeroizing;
@@ -12,6 +12,16 @@ use crate::files::read_limited;
 
 /// Largest token file read; tokens are a few dozen characters.
 const MAX_TOKEN_FILE_LEN: u64 = 4096;
+
+/// `--token-file FILE`: a file holding a bearer token, read with [`read_token_file`]. What the
+/// token guards, and any default, differ per command, so each sets the help with clap's
+/// `mut_arg("token_file", ...)` on its arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TokenFileArgs {
+    /// A file holding a bearer token.
+    #[arg(id = "token_file", long = "token-file", value_name = "FILE")]
+    pub path: Option<PathBuf>,
+}
 
 /// A bearer token from its file (mode 0600 advised): UTF-8 text of at most
 /// [`MAX_TOKEN_FILE_LEN`] bytes, without the whitespace around it, not empty. `what` names the
@@ -47,6 +57,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn the_token_file_flag_is_optional_and_keeps_its_name() {
+        use clap::{Args as _, FromArgMatches as _};
+        let parse = |argv: &[&str]| {
+            let command = TokenFileArgs::augment_args(clap::Command::new("c"));
+            let matches = command.try_get_matches_from(argv)?;
+            TokenFileArgs::from_arg_matches(&matches).map(|args| args.path)
+        };
+        assert_eq!(
+            parse(&["c", "--token-file", "t"]).unwrap(),
+            Some(PathBuf::from("t"))
+        );
+        assert_eq!(parse(&["c"]).unwrap(), None);
+        let err = parse(&["c", "--token-file"]).unwrap_err();
+        assert!(err.to_string().contains("--token-file <FILE>"), "{err}");
+    }
 
     #[test]
     fn token_files_are_trimmed_bounded_and_not_empty() {

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use adyton_cli::secrets::TokenFileArgs;
 use adyton_client::{InferTensor, ModelMetadata, Token};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -15,6 +16,9 @@ use crate::files::{print_stdout, read_limited, OutputFile, OutputKind};
 use crate::secrets::read_token_file;
 
 #[derive(Debug, Args)]
+#[command(mut_arg("token_file", |arg| arg.help(
+    "The server's bearer token, for servers that require one"
+)))]
 pub struct InferArgs {
     #[command(flatten)]
     pub server: AttestedServerArgs,
@@ -37,9 +41,8 @@ pub struct InferArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// The server's bearer token, for servers that require one.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token_file: TokenFileArgs,
 }
 
 /// Largest input file read (inputs are held in memory, zeroized afterwards).
@@ -65,6 +68,7 @@ pub fn infer(args: &InferArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let token = args
         .token_file
+        .path
         .as_deref()
         .map(|path| read_token_file(path, "token file").map(|t| Token::new(t.as_str())))
         .transpose()?;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use adyton_cli::net::{self, TlsFiles};
+use adyton_cli::net::{self, ListenArgs, TlsFiles, LISTEN_HELP};
 use clap::{Args, Subcommand};
 
 use crate::files::read_limited;
@@ -82,17 +82,18 @@ pub enum KbsCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("listen", |arg| arg.help(format!(
+    "{LISTEN_HELP}. Without TLS this is plain HTTP: put it behind TLS or keep it on a trusted \
+     network [default: {DEFAULT_LISTEN}]"
+))))]
 pub struct KbsServeArgs {
     /// Configuration file (TOML; see docs/kbs-config.md). Flags given on the command line override
     /// its values. Without it, the local-trial mode described above applies.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
-    /// `listening on http://ADDR`, or `https://` with TLS). Without TLS this is plain HTTP: put it
-    /// behind TLS or keep it on a trusted network [default: 127.0.0.1:8443].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
 
     /// Data directory: the key store (kbs.redb), the audit log (audit.jsonl) and, unless given
     /// otherwise, the master key (master.key). Created with mode 0700 if missing. Required unless
@@ -453,6 +454,7 @@ impl Settings {
                 source: "the command line".to_owned(),
                 listen: args
                     .listen
+                    .address
                     .clone()
                     .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
                 audit_log: data_dir.join(AUDIT_FILE),
@@ -492,6 +494,7 @@ impl Settings {
         Ok(Self {
             listen: args
                 .listen
+                .address
                 .clone()
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),

@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use adyton_cli::secrets::TokenFileArgs;
 use adyton_client::offline::MAX_PROVISION_FILE_LEN;
 use adyton_client::{ClientError, KbsClient, KeyInfo, PolicyInfo, ProvisionResponse, Token};
 use anyhow::{bail, Context, Result};
@@ -37,15 +38,17 @@ pub struct KbsTransferArgs {
 
 /// Where the KBS is, how to authenticate, and how to print.
 #[derive(Debug, Args)]
+#[command(mut_arg("token_file", |arg| arg.help(
+    "The token file written by `adyton kbs login` [default: $ADYTON_KBS_TOKEN if set, else \
+     $HOME/.config/adyton/kbs-token]"
+)))]
 pub struct KbsClientArgs {
     /// The KBS's base URL, e.g. http://127.0.0.1:8443.
     #[arg(long, value_name = "URL")]
     pub url: String,
 
-    /// The token file written by `adyton kbs login` [default: $ADYTON_KBS_TOKEN if set, else
-    /// $HOME/.config/adyton/kbs-token].
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token_file: TokenFileArgs,
 
     /// Print JSON instead of text.
     #[arg(long)]
@@ -53,6 +56,10 @@ pub struct KbsClientArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("token_file", |arg| arg.help(
+    "Where to write the token (mode 0600, replaced atomically) [default: \
+     $HOME/.config/adyton/kbs-token]"
+)))]
 pub struct KbsLoginArgs {
     /// The KBS's base URL, e.g. http://127.0.0.1:8443.
     #[arg(long, value_name = "URL")]
@@ -62,10 +69,8 @@ pub struct KbsLoginArgs {
     #[arg(long, value_name = "NAME", default_value = "admin")]
     pub user: String,
 
-    /// Where to write the token (mode 0600, replaced atomically) [default:
-    /// $HOME/.config/adyton/kbs-token].
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token_file: TokenFileArgs,
 
     /// Print JSON instead of text.
     #[arg(long)]
@@ -153,7 +158,7 @@ const TEE_TABLES: [(&str, &str); 4] = [
 /// `adyton kbs login`.
 pub fn login(args: &KbsLoginArgs) -> Result<()> {
     let client = connect(&args.url)?;
-    let path = match &args.token_file {
+    let path = match &args.token_file.path {
         Some(path) => path.clone(),
         None => default_kbs_token_file("--token-file")?,
     };
@@ -432,7 +437,7 @@ fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
 /// The client and the stored token.
 fn session(args: &KbsClientArgs) -> Result<(KbsClient, Token)> {
     let client = connect(&args.url)?;
-    let path = kbs_token_file(args.token_file.as_ref(), "--token-file")?;
+    let path = kbs_token_file(args.token_file.path.as_ref(), "--token-file")?;
     let token = read_token(&path)?;
     Ok((client, token))
 }

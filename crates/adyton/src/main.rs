@@ -107,6 +107,47 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The help of flag `id` of the subcommand at `path`.
+    fn flag_help(path: &[&str], id: &str) -> String {
+        let mut command = Cli::command();
+        for name in path {
+            command = command.find_subcommand(name).unwrap().clone();
+        }
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+        arg.and_then(|arg| arg.get_help()).unwrap().to_string()
+    }
+
+    #[test]
+    fn shared_flags_say_what_they_mean_in_each_command() {
+        let kbs = flag_help(&["kbs", "serve"], "listen");
+        assert!(kbs.starts_with("Address and port to listen on"), "{kbs}");
+        assert!(kbs.contains("plain HTTP"), "{kbs}");
+        assert!(kbs.ends_with("[default: 127.0.0.1:8443]"), "{kbs}");
+        let registry = flag_help(&["registry", "serve"], "listen");
+        assert!(
+            registry.ends_with("[default: 127.0.0.1:8080]"),
+            "{registry}"
+        );
+        let guarded = [
+            (
+                &["registry", "serve"][..],
+                "writes (uploads, info, deletes)",
+            ),
+            (&["kbs", "login"], "Where to write the token"),
+            (&["kbs", "key", "list"], "written by `adyton kbs login`"),
+            (
+                &["kbs", "policy", "create"],
+                "written by `adyton kbs login`",
+            ),
+            (&["kbs", "transfer"], "written by `adyton kbs login`"),
+            (&["infer"], "The server's bearer token"),
+        ];
+        for (path, meaning) in guarded {
+            let help = flag_help(path, "token_file");
+            assert!(help.contains(meaning), "{path:?}: {help}");
+        }
+    }
+
     #[test]
     fn server_commands_are_forwarded_whole() {
         let cli = Cli::try_parse_from([

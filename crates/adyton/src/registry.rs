@@ -11,7 +11,8 @@ use adyton_registry::registry::{Registry, DEFAULT_MAX_BLOB_BYTES};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use adyton_cli::net::{self, TlsFiles};
+use adyton_cli::net::{self, ListenArgs, TlsFiles, LISTEN_HELP};
+use adyton_cli::secrets::TokenFileArgs;
 use clap::{Args, Subcommand};
 
 use crate::files::read_limited;
@@ -31,26 +32,29 @@ pub enum RegistryCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("listen", |arg| arg.help(format!("{LISTEN_HELP} [default: {DEFAULT_LISTEN}]"))),
+    mut_arg("token_file", |arg| arg.help(
+        "A file holding the bearer token that writes (uploads, info, deletes) require; without \
+         one, every write is refused (401)"
+    )),
+)]
 pub struct RegistryServeArgs {
     /// Configuration file (TOML; see docs/registry.md). Flags given on the command line override
     /// its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address and port to listen on (port 0 picks a free port; the bound address is printed as
-    /// `listening on http://ADDR`, or `https://` with TLS) [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
 
     /// Directory of the filesystem store (blobs and model info). Created with mode 0700 if
     /// missing. Required unless the configuration file sets `data_dir` or an S3 store.
     #[arg(long, value_name = "DIR", required_unless_present = "config")]
     pub data_dir: Option<PathBuf>,
 
-    /// A file holding the bearer token that writes (uploads, info, deletes) require; without
-    /// one, every write is refused (401).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token_file: TokenFileArgs,
 
     /// The URL clients reach this registry at, used in the models' `url` [default:
     /// http(s)://ADDR, the address bound].
@@ -150,11 +154,12 @@ impl Settings {
             return Ok(Self {
                 listen: args
                     .listen
+                    .address
                     .clone()
                     .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
                 store: StoreConfig::Fs { data_dir },
                 public_url: args.public_url.clone(),
-                token_file: args.token_file.clone(),
+                token_file: args.token_file.path.clone(),
                 max_blob_bytes: args.max_blob_bytes.unwrap_or(DEFAULT_MAX_BLOB_BYTES),
                 tls: flag_tls,
                 connections: net::ConnectionLimits::resolve(None, &args.connections, "")?,
@@ -212,12 +217,13 @@ impl Settings {
         Ok(Self {
             listen: args
                 .listen
+                .address
                 .clone()
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             store,
             public_url: args.public_url.clone().or(file.public_url),
-            token_file: args.token_file.clone().or(file.token_file.map(&rel)),
+            token_file: args.token_file.path.clone().or(file.token_file.map(&rel)),
             max_blob_bytes: args
                 .max_blob_bytes
                 .or(file.max_blob_bytes)

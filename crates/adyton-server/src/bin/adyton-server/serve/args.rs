@@ -1,23 +1,33 @@
 //! `adyton-server serve`'s flags, and the configuration they make with the file they name: the
 //! file is read here and parsed, merged and checked by `adyton_server::config`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use adyton_cli::bytes::parse_limit;
-use adyton_cli::net::{ConnectionArgs, ConnectionLimits, ConnectionsSection};
+use adyton_cli::net::{ConnectionArgs, ConnectionLimits, ConnectionsSection, ListenArgs};
+use adyton_cli::secrets::TokenFileArgs;
 use adyton_server::config::{ConfigSource, ServerConfig, ServerFlags};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize as _;
 
 #[derive(Debug, Args)]
+#[command(
+    // Always HTTPS here, so not the shared help that mentions plain HTTP.
+    mut_arg("listen", |arg| arg.help(
+        "Address and port to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free one)"
+    )),
+    mut_arg("token_file", |arg| arg.help(
+        "A file holding the bearer token that model upload, pull and delete require"
+    )),
+)]
 pub struct ServeArgs {
     /// The configuration file (docs/server-config.md).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address and port to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free one).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub listen: ListenArgs<SocketAddr>,
     /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp or sim (INSECURE).
     #[arg(long, value_name = "TEE")]
     pub tee: Option<String>,
@@ -58,9 +68,8 @@ pub struct ServeArgs {
     /// unsealed by this TEE, with no network (docs/offline.md).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// A file holding the bearer token that model upload, pull and delete require.
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub token_file: TokenFileArgs,
     /// Write the attested certificate (PEM) here, for clients that pin it (curl, tritonclient).
     #[arg(long, value_name = "FILE")]
     pub certificate_out: Option<PathBuf>,
@@ -95,7 +104,7 @@ impl ServeArgs {
     /// The flags that `adyton_server::config` merges over the file.
     fn flags(&self) -> ServerFlags {
         ServerFlags {
-            listen: self.listen,
+            listen: self.listen.address,
             tee: self.tee.clone(),
             sim_key: self.sim_key.clone(),
             models: self.models.clone(),
@@ -106,7 +115,7 @@ impl ServeArgs {
             onnxruntime_library: self.onnxruntime_library.clone(),
             registry: self.registry.clone(),
             state_dir: self.state_dir.clone(),
-            token_file: self.token_file.clone(),
+            token_file: self.token_file.path.clone(),
             certificate_out: self.certificate_out.clone(),
             workers: self.workers,
             queue: self.queue,
