@@ -60,6 +60,26 @@ pub fn open(
     key: &Aes256Key,
     expected_key_id: Option<&str>,
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let (format, mut blob) = read_format_prefix(blob)?;
+    match format {
+        Format::V2 => {
+            let mut decryptor = v2::Decryptor::new(&mut blob, key, v2::HashCheck::Verify)
+                .map_err(OpenError::Envelope)?;
+            check_header(decryptor.header(), expected_key_id)?;
+            let capacity = usize::try_from(decryptor.header().plaintext_len).unwrap_or(0);
+            let mut plaintext = Zeroizing::new(Vec::with_capacity(capacity));
+            while let Some(chunk) = decryptor.next_chunk().map_err(OpenError::Envelope)? {
+                plaintext.extend_from_slice(chunk);
+            }
+            Ok(plaintext)
+        }
+        Format::V1 => v1::open_owned(key, read_v1(&mut blob)?).map_err(OpenError::Envelope),
+    }
+}
+
+/// Reads the first bytes of `blob`, as many as [`Format::detect`] needs, and tells its format;
+/// returns it with a reader that gives those bytes back, then the rest of `blob`.
+pub(crate) fn read_format_prefix<R: Read>(mut blob: R) -> Result<(Format, impl Read), OpenError> {
     let mut prefix = [0u8; Format::DETECT_LEN];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -71,40 +91,38 @@ pub fn open(
         }
     }
     let format = Format::detect(&prefix[..filled]).map_err(OpenError::Envelope)?;
-    let mut chained = io::Cursor::new(prefix[..filled].to_vec()).chain(blob);
-    match format {
-        Format::V2 => {
-            let mut decryptor = v2::Decryptor::new(&mut chained, key, v2::HashCheck::Verify)
-                .map_err(OpenError::Envelope)?;
-            let header = decryptor.header().clone();
-            if let Some(expected) = expected_key_id {
-                if !header.key_id.is_empty() && header.key_id != expected {
-                    return Err(OpenError::KeyId {
-                        found: header.key_id,
-                        expected: expected.to_owned(),
-                    });
-                }
-            }
-            if header.plaintext_len > MAX_MODEL_BYTES {
-                return Err(OpenError::TooLarge {
-                    len: header.plaintext_len,
-                });
-            }
-            let capacity = usize::try_from(header.plaintext_len).unwrap_or(0);
-            let mut plaintext = Zeroizing::new(Vec::with_capacity(capacity));
-            while let Some(chunk) = decryptor.next_chunk().map_err(OpenError::Envelope)? {
-                plaintext.extend_from_slice(chunk);
-            }
-            Ok(plaintext)
-        }
-        Format::V1 => {
-            // v1 authenticates the whole blob at once: it is read whole, then opened in place.
-            let mut sealed = Vec::new();
-            (&mut chained)
-                .take(MAX_MODEL_BYTES + 64)
-                .read_to_end(&mut sealed)
-                .map_err(OpenError::Io)?;
-            v1::open_owned(key, sealed).map_err(OpenError::Envelope)
+    let prefix = io::Cursor::new(prefix).take(filled as u64);
+    Ok((format, prefix.chain(blob)))
+}
+
+/// Refuses a v2 header, before any chunk is read, that names a key other than `expected_key_id`
+/// (an empty key id names none) or announces a plaintext over [`MAX_MODEL_BYTES`].
+pub(crate) fn check_header(
+    header: &v2::Header,
+    expected_key_id: Option<&str>,
+) -> Result<(), OpenError> {
+    if let Some(expected) = expected_key_id {
+        if !header.key_id.is_empty() && header.key_id != expected {
+            return Err(OpenError::KeyId {
+                found: header.key_id.clone(),
+                expected: expected.to_owned(),
+            });
         }
     }
+    if header.plaintext_len > MAX_MODEL_BYTES {
+        return Err(OpenError::TooLarge {
+            len: header.plaintext_len,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a v1 blob whole: v1 authenticates the whole blob at once, so it is opened in place once
+/// read. Reading stops past the largest model, whose blob then fails its authentication.
+pub(crate) fn read_v1(blob: &mut impl Read) -> Result<Vec<u8>, OpenError> {
+    let mut sealed = Vec::new();
+    blob.take(MAX_MODEL_BYTES + 64)
+        .read_to_end(&mut sealed)
+        .map_err(OpenError::Io)?;
+    Ok(sealed)
 }
