@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::error::{EnvelopeError, Result};
 use crate::key::{fill_random, Aes256Key};
 use crate::read_ahead::ReadAhead;
-pub use crate::whole::WholeEnvelope;
+pub use crate::whole::{KeyPoll, KeySource, WholeEnvelope};
 
 /// The first six bytes of every v2 envelope.
 pub const MAGIC: &[u8; 6] = b"ADYTON";

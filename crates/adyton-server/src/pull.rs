@@ -3,12 +3,24 @@
 //!
 //! For each model: make an RSA key pair here, inside the TEE, and evidence over SHA-512 of its
 //! public key (DER SubjectPublicKeyInfo), on a thread of their own; meanwhile fetch the model's
-//! info and download its blob whole into memory that is zeroized afterwards (the download needs no
-//! key, and the key pair takes longer). Then ask the key broker's transfer endpoint, unwrap the key,
-//! open the blob in place (every v2 chunk's tag, the end of input, the plaintext SHA-256 of the
-//! authenticated header; a v1 blob whole), and load. The plaintext never touches disk, is held
-//! once (the decrypted bytes, then tract's model), and reaches the engine only once every check
-//! has passed.
+//! info and download its blob whole into memory that is zeroized afterwards (`download`). Once the
+//! info has given the key broker's transfer URL (through a channel), the key thread asks the key
+//! broker's transfer endpoint, unwraps the key and hands it to the download (through another
+//! channel): the v2 chunks read before it came are decrypted in place at once, and each further
+//! chunk as it lands, the plaintext SHA-256 following in order; a v1 blob is opened whole once the
+//! key has come. Then load. The plaintext never touches disk, is held once (the decrypted bytes,
+//! then tract's model), and reaches the engine only once every check has passed (every v2 chunk's
+//! tag, the end of input, the length, the plaintext SHA-256 of the authenticated header).
+//!
+//! Failures are reported in the steps' order, as if the steps ran one after the other: the info,
+//! the evidence, the download, then the key transfer, the unwrap and the decryption. So a download
+//! that fails makes the key thread ask for no key (unless it already has), a key thread that fails
+//! making the evidence stops the download, and one whose transfer or unwrap fails lets the download
+//! read on to its end, whose own failure would come first.
+//!
+//! A successful pull's [`Timings`] overlap in the same way: `decrypt` is only the decryption left
+//! once the download had ended and the key had come (when the key came first, only the end of the
+//! plaintext hash), and `key_wait` how long the downloaded blob waited for the key.
 //!
 //! The registry and the key broker are reached through two traits ([`Registry`], [`KeyBroker`]),
 //! implemented over HTTP in [`remote`], so that failures can be classified: transient ones (down,
@@ -21,6 +33,8 @@ pub mod remote;
 
 use std::fmt;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +48,8 @@ use crate::blob::OpenError;
 pub use crate::blob::MAX_MODEL_BYTES;
 use crate::repository::{ModelSettings, Pending, Repository, ServedModel, Source};
 use crate::runtime::{Engine, LoadOptions};
-use download::Downloaded;
+use download::KeyMessage;
+use zeroize::Zeroizing;
 
 /// Size of the RSA key pair made for each transfer.
 pub const TRANSFER_RSA_BITS: usize = 3072;
@@ -178,24 +193,30 @@ impl fmt::Display for Step {
     }
 }
 
-/// How long each step of a successful pull took. The key pair and evidence are made while the
-/// info is fetched and the blob downloaded, so those steps overlap: [`Timings::total`] is the
+/// How long each step of a successful pull took. The key pair, the evidence, the key transfer and
+/// the unwrap run on a thread of their own while the info is fetched and the blob downloaded (and
+/// decrypted as it lands once the key is there), so those steps overlap: [`Timings::total`] is the
 /// pull's own time, less than their sum.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
     /// Fetching the info.
     pub info: Duration,
-    /// Key pair and evidence (on a thread of their own, from the attempt's start).
+    /// Key pair and evidence (on the key thread, from the attempt's start).
     pub evidence: Duration,
-    /// How long the downloaded blob waited for the key pair and evidence (zero when the download
-    /// took longer).
+    /// How long the downloaded blob waited for the key once the download had ended (zero when the
+    /// key came first).
     pub key_wait: Duration,
-    /// The key broker's transfer and the unwrap.
+    /// The key broker's transfer and the unwrap (on the key thread).
     pub key_transfer: Duration,
-    /// Downloading the blob whole (from the info's arrival).
+    /// Downloading the blob whole, from the info's arrival to the end of the input checked,
+    /// including the decryption of the chunks that landed after the key.
     pub download: Duration,
-    /// Authenticating and decrypting it in place, with the plaintext hash.
+    /// The decryption left once the download had ended and the key had come: the chunks not yet
+    /// opened and the rest of the plaintext hash, or a v1 blob whole.
     pub decrypt: Duration,
+    /// Plaintext bytes decrypted before the download ended (all of them when the key came first;
+    /// none for a v1 blob, which opens only whole).
+    pub decrypted_in_download: u64,
     /// The engine's load and optimisation.
     pub load: Duration,
     /// Ciphertext bytes read.
@@ -282,10 +303,13 @@ struct TransferIdentity {
     made_ahead: bool,
 }
 
-/// What the registry gave: the key broker's transfer URL and the downloaded blob.
-struct Fetched {
-    kbs_url: String,
-    blob: Downloaded,
+/// What the key thread did, for the timings.
+struct Released {
+    /// Key pair and evidence.
+    evidence: Duration,
+    /// The transfer and the unwrap.
+    key_transfer: Duration,
+    made_ahead: bool,
 }
 
 /// An I/O failure while reading the blob is the network's (transient); anything else the
@@ -397,6 +421,7 @@ impl Puller {
                     key_wait_ms = millis(t.key_wait),
                     key_transfer_ms = millis(t.key_transfer),
                     decrypt_ms = millis(t.decrypt),
+                    decrypted_in_download_bytes = t.decrypted_in_download,
                     load_ms = millis(t.load),
                     total_ms = millis(t.elapsed),
                     key_made_ahead = t.key_made_ahead,
@@ -477,61 +502,77 @@ impl Puller {
     ) -> Result<(Arc<dyn crate::runtime::LoadedModel>, Timings), Attempt> {
         let attempt_started = Instant::now();
         let mut timings = Timings::default();
-        // The key pair and its evidence need nothing from the registry, and take longer than the
-        // info and the download: they are made on a thread of their own meanwhile.
-        let (fetched, identity) = std::thread::scope(|scope| {
-            let identity = std::thread::Builder::new()
+        // Set once the download has failed: its failure is the attempt's, and no key is asked
+        // for a blob that will not be opened.
+        let download_failed = &AtomicBool::new(false);
+        let (plaintext, released) = std::thread::scope(|scope| {
+            let (kbs_url_to_key, kbs_url) = mpsc::channel::<String>();
+            let (key_to_download, keys) = mpsc::channel();
+            let key_thread = std::thread::Builder::new()
                 .name("adyton-transfer-key".into())
-                .spawn_scoped(scope, || self.transfer_identity());
-            let fetched = self.fetch(model_id, &mut timings);
-            let fetched_at = Instant::now();
-            let identity = match identity {
-                Ok(thread) => thread.join().unwrap_or_else(|_| {
-                    Err(Attempt::permanent(
-                        Step::Evidence,
-                        "the key pair's thread panicked",
-                    ))
-                }),
-                // No thread to spare: make them now, after the download.
-                Err(_) => self.transfer_identity(),
-            };
-            timings.key_wait = fetched_at.elapsed();
-            (fetched, identity)
+                .spawn_scoped(scope, move || {
+                    self.release_key(
+                        move || kbs_url.recv().ok(),
+                        download_failed,
+                        key_to_download,
+                    )
+                });
+            match key_thread {
+                Ok(key_thread) => {
+                    let send_kbs_url = move |url| {
+                        let _ = kbs_url_to_key.send(url);
+                    };
+                    let plaintext =
+                        self.fetch(model_id, send_kbs_url, keys, download_failed, &mut timings);
+                    let released = key_thread.join().unwrap_or_else(|_| {
+                        Err(Attempt::permanent(
+                            Step::Evidence,
+                            "the key thread panicked",
+                        ))
+                    });
+                    (plaintext, released)
+                }
+                // No thread to spare: the key is released on this one once the info has come,
+                // before the download (which then decrypts each chunk as it lands).
+                Err(_) => {
+                    let (key_to_download, keys) = mpsc::channel();
+                    let mut released = Ok(None);
+                    let release_now = |url| {
+                        released = self.release_key(|| Some(url), download_failed, key_to_download)
+                    };
+                    let plaintext =
+                        self.fetch(model_id, release_now, keys, download_failed, &mut timings);
+                    (plaintext, released)
+                }
+            }
         });
         // Failures are reported in the steps' order: the info first, then the evidence, then the
-        // download. Whatever was made is dropped (and zeroized) either way.
-        let (fetched, identity) = match (fetched, identity) {
-            (Err((Step::Info, e)), _) => return Err(e),
-            (_, Err(e)) => return Err(e),
-            (Err((_, e)), _) => return Err(e),
-            (Ok(fetched), Ok((identity, evidence_took))) => {
-                timings.evidence = evidence_took;
-                (fetched, identity)
+        // download, then the key transfer and the unwrap (a failure to decrypt is the download
+        // step's, and can only follow a key released and unwrapped). Whatever was made is dropped
+        // (and zeroized) either way.
+        let order = |failure: &Attempt| match failure.step() {
+            Step::Info => 0,
+            Step::Evidence => 1,
+            Step::Download => 2,
+            _ => 3,
+        };
+        let (plaintext, released) = match (plaintext, released) {
+            (Err(download), Err(key)) if order(&key) < order(&download) => return Err(key),
+            (Err(download), _) => return Err(download),
+            (_, Err(key)) => return Err(key),
+            (Ok(Some(plaintext)), Ok(Some(released))) => (plaintext, released),
+            // The key thread sends the key whenever it succeeds, and the download returns without
+            // it only if it was told the key would not come.
+            (Ok(_), Ok(_)) => {
+                return Err(Attempt::permanent(
+                    Step::KeyTransfer,
+                    "the key did not reach the download",
+                ))
             }
         };
-
-        let started = Instant::now();
-        let TransferIdentity {
-            pair,
-            public,
-            evidence,
-            made_ahead,
-        } = identity;
-        timings.key_made_ahead = made_ahead;
-        let wrapped = self
-            .key_broker
-            .transfer(&fetched.kbs_url, &evidence, &public)
-            .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
-        let key = pair
-            .unwrap_transfer(&wrapped)
-            .map_err(|e| Attempt::permanent(Step::Unwrap, e))?;
-        drop(pair);
-        timings.key_transfer = started.elapsed();
-
-        let started = Instant::now();
-        let plaintext = fetched.blob.open(&key).map_err(open_failure)?;
-        drop(key);
-        timings.decrypt = started.elapsed();
+        timings.evidence = released.evidence;
+        timings.key_transfer = released.key_transfer;
+        timings.key_made_ahead = released.made_ahead;
 
         let started = Instant::now();
         let model = engine
@@ -541,6 +582,66 @@ impl Puller {
         timings.load = started.elapsed();
         timings.elapsed = attempt_started.elapsed();
         Ok((model, timings))
+    }
+
+    /// The key thread's work: the key pair and evidence ([`Puller::transfer_identity`]), then,
+    /// once `kbs_url` gives the key broker's transfer URL (`None`: the info failed), the transfer
+    /// and the unwrap. The model key goes to the download through `download`; so does the news
+    /// that it will not come, with whether the download should stop at once (the evidence failed,
+    /// which is reported before the download's failures) or read on to its end (the transfer or
+    /// the unwrap failed, which is reported after them). Returns `None` when no key was asked
+    /// for: the info or the download had failed.
+    fn release_key(
+        &self,
+        kbs_url: impl FnOnce() -> Option<String>,
+        download_failed: &AtomicBool,
+        download: Sender<KeyMessage>,
+    ) -> Result<Option<Released>, Attempt> {
+        let released = self.transfer_key(kbs_url, download_failed, &download);
+        if let Err(failure) = &released {
+            // A download that has ended with an error no longer listens.
+            let _ = download.send(KeyMessage::NotComing {
+                stop_download: failure.step() == Step::Evidence,
+            });
+        }
+        released
+    }
+
+    fn transfer_key(
+        &self,
+        kbs_url: impl FnOnce() -> Option<String>,
+        download_failed: &AtomicBool,
+        download: &Sender<KeyMessage>,
+    ) -> Result<Option<Released>, Attempt> {
+        let (identity, evidence) = self.transfer_identity()?;
+        let Some(kbs_url) = kbs_url() else {
+            return Ok(None);
+        };
+        if download_failed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let TransferIdentity {
+            pair,
+            public,
+            evidence: tee_evidence,
+            made_ahead,
+        } = identity;
+        let wrapped = self
+            .key_broker
+            .transfer(&kbs_url, &tee_evidence, &public)
+            .map_err(|e| Attempt::from_fetch(Step::KeyTransfer, e))?;
+        let key = pair
+            .unwrap_transfer(&wrapped)
+            .map_err(|e| Attempt::permanent(Step::Unwrap, e))?;
+        drop(pair);
+        let key_transfer = started.elapsed();
+        let _ = download.send(KeyMessage::Released(key));
+        Ok(Some(Released {
+            evidence,
+            key_transfer,
+            made_ahead,
+        }))
     }
 
     /// A fresh RSA key pair and evidence over its public key, with the time they took.
@@ -571,16 +672,24 @@ impl Puller {
         Ok((identity, started.elapsed()))
     }
 
-    /// The model's info and its blob, downloaded whole. A failure names its step, so that the
-    /// caller can order it against the evidence's.
-    fn fetch(&self, model_id: &str, timings: &mut Timings) -> Result<Fetched, (Step, Attempt)> {
+    /// The model's info, whose key broker's transfer URL goes to `release_key`, then its blob,
+    /// downloaded whole and opened with the key that comes on `keys` (`None`: the key did not
+    /// come). A download that fails sets `download_failed` at once.
+    fn fetch(
+        &self,
+        model_id: &str,
+        release_key: impl FnOnce(String),
+        keys: mpsc::Receiver<KeyMessage>,
+        download_failed: &AtomicBool,
+        timings: &mut Timings,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, Attempt> {
         let started = Instant::now();
         let info = self
             .registry
             .info(model_id)
-            .map_err(|e| (Step::Info, Attempt::from_fetch(Step::Info, e)))?;
+            .map_err(|e| Attempt::from_fetch(Step::Info, e))?;
         timings.info = started.elapsed();
-        let refuse = |reason: String| (Step::Info, Attempt::permanent(Step::Info, reason));
+        let refuse = |reason: String| Attempt::permanent(Step::Info, reason);
         if info.encrypted != Some(true) {
             return Err(refuse(
                 "the model is not encrypted; pulled models must be protected".into(),
@@ -594,21 +703,31 @@ impl Puller {
             .kbs_url
             .clone()
             .ok_or_else(|| refuse("the model info has no kbs_url".into()))?;
+        release_key(kbs_url);
 
         let started = Instant::now();
-        let blob = self
+        let opened = self
             .registry
             .open_blob(&url)
-            .map_err(|e| (Step::Download, Attempt::from_fetch(Step::Download, e)))?;
-        let mut counted = Counted {
-            inner: blob,
-            bytes: 0,
+            .map_err(|e| Attempt::from_fetch(Step::Download, e))
+            .and_then(|blob| {
+                let mut counted = Counted {
+                    inner: blob,
+                    bytes: 0,
+                };
+                let opened = download::download(&mut counted, info.key_id.as_deref(), keys);
+                timings.blob_bytes = counted.bytes;
+                opened.map_err(open_failure)
+            })
+            .inspect_err(|_| download_failed.store(true, Ordering::SeqCst))?;
+        let Some(opened) = opened else {
+            return Ok(None);
         };
-        let blob = download::download(&mut counted, info.key_id.as_deref())
-            .map_err(|e| (Step::Download, open_failure(e)))?;
-        timings.download = started.elapsed();
-        timings.blob_bytes = counted.bytes;
-        Ok(Fetched { kbs_url, blob })
+        timings.download = opened.ended.saturating_duration_since(started);
+        timings.key_wait = opened.key_came.saturating_duration_since(opened.ended);
+        timings.decrypt = opened.key_came.max(opened.ended).elapsed();
+        timings.decrypted_in_download = opened.decrypted_in_download;
+        Ok(Some(opened.plaintext))
     }
 }
 
@@ -621,6 +740,14 @@ enum Attempt {
 impl Attempt {
     fn permanent(step: Step, reason: impl fmt::Display) -> Self {
         Attempt::Permanent(PullError::permanent(step, reason))
+    }
+
+    fn step(&self) -> Step {
+        match self {
+            Attempt::Transient(step, _)
+            | Attempt::Permanent(PullError::Permanent { step, .. })
+            | Attempt::Permanent(PullError::GaveUp { step, .. }) => *step,
+        }
     }
 
     fn from_fetch(step: Step, e: FetchError) -> Self {

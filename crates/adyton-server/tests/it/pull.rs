@@ -228,10 +228,25 @@ fn a_v1_model_is_pulled_too() {
 
 #[test]
 fn zeroed_weights_are_refused_as_an_integrity_failure() {
+    refuse_zeroed_weights(false);
+}
+
+/// With the key there before the download, the altered chunk is refused while the download goes
+/// on, and reported once the blob has been read to its end, as the same integrity failure.
+#[test]
+fn zeroed_weights_are_refused_when_the_key_came_first() {
+    refuse_zeroed_weights(true);
+}
+
+fn refuse_zeroed_weights(key_first: bool) {
     let mut blob = v2_blob(&model("dynamic_batch"), "k1");
     let middle = blob.len() / 2;
     blob[middle..middle + 64].fill(0);
-    let f = fixture(blob, MEASUREMENT);
+    let len = blob.len();
+    let mut f = fixture(blob, MEASUREMENT);
+    if key_first {
+        gate_on_transfer(&mut f, 0);
+    }
     let repository = Repository::new(4);
     let e = f.puller.pull_into(&repository, "m", "m1").unwrap_err();
     assert!(
@@ -245,6 +260,7 @@ fn zeroed_weights_are_refused_as_an_integrity_failure() {
         "{e:?}"
     );
     assert!(reason(&e).contains("integrity check failed"), "{e}");
+    assert_eq!(f.registry.read.load(Ordering::SeqCst), len);
     // Nothing is served from it, and the failure shows.
     let summary = repository.summary("m").unwrap();
     assert!(summary.versions.is_empty());
@@ -597,7 +613,8 @@ impl Attester for ObservedAttester {
 }
 
 /// The blob is downloaded while the key pair and its evidence are made: evidence that waits for
-/// the whole blob to have been read would never come if the two ran one after the other.
+/// the whole blob to have been read would never come if the two ran one after the other. The key
+/// then comes after the download, and opens the whole blob: nothing was decrypted before.
 #[test]
 fn the_download_runs_while_the_key_pair_and_evidence_are_made() {
     let blob = v2_blob(&model("dynamic_batch"), "k1");
@@ -611,6 +628,7 @@ fn the_download_runs_while_the_key_pair_and_evidence_are_made() {
     assert_eq!(timings.attempts, 1);
     assert_eq!(timings.blob_bytes, len as u64);
     assert!(timings.elapsed >= timings.load);
+    assert_eq!(timings.decrypted_in_download, 0, "{timings:?}");
 }
 
 /// A download that fails while the key pair is still being made fails the attempt with the
@@ -666,16 +684,12 @@ fn a_download_failing_while_the_key_pair_is_made_asks_for_no_key() {
     }
 }
 
-/// Evidence that cannot be made while the download succeeds is the evidence step's failure,
-/// retried as a transient one, and no key is asked for.
-#[test]
-fn failing_evidence_fails_the_attempt_after_a_good_download() {
-    let mut f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
-    f.puller.attester = Arc::new(ObservedAttester::new(Duration::ZERO, true));
-    let e = f.puller.pull("m1").unwrap_err();
+/// `e` is the busy attestation device's failure, retried as a transient one until the attempts
+/// ran out, and no key was asked for.
+fn assert_evidence_gave_up(e: &PullError, f: &Fixture) {
     assert!(
         matches!(
-            e,
+            *e,
             PullError::GaveUp {
                 step: Step::Evidence,
                 attempts: 4,
@@ -684,8 +698,18 @@ fn failing_evidence_fails_the_attempt_after_a_good_download() {
         ),
         "{e:?}"
     );
-    assert!(reason(&e).contains("attestation device is busy"), "{e}");
+    assert!(reason(e).contains("attestation device is busy"), "{e}");
     assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 0);
+}
+
+/// Evidence that cannot be made while the download succeeds is the evidence step's failure,
+/// retried as a transient one, and no key is asked for.
+#[test]
+fn failing_evidence_fails_the_attempt_after_a_good_download() {
+    let mut f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+    f.puller.attester = Arc::new(ObservedAttester::new(Duration::ZERO, true));
+    let e = f.puller.pull("m1").unwrap_err();
+    assert_evidence_gave_up(&e, &f);
 }
 
 /// The key broker refuses once the whole blob is already in memory: the refusal is the pull's
@@ -721,4 +745,177 @@ fn a_transfer_refused_after_the_download_finished_fails_cleanly() {
         "{summary:?}"
     );
     assert!(!repository.all_ready());
+}
+
+/// A registry whose blobs hold back their bytes from offset `at` until `open()` holds (waiting at
+/// most 30 s, then failing the read), so that a test can tell where in the download the key
+/// thread's work lands.
+#[derive(Debug)]
+struct GatedRegistry {
+    inner: Arc<MemoryRegistry>,
+    at: usize,
+    open: Gate,
+}
+
+/// The condition a [`GatedRegistry`] waits for.
+#[derive(Clone)]
+struct Gate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+struct Gated {
+    inner: Box<dyn Read + Send>,
+    left: usize,
+    open: Gate,
+}
+
+impl Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Bytes before the gate go freely, in reads that stop at it.
+        let before_gate = self.left.min(buf.len());
+        if before_gate > 0 {
+            let n = self.inner.read(&mut buf[..before_gate])?;
+            self.left -= n;
+            return Ok(n);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.open.0)() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("the gate never opened"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl Registry for GatedRegistry {
+    fn info(&self, model_id: &str) -> Result<ModelInfo, FetchError> {
+        self.inner.info(model_id)
+    }
+
+    fn open_blob(&self, url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
+        Ok(Box::new(Gated {
+            inner: self.inner.open_blob(url)?,
+            left: self.at,
+            open: self.open.clone(),
+        }))
+    }
+}
+
+/// `f`'s puller with its blob held back from `at` until the key broker has released a key.
+fn gate_on_transfer(f: &mut Fixture, at: usize) {
+    let broker = Arc::clone(&f.broker);
+    f.puller.registry = Arc::new(GatedRegistry {
+        inner: Arc::clone(&f.registry),
+        at,
+        open: Gate(Arc::new(move || {
+            broker.transfers.load(Ordering::SeqCst) >= 1
+        })),
+    });
+}
+
+/// The key released before the first byte of the blob is read, or half-way through its download:
+/// the blob opens and loads, with one transfer and the blob read once.
+#[test]
+fn a_key_released_before_or_during_the_download_opens_the_blob() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let len = blob.len();
+    for at in [0, len / 2] {
+        let mut f = fixture(blob.clone(), MEASUREMENT);
+        gate_on_transfer(&mut f, at);
+        let (model, timings) = f.puller.pull("m1").unwrap();
+        assert_eq!(model.signature().inputs[0].name, "x", "{at}");
+        assert_eq!(timings.attempts, 1, "{at}");
+        assert_eq!(timings.blob_bytes, len as u64, "{at}");
+        assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 1, "{at}");
+        assert!(
+            timings.decrypted_in_download <= model_len("dynamic_batch"),
+            "{at}: {timings:?}"
+        );
+    }
+}
+
+fn model_len(name: &str) -> u64 {
+    model(name).len() as u64
+}
+
+/// A download that breaks after the key came is the download's transient failure, retried, even
+/// though the key was released each time.
+#[test]
+fn a_download_breaking_after_the_key_came_is_transient() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let len = blob.len();
+    let mut f = fixture(blob.clone(), MEASUREMENT);
+    f.registry = Arc::new(MemoryRegistry {
+        info: info("k1"),
+        blob: Mutex::new(blob),
+        failures: AtomicU32::new(0),
+        cut_at: Some(len * 3 / 4),
+        read: Arc::default(),
+    });
+    gate_on_transfer(&mut f, len / 2);
+    let e = f.puller.pull("m1").unwrap_err();
+    assert_failed(&e, Step::Download, Some(4));
+    assert!(reason(&e).contains("connection reset"), "{e}");
+    assert!(f.broker.transfers.load(Ordering::SeqCst) >= 1);
+}
+
+/// The key broker refusing while the download is under way: the download reads on to its end (a
+/// failure of its own would be reported first), then the refusal is the pull's error; nothing
+/// waits for a key that will not come.
+#[test]
+fn a_transfer_refused_during_the_download_is_reported_after_it() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let len = blob.len();
+    let mut f = fixture(blob, [0x99; 48]);
+    gate_on_transfer(&mut f, len / 2);
+    let started = Instant::now();
+    let e = f.puller.pull("m1").unwrap_err();
+    assert_failed(&e, Step::KeyTransfer, None);
+    assert_eq!(f.registry.read.load(Ordering::SeqCst), len);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// Evidence failing while the blob is half downloaded: the download stops rather than wait for a
+/// key that will not come, and the evidence's failure is the attempt's, retried as a transient
+/// one, with no key asked for and every key thread ended.
+#[test]
+fn evidence_failing_during_the_download_stops_it_cleanly() {
+    let blob = v2_blob(&model("dynamic_batch"), "k1");
+    let len = blob.len();
+    let mut f = fixture(blob, MEASUREMENT);
+    let mut observed = ObservedAttester::new(Duration::ZERO, true);
+    observed.after_download = Some((Arc::clone(&f.registry.read), len / 2));
+    let observed = Arc::new(observed);
+    f.puller.attester = observed.clone();
+    // The blob's last quarter waits until the evidence has failed: the failure lands mid-download.
+    let answered = Arc::clone(&observed);
+    f.puller.registry = Arc::new(GatedRegistry {
+        inner: Arc::clone(&f.registry),
+        at: len * 3 / 4,
+        open: Gate(Arc::new(move || {
+            answered.answered.load(Ordering::SeqCst) >= 1
+        })),
+    });
+    let started = Instant::now();
+    let e = f.puller.pull("m1").unwrap_err();
+    assert_evidence_gave_up(&e, &f);
+    let asked = observed.asked.load(Ordering::SeqCst);
+    assert_eq!(asked, 4);
+    assert_eq!(observed.answered.load(Ordering::SeqCst), asked);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// `e` failed at `step`: permanently (`None`), or giving up after `attempts`.
+fn assert_failed(e: &PullError, step: Step, attempts: Option<u32>) {
+    let failed = match e {
+        PullError::Permanent { step, .. } => (*step, None),
+        PullError::GaveUp { step, attempts, .. } => (*step, Some(*attempts)),
+    };
+    assert_eq!(failed, (step, attempts), "{e:?}");
 }
