@@ -1,4 +1,5 @@
-//! RSA public keys in both `user_data` forms from arbitrary bytes: errors, never panics.
+//! Transfer public keys in every `user_data` form (RSA as DER or Intel's raw form, EC P-384 as
+//! DER) from arbitrary bytes: errors, never panics.
 #![no_main]
 
 use adyton_envelope::wrap::{ModulusOrder, TeePublicKey};

@@ -196,15 +196,15 @@ pub enum EnvelopeError {
         found: usize,
     },
 
-    /// An RSA public key could not be read.
-    #[error("bad RSA public key: {reason}")]
+    /// A transfer public key (RSA or EC P-384) could not be read, or is of an unsupported kind.
+    #[error("bad transfer public key: {reason}")]
     BadPublicKey {
         /// Why it was refused.
         reason: String,
     },
 
-    /// An RSA private key could not be read.
-    #[error("bad RSA private key: {reason}")]
+    /// A transfer private key could not be read or exported.
+    #[error("bad transfer private key: {reason}")]
     BadPrivateKey {
         /// Why it was refused.
         reason: String,
@@ -217,7 +217,8 @@ pub enum EnvelopeError {
         bits: usize,
     },
 
-    /// RSA-OAEP decryption failed: the wrapped key was made for another key pair or was altered.
+    /// RSA-OAEP or HPKE decryption failed: the wrapped key was made for another key pair or was
+    /// altered.
     #[error("unwrapping failed: the wrapped key was made for another key pair, or was altered")]
     UnwrapFailed,
 

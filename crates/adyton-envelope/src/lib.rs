@@ -2,7 +2,8 @@
 //!
 //! - [`v1`]: the CNAP single-shot format, byte-compatible with the reference Python snippet.
 //! - [`v2`]: Adyton's chunked streaming format (`docs/envelope-v2.md`).
-//! - [`wrap`]: RSA-OAEP key wrapping as the key broker's transfer protocol uses it.
+//! - [`wrap`]: key wrapping as the key broker's transfer protocol uses it (RSA-OAEP, or HPKE to
+//!   an EC P-384 key).
 //! - [`sealed`]: small secrets sealed under a TEE sealing key, for an offline device's disk.
 //! - [`Aes256Key`]: zeroizing key material with a redacted `Debug`.
 //!

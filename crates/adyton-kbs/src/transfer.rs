@@ -6,8 +6,10 @@
 //! - with a nonce from [`NonceIssuer`], it must equal SHA-512(nonce || user_data), and the nonce is
 //!   accepted once, before it expires.
 //!
-//! `user_data` is the TEE's RSA public key as sent: DER SubjectPublicKeyInfo, or Intel's raw
-//! `u32le exponent || modulus` (little-endian modulus under SGX, big-endian otherwise).
+//! `user_data` is the TEE's public key as sent: DER SubjectPublicKeyInfo of an RSA key or of an
+//! EC P-384 key, or Intel's raw RSA form `u32le exponent || modulus` (little-endian modulus under
+//! SGX, big-endian otherwise). The SWK goes to an RSA key with RSA-OAEP-SHA256 and to a P-384 key
+//! with HPKE ([`adyton_envelope::wrap`]); other curves and algorithms are bad requests.
 //!
 //! The offline transfer ([`Broker::offline_transfer`], `design.md` flow D) is the same decision
 //! without a nonce, for a device with no network whose provisioning request an operator carries
@@ -17,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind};
-use adyton_envelope::wrap::{self, ModulusOrder, TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{self, ModulusOrder, TeeKeyAlgorithm, TeePublicKey, WrappedKey};
 use adyton_envelope::{Aes256Key, EnvelopeError};
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -115,7 +117,7 @@ pub struct TransferRequest {
     pub attestation_type: String,
     /// The decoded `quote`: a raw DCAP quote or SNP report, a SIM report, or Adyton evidence JSON.
     pub quote: Vec<u8>,
-    /// The decoded `user_data`: the TEE's RSA public key.
+    /// The decoded `user_data`: the TEE's public key (RSA or EC P-384).
     pub user_data: Vec<u8>,
     /// The decoded nonce, when the client bound one.
     pub nonce: Option<Vec<u8>>,
@@ -396,9 +398,20 @@ fn check_offline(request: &OfflineTransferRequest) -> Result<()> {
             tee: tee.to_string(),
         });
     }
-    TeePublicKey::from_spki_der(&request.public_key).map_err(|e| KbsError::BadRequest {
-        reason: format!("public_key: {e}"),
-    })?;
+    let public_key =
+        TeePublicKey::from_spki_der(&request.public_key).map_err(|e| KbsError::BadRequest {
+            reason: format!("public_key: {e}"),
+        })?;
+    // The provisioning file (`adyton-provision-request/1`) carries an RSA key: a device seals its
+    // private key as PKCS#8, which Adyton does for RSA key pairs only.
+    if !matches!(public_key.algorithm(), TeeKeyAlgorithm::Rsa { .. }) {
+        return Err(KbsError::BadRequest {
+            reason: format!(
+                "public_key: an offline transfer takes an RSA key, not {}",
+                public_key.algorithm()
+            ),
+        });
+    }
     Ok(())
 }
 

@@ -20,7 +20,8 @@ use crate::error::ProtoError;
 pub const REPORT_DATA_LEN: usize = 64;
 
 /// The report data a key transfer requires: SHA-512 of the nonce (if any) followed by
-/// `user_data`, the TEE's public key as sent (`docs/kbs.md`, "Report data").
+/// `user_data`, the TEE's public key (RSA or EC P-384) exactly as sent (`docs/kbs.md`, "Report
+/// data").
 pub fn transfer_report_data(user_data: &[u8], nonce: Option<&[u8]>) -> [u8; REPORT_DATA_LEN] {
     let mut hasher = Context::new(&SHA512);
     hasher.update(nonce.unwrap_or_default());
@@ -38,8 +39,8 @@ const ANSWER: &str = "transfer answer";
 pub struct TransferBody {
     /// The evidence: a raw DCAP quote or SNP report, a SIM report, or Adyton evidence JSON.
     pub quote: Vec<u8>,
-    /// The TEE's RSA public key: DER SubjectPublicKeyInfo, or Intel's raw
-    /// `u32le exponent || modulus`.
+    /// The TEE's public key: DER SubjectPublicKeyInfo of an RSA key or of an EC P-384 key
+    /// (uncompressed point), or Intel's raw RSA form `u32le exponent || modulus`.
     pub user_data: Vec<u8>,
     /// The nonce the broker issued, when the TEE bound one.
     pub nonce: Option<Vec<u8>>,
@@ -156,7 +157,9 @@ impl Serialize for TransferBody {
 pub struct TransferAnswer {
     /// The model key sealed under the wrapping key (envelope v1).
     pub wrapped_key: Vec<u8>,
-    /// The wrapping key, RSA-OAEP-SHA256 encrypted to the TEE's public key.
+    /// The wrapping key encrypted to the TEE's public key: RSA-OAEP-SHA256 to an RSA key; HPKE
+    /// (DHKEM(P-384, HKDF-SHA384), HKDF-SHA384, AES-256-GCM) to a P-384 key, as `enc` (97
+    /// bytes) followed by the ciphertext and tag (48 bytes) (`docs/kbs.md`).
     pub wrapped_swk: Vec<u8>,
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use adyton_attest::attester::TeeChoice;
 use adyton_attest::AttestError;
+use adyton_envelope::wrap::TransferKeyKind;
 use serde::Deserialize;
 
 use crate::batching::{BatchError, BatchOptions, PreferredBatchSizes};
@@ -79,6 +80,8 @@ pub struct ServerFlags {
     pub threads: Option<usize>,
     pub onnxruntime_library: Option<PathBuf>,
     pub registry: Option<String>,
+    /// `--transfer-key p384|rsa-3072`.
+    pub transfer_key: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
     pub certificate_out: Option<PathBuf>,
@@ -120,6 +123,8 @@ struct ConfigFile {
     max_json_response_bytes: Option<usize>,
     /// The registry that protected models are pulled from.
     registry: Option<String>,
+    /// The kind of key pair a pull's key transfer makes: `p384` (the default) or `rsa-3072`.
+    transfer_key: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
     state_dir: Option<PathBuf>,
     /// The engine of every model without one of its own: `tract` or `onnxruntime`.
@@ -432,6 +437,8 @@ pub struct ServerConfig {
     pub settings: Settings,
     pub models: Vec<ModelSpec>,
     pub registry: Option<String>,
+    /// The kind of key pair a pull makes for its key transfer.
+    pub transfer_key: TransferKeyKind,
     pub state_dir: Option<PathBuf>,
     /// The engine and threads of uploads, pulls over the API, and models without their own.
     pub defaults: EngineDefaults,
@@ -537,6 +544,10 @@ impl ServerConfig {
                 "models pulled by model_id need a registry (--registry URL, or `registry` in the file)"
             );
         }
+        let transfer_key = match flags.transfer_key.clone().or(file.transfer_key) {
+            Some(name) => transfer_key_kind(&name)?,
+            None => TransferKeyKind::default(),
+        };
         let mut settings = Settings::default();
         if let Some(n) = flags.workers.or(file.workers) {
             if n == 0 {
@@ -577,6 +588,7 @@ impl ServerConfig {
             settings,
             models,
             registry,
+            transfer_key,
             state_dir,
             defaults,
             onnxruntime_library,
@@ -660,6 +672,19 @@ fn add_flag_shape(models: &mut Vec<ModelEntry>, spec: &str, has_state_dir: bool)
     }
     Ok(())
 }
+/// The transfer key kind named `name` (`transfer_key`, `--transfer-key`).
+fn transfer_key_kind(name: &str) -> Result<TransferKeyKind> {
+    TransferKeyKind::from_name(name).ok_or_else(|| {
+        let valid = TransferKeyKind::ALL
+            .map(|kind| format!("\"{kind}\""))
+            .join(" or ");
+        ConfigError::Invalid(format!(
+            "transfer_key: unknown key type \"{name}\" (valid: {valid}; \"rsa-3072\" for a key \
+             broker that takes RSA keys only, such as Intel's KBS)"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -688,6 +713,7 @@ mod tests {
                 "--threads" => flags.threads = Some(value.parse().unwrap()),
                 "--onnxruntime-library" => flags.onnxruntime_library = Some(value.into()),
                 "--load-budget-bytes" => flags.load_budget_bytes = Some(size(&value)),
+                "--transfer-key" => flags.transfer_key = Some(value),
                 "--max-json-response-bytes" => flags.max_json_response_bytes = Some(size(&value)),
                 other => panic!("no such flag in these tests: {other}"),
             }
@@ -1070,5 +1096,29 @@ max_batch_size = 2
         assert!(e.contains("state_dir"), "{e}");
         let e = error(None, &["--input-shape", "face:input=1"]);
         assert!(e.contains("no model is named 'face'"), "{e}");
+    }
+
+    #[test]
+    fn the_transfer_key_is_p384_unless_set_and_unknown_kinds_are_refused() {
+        let resolved = resolve_with(None, &[]).unwrap();
+        assert_eq!(resolved.transfer_key, TransferKeyKind::P384);
+        let resolved = resolve_with(Some("transfer_key = \"rsa-3072\"\n"), &[]).unwrap();
+        assert_eq!(resolved.transfer_key, TransferKeyKind::Rsa3072);
+        let resolved = resolve_with(None, &["--transfer-key", "rsa-3072"]).unwrap();
+        assert_eq!(resolved.transfer_key, TransferKeyKind::Rsa3072);
+        // The flag wins over the file.
+        let resolved = resolve_with(
+            Some("transfer_key = \"rsa-3072\"\n"),
+            &["--transfer-key", "p384"],
+        )
+        .unwrap();
+        assert_eq!(resolved.transfer_key, TransferKeyKind::P384);
+        for bad in ["rsa", "p256", "P384", ""] {
+            let e = error(Some(&format!("transfer_key = \"{bad}\"\n")), &[]);
+            assert!(e.contains(&format!("unknown key type \"{bad}\"")), "{e}");
+            assert!(e.contains("\"p384\" or \"rsa-3072\""), "{e}");
+        }
+        let e = error(None, &["--transfer-key", "x25519"]);
+        assert!(e.starts_with("transfer_key: unknown key type"), "{e}");
     }
 }

@@ -1,8 +1,8 @@
 //! Flow B (`design.md`): pulling an encrypted model from the registry, with its key released by the
 //! key broker to this TEE only.
 //!
-//! For each model: make an RSA key pair here, inside the TEE, and evidence over SHA-512 of its
-//! public key (DER SubjectPublicKeyInfo), on a thread of their own; meanwhile fetch the model's
+//! For each model: make a transfer key pair here, inside the TEE (EC P-384 by default, RSA-3072
+//! with `transfer_key = "rsa-3072"`), and evidence over SHA-512 of its public key (DER SubjectPublicKeyInfo), on a thread of their own; meanwhile fetch the model's
 //! info and download its blob whole into memory that is zeroized afterwards (`download`). Once the
 //! info has given the key broker's transfer URL (through a channel), the key thread asks the key
 //! broker's transfer endpoint, unwraps the key and hands it to the download (through another
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use adyton_attest::attester::Attester;
 use adyton_attest::Evidence;
-use adyton_envelope::wrap::{TeeKeyPair, TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{TeeKeyPair, TeePublicKey, TransferKeyKind, WrappedKey};
 use adyton_envelope::EnvelopeError;
 
 use crate::blob::OpenError;
@@ -51,38 +51,38 @@ use crate::runtime::{Engine, LoadOptions};
 use download::KeyMessage;
 use zeroize::Zeroizing;
 
-/// Size of the RSA key pair made for each transfer.
+/// Size of an RSA transfer key pair (`transfer_key = "rsa-3072"`, and offline provisioning's).
 pub const TRANSFER_RSA_BITS: usize = 3072;
 
 /// The key pair that [`make_transfer_key_ahead`] is making, for the next pull to take.
 static KEY_AHEAD: Mutex<Option<JoinHandle<Result<TeeKeyPair, EnvelopeError>>>> = Mutex::new(None);
 
-/// Starts making the RSA key pair of the next pull's transfer now, on a thread of its own.
+/// Starts making the key pair (of `kind`) of the next pull's transfer now, on a thread of its own.
 ///
 /// An RSA-3072 key pair takes a few hundred milliseconds, most of a protected model's pull before
-/// its load. A server that pulls models at start calls this first thing, so that the key pair is
-/// made while the server starts up (its attester, its TLS identity, its engines) rather than
-/// during the pull. The next pull's attempt takes it, once; later ones make their own. Like every
+/// its load (a P-384 one well under a millisecond). A server that pulls models at start calls
+/// this first thing, so that the key pair is made while the server starts up (its attester, its
+/// TLS identity, its engines) rather than during the pull. The next pull's attempt takes it, once; later ones make their own. Like every
 /// transfer key pair, it lives only in memory, serves one transfer, and is zeroized when dropped.
 /// Nothing happens if one is already waiting, or if no thread can be started (the pull then makes
 /// its own).
-pub fn make_transfer_key_ahead() {
+pub fn make_transfer_key_ahead(kind: TransferKeyKind) {
     let Ok(mut ahead) = KEY_AHEAD.lock() else {
         return;
     };
     if ahead.is_none() {
         *ahead = std::thread::Builder::new()
             .name("adyton-transfer-key".into())
-            .spawn(|| TeeKeyPair::generate(TRANSFER_RSA_BITS))
+            .spawn(move || TeeKeyPair::generate_kind(kind))
             .ok();
     }
 }
 
-/// The key pair made ahead, if there is one (waiting for it to be finished).
-fn take_key_ahead() -> Option<TeeKeyPair> {
+/// The key pair made ahead, if there is one of `kind` (waiting for it to be finished).
+fn take_key_ahead(kind: TransferKeyKind) -> Option<TeeKeyPair> {
     let handle = KEY_AHEAD.lock().ok()?.take()?;
     match handle.join() {
-        Ok(Ok(pair)) => Some(pair),
+        Ok(Ok(pair)) => (pair.kind() == Some(kind)).then_some(pair),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "the transfer key pair made ahead failed; making another");
             None
@@ -279,6 +279,8 @@ pub struct Puller {
     pub key_broker: Arc<dyn KeyBroker>,
     /// Retries of transient failures.
     pub backoff: Backoff,
+    /// The kind of key pair each transfer makes (`transfer_key`).
+    pub transfer_key: TransferKeyKind,
 }
 
 /// A blob reader that counts its bytes.
@@ -597,7 +599,7 @@ impl Puller {
         download_failed: &AtomicBool,
         download: Sender<KeyMessage>,
     ) -> Result<Option<Released>, Attempt> {
-        let released = self.transfer_key(kbs_url, download_failed, &download);
+        let released = self.model_key(kbs_url, download_failed, &download);
         if let Err(failure) = &released {
             // A download that has ended with an error no longer listens.
             let _ = download.send(KeyMessage::NotComing {
@@ -607,7 +609,7 @@ impl Puller {
         released
     }
 
-    fn transfer_key(
+    fn model_key(
         &self,
         kbs_url: impl FnOnce() -> Option<String>,
         download_failed: &AtomicBool,
@@ -644,13 +646,13 @@ impl Puller {
         }))
     }
 
-    /// A fresh RSA key pair and evidence over its public key, with the time they took.
+    /// A fresh key pair and evidence over its public key, with the time they took.
     fn transfer_identity(&self) -> Result<(TransferIdentity, Duration), Attempt> {
         let started = Instant::now();
-        let (pair, made_ahead) = match take_key_ahead() {
+        let (pair, made_ahead) = match take_key_ahead(self.transfer_key) {
             Some(pair) => (pair, true),
             None => (
-                TeeKeyPair::generate(TRANSFER_RSA_BITS)
+                TeeKeyPair::generate_kind(self.transfer_key)
                     .map_err(|e| Attempt::permanent(Step::Evidence, e))?,
                 false,
             ),
@@ -791,11 +793,17 @@ mod tests {
     /// its own.
     #[test]
     fn a_key_pair_made_ahead_is_taken_once() {
-        make_transfer_key_ahead();
-        // A second call while one waits starts nothing more.
-        make_transfer_key_ahead();
-        let pair = take_key_ahead().expect("a key pair made ahead");
-        assert_eq!(pair.public_key().unwrap().bits(), TRANSFER_RSA_BITS);
-        assert!(take_key_ahead().is_none());
+        for kind in TransferKeyKind::ALL {
+            make_transfer_key_ahead(kind);
+            // A second call while one waits starts nothing more.
+            make_transfer_key_ahead(kind);
+            let pair = take_key_ahead(kind).expect("a key pair made ahead");
+            assert_eq!(pair.kind(), Some(kind));
+            assert!(take_key_ahead(kind).is_none());
+        }
+        // One of another kind than the pull's is not taken (and is dropped).
+        make_transfer_key_ahead(TransferKeyKind::P384);
+        assert!(take_key_ahead(TransferKeyKind::Rsa3072).is_none());
+        assert!(take_key_ahead(TransferKeyKind::P384).is_none());
     }
 }

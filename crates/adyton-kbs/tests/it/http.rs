@@ -6,7 +6,7 @@ use std::sync::Arc;
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::{Collateral, TeeKind};
-use adyton_envelope::wrap::{TeeKeyPair, WrappedKey};
+use adyton_envelope::wrap::{TeeKeyPair, TransferKeyKind, WrappedKey};
 use adyton_kbs::http::{router, AuditSink, JsonLinesAudit, KbsState, MemoryAudit};
 use adyton_kbs::master_key::MasterKey;
 use adyton_kbs::store::redb::RedbStore;
@@ -192,6 +192,41 @@ async fn the_honest_transfer_releases_the_key_and_is_audited() {
     ] {
         assert!(!log.contains(&secret), "{log}");
     }
+}
+
+/// A P-384 `user_data` gets its answer over HTTP as an RSA one does; a P-256 one is a 400 that
+/// names the curve, audited as a denial.
+#[tokio::test]
+async fn a_p384_key_is_served_and_a_p256_key_is_a_bad_request() {
+    let mut f = fixture();
+    f.tee_key = TeeKeyPair::generate_kind(TransferKeyKind::P384).unwrap();
+    let reply = f.transfer(f.honest_body()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(f.unwrap_reply(&reply), MODEL_KEY);
+    assert_eq!(
+        BASE64
+            .decode(reply.json["wrapped_swk"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        97 + 32 + 16
+    );
+
+    let p256 = aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256)
+        .unwrap()
+        .compute_public_key()
+        .unwrap();
+    let p256 = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(&p256)
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let body = f.body(&p256, None, expected_report_data(&p256, None));
+    let reply = f.transfer(body).await;
+    f.assert_denied(&reply, StatusCode::BAD_REQUEST, true);
+    assert!(
+        reply.text.contains("P-256 is not supported"),
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::{Collateral, Evidence, TeeKind};
-use adyton_envelope::wrap::{ModulusOrder, TeeKeyPair, WrappedKey};
+use adyton_envelope::wrap::{ModulusOrder, TeeKeyPair, TransferKeyKind, WrappedKey};
 use adyton_kbs::admin::{AdminAuth, AdminUsers};
 use adyton_kbs::http::{
     router_with_admin, AuditSink, Clock, JsonLinesAudit, KbsState, MemoryAudit,
@@ -473,6 +473,22 @@ async fn unreadable_keys_and_evidence_are_400_and_audited() {
     request["tee"] = json!("XYZ");
     let reply = f.offline(&token, &request).await;
     f.assert_refused(&reply, StatusCode::BAD_REQUEST, 3);
+    // A P-384 key, even with evidence over it: the provisioning file carries an RSA key.
+    let p384 = TeeKeyPair::generate_kind(TransferKeyKind::P384)
+        .unwrap()
+        .public_key()
+        .unwrap()
+        .spki_der()
+        .to_vec();
+    let mut request = f.request_with(&f.attester, expected_report_data(&p384, None));
+    request["public_key"] = json!(BASE64.encode(&p384));
+    let reply = f.offline(&token, &request).await;
+    f.assert_refused(&reply, StatusCode::BAD_REQUEST, 4);
+    assert!(
+        reply.text.contains("an offline transfer takes an RSA key"),
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::{AttestError, Collateral, TeeKind};
-use adyton_envelope::wrap::{ModulusOrder, TeeKeyPair};
+use adyton_envelope::wrap::{ModulusOrder, TeeKeyPair, TransferKeyKind, HPKE_WRAPPED_SWK_LEN};
 use adyton_kbs::master_key::MasterKey;
 use adyton_kbs::store::redb::RedbStore;
 use adyton_kbs::transfer::{expected_report_data, Broker, TransferRequest, NONCE_LIFETIME_SECS};
@@ -126,6 +126,70 @@ fn the_raw_exponent_modulus_form_works_too() {
         f.tee_key.unwrap_transfer(&wrapped).unwrap().expose_secret(),
         &MODEL_KEY
     );
+}
+
+/// A P-384 `user_data`: the SWK comes back sealed with HPKE to it, with the nonce binding too.
+#[test]
+fn a_p384_key_receives_the_key_sealed_with_hpke() {
+    let mut f = fixture();
+    f.tee_key = TeeKeyPair::generate_kind(TransferKeyKind::P384).unwrap();
+    let user_data = f.spki();
+    let nonce = f.broker.nonce(NOW).unwrap();
+    let bound = expected_report_data(&user_data, Some(&nonce));
+    let request = f.request(user_data, Some(nonce), bound);
+    let (outcome, decision) = f.broker.transfer(&f.key_id, &request, NOW);
+    let (wrapped, _) = outcome.unwrap();
+    assert!(decision.allowed);
+    assert_eq!(wrapped.wrapped_swk.len(), HPKE_WRAPPED_SWK_LEN);
+    assert_eq!(
+        f.tee_key.unwrap_transfer(&wrapped).unwrap().expose_secret(),
+        &MODEL_KEY
+    );
+    // Another P-384 key pair cannot open the answer.
+    let other = TeeKeyPair::generate_kind(TransferKeyKind::P384).unwrap();
+    assert!(other.unwrap_transfer(&wrapped).is_err());
+
+    // Evidence over another P-384 key does not release the key to this one.
+    let other_spki = other.public_key().unwrap().spki_der().to_vec();
+    let request = f.request(f.spki(), None, expected_report_data(&other_spki, None));
+    assert!(matches!(f.refused(&request), KbsError::ReportDataMismatch));
+}
+
+/// Keys of other curves and algorithms, and malformed points, are bad requests that say why.
+#[test]
+fn other_curves_and_algorithms_are_bad_requests() {
+    use aws_lc_rs::agreement::{PrivateKey, ECDH_P256, X25519};
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    let f = fixture();
+    let spki_of = |algorithm| {
+        let private = PrivateKey::generate(algorithm).unwrap();
+        AsDer::<PublicKeyX509Der>::as_der(&private.compute_public_key().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    };
+    let mut off_curve = TeeKeyPair::generate_kind(TransferKeyKind::P384)
+        .unwrap()
+        .public_key()
+        .unwrap()
+        .spki_der()
+        .to_vec();
+    let last = off_curve.len() - 1;
+    off_curve[last] ^= 1;
+    for (user_data, expected) in [
+        (spki_of(&ECDH_P256), "P-256 is not supported"),
+        (spki_of(&X25519), "algorithm 1.3.101.110 is not supported"),
+        (off_curve, "not on the P-384 curve"),
+    ] {
+        let bound = expected_report_data(&user_data, None);
+        match f.refused(&f.request(user_data, None, bound)) {
+            KbsError::BadRequest { reason } => {
+                assert!(reason.starts_with("user_data: "), "{reason}");
+                assert!(reason.contains(expected), "{reason}");
+            }
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::Evidence;
-use adyton_envelope::wrap::{TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{TeePublicKey, TransferKeyKind, WrappedKey};
 use zeroize::Zeroizing;
 
 use super::*;
@@ -142,6 +142,7 @@ fn puller() -> Arc<Puller> {
             cap: Duration::from_millis(2),
             attempts: 1,
         },
+        transfer_key: TransferKeyKind::default(),
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::Evidence;
-use adyton_envelope::wrap::{TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{TeePublicKey, TransferKeyKind, WrappedKey};
 use adyton_server::http::{router, AdminToken, ServerState, Settings};
 use adyton_server::protocol::Limits;
 use adyton_server::pull::{Backoff, FetchError, KeyBroker, ModelInfo, Puller, Registry};
@@ -298,6 +298,7 @@ fn puller(engine: Arc<dyn Engine>) -> Arc<Puller> {
             cap: Duration::from_millis(4),
             attempts: 2,
         },
+        transfer_key: TransferKeyKind::default(),
     })
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::{sim::SimReport, Evidence, TeeKind};
-use adyton_envelope::wrap::{wrap_for_tee, TeePublicKey, WrappedKey};
+use adyton_envelope::wrap::{
+    wrap_for_tee, TeeKeyAlgorithm, TeePublicKey, TransferKeyKind, WrappedKey,
+};
 use adyton_envelope::{v1, v2, Aes256Key};
 use adyton_server::pull::{
     Backoff, FetchError, KeyBroker, ModelInfo, PullError, Puller, Registry, Step,
@@ -105,6 +107,8 @@ struct MemoryBroker {
     key: Aes256Key,
     allowed_measurement: [u8; 48],
     transfers: AtomicU32,
+    /// The algorithm of each public key presented.
+    algorithms: Mutex<Vec<TeeKeyAlgorithm>>,
 }
 
 impl KeyBroker for MemoryBroker {
@@ -115,6 +119,7 @@ impl KeyBroker for MemoryBroker {
         public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError> {
         self.transfers.fetch_add(1, Ordering::SeqCst);
+        self.algorithms.lock().unwrap().push(public_key.algorithm());
         assert_eq!(evidence.tee, TeeKind::Sim);
         let report = SimReport::parse(&evidence.quote).unwrap();
         let user_data = public_key.spki_der();
@@ -181,6 +186,7 @@ fn fixture(blob: Vec<u8>, measurement: [u8; 48]) -> Fixture {
         key: key(),
         allowed_measurement: MEASUREMENT,
         transfers: AtomicU32::new(0),
+        algorithms: Mutex::default(),
     });
     let puller = Puller {
         attester: attester(measurement),
@@ -192,6 +198,7 @@ fn fixture(blob: Vec<u8>, measurement: [u8; 48]) -> Fixture {
             cap: Duration::from_millis(4),
             attempts: 4,
         },
+        transfer_key: TransferKeyKind::default(),
     };
     Fixture {
         registry,
@@ -216,6 +223,27 @@ fn a_v2_model_is_pulled_decrypted_in_memory_and_served() {
     assert!(timings.blob_bytes > model("add").len() as u64);
     assert!(timings.total() >= timings.load);
     assert_eq!(f.broker.transfers.load(Ordering::SeqCst), 1);
+}
+
+/// The default transfer key is P-384 (its SWK sealed with HPKE); `transfer_key = "rsa-3072"`
+/// makes an RSA key pair (RSA-OAEP), as a broker that speaks only RSA needs.
+#[test]
+fn a_pull_transfers_with_p384_by_default_and_with_rsa_when_set() {
+    for (kind, expected) in [
+        (None, TeeKeyAlgorithm::P384),
+        (
+            Some(TransferKeyKind::Rsa3072),
+            TeeKeyAlgorithm::Rsa { bits: 3072 },
+        ),
+    ] {
+        let mut f = fixture(v2_blob(&model("add"), "k1"), MEASUREMENT);
+        if let Some(kind) = kind {
+            f.puller.transfer_key = kind;
+        }
+        let (model, _) = f.puller.pull("m1").unwrap();
+        assert_eq!(model.signature().outputs[0].name, "sum");
+        assert_eq!(*f.broker.algorithms.lock().unwrap(), [expected]);
+    }
 }
 
 #[test]

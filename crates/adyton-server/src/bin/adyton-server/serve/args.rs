@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// The registry that protected models are pulled from (also for POST .../{name}:pull).
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
+    /// The key pair a pull makes for its key transfer: p384 (the default; fast to make) or
+    /// rsa-3072 (for a key broker that takes RSA keys only, such as Intel's KBS).
+    #[arg(long, value_name = "KIND")]
+    pub transfer_key: Option<String>,
     /// An offline device's state directory: serve the models provisioned there, their keys
     /// unsealed by this TEE, with no network (docs/offline.md).
     #[arg(long, value_name = "DIR")]
@@ -114,6 +118,7 @@ impl ServeArgs {
             threads: self.threads,
             onnxruntime_library: self.onnxruntime_library.clone(),
             registry: self.registry.clone(),
+            transfer_key: self.transfer_key.clone(),
             state_dir: self.state_dir.clone(),
             token_file: self.token_file.path.clone(),
             certificate_out: self.certificate_out.clone(),
@@ -199,9 +204,15 @@ mod tests {
                 "3",
                 "--header-timeout",
                 "2s",
+                "--transfer-key",
+                "rsa-3072",
             ],
         )
         .unwrap();
+        assert_eq!(
+            config.transfer_key,
+            adyton_envelope::wrap::TransferKeyKind::Rsa3072
+        );
         assert!(config.token_file.as_ref().unwrap().ends_with("etc/token"));
         assert_eq!(config.settings.max_upload, 2 << 20);
         assert_eq!(config.settings.workers, 3);

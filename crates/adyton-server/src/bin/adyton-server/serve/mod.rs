@@ -96,9 +96,9 @@ fn init_logging() {
 /// `adyton-server serve`.
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let (resolved, connections) = args.resolve()?;
-    // The first pull's RSA key pair is made while the server starts up, not during the pull.
+    // The first pull's key pair is made while the server starts up, not during the pull.
     if resolved.models.iter().any(|m| m.model_id.is_some()) {
-        adyton_server::pull::make_transfer_key_ahead();
+        adyton_server::pull::make_transfer_key_ahead(resolved.transfer_key);
     }
     init_logging();
     quiet_panics();
@@ -171,6 +171,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
             key_broker: Arc::new(HttpKeyBroker),
             backoff: Backoff::default(),
+            transfer_key: resolved.transfer_key,
         })),
         None => None,
     };
