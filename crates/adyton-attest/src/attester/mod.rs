@@ -4,10 +4,13 @@
 //! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
 
 pub mod gramine;
+mod opening;
 pub mod sim;
 pub mod tsm;
 
 use std::path::PathBuf;
+
+pub use opening::OpeningAttester;
 
 use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind, REPORT_DATA_LEN};

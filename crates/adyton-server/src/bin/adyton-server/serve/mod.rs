@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use adyton_attest::attested_tls::AttestedTlsError;
-use adyton_attest::attester::{self, Attester, AttesterPaths};
+use adyton_attest::attester::{Attester, AttesterPaths, OpeningAttester};
 use adyton_attest::TeeKind;
 use adyton_cli::files::{OutputFile, OutputKind};
 use adyton_cli::net;
@@ -122,51 +122,19 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    let attester: Arc<dyn Attester> = Arc::from(
-        attester::attester_for(resolved.tee, &paths)
+    // The attester opens on a thread of its own (the SIM attester hashes this executable), while
+    // the engines are made and the protected models' pulls start: a pull needs evidence only once
+    // its key pair is made, and fetches the model's info and blob meanwhile.
+    let opening = Arc::new(
+        OpeningAttester::start(resolved.tee, &paths)
             .context("cannot open the TEE's attestation interface")?,
     );
-    if attester.tee() == TeeKind::Sim {
-        sim_banner();
-    }
-    let identity = Arc::new(
-        AttestedIdentity::generate(attester.as_ref())
-            .context("cannot make the attested TLS identity")?,
-    );
-    eprintln!(
-        "attested TLS: {} evidence over a fresh key; certificate SHA-256 {}",
-        attester.tee(),
-        hex::encode(identity.certificate_sha256())
-    );
-    if let Some(path) = &resolved.certificate_out {
-        let mut out = OutputFile::create(path, true, OutputKind::Public)?;
-        std::io::Write::write_all(out.file(), identity.certificate_pem().as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        out.commit()?;
-        eprintln!("wrote the certificate to {}", path.display());
-    }
-
     let engines = Engines::new(&resolved)?;
     let engine = engines.get(resolved.defaults.engine)?;
     let repository = Arc::new(Repository::new(resolved.max_models));
-    for entry in &resolved.models {
-        if let Some(path) = &entry.path {
-            load_file_model(&engines.settings(entry)?, &repository, entry, path)?;
-        }
-    }
-    if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
-        // `[[model]]` entries with neither `path` nor `model_id` give settings to sealed models.
-        let settings = resolved
-            .models
-            .iter()
-            .filter(|m| m.path.is_none() && m.model_id.is_none())
-            .map(|m| Ok((m.name.clone(), engines.settings(m)?)))
-            .collect::<Result<BTreeMap<String, ModelSettings>>>()?;
-        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &settings)?;
-    }
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
-            attester: Arc::clone(&attester),
+            attester: Arc::clone(&opening) as Arc<dyn Attester>,
             engine: Arc::clone(&engine),
             registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
             key_broker: Arc::new(HttpKeyBroker),
@@ -189,6 +157,44 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
                 engines.settings(entry)?,
             );
         }
+    }
+    let attester = opening
+        .wait()
+        .context("cannot open the TEE's attestation interface")?;
+    if attester.tee() == TeeKind::Sim {
+        sim_banner();
+    }
+    let identity = Arc::new(
+        AttestedIdentity::generate(attester.as_ref())
+            .context("cannot make the attested TLS identity")?,
+    );
+    eprintln!(
+        "attested TLS: {} evidence over a fresh key; certificate SHA-256 {}",
+        attester.tee(),
+        hex::encode(identity.certificate_sha256())
+    );
+    if let Some(path) = &resolved.certificate_out {
+        let mut out = OutputFile::create(path, true, OutputKind::Public)?;
+        std::io::Write::write_all(out.file(), identity.certificate_pem().as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        out.commit()?;
+        eprintln!("wrote the certificate to {}", path.display());
+    }
+
+    for entry in &resolved.models {
+        if let Some(path) = &entry.path {
+            load_file_model(&engines.settings(entry)?, &repository, entry, path)?;
+        }
+    }
+    if let (Some(dir), Some(sealer)) = (&resolved.state_dir, &sealer) {
+        // `[[model]]` entries with neither `path` nor `model_id` give settings to sealed models.
+        let settings = resolved
+            .models
+            .iter()
+            .filter(|m| m.path.is_none() && m.model_id.is_none())
+            .map(|m| Ok((m.name.clone(), engines.settings(m)?)))
+            .collect::<Result<BTreeMap<String, ModelSettings>>>()?;
+        crate::provision::load_sealed(dir, sealer.as_ref(), &engine, &repository, &settings)?;
     }
     let freshness: Arc<dyn FreshEvidence> = Arc::new(Freshness {
         identity: Arc::clone(&identity),
