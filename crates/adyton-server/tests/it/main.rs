@@ -6,6 +6,7 @@
 mod batching;
 mod device;
 mod engines;
+mod gramine;
 mod http;
 mod limits;
 mod onnx;
