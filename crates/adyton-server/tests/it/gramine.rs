@@ -287,7 +287,8 @@ fn ldd(binary: &Path) -> Vec<String> {
 }
 
 /// Runs `deploy/gramine/render` on this build's binary, with `template` (else the shipped one)
-/// and `config` (else the shipped `server.toml`), into `out`.
+/// and `config` (else the shipped `server.toml`), into `out`. `render` picks `gramine-manifest`
+/// where Gramine is installed and jinja2 elsewhere (our machines); the check is the same.
 fn render(out: &Path, template: Option<&Path>, config: Option<&Path>, extra: &[&str]) -> Output {
     let deploy = deploy_dir();
     let mut command = Command::new(python());
@@ -299,7 +300,6 @@ fn render(out: &Path, template: Option<&Path>, config: Option<&Path>, extra: &[&
         .arg(config.map_or_else(|| deploy.join("server.toml"), Path::to_path_buf))
         .arg("--out")
         .arg(out)
-        // The check does not depend on which renderer ran; jinja2's is the one our machines have.
         .args(extra);
     if let Some(template) = template {
         command.arg("--template").arg(template);
