@@ -131,16 +131,16 @@ def parse_ldd(output: str) -> list[str]:
             continue
         mapped = LDD_MAPPED.match(line)
         direct = LDD_DIRECT.match(line)
+        if "=> not found" in line:
+            raise RootfsError(f"ldd: {line.split()[0]} is not found on this machine")
         if mapped:
-            if mapped.group(2) == "not":
-                raise RootfsError(f"ldd: {mapped.group(1)} is not found on this machine")
             path = mapped.group(2)
         elif direct:
             path = direct.group(1)
-        elif "=> not found" in line:
-            raise RootfsError(f"ldd: {line.split()[0]} is not found on this machine")
         else:
-            raise RootfsError(f"ldd printed a line this script does not understand: {line.strip()!r}")
+            raise RootfsError(
+                f"ldd printed a line this script does not understand: {line.strip()!r}"
+            )
         if not path.startswith("/"):
             raise RootfsError(f"ldd named a library by a relative path: {path!r}")
         paths.add(path)
@@ -149,20 +149,21 @@ def parse_ldd(output: str) -> list[str]:
 
 def shared_libraries(binary: Path) -> list[Library]:
     """Every library that `ldd` lists for the binary, with the file behind each path."""
-    result = subprocess.run(
-        ["ldd", str(binary)], capture_output=True, text=True, env=TOOL_ENV
-    )
+    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=TOOL_ENV)
     if result.returncode != 0:
         if "not a dynamic executable" in result.stdout + result.stderr:
             return []
-        raise RootfsError(f"ldd {binary} failed: {result.stderr.strip() or result.stdout.strip()}")
+        message = result.stderr.strip() or result.stdout.strip()
+        raise RootfsError(f"ldd {binary} failed: {message}")
     return [Library(path, Path(path).resolve(strict=True)) for path in parse_ldd(result.stdout)]
 
 
 def owning_package(path: str) -> Package:
     """The installed Debian package that ships `path` (as named, else its resolved file)."""
     for candidate in dict.fromkeys([path, str(Path(path).resolve())]):
-        result = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True, env=TOOL_ENV)
+        result = subprocess.run(
+            ["dpkg", "-S", candidate], capture_output=True, text=True, env=TOOL_ENV
+        )
         if result.returncode == 0:
             # "libc6:amd64: /lib/x86_64-linux-gnu/libc.so.6"; a diversion line starts otherwise.
             for line in result.stdout.splitlines():
@@ -192,7 +193,9 @@ def ca_bundle() -> tuple[bytes, int]:
     """Mozilla's roots from the ca-certificates package, in name order, and their number."""
     files = sorted(MOZILLA_CERTIFICATES.glob("*.crt"))
     if not files:
-        raise RootfsError(f"no certificates in {MOZILLA_CERTIFICATES}: apt-get install ca-certificates")
+        raise RootfsError(
+            f"no certificates in {MOZILLA_CERTIFICATES}: apt-get install ca-certificates"
+        )
     parts = []
     for path in files:
         pem = path.read_bytes()
@@ -234,7 +237,9 @@ def assemble(image: str, binary: Path, revision: str, version: str) -> tuple[Roo
         rootfs.file(CA_BUNDLE, bundle)
         package = package_version("ca-certificates")
         packages[package.name] = package
-        certificate_lines.append(f"/{CA_BUNDLE} {package.name} {package.version} ({count} certificates, Mozilla's)")
+        certificate_lines.append(
+            f"/{CA_BUNDLE} {package.name} {package.version} ({count} certificates, Mozilla's)"
+        )
 
     for package in packages.values():
         base = package.name.split(":")[0]
@@ -280,12 +285,14 @@ def write_tar(rootfs: Rootfs, epoch: int, out) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image", required=True, choices=sorted(BINARIES))
     parser.add_argument("--binary", required=True, type=Path)
-    parser.add_argument("--epoch", required=True, type=int, help="every file's time (SOURCE_DATE_EPOCH)")
-    parser.add_argument("--revision", default="unknown", help="the source revision, for the manifest")
-    parser.add_argument("--version", default="unknown", help="the binary's version, for the manifest")
+    parser.add_argument("--epoch", required=True, type=int, help="every file's time")
+    parser.add_argument("--revision", default="unknown", help="the source revision")
+    parser.add_argument("--version", default="unknown", help="the binary's version")
     parser.add_argument("--out", required=True, type=Path, help="the tar archive to write")
     args = parser.parse_args(argv)
     try:
@@ -297,9 +304,11 @@ def main(argv: list[str]) -> int:
     except (RootfsError, OSError) as error:
         print(f"rootfs: {error}", file=sys.stderr)
         return 1
-    args.out.write_bytes(buffer.getvalue())
+    archive = buffer.getvalue()
+    args.out.write_bytes(archive)
     files = sum(1 for e in rootfs.entries.values() if e.data is not None)
-    print(f"rootfs: {args.out}: {files} files, {len(buffer.getvalue())} bytes, sha256 {hashlib.sha256(buffer.getvalue()).hexdigest()}")
+    digest = hashlib.sha256(archive).hexdigest()
+    print(f"rootfs: {args.out}: {files} files, {len(archive)} bytes, sha256 {digest}")
     for line in manifest[2:]:
         print(f"    {line}")
     return 0

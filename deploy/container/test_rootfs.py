@@ -101,7 +101,8 @@ class ServerRootfs(unittest.TestCase):
         cls.binary = test_binary()
         if not cls.binary.is_file():
             raise FileNotFoundError(
-                f"{cls.binary} is missing: cargo build -p adyton-server, or set ADYTON_IMAGE_TEST_BINARY"
+                f"{cls.binary} is missing: cargo build -p adyton-server,"
+                " or name a binary in ADYTON_IMAGE_TEST_BINARY"
             )
         cls.archive = assemble_tar("server", cls.binary)
         cls.members = members(cls.archive)
@@ -125,8 +126,10 @@ class ServerRootfs(unittest.TestCase):
 
     def test_library_bytes_are_the_machines(self):
         for path in ldd_paths(self.binary):
-            self.assertEqual(member_data(self.archive, path.lstrip("/")), Path(path).read_bytes(), path)
-        self.assertEqual(member_data(self.archive, "usr/local/bin/adyton-server"), self.binary.read_bytes())
+            data = member_data(self.archive, path.lstrip("/"))
+            self.assertEqual(data, Path(path).read_bytes(), path)
+        data = member_data(self.archive, "usr/local/bin/adyton-server")
+        self.assertEqual(data, self.binary.read_bytes())
 
     def test_no_shell_and_nothing_else_executable(self):
         for name, m in self.members.items():
@@ -136,12 +139,15 @@ class ServerRootfs(unittest.TestCase):
                     name == "usr/local/bin/adyton-server" or "/" + name in ldd_paths(self.binary),
                     f"{name} is executable",
                 )
-        self.assertFalse(any(n.startswith(("bin", "sbin", "usr/bin", "usr/sbin")) for n in self.members))
+        for name in self.members:
+            self.assertFalse(name.startswith(("bin", "sbin", "usr/bin", "usr/sbin")), name)
 
     def test_non_root_user_whose_home_is_the_state_directory(self):
         passwd = member_data(self.archive, "etc/passwd").decode()
-        self.assertIn("adyton:x:65532:65532:adyton:/var/lib/adyton:/usr/sbin/nologin", passwd.splitlines())
-        self.assertIn("adyton:x:65532:", member_data(self.archive, "etc/group").decode().splitlines())
+        user = "adyton:x:65532:65532:adyton:/var/lib/adyton:/usr/sbin/nologin"
+        self.assertIn(user, passwd.splitlines())
+        group = member_data(self.archive, "etc/group").decode()
+        self.assertIn("adyton:x:65532:", group.splitlines())
         state = self.members["var/lib/adyton"]
         self.assertTrue(state.isdir())
         self.assertEqual((state.uid, state.gid, state.mode), (65532, 65532, 0o700))
@@ -160,10 +166,16 @@ class ServerRootfs(unittest.TestCase):
             line = next(l for l in manifest.splitlines() if l.startswith(path + " "))
             _, package, version = line.split(" ")
             installed = subprocess.run(
-                ["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True
+                ["dpkg-query", "-W", "-f=${Version}", package],
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             self.assertEqual(version, installed)
-        self.assertRegex(manifest, r"/usr/local/bin/adyton-server adyton 0\.1\.0 \(revision 0123abc; sha256 [0-9a-f]{64}\)")
+        self.assertRegex(
+            manifest,
+            r"/usr/local/bin/adyton-server adyton 0\.1\.0 \(revision 0123abc; sha256 [0-9a-f]{64}\)",
+        )
 
     def test_same_inputs_give_the_same_bytes(self):
         self.assertEqual(assemble_tar("server", self.binary), self.archive)
@@ -195,12 +207,14 @@ class ServerRootfs(unittest.TestCase):
 class Containerfiles(unittest.TestCase):
     def check(self, image: str, binary: str):
         text = (HERE / f"Containerfile.{image}").read_text()
-        instructions = [l.split()[0] for l in text.splitlines() if l and not l[0].isspace() and not l.startswith("#")]
+        lines = text.splitlines()
+        instructions = [l.split()[0] for l in lines if l and not l[0].isspace() and l[0] != "#"]
         self.assertEqual(instructions[0], "FROM")
         self.assertIn("FROM scratch\n", text)
         # Nothing runs at build time (no shell to run it with), and one layer: the archive.
         self.assertNotIn("RUN", instructions)
-        self.assertEqual([l for l in text.splitlines() if l.startswith(("ADD", "COPY"))], ["ADD rootfs.tar /"])
+        added = [l for l in lines if l.startswith(("ADD", "COPY"))]
+        self.assertEqual(added, ["ADD rootfs.tar /"])
         self.assertIn("USER 65532:65532\n", text)
         self.assertIn(f'ENTRYPOINT ["/usr/local/bin/{binary}"]\n', text)
         self.assertIn("org.opencontainers.image.revision", text)
