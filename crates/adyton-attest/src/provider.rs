@@ -324,22 +324,38 @@ impl CollateralProvider {
     /// that was. Expired collateral is accepted only within the grace period, and the claims
     /// then say so.
     pub fn verify(&self, evidence: &Evidence, now: u64) -> Result<(Claims, CollateralUse)> {
-        let (collateral, mut used) = self.collateral_for(evidence, now)?;
-        let claims = match verifier::verify(evidence, &collateral, now) {
-            Err(AttestError::CollateralExpired { what }) => {
-                let Some(grace) = self.grace_period else {
-                    return Err(AttestError::CollateralExpired {
-                        what: format!("{what} (collateral from {})", describe(&used)),
-                    });
-                };
-                self.verify_in_grace(evidence, &collateral, now, grace, what, &used)?
-            }
-            other => other?,
-        };
-        used.issued_at = claims.collateral_issued_at;
-        used.expires_at = claims.collateral_expires_at;
-        used.grace_secs = claims.collateral_grace_secs;
+        let (outcome, used) = self.verify_traced(evidence, now);
+        let claims = outcome?;
+        let used = used.ok_or_else(|| missing("no record of the collateral used"))?;
         Ok((claims, used))
+    }
+
+    /// As [`Self::verify`], with the collateral used also when the verification fails (for the
+    /// audit log of a refusal); `None` when no collateral could be had.
+    pub fn verify_traced(
+        &self,
+        evidence: &Evidence,
+        now: u64,
+    ) -> (Result<Claims>, Option<CollateralUse>) {
+        let (collateral, mut used) = match self.collateral_for(evidence, now) {
+            Ok(found) => found,
+            Err(e) => return (Err(e), None),
+        };
+        let outcome = match verifier::verify(evidence, &collateral, now) {
+            Err(AttestError::CollateralExpired { what }) => match self.grace_period {
+                None => Err(AttestError::CollateralExpired {
+                    what: format!("{what} (collateral from {})", describe(&used)),
+                }),
+                Some(grace) => self.verify_in_grace(evidence, &collateral, now, grace, what, &used),
+            },
+            other => other,
+        };
+        if let Ok(claims) = &outcome {
+            used.issued_at = claims.collateral_issued_at;
+            used.expires_at = claims.collateral_expires_at;
+            used.grace_secs = claims.collateral_grace_secs;
+        }
+        (outcome, Some(used))
     }
 
     /// Verification as of the start of the grace period: everything is checked as it was then
