@@ -412,10 +412,14 @@ impl CollateralProvider {
     }
 
     fn dcap(&self, evidence: &Evidence, now: u64) -> Result<(Collateral, CollateralUse)> {
-        let key = dcap_key(evidence)?;
         let Some(pccs) = &self.pccs else {
-            return self.bundle_or_none(Some(key));
+            // Without a network source the bundle serves every quote, as it did before there
+            // were other sources: the key only names the platform in the audit log, and a quote
+            // whose PCK certificate cannot be read here (one that does not carry its chain) is
+            // the verifier's to judge with the bundle.
+            return self.bundle_or_none(dcap_key(evidence).ok());
         };
+        let key = dcap_key(evidence)?;
         let fetched =
             self.single_flight(&key, || pccs.dcap_collateral_traced(&evidence.quote, now));
         match fetched {

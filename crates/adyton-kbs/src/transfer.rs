@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use adyton_attest::provider::{CollateralProvider, CollateralUse};
+use adyton_attest::provider::{CollateralOrigin, CollateralProvider, CollateralUse};
 use adyton_attest::{Claims, Collateral, Evidence, TeeKind};
 use adyton_envelope::wrap::{self, ModulusOrder, TeeKeyAlgorithm, TeePublicKey, WrappedKey};
 use adyton_envelope::{Aes256Key, EnvelopeError};
@@ -383,7 +383,9 @@ impl Broker {
 
         let evidence = decode_evidence(tee, &request.quote)?;
         let (verified, used) = self.collateral.verify_traced(&evidence, now);
-        decision.collateral = used.filter(|u| u.key.is_some());
+        // SIM evidence needs no collateral, and its decision line stays as it was.
+        decision.collateral =
+            used.filter(|u| u.key.is_some() || u.origin != CollateralOrigin::None);
         let claims = verified?;
         decision.measurement = Some(claims.primary_measurement());
 
