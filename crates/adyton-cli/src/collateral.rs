@@ -36,11 +36,11 @@ pub struct CollateralArgs {
     pub collateral: Option<PathBuf>,
 
     /// PCCS or Intel PCS (API v4) to fetch SGX and TDX collateral from, e.g.
-    /// https://api.trustedservices.intel.com or https://pccs.example:8081
+    /// <https://api.trustedservices.intel.com> or <https://pccs.example:8081>
     #[arg(long, value_name = "URL", env = PCCS_URL_ENV)]
     pub pccs_url: Option<String>,
 
-    /// AMD KDS (or a mirror) to fetch SNP VCEKs from, e.g. https://kdsintf.amd.com; not needed
+    /// AMD KDS (or a mirror) to fetch SNP VCEKs from, e.g. <https://kdsintf.amd.com>; not needed
     /// when the evidence carries its VCEK
     #[arg(long, value_name = "URL", env = KDS_URL_ENV)]
     pub kds_url: Option<String>,
