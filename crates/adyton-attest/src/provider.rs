@@ -144,6 +144,9 @@ pub enum CollateralOrigin {
     Stale,
     /// The certificates the evidence carries (SNP); no collateral of ours was needed.
     Evidence,
+    /// Collateral sent with the evidence (the TEE fetched it from its platform's source), used
+    /// because this verifier had none of its own.
+    Carried,
     /// No collateral (SIM evidence).
     None,
 }
@@ -199,6 +202,8 @@ pub struct ProviderStats {
     pub bundle: u64,
     /// Evidence whose own certificates sufficed.
     pub evidence: u64,
+    /// Collateral sent with the evidence, used for want of our own.
+    pub carried: u64,
     /// Failures to get collateral from any source.
     pub failures: u64,
     /// Verifications accepted within the grace period only.
@@ -212,6 +217,7 @@ struct Counters {
     stale: AtomicU64,
     bundle: AtomicU64,
     evidence: AtomicU64,
+    carried: AtomicU64,
     failures: AtomicU64,
     grace: AtomicU64,
 }
@@ -224,6 +230,7 @@ impl Counters {
             CollateralOrigin::Stale => &self.stale,
             CollateralOrigin::Bundle => &self.bundle,
             CollateralOrigin::Evidence => &self.evidence,
+            CollateralOrigin::Carried => &self.carried,
             CollateralOrigin::None => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +322,7 @@ impl CollateralProvider {
             stale: c.stale.load(Ordering::Relaxed),
             bundle: c.bundle.load(Ordering::Relaxed),
             evidence: c.evidence.load(Ordering::Relaxed),
+            carried: c.carried.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             grace: c.grace.load(Ordering::Relaxed),
         }
@@ -337,9 +345,33 @@ impl CollateralProvider {
         evidence: &Evidence,
         now: u64,
     ) -> (Result<Claims>, Option<CollateralUse>) {
-        let (collateral, mut used) = match self.collateral_for(evidence, now) {
-            Ok(found) => found,
-            Err(e) => return (Err(e), None),
+        self.verify_traced_with(evidence, None, now)
+    }
+
+    /// As [`Self::verify_traced`], with `carried`: collateral that came with the evidence, used
+    /// only when this provider has none of its own for it (no source for its TEE, or a source
+    /// that failed with nothing cached). It adds no trust: the verifier checks its signatures up
+    /// to Intel's or AMD's root like any other.
+    pub fn verify_traced_with(
+        &self,
+        evidence: &Evidence,
+        carried: Option<&Collateral>,
+        now: u64,
+    ) -> (Result<Claims>, Option<CollateralUse>) {
+        let own = self.collateral_for(evidence, now);
+        let (collateral, mut used) = match (own, carried) {
+            (Ok((_, used)), Some(carried)) if used.origin == CollateralOrigin::None => {
+                self.counters.carried.fetch_add(1, Ordering::Relaxed);
+                let used = CollateralUse::new(used.key, CollateralOrigin::Carried, "");
+                (carried.clone(), used)
+            }
+            (Err(AttestError::CollateralMissing { .. }), Some(carried)) => {
+                self.counters.carried.fetch_add(1, Ordering::Relaxed);
+                let used = CollateralUse::new(None, CollateralOrigin::Carried, "");
+                (carried.clone(), used)
+            }
+            (Ok(found), _) => found,
+            (Err(e), _) => return (Err(e), None),
         };
         let outcome = match verifier::verify(evidence, &collateral, now) {
             Err(AttestError::CollateralExpired { what }) => match self.grace_period {
@@ -603,6 +635,7 @@ fn describe(used: &CollateralUse) -> String {
         CollateralOrigin::Cache => "the cache",
         CollateralOrigin::Stale => "the cache, the source being unreachable,",
         CollateralOrigin::Evidence => "the evidence",
+        CollateralOrigin::Carried => "the collateral sent with the evidence",
         CollateralOrigin::None => "nowhere",
     };
     match &used.key {

@@ -279,6 +279,7 @@ fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<Transfe
             quote: body.quote,
             user_data: body.user_data,
             nonce: body.nonce,
+            collateral: body.collateral,
         }),
     })
 }

@@ -122,6 +122,9 @@ pub struct TransferRequest {
     pub user_data: Vec<u8>,
     /// The decoded nonce, when the client bound one.
     pub nonce: Option<Vec<u8>>,
+    /// The evidence's collateral (bundle JSON) when the TEE sent it; used only when the broker
+    /// has none of its own for the evidence.
+    pub collateral: Option<Vec<u8>>,
 }
 
 /// What a transfer decided, for the audit log. It holds no secret.
@@ -332,6 +335,7 @@ impl Broker {
             quote: request.evidence.clone(),
             user_data: request.public_key.clone(),
             nonce: None,
+            collateral: None,
         };
         let (outcome, mut decision) = self.transfer(key_id, &transfer, now);
         decision.offline = Some(context);
@@ -382,7 +386,17 @@ impl Broker {
         })?;
 
         let evidence = decode_evidence(tee, &request.quote)?;
-        let (verified, used) = self.collateral.verify_traced(&evidence, now);
+        let carried = request
+            .collateral
+            .as_deref()
+            .map(Collateral::from_json)
+            .transpose()
+            .map_err(|e| KbsError::BadRequest {
+                reason: format!("collateral: {e}"),
+            })?;
+        let (verified, used) = self
+            .collateral
+            .verify_traced_with(&evidence, carried.as_ref(), now);
         // SIM evidence needs no collateral, and its decision line stays as it was.
         decision.collateral =
             used.filter(|u| u.key.is_some() || u.origin != CollateralOrigin::None);

@@ -556,6 +556,7 @@ fn collateral_metrics(stats: &adyton_attest::provider::ProviderStats) -> String 
         ("stale", stats.stale),
         ("bundle", stats.bundle),
         ("evidence", stats.evidence),
+        ("carried", stats.carried),
     ] {
         text.push_str(&format!(
             "adyton_kbs_collateral_total{{origin=\"{origin}\"}} {count}\n"

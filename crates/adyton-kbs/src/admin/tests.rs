@@ -575,6 +575,7 @@ fn collateral_metrics_count_each_origin_failures_and_grace() {
         stale: 3,
         bundle: 4,
         evidence: 5,
+        carried: 8,
         failures: 6,
         grace: 7,
     };
@@ -585,6 +586,7 @@ fn collateral_metrics_count_each_origin_failures_and_grace() {
         "adyton_kbs_collateral_total{origin=\"stale\"} 3",
         "adyton_kbs_collateral_total{origin=\"bundle\"} 4",
         "adyton_kbs_collateral_total{origin=\"evidence\"} 5",
+        "adyton_kbs_collateral_total{origin=\"carried\"} 8",
         "adyton_kbs_collateral_failures_total 6",
         "adyton_kbs_collateral_grace_total 7",
     ] {

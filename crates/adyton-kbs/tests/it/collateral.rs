@@ -87,6 +87,7 @@ fn request(tee: TeeKind, quote: &[u8]) -> TransferRequest {
         quote: quote.to_vec(),
         user_data: key.public_key().unwrap().spki_der().to_vec(),
         nonce: None,
+        collateral: None,
     }
 }
 
@@ -307,5 +308,121 @@ fn a_bundle_given_as_before_still_verifies() {
     assert_eq!(
         decision.collateral.unwrap().origin,
         CollateralOrigin::Bundle
+    );
+}
+
+fn with_collateral(tee: TeeKind, quote: &[u8], collateral: Vec<u8>) -> TransferRequest {
+    TransferRequest {
+        collateral: Some(collateral),
+        ..request(tee, quote)
+    }
+}
+
+#[test]
+fn collateral_sent_with_the_evidence_serves_a_broker_that_has_none() {
+    let f = fixture(CollateralProvider::new(ProviderConfig::new()).unwrap());
+    for (sample, file) in [
+        (Sample::sgx(), "sgx_quote_collateral.json"),
+        (Sample::tdx(), "tdx_quote_collateral.json"),
+    ] {
+        let tee = tee_of(&sample);
+        let request = with_collateral(tee, &sample.quote, testdata(file));
+        let (outcome, decision) = f.broker.transfer(f.key(tee), &request, DCAP_TIME);
+        assert_verified(&outcome.err().unwrap(), &decision);
+        let used = decision.collateral.unwrap();
+        assert_eq!(used.origin, CollateralOrigin::Carried);
+        assert!(used.issued_at.is_some());
+    }
+    assert_eq!(f.broker.collateral().stats().carried, 2);
+
+    // It adds no trust: collateral whose signed TCB info was altered is refused...
+    let sgx = Sample::sgx();
+    let mut tampered: serde_json::Value =
+        serde_json::from_slice(&testdata("sgx_quote_collateral.json")).unwrap();
+    let tcb_info =
+        tampered["tcb_info"]
+            .as_str()
+            .unwrap()
+            .replacen("\"tcbLevels\"", "\"tcbLevels\" ", 1);
+    tampered["tcb_info"] = tcb_info.into();
+    let request = with_collateral(
+        TeeKind::Sgx,
+        &sgx.quote,
+        serde_json::to_vec(&tampered).unwrap(),
+    );
+    let (outcome, decision) = f.broker.transfer(f.key(TeeKind::Sgx), &request, DCAP_TIME);
+    let err = outcome.err().unwrap();
+    assert!(!matches!(err, KbsError::ReportDataMismatch), "{err:?}");
+    assert!(matches!(err, KbsError::Attestation(_)), "{err:?}");
+    assert_eq!(decision.measurement, None);
+    // ...so is the other platform's (the TDX collateral for the SGX quote)...
+    let request = with_collateral(
+        TeeKind::Sgx,
+        &sgx.quote,
+        testdata("tdx_quote_collateral.json"),
+    );
+    let (outcome, _) = f.broker.transfer(f.key(TeeKind::Sgx), &request, DCAP_TIME);
+    assert!(matches!(outcome, Err(KbsError::Attestation(_))));
+    // ...expired collateral...
+    let request = with_collateral(
+        TeeKind::Sgx,
+        &sgx.quote,
+        testdata("sgx_quote_collateral.json"),
+    );
+    let (outcome, _) = f
+        .broker
+        .transfer(f.key(TeeKind::Sgx), &request, A_DAY_AFTER_SGX_EXPIRY);
+    assert!(
+        matches!(
+            outcome,
+            Err(KbsError::Attestation(AttestError::CollateralExpired { .. }))
+        ),
+        "{outcome:?}"
+    );
+    // ...and a field that is not collateral is the client's error.
+    let request = with_collateral(TeeKind::Sgx, &sgx.quote, b"not json".to_vec());
+    let (outcome, _) = f.broker.transfer(f.key(TeeKind::Sgx), &request, DCAP_TIME);
+    assert!(
+        matches!(&outcome, Err(KbsError::BadRequest { reason }) if reason.starts_with("collateral:")),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_broker_with_its_own_source_ignores_collateral_sent_with_the_evidence() {
+    let sample = Sample::sgx();
+    let server = Server::start_tls(sample.routes());
+    let f = fixture(pccs_provider(&server, options()));
+    // The TDX collateral would not verify the SGX quote: that it verifies shows it was unused.
+    let request = with_collateral(
+        TeeKind::Sgx,
+        &sample.quote,
+        testdata("tdx_quote_collateral.json"),
+    );
+    let (outcome, decision) = f.broker.transfer(f.key(TeeKind::Sgx), &request, DCAP_TIME);
+    assert_verified(&outcome.err().unwrap(), &decision);
+    assert_eq!(
+        decision.collateral.unwrap().origin,
+        CollateralOrigin::Network
+    );
+
+    // Its source down with nothing cached: the sent collateral is used.
+    drop(server);
+    let fresh = fixture(pccs_provider(
+        &Server::start_tls(std::collections::HashMap::new()),
+        options(),
+    ));
+    let request = with_collateral(
+        TeeKind::Sgx,
+        &sample.quote,
+        testdata("sgx_quote_collateral.json"),
+    );
+    let (outcome, decision) = fresh
+        .broker
+        .transfer(fresh.key(TeeKind::Sgx), &request, DCAP_TIME);
+    assert_verified(&outcome.err().unwrap(), &decision);
+    assert_eq!(
+        decision.collateral.unwrap().origin,
+        CollateralOrigin::Carried
     );
 }

@@ -59,6 +59,7 @@ impl KeyBroker for HttpKeyBroker {
             quote: evidence.to_json().into_bytes(),
             user_data: public_key.spki_der().to_vec(),
             nonce: None,
+            collateral: None,
         };
         let answer = adyton_client::kbs::transfer(kbs_url, evidence.tee.as_str(), &body)
             .map_err(|e| classify_transfer(&e, public_key))?;
