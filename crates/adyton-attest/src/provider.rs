@@ -283,10 +283,11 @@ impl CollateralProvider {
     }
 
     /// A provider of one bundle of collateral, as verifiers took it before there were network
-    /// sources.
+    /// sources. An empty bundle ([`Collateral::none`]) is no source.
     pub fn from_collateral(collateral: Collateral, label: impl Into<String>) -> Self {
+        let empty = collateral.dcap.is_none() && collateral.snp.is_none();
         Self {
-            bundle: Some((collateral, label.into())),
+            bundle: (!empty).then(|| (collateral, label.into())),
             pccs: None,
             kds: None,
             grace_period: None,
