@@ -374,8 +374,13 @@ impl CollateralProvider {
             (Ok(found), _) => found,
             (Err(e), _) => return (Err(e), None),
         };
+        // The grace period is the operator's allowance for its own sources' outages; collateral
+        // the evidence brought along (whose sender chooses it) gets none.
+        let grace = self
+            .grace_period
+            .filter(|_| used.origin != CollateralOrigin::Carried);
         let outcome = match verifier::verify(evidence, &collateral, now) {
-            Err(AttestError::CollateralExpired { what }) => match self.grace_period {
+            Err(AttestError::CollateralExpired { what }) => match grace {
                 None => Err(AttestError::CollateralExpired {
                     what: format!("{what} (collateral from {})", describe(&used)),
                 }),

@@ -425,4 +425,25 @@ fn a_broker_with_its_own_source_ignores_collateral_sent_with_the_evidence() {
         decision.collateral.unwrap().origin,
         CollateralOrigin::Carried
     );
+
+    // A grace period for the broker's own sources does not extend to sent collateral.
+    let lenient = fixture(
+        CollateralProvider::new(
+            ProviderConfig::new()
+                .with_fetch_options(options())
+                .with_grace_period(Some(Duration::from_secs(2 * 86_400))),
+        )
+        .unwrap(),
+    );
+    let (outcome, _) =
+        lenient
+            .broker
+            .transfer(lenient.key(TeeKind::Sgx), &request, A_DAY_AFTER_SGX_EXPIRY);
+    assert!(
+        matches!(
+            outcome,
+            Err(KbsError::Attestation(AttestError::CollateralExpired { .. }))
+        ),
+        "{outcome:?}"
+    );
 }
