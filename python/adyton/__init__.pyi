@@ -70,11 +70,16 @@ def connect(
     policy: StrPath,
     token: Optional[str] = None,
     collateral: Optional[StrPath] = None,
+    pccs_url: Optional[str] = None,
+    kds_url: Optional[str] = None,
+    collateral_cache_dir: Optional[StrPath] = None,
     fresh_evidence: bool = True,
     timeout: float = 60.0,
 ) -> Connection:
     """Connects to ``url`` and verifies the server's attestation against ``policy`` (a path to a
-    TOML policy file, or the TOML text) before any request is sent."""
+    TOML policy file, or the TOML text) before any request is sent. Collateral for SGX, TDX and
+    SNP evidence comes from ``collateral`` (a bundle file), ``pccs_url`` (a PCCS or Intel's PCS)
+    and ``kds_url`` (AMD's KDS), fetched collateral also kept in ``collateral_cache_dir``."""
 
 def encrypt_model(
     src: StrPath,

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_attest::{Collateral, Policy};
 use adyton_client::{ClientError, ConnectOptions, ServerClient, TensorMetadata, Token};
 use pyo3::exceptions::PyTypeError;
@@ -28,16 +29,26 @@ use crate::tensors;
 ///
 /// `policy` is a path (`str` or `os.PathLike`) to a TOML policy file, or the TOML text itself
 /// (a `str` holding a newline, `[` or `=`). `token` is the upload token, needed by
-/// `upload_model` and `delete_model`. `collateral` is a path to a collateral bundle (JSON) for
-/// SGX, TDX and SNP evidence. `timeout` bounds each request, in seconds.
+/// `upload_model` and `delete_model`. Collateral for SGX, TDX and SNP evidence comes from
+/// `collateral` (a path to a collateral bundle, JSON), `pccs_url` (a PCCS or Intel's PCS, for SGX
+/// and TDX), `kds_url` (AMD's KDS, for SNP evidence that does not carry its VCEK), with fetched
+/// collateral also kept in `collateral_cache_dir`; connections with the same settings share one
+/// cache. `timeout` bounds each request, in seconds.
 #[pyfunction]
-#[pyo3(signature = (url, *, policy, token=None, collateral=None, fresh_evidence=true, timeout=60.0))]
+#[pyo3(signature = (
+    url, *, policy, token=None, collateral=None, pccs_url=None, kds_url=None,
+    collateral_cache_dir=None, fresh_evidence=true, timeout=60.0
+))]
+#[allow(clippy::too_many_arguments)]
 pub fn connect(
     py: Python<'_>,
     url: String,
     policy: &Bound<'_, PyAny>,
     token: Option<String>,
     collateral: Option<PathBuf>,
+    pccs_url: Option<String>,
+    kds_url: Option<String>,
+    collateral_cache_dir: Option<PathBuf>,
     fresh_evidence: bool,
     timeout: f64,
 ) -> PyResult<Connection> {
@@ -47,12 +58,14 @@ pub fn connect(
             "timeout must be a positive number of seconds, not {timeout}"
         )));
     }
-    let collateral = match collateral {
-        None => Collateral::none(),
-        Some(path) => read_collateral(&path)?,
+    let sources = CollateralSources {
+        bundle: collateral,
+        pccs_url,
+        kds_url,
+        cache_dir: collateral_cache_dir,
     };
     let options = ConnectOptions {
-        collateral,
+        collateral: provider_for(sources)?,
         token: token.map(Token::new),
         fresh_evidence,
         timeout: Duration::from_secs_f64(timeout),
@@ -111,6 +124,58 @@ fn read_policy_file(path: &Path) -> PyResult<Policy> {
     Policy::from_file(path).map_err(|err| {
         PolicyError::new_err(format!("cannot use the policy {}: {err}", path.display()))
     })
+}
+
+/// The collateral settings of a `connect` call; connections with equal settings share one
+/// provider, and so its cache and its single-flight fetches.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CollateralSources {
+    bundle: Option<PathBuf>,
+    pccs_url: Option<String>,
+    kds_url: Option<String>,
+    cache_dir: Option<PathBuf>,
+}
+
+/// Most providers kept for reuse; a program talks to few kinds of servers.
+const MAX_PROVIDERS: usize = 16;
+
+fn provider_for(sources: CollateralSources) -> PyResult<Arc<CollateralProvider>> {
+    static PROVIDERS: OnceLock<Mutex<HashMap<CollateralSources, Arc<CollateralProvider>>>> =
+        OnceLock::new();
+    let providers = PROVIDERS.get_or_init(Default::default);
+    let network = sources.pccs_url.is_some() || sources.kds_url.is_some();
+    if network {
+        let known = providers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(provider) = known.get(&sources) {
+            return Ok(provider.clone());
+        }
+    }
+    let mut config = ProviderConfig::new();
+    if let Some(path) = &sources.bundle {
+        config = config.with_bundle(read_collateral(path)?, path.display().to_string());
+    }
+    if let Some(url) = &sources.pccs_url {
+        config = config.with_pccs_url(url);
+    }
+    if let Some(url) = &sources.kds_url {
+        config = config.with_kds_url(url);
+    }
+    if let Some(dir) = &sources.cache_dir {
+        config = config.with_cache_dir(dir);
+    }
+    let provider = Arc::new(
+        CollateralProvider::new(config)
+            .map_err(|err| input_error(format!("cannot use the collateral settings: {err}")))?,
+    );
+    // A bundle alone is read again by each connection, so that a replaced file is seen.
+    if network {
+        let mut known = providers.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() >= MAX_PROVIDERS {
+            known.clear();
+        }
+        known.insert(sources, provider.clone());
+    }
+    Ok(provider)
 }
 
 fn read_collateral(path: &Path) -> PyResult<Collateral> {

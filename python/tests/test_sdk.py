@@ -345,3 +345,22 @@ def test_encrypt_model_is_opened_by_the_cli(server, tmp_path, fmt):
     with pytest.raises(FileNotFoundError):
         adyton.encrypt_model(tmp_path / "absent.onnx", tmp_path / "x.enc", key_out=tmp_path / "x.key")
     assert not (tmp_path / "x.key").exists()
+
+
+def test_collateral_sources(server, tmp_path):
+    # SIM evidence needs no collateral: unreachable sources change nothing, and are not asked.
+    with connect(
+        server,
+        pccs_url="http://127.0.0.1:1",
+        kds_url="http://127.0.0.1:1",
+        collateral_cache_dir=tmp_path / "cache",
+    ) as c:
+        assert c.claims["tee"] == "SIM"
+    assert (tmp_path / "cache").is_dir()
+    # Bad settings are refused before connecting, naming what is wrong.
+    with pytest.raises(adyton.InputError, match="not an http:// or https:// URL"):
+        connect(server, pccs_url="pccs.example")
+    with pytest.raises(adyton.InputError, match="KDS URL"):
+        connect(server, kds_url="ftp://kds.example")
+    with pytest.raises(OSError):
+        connect(server, collateral=tmp_path / "missing.json")

@@ -175,6 +175,11 @@ pub struct Claims {
     pub collateral_expires_at: Option<u64>,
     /// Earliest issue date (unix seconds) of the collateral used, when there was any.
     pub collateral_issued_at: Option<u64>,
+    /// How long (seconds) the collateral had expired when it was accepted anyway, under a grace
+    /// period the operator set ([`crate::provider::ProviderConfig::grace_period`]); absent when
+    /// the collateral was valid, which is the only case without such a setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collateral_grace_secs: Option<u64>,
     /// The TEE-specific claims.
     pub details: TeeClaims,
 }

@@ -6,6 +6,8 @@
 //! - [`verifier`]: evidence, collateral and a time in; typed [`Claims`] out.
 //! - [`policy`]: reference values per TEE, and the decision.
 //! - [`collateral`]: Intel and AMD collateral from a bundle file.
+//! - [`pccs`]: collateral over HTTP from a PCCS, Intel's PCS or AMD's KDS, cached.
+//! - [`provider`]: the one way every verifier gets collateral for evidence, from those sources.
 //! - [`seal`]: sealing keys bound to this TEE's identity (Gramine SGX, SEV-SNP, SIM), for
 //!   offline devices.
 //!
@@ -22,6 +24,7 @@ mod error;
 pub mod evidence;
 pub mod pccs;
 pub mod policy;
+pub mod provider;
 pub mod seal;
 pub mod sim;
 pub mod verifier;
@@ -31,4 +34,5 @@ pub use collateral::Collateral;
 pub use error::{AttestError, Result};
 pub use evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
 pub use policy::Policy;
+pub use provider::{CollateralProvider, ProviderConfig};
 pub use seal::{sealer_for, Sealer, SealingKey, SealingPolicy};

@@ -119,6 +119,9 @@ pub struct FetchOptions {
     pub ca_certificates_pem: Option<Vec<u8>>,
     /// Whether a stale cached entry is used when refreshing it fails.
     pub stale_on_error: bool,
+    /// How long before an entry's `nextUpdate` it is refreshed, so that a fleet is never left
+    /// with collateral that expires while the source is briefly unreachable.
+    pub refresh_ahead: Duration,
 }
 
 impl Default for FetchOptions {
@@ -133,6 +136,7 @@ impl Default for FetchOptions {
             cache_dir: None,
             ca_certificates_pem: None,
             stale_on_error: true,
+            refresh_ahead: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -179,6 +183,43 @@ impl FetchOptions {
     pub fn with_stale_on_error(mut self, allowed: bool) -> Self {
         self.stale_on_error = allowed;
         self
+    }
+
+    /// Sets how long before its `nextUpdate` an entry is refreshed.
+    pub fn with_refresh_ahead(mut self, ahead: Duration) -> Self {
+        self.refresh_ahead = ahead;
+        self
+    }
+}
+
+/// Where a fetched response came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Served {
+    /// The in-memory cache, fresh.
+    Memory,
+    /// The cache directory, fresh (after a restart).
+    Disk,
+    /// The network, just now.
+    Network,
+    /// A cached entry past its refresh time, used because the refresh failed.
+    Stale,
+}
+
+/// How the responses behind one piece of collateral were obtained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchTrace {
+    /// The least fresh way any response was served (`Stale` over `Network` over `Disk` over
+    /// `Memory`); `None` when nothing was fetched.
+    pub served: Option<Served>,
+    /// When the oldest response was fetched from the network (unix seconds).
+    pub fetched_at: Option<u64>,
+}
+
+impl FetchTrace {
+    fn record(&mut self, served: Served, fetched_at: u64) {
+        self.served = self.served.max(Some(served));
+        self.fetched_at = Some(self.fetched_at.map_or(fetched_at, |t| t.min(fetched_at)));
     }
 }
 
@@ -228,6 +269,18 @@ impl PccsClient {
     /// from Gramine's and configfs-tsm's quoting enclaves do. The FMSPC and the PCK CA are read
     /// from its PCK certificate; neither is verified here (the verifier does that).
     pub fn dcap_collateral_at(&self, quote: &[u8], now: u64) -> Result<QuoteCollateralV3> {
+        self.dcap_collateral_traced(quote, now)
+            .map(|(collateral, _)| collateral)
+    }
+
+    /// As [`Self::dcap_collateral_at`], with where the responses came from.
+    pub fn dcap_collateral_traced(
+        &self,
+        quote: &[u8],
+        now: u64,
+    ) -> Result<(QuoteCollateralV3, FetchTrace)> {
+        let mut trace = FetchTrace::default();
+        let trace = &mut trace;
         let parsed = dcap_qvl::quote::Quote::parse(quote)
             .map_err(|e| AttestError::malformed(format!("DCAP quote: {e:#}")))?;
         let cert_type = parsed.inner_cert_type();
@@ -254,7 +307,7 @@ impl PccsClient {
         );
         let (pck_crl_issuer_chain, pck_crl) =
             self.fetcher
-                .fetch(&pck_crl_url, &[PCK_CRL_ISSUER_CHAIN], now, |r| {
+                .fetch(&pck_crl_url, &[PCK_CRL_ISSUER_CHAIN], now, trace, |r| {
                     let chain = issuer_chain(r, &[PCK_CRL_ISSUER_CHAIN])?;
                     let (crl, next_update) = parse_crl(r, "PCK CRL")?;
                     Ok(((chain, crl), next_update))
@@ -265,6 +318,7 @@ impl PccsClient {
             &tcb_url,
             &[TCB_INFO_ISSUER_CHAIN, TCB_INFO_ISSUER_CHAIN_OLD],
             now,
+            trace,
             |r| {
                 let chain = issuer_chain(r, &[TCB_INFO_ISSUER_CHAIN, TCB_INFO_ISSUER_CHAIN_OLD])?;
                 let (signed, next_update) = parse_signed_json(r, "tcbInfo", "TCB info")?;
@@ -275,7 +329,7 @@ impl PccsClient {
         let qe_url = format!("{base}/{tee}/certification/v4/qe/identity");
         let (qe_identity_issuer_chain, (qe_identity, qe_identity_signature)) =
             self.fetcher
-                .fetch(&qe_url, &[QE_IDENTITY_ISSUER_CHAIN], now, |r| {
+                .fetch(&qe_url, &[QE_IDENTITY_ISSUER_CHAIN], now, trace, |r| {
                     let chain = issuer_chain(r, &[QE_IDENTITY_ISSUER_CHAIN])?;
                     let (signed, next_update) =
                         parse_signed_json(r, "enclaveIdentity", "QE identity")?;
@@ -287,11 +341,11 @@ impl PccsClient {
         } else {
             format!("{base}/sgx/certification/v4/rootcacrl")
         };
-        let root_ca_crl = self
-            .fetcher
-            .fetch(&root_crl_url, &[], now, |r| parse_crl(r, "root CA CRL"))?;
+        let root_ca_crl = self.fetcher.fetch(&root_crl_url, &[], now, trace, |r| {
+            parse_crl(r, "root CA CRL")
+        })?;
 
-        Ok(QuoteCollateralV3 {
+        let collateral = QuoteCollateralV3 {
             pck_crl_issuer_chain,
             root_ca_crl,
             pck_crl,
@@ -303,7 +357,8 @@ impl PccsClient {
             qe_identity_signature,
             // The verifier reads the chain from the quote itself (certification data type 5).
             pck_certificate_chain: None,
-        })
+        };
+        Ok((collateral, *trace))
     }
 }
 
@@ -423,8 +478,21 @@ impl KdsClient {
         product: SnpProduct,
         now: u64,
     ) -> Result<SnpCollateral> {
+        self.snp_collateral_traced(report, product, now)
+            .map(|(collateral, _)| collateral)
+    }
+
+    /// As [`Self::snp_collateral_at`], with where the responses came from.
+    pub fn snp_collateral_traced(
+        &self,
+        report: &[u8],
+        product: SnpProduct,
+        now: u64,
+    ) -> Result<(SnpCollateral, FetchTrace)> {
+        let mut trace = FetchTrace::default();
+        let trace = &mut trace;
         let vcek_url = self.vcek_url(report, product)?;
-        let vcek = self.fetcher.fetch(&vcek_url, &[], now, |r| {
+        let vcek = self.fetcher.fetch(&vcek_url, &[], now, trace, |r| {
             let mut certs = parse_certificates(r, "VCEK")?;
             match (certs.pop(), certs.is_empty()) {
                 (Some(vcek), true) => Ok((vcek, None)),
@@ -436,15 +504,16 @@ impl KdsClient {
         })?;
 
         let chain_url = format!("{}/vcek/v1/{product}/cert_chain", self.base_url);
-        let (ask, ark) = self.fetcher.fetch(&chain_url, &[], now, |r| {
+        let (ask, ark) = self.fetcher.fetch(&chain_url, &[], now, trace, |r| {
             split_ask_ark(r).map(|pair| (pair, None))
         })?;
 
-        Ok(SnpCollateral {
+        let collateral = SnpCollateral {
             ark: Some(ark),
             ask: Some(ask),
             vcek: Some(vcek),
-        })
+        };
+        Ok((collateral, *trace))
     }
 
     /// The KDS URL of the VCEK that signed `report`.
@@ -797,17 +866,21 @@ impl Fetcher {
         url: &str,
         keep_headers: &[&str],
         now: u64,
+        trace: &mut FetchTrace,
         parse: impl Fn(&Response) -> Result<(T, Option<u64>)>,
     ) -> Result<T> {
-        let cached = self
-            .cached(url)
-            .and_then(|response| parse(&response).ok().map(|(value, _)| (value, response)));
+        let cached = self.cached(url).and_then(|(response, served)| {
+            parse(&response)
+                .ok()
+                .map(|(value, _)| (value, response, served))
+        });
         let stale = match cached {
-            Some((value, response)) if now < response.expires_at => {
+            Some((value, response, served)) if now < response.expires_at => {
+                trace.record(served, response.fetched_at);
                 self.remember(response);
                 return Ok(value);
             }
-            other => other,
+            other => other.map(|(value, response, _)| (value, response)),
         };
 
         let fetched = self.get(url, keep_headers, now).and_then(|mut response| {
@@ -818,10 +891,12 @@ impl Fetcher {
         match (fetched, stale) {
             (Ok((value, response)), _) => {
                 self.store(&response)?;
+                trace.record(Served::Network, response.fetched_at);
                 self.remember(response);
                 Ok(value)
             }
             (Err(_), Some((value, mut response))) if self.options.stale_on_error => {
+                trace.record(Served::Stale, response.fetched_at);
                 // Retry at most once a minute rather than on every call, which would add a
                 // connection timeout to every verification at a site that is offline.
                 response.expires_at = now.saturating_add(STALE_RETRY_SECS);
@@ -834,7 +909,17 @@ impl Fetcher {
 
     fn expiry(&self, now: u64, next_update: Option<u64>) -> u64 {
         let ttl = self.options.ttl.as_secs();
-        let expires = next_update.unwrap_or_else(|| now.saturating_add(ttl));
+        let ahead = self.options.refresh_ahead.as_secs();
+        let expires = match next_update {
+            None => now.saturating_add(ttl),
+            // Collateral already past its nextUpdate is stale at once.
+            Some(next) if next <= now => next,
+            // Refresh ahead of nextUpdate; but when the source still serves collateral that
+            // close to its nextUpdate, ask again a minute later rather than on every call.
+            Some(next) => next
+                .saturating_sub(ahead)
+                .max(now.saturating_add(STALE_RETRY_SECS).min(next)),
+        };
         match self.options.max_age {
             Some(max_age) => expires.min(now.saturating_add(max_age.as_secs())),
             None => expires,
@@ -842,13 +927,16 @@ impl Fetcher {
     }
 
     /// The cached response for `url`, from memory or else from the cache directory.
-    fn cached(&self, url: &str) -> Option<Response> {
+    fn cached(&self, url: &str) -> Option<(Response, Served)> {
         let in_memory = self
             .memory
             .lock()
             .ok()
             .and_then(|memory| memory.get(url).cloned());
-        in_memory.or_else(|| self.load(url))
+        match in_memory {
+            Some(response) => Some((response, Served::Memory)),
+            None => self.load(url).map(|response| (response, Served::Disk)),
+        }
     }
 
     fn remember(&self, response: Response) {
@@ -1096,7 +1184,8 @@ mod tests {
         let fetcher = Fetcher::new(
             FetchOptions::default()
                 .with_ttl(Duration::from_secs(100))
-                .with_max_age(Some(Duration::from_secs(1000))),
+                .with_max_age(Some(Duration::from_secs(1000)))
+                .with_refresh_ahead(Duration::ZERO),
         )
         .unwrap();
         assert_eq!(fetcher.expiry(10, None), 110);
@@ -1104,5 +1193,21 @@ mod tests {
         assert_eq!(fetcher.expiry(10, Some(5000)), 1010);
         // Collateral already past its nextUpdate is stale at once.
         assert_eq!(fetcher.expiry(10, Some(5)), 5);
+    }
+
+    #[test]
+    fn entries_are_refreshed_ahead_of_next_update() {
+        let fetcher = Fetcher::new(
+            FetchOptions::default()
+                .with_max_age(None)
+                .with_refresh_ahead(Duration::from_secs(3600)),
+        )
+        .unwrap();
+        assert_eq!(fetcher.expiry(0, Some(100_000)), 100_000 - 3600);
+        // Within the refresh window: asked again a minute later, not on every call...
+        assert_eq!(fetcher.expiry(99_000, Some(100_000)), 99_060);
+        // ...and never later than nextUpdate itself.
+        assert_eq!(fetcher.expiry(99_990, Some(100_000)), 100_000);
+        assert_eq!(fetcher.expiry(100_001, Some(100_000)), 100_000);
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`net`]: the one serve loop of every server (bind, bounded connections, timeouts, graceful
 //!   shutdown), its `[connections]` section and flags, and the listen and TLS flag groups.
+//! - [`collateral`]: where collateral comes from (bundle file, PCCS, KDS): the flag group of
+//!   every verifier and the `[collateral]` table.
 //! - [`files`]: outputs written atomically, bounded reads, standard output.
 //! - [`secrets`]: bearer-token files (bounded, zeroized, a warning when others may read them) and
 //!   the `--token-file` flag group.
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bytes;
+pub mod collateral;
 pub mod files;
 pub mod net;
 pub mod report_data;

@@ -24,7 +24,8 @@ use adyton_attest::attested_tls::{
     evidence_from_certificate, report_data_for_key, report_data_for_nonce, spki_from_certificate,
     AttestedTlsError,
 };
-use adyton_attest::{verifier, AttestError, Claims, Collateral, Evidence, Policy};
+use adyton_attest::provider::CollateralProvider;
+use adyton_attest::{AttestError, Claims, Collateral, Evidence, Policy};
 use aws_lc_rs::digest::{digest, SHA256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
@@ -150,7 +151,7 @@ struct Slots {
 #[derive(Debug)]
 pub struct AttestedServerVerifier {
     policy: Policy,
-    collateral: Collateral,
+    collateral: Arc<CollateralProvider>,
     fixed_time: Option<u64>,
     provider: Arc<CryptoProvider>,
     slots: Mutex<Slots>,
@@ -160,9 +161,16 @@ impl AttestedServerVerifier {
     /// A verifier judging evidence by `policy`, with `collateral` for the vendors' checks, at the
     /// time rustls gives each handshake.
     pub fn new(policy: Policy, collateral: Collateral) -> Self {
+        let provider = CollateralProvider::from_collateral(collateral, "the client's collateral");
+        Self::with_provider(policy, Arc::new(provider))
+    }
+
+    /// A verifier judging evidence by `policy`, with the collateral `provider` finds for each
+    /// piece of evidence (a bundle, a PCCS, AMD's KDS).
+    pub fn with_provider(policy: Policy, provider: Arc<CollateralProvider>) -> Self {
         Self {
             policy,
-            collateral,
+            collateral: provider,
             fixed_time: None,
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             slots: Mutex::new(Slots::default()),
@@ -399,9 +407,23 @@ pub fn check_fresh_evidence(
     collateral: &Collateral,
     now: u64,
 ) -> Result<Claims, AttestationFailure> {
+    let provider =
+        CollateralProvider::from_collateral(collateral.clone(), "the client's collateral");
+    check_fresh_evidence_with(evidence, spki_der, nonce, policy, &provider, now)
+}
+
+/// [`check_fresh_evidence`], with the collateral `provider` finds for the evidence.
+pub fn check_fresh_evidence_with(
+    evidence: &Evidence,
+    spki_der: &[u8],
+    nonce: &[u8],
+    policy: &Policy,
+    provider: &CollateralProvider,
+    now: u64,
+) -> Result<Claims, AttestationFailure> {
     let expected =
         report_data_for_nonce(spki_der, nonce).map_err(AttestationFailure::Certificate)?;
-    verify_bound(evidence, &expected, policy, collateral, now)
+    verify_bound(evidence, &expected, policy, provider, now)
 }
 
 /// Verifies evidence, then its report data, then the policy, in that order.
@@ -409,11 +431,12 @@ fn verify_bound(
     evidence: &Evidence,
     expected_report_data: &[u8; adyton_attest::REPORT_DATA_LEN],
     policy: &Policy,
-    collateral: &Collateral,
+    provider: &CollateralProvider,
     now: u64,
 ) -> Result<Claims, AttestationFailure> {
-    let claims =
-        verifier::verify(evidence, collateral, now).map_err(AttestationFailure::Evidence)?;
+    let (claims, _) = provider
+        .verify(evidence, now)
+        .map_err(AttestationFailure::Evidence)?;
     claims
         .expect_report_data(expected_report_data)
         .map_err(AttestationFailure::KeyBinding)?;

@@ -36,7 +36,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use adyton_attest::{Claims, Collateral, Evidence, Policy};
+use adyton_attest::provider::CollateralProvider;
+use adyton_attest::{Claims, Evidence, Policy};
 use base64::Engine as _;
 use reqwest::blocking::{Client, RequestBuilder};
 use rustls::pki_types::ServerName;
@@ -66,8 +67,10 @@ const INFERENCE_HEADER: &str = "Inference-Header-Content-Length";
 /// How [`ServerClient::connect`] verifies and talks to the server.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
-    /// Vendor collateral for the evidence's checks (DCAP, SNP); none is needed for SIM.
-    pub collateral: Collateral,
+    /// Where the vendor collateral for the evidence's checks (DCAP, SNP) comes from: a bundle, a
+    /// PCCS, AMD's KDS ([`CollateralProvider`]); none is needed for SIM. Shared between
+    /// connections, so is its cache.
+    pub collateral: Arc<CollateralProvider>,
     /// The server's bearer token, for [`ServerClient::upload_model`] and
     /// [`ServerClient::delete_model`].
     pub token: Option<Token>,
@@ -81,7 +84,7 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
-            collateral: Collateral::none(),
+            collateral: Arc::new(CollateralProvider::none()),
             token: None,
             fresh_evidence: true,
             timeout: Duration::from_secs(60),
@@ -146,7 +149,7 @@ impl ServerClient {
     /// [`ClientError::Attestation`] or [`ClientError::Policy`] before any request is sent.
     pub fn connect(url: &str, policy: Policy, options: ConnectOptions) -> Result<ServerClient> {
         let target = parse_target(url)?;
-        let verifier = Arc::new(AttestedServerVerifier::new(
+        let verifier = Arc::new(AttestedServerVerifier::with_provider(
             policy.clone(),
             options.collateral.clone(),
         ));
@@ -342,7 +345,11 @@ impl ServerClient {
     }
 
     /// Asks for evidence over a fresh random nonce and checks it against the handshake's key.
-    fn check_fresh_evidence(&self, policy: &Policy, collateral: &Collateral) -> Result<Claims> {
+    fn check_fresh_evidence(
+        &self,
+        policy: &Policy,
+        collateral: &CollateralProvider,
+    ) -> Result<Claims> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ClientError::Attestation {
             reason: "no random nonce could be drawn".into(),
@@ -357,7 +364,7 @@ impl ServerClient {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Ok(attested_tls::check_fresh_evidence(
+        Ok(attested_tls::check_fresh_evidence_with(
             &evidence,
             &self.verified.spki_der,
             &nonce,

@@ -277,6 +277,7 @@ fn main() {
         quote: client.evidence_json.clone().into_bytes(),
         user_data: client.user_data.clone(),
         nonce: None,
+        collateral: None,
     };
     let (outcome, _) = state.broker.transfer(&key_id, &request, NOW);
     client.check_unwraps_to_model_key(&outcome.unwrap().0);

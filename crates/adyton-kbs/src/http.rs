@@ -120,6 +120,8 @@ const POLICY_PATH: &str = "/kbs/v1/key-transfer-policies/{id}";
 const KEYS_PATH: &str = "/kbs/v1/keys";
 /// `GET`, `DELETE`: one key.
 const KEY_PATH: &str = "/kbs/v1/keys/{id}";
+/// `GET`: the broker's metrics (Prometheus text), for operators.
+const METRICS_PATH: &str = "/kbs/v1/metrics";
 /// `GET`: the OpenAPI document of this API.
 const OPENAPI_PATH: &str = "/kbs/v1/openapi.json";
 
@@ -138,6 +140,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", KEYS_PATH),
     ("GET", KEY_PATH),
     ("DELETE", KEY_PATH),
+    ("GET", METRICS_PATH),
     ("GET", OPENAPI_PATH),
 ];
 
@@ -159,9 +162,18 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("GET", KEYS_PATH) => get(list_keys),
         ("GET", KEY_PATH) => get(get_key),
         ("DELETE", KEY_PATH) => delete(delete_key),
+        ("GET", METRICS_PATH) => get(metrics),
         ("GET", OPENAPI_PATH) => get(openapi),
         _ => return None,
     })
+}
+
+/// The collateral counters, for an operator's scraper.
+async fn metrics(State(admin): State<Arc<AdminService>>, operator: Operator) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        admin.metrics_text(&operator),
+    )
 }
 
 /// The OpenAPI document; unauthenticated, like the transfer endpoint.
@@ -267,6 +279,7 @@ fn parse_transfer_body(bytes: &[u8], attestation_type: String) -> Result<Transfe
             quote: body.quote,
             user_data: body.user_data,
             nonce: body.nonce,
+            collateral: body.collateral,
         }),
     })
 }

@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use adyton_attest::{verifier, Claims, Collateral, Evidence, TeeKind};
+use adyton_attest::provider::{CollateralOrigin, CollateralProvider, CollateralUse};
+use adyton_attest::{Claims, Collateral, Evidence, TeeKind};
 use adyton_envelope::wrap::{self, ModulusOrder, TeeKeyAlgorithm, TeePublicKey, WrappedKey};
 use adyton_envelope::{Aes256Key, EnvelopeError};
 use aws_lc_rs::hmac;
@@ -121,6 +122,9 @@ pub struct TransferRequest {
     pub user_data: Vec<u8>,
     /// The decoded nonce, when the client bound one.
     pub nonce: Option<Vec<u8>>,
+    /// The evidence's collateral (bundle JSON) when the TEE sent it; used only when the broker
+    /// has none of its own for the evidence.
+    pub collateral: Option<Vec<u8>>,
 }
 
 /// What a transfer decided, for the audit log. It holds no secret.
@@ -142,6 +146,11 @@ pub struct TransferDecision {
     /// line of an online transfer, whose lines are unchanged by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offline: Option<OfflineContext>,
+    /// Which collateral verified the evidence (FMSPC or chip), from where (bundle file, source
+    /// URL, cache) and its dates; absent for SIM evidence, which needs none, and when none could
+    /// be had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collateral: Option<CollateralUse>,
 }
 
 /// What marks a transfer decision as offline: the device's request, its model and the operator
@@ -176,20 +185,36 @@ pub struct OfflineTransferRequest {
 pub struct Broker {
     store: Arc<dyn Store>,
     master: MasterKey,
-    collateral: Collateral,
+    collateral: Arc<CollateralProvider>,
     nonces: NonceIssuer,
 }
 
 impl Broker {
     /// A broker over `store`, sealing keys under `master`, verifying DCAP and SNP evidence with
-    /// `collateral`.
+    /// one bundle of `collateral`.
     pub fn new(store: Arc<dyn Store>, master: MasterKey, collateral: Collateral) -> Result<Self> {
+        let provider = CollateralProvider::from_collateral(collateral, "the collateral file");
+        Self::with_provider(store, master, Arc::new(provider))
+    }
+
+    /// A broker that gets the collateral of each piece of evidence from `provider` (a bundle, a
+    /// PCCS, AMD's KDS).
+    pub fn with_provider(
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        provider: Arc<CollateralProvider>,
+    ) -> Result<Self> {
         Ok(Self {
             store,
             master,
-            collateral,
+            collateral: provider,
             nonces: NonceIssuer::new()?,
         })
+    }
+
+    /// The collateral provider, for its counters.
+    pub fn collateral(&self) -> &CollateralProvider {
+        &self.collateral
     }
 
     /// The store.
@@ -265,6 +290,7 @@ impl Broker {
             allowed: false,
             reason: None,
             offline: None,
+            collateral: None,
         };
         let outcome = self.decide(key_id, request, now, &mut decision);
         match &outcome {
@@ -300,6 +326,7 @@ impl Broker {
                 allowed: false,
                 reason: Some(refusal.to_string()),
                 offline: Some(context),
+                collateral: None,
             };
             return (Err(refusal), decision);
         }
@@ -308,6 +335,7 @@ impl Broker {
             quote: request.evidence.clone(),
             user_data: request.public_key.clone(),
             nonce: None,
+            collateral: None,
         };
         let (outcome, mut decision) = self.transfer(key_id, &transfer, now);
         decision.offline = Some(context);
@@ -358,7 +386,21 @@ impl Broker {
         })?;
 
         let evidence = decode_evidence(tee, &request.quote)?;
-        let claims = verifier::verify(&evidence, &self.collateral, now)?;
+        let carried = request
+            .collateral
+            .as_deref()
+            .map(Collateral::from_json)
+            .transpose()
+            .map_err(|e| KbsError::BadRequest {
+                reason: format!("collateral: {e}"),
+            })?;
+        let (verified, used) = self
+            .collateral
+            .verify_traced_with(&evidence, carried.as_ref(), now);
+        // SIM evidence needs no collateral, and its decision line stays as it was.
+        decision.collateral =
+            used.filter(|u| u.key.is_some() || u.origin != CollateralOrigin::None);
+        let claims = verified?;
         decision.measurement = Some(claims.primary_measurement());
 
         if request.nonce.is_none() && policy_record.require_nonce() {

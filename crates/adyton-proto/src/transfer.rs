@@ -2,9 +2,10 @@
 //! posts to `/kbs/v1/keys/{id}/transfer`, the broker's answer, and the report data that binds the
 //! TEE's public key into its evidence.
 //!
-//! The body is CNAP's and Intel's KBS's: `{"quote", "user_data", "nonce"?}`, each standard base64.
-//! Unknown fields are ignored, as Intel's KBS clients send extras; a body without `quote` (or an
-//! empty one) asks for a nonce instead.
+//! The body is CNAP's and Intel's KBS's: `{"quote", "user_data", "nonce"?}`, each standard base64,
+//! and Adyton's optional `"collateral"` (base64 of a collateral bundle, the JSON of
+//! `docs/evidence.md`), which CNAP clients omit. Unknown fields are ignored, as Intel's KBS
+//! clients send extras; a body without `quote` (or an empty one) asks for a nonce instead.
 
 use std::fmt;
 
@@ -44,6 +45,10 @@ pub struct TransferBody {
     pub user_data: Vec<u8>,
     /// The nonce the broker issued, when the TEE bound one.
     pub nonce: Option<Vec<u8>>,
+    /// The collateral of the evidence, as bundle JSON, when the TEE fetched it from its
+    /// platform's source. A broker uses it only when it has none of its own; it adds no trust,
+    /// since the broker still checks every signature up to Intel's or AMD's root.
+    pub collateral: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for TransferBody {
@@ -55,6 +60,7 @@ impl fmt::Debug for TransferBody {
                 &format_args!("<{} bytes>", self.user_data.len()),
             )
             .field("nonce", &self.nonce.as_ref().map(Vec::len))
+            .field("collateral", &self.collateral.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -69,6 +75,8 @@ struct TransferJson {
     user_data: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     nonce: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    collateral: Option<Option<String>>,
 }
 
 /// A field that is present (`Some`), with its value (`None` for `null`).
@@ -117,6 +125,7 @@ impl TransferBody {
             .map_err(|e| ProtoError::invalid(REQUEST, format!("malformed JSON body: {e}")))?;
         let user_data = non_null("user_data", json.user_data)?;
         let nonce = non_null("nonce", json.nonce)?;
+        let collateral = non_null("collateral", json.collateral)?;
         let Some(quote) = non_null("quote", json.quote)? else {
             return Ok(None);
         };
@@ -128,10 +137,14 @@ impl TransferBody {
             nonce: nonce
                 .map(|nonce| decode_field("nonce", &nonce))
                 .transpose()?,
+            collateral: collateral
+                .map(|collateral| decode_field("collateral", &collateral))
+                .transpose()?,
         }))
     }
 
-    /// The body as a TEE sends it: `{"quote", "user_data"}`, then `"nonce"` when there is one.
+    /// The body as a TEE sends it: `{"quote", "user_data"}`, then `"nonce"` and `"collateral"`
+    /// when there are.
     pub fn to_json(&self) -> Vec<u8> {
         // A struct of strings always serialises.
         serde_json::to_vec(self).unwrap_or_default()
@@ -140,12 +153,15 @@ impl TransferBody {
 
 impl Serialize for TransferBody {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let fields = if self.nonce.is_some() { 3 } else { 2 };
+        let fields = 2 + usize::from(self.nonce.is_some()) + usize::from(self.collateral.is_some());
         let mut s = serializer.serialize_struct("TransferBody", fields)?;
         s.serialize_field("quote", &BASE64.encode(&self.quote))?;
         s.serialize_field("user_data", &BASE64.encode(&self.user_data))?;
         if let Some(nonce) = &self.nonce {
             s.serialize_field("nonce", &BASE64.encode(nonce))?;
+        }
+        if let Some(collateral) = &self.collateral {
+            s.serialize_field("collateral", &BASE64.encode(collateral))?;
         }
         s.end()
     }
@@ -274,6 +290,7 @@ mod tests {
             quote: b"evidence".to_vec(),
             user_data: b"key".to_vec(),
             nonce: None,
+            collateral: None,
         };
         let json = body.to_json();
         assert_eq!(
@@ -292,6 +309,21 @@ mod tests {
             r#"{"quote":"ZXZpZGVuY2U=","user_data":"a2V5","nonce":"bg=="}"#
         );
         assert_eq!(TransferBody::parse(&json).unwrap().unwrap(), with_nonce);
+
+        // Adyton's optional collateral, after the CNAP fields.
+        let with_collateral = TransferBody {
+            collateral: Some(br#"{"dcap":{}}"#.to_vec()),
+            ..with_nonce
+        };
+        let json = with_collateral.to_json();
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"quote":"ZXZpZGVuY2U=","user_data":"a2V5","nonce":"bg==","collateral":"eyJkY2FwIjp7fX0="}"#
+        );
+        assert_eq!(
+            TransferBody::parse(&json).unwrap().unwrap(),
+            with_collateral
+        );
     }
 
     #[test]
@@ -314,16 +346,17 @@ mod tests {
         let reason = |json: &[u8]| TransferBody::parse(json).unwrap_err().reason().to_owned();
         assert!(reason(b"{").starts_with("malformed JSON body"));
         assert!(reason(br#"{"quote": 1}"#).starts_with("malformed JSON body"));
-        for field in ["quote", "user_data", "nonce"] {
+        for field in ["quote", "user_data", "nonce", "collateral"] {
             let mut json = serde_json::json!({"quote": "AA==", "user_data": "AA=="});
             json[field] = serde_json::Value::Null;
             let reason = reason(json.to_string().as_bytes());
             assert!(reason.contains(&format!("`{field}` is null")), "{reason}");
         }
         assert_eq!(reason(br#"{"quote": "AA=="}"#), "missing `user_data`");
-        for field in ["quote", "user_data", "nonce"] {
-            let mut json =
-                serde_json::json!({"quote": "AA==", "user_data": "AA==", "nonce": "AA=="});
+        for field in ["quote", "user_data", "nonce", "collateral"] {
+            let mut json = serde_json::json!(
+                {"quote": "AA==", "user_data": "AA==", "nonce": "AA==", "collateral": "AA=="}
+            );
             json[field] = "not base64!".into();
             let reason = reason(json.to_string().as_bytes());
             assert!(

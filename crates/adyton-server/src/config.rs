@@ -80,6 +80,10 @@ pub struct ServerFlags {
     pub threads: Option<usize>,
     pub onnxruntime_library: Option<PathBuf>,
     pub registry: Option<String>,
+    /// `--pccs-url`: this platform's PCCS, for the collateral of its own evidence.
+    pub pccs_url: Option<String>,
+    /// `--kds-url`: AMD's KDS, for the VCEK of this chip.
+    pub kds_url: Option<String>,
     /// `--transfer-key p384|rsa-3072`.
     pub transfer_key: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -123,6 +127,10 @@ struct ConfigFile {
     max_json_response_bytes: Option<usize>,
     /// The registry that protected models are pulled from.
     registry: Option<String>,
+    /// This platform's PCCS (clouds provide one), for the collateral of its own evidence.
+    pccs_url: Option<String>,
+    /// AMD's KDS, for this chip's VCEK.
+    kds_url: Option<String>,
     /// The kind of key pair a pull's key transfer makes: `p384` (the default) or `rsa-3072`.
     transfer_key: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
@@ -437,6 +445,11 @@ pub struct ServerConfig {
     pub settings: Settings,
     pub models: Vec<ModelSpec>,
     pub registry: Option<String>,
+    /// Where the collateral of this server's own evidence comes from, sent with it in key
+    /// transfers so that a key broker without a network path to Intel or AMD can verify it.
+    pub pccs_url: Option<String>,
+    /// AMD's KDS, for the same.
+    pub kds_url: Option<String>,
     /// The kind of key pair a pull makes for its key transfer.
     pub transfer_key: TransferKeyKind,
     pub state_dir: Option<PathBuf>,
@@ -588,6 +601,8 @@ impl ServerConfig {
             settings,
             models,
             registry,
+            pccs_url: flags.pccs_url.clone().or(file.pccs_url),
+            kds_url: flags.kds_url.clone().or(file.kds_url),
             transfer_key,
             state_dir,
             defaults,
@@ -714,6 +729,7 @@ mod tests {
                 "--onnxruntime-library" => flags.onnxruntime_library = Some(value.into()),
                 "--load-budget-bytes" => flags.load_budget_bytes = Some(size(&value)),
                 "--transfer-key" => flags.transfer_key = Some(value),
+                "--pccs-url" => flags.pccs_url = Some(value),
                 "--max-json-response-bytes" => flags.max_json_response_bytes = Some(size(&value)),
                 other => panic!("no such flag in these tests: {other}"),
             }
@@ -1120,5 +1136,18 @@ max_batch_size = 2
         }
         let e = error(None, &["--transfer-key", "x25519"]);
         assert!(e.starts_with("transfer_key: unknown key type"), "{e}");
+    }
+
+    #[test]
+    fn collateral_sources_come_from_the_file_and_the_flags() {
+        let file = "pccs_url = \"https://pccs.file\"\nkds_url = \"https://kds.file\"\n";
+        let resolved = resolve_with(Some(file), &[]).unwrap();
+        assert_eq!(resolved.pccs_url.as_deref(), Some("https://pccs.file"));
+        assert_eq!(resolved.kds_url.as_deref(), Some("https://kds.file"));
+        let resolved = resolve_with(Some(file), &["--pccs-url", "https://pccs.flag"]).unwrap();
+        assert_eq!(resolved.pccs_url.as_deref(), Some("https://pccs.flag"));
+        assert_eq!(resolved.kds_url.as_deref(), Some("https://kds.file"));
+        let none = resolve_with(None, &[]).unwrap();
+        assert_eq!((none.pccs_url, none.kds_url), (None, None));
     }
 }

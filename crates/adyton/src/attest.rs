@@ -2,10 +2,12 @@
 //! printing the SIM measurement are the TEE binary's (`adyton-server attest report`, `measure`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use adyton_attest::collateral::Collateral;
 use adyton_attest::pccs::{FetchOptions, KdsClient, PccsClient, SnpProduct};
+use adyton_attest::provider::CollateralProvider;
 use adyton_attest::{Claims, Evidence, Policy, TeeKind};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -13,6 +15,7 @@ use serde_json::json;
 
 use adyton_client::{ConnectOptions, ServerClient, Token};
 
+use adyton_cli::collateral::CollateralArgs;
 use adyton_cli::report_data::parse_report_data;
 
 use crate::files::{print_stdout, OutputFile, OutputKind};
@@ -64,9 +67,9 @@ pub struct AttestedServerArgs {
     #[arg(long, value_name = "POLICY")]
     pub policy: PathBuf,
 
-    /// Collateral for the evidence's checks (a bundle file), for SGX, TDX and SNP servers.
-    #[arg(long, value_name = "FILE")]
-    pub collateral: Option<PathBuf>,
+    /// Where collateral for the evidence's checks comes from, for SGX, TDX and SNP servers.
+    #[command(flatten)]
+    pub collateral: CollateralArgs,
 
     /// Skip the check of fresh evidence over a nonce of this client's own; the evidence in the
     /// server's certificate is still verified.
@@ -274,13 +277,10 @@ pub fn server(args: &AttestServerArgs) -> Result<()> {
 pub fn connect_server(args: &AttestedServerArgs, token: Option<Token>) -> Result<ServerClient> {
     let policy = Policy::from_file(&args.policy)
         .with_context(|| format!("cannot use policy {}", args.policy.display()))?;
-    let collateral = match &args.collateral {
-        Some(path) => Collateral::from_json(&read_limited(path)?)
-            .with_context(|| format!("cannot use collateral {}", path.display()))?,
-        None => Collateral::none(),
-    };
+    let provider = CollateralProvider::new(args.collateral.provider_config()?)
+        .context("cannot use the collateral settings")?;
     let options = ConnectOptions {
-        collateral,
+        collateral: Arc::new(provider),
         token,
         fresh_evidence: !args.no_nonce,
         timeout: args.timeout.into(),

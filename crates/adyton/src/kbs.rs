@@ -5,7 +5,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use adyton_attest::collateral::Collateral;
+use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_kbs::admin::{AdminAuth, AdminUsers, TRIAL_ADMIN_USER};
 use adyton_kbs::audit::{
     AuditSink, FileAudit, JsonLinesAudit, RateLimit, RateLimitedAudit, Rotation,
@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use adyton_cli::collateral::{self, CollateralArgs, CollateralSetting};
 use adyton_cli::net::{self, ListenArgs, TlsFiles, LISTEN_HELP};
 use clap::{Args, Subcommand};
 
@@ -40,7 +41,7 @@ pub enum KbsCommand {
     #[command(after_help = "Examples:\n  \
         ADYTON_KBS_ADMIN_PASSWORD=... adyton kbs serve --listen 127.0.0.1:8443 --data-dir /var/lib/adyton-kbs\n  \
         adyton kbs serve --listen 127.0.0.1:0 --data-dir kbs --collateral collateral.json")]
-    Serve(KbsServeArgs),
+    Serve(Box<KbsServeArgs>),
 
     /// Hash an admin password for the `[[admin]]` entries of a KBS configuration file.
     ///
@@ -106,10 +107,11 @@ pub struct KbsServeArgs {
     #[arg(long, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
 
-    /// Collateral for verifying SGX, TDX and SNP evidence: a bundle file, or DCAP collateral JSON.
-    /// Without it, only SIM evidence (under SIM policies) can succeed.
-    #[arg(long, value_name = "FILE")]
-    pub collateral: Option<PathBuf>,
+    /// Where the collateral for verifying SGX, TDX and SNP evidence comes from: a bundle file, a
+    /// PCCS or Intel's PCS, AMD's KDS (or `[collateral]` in the configuration file). Without any,
+    /// only SIM evidence (under SIM policies) and SNP evidence that carries its VCEK can succeed.
+    #[command(flatten)]
+    pub collateral: CollateralArgs,
 
     #[command(flatten)]
     pub tls: adyton_cli::net::TlsArgs,
@@ -129,8 +131,6 @@ const STORE_FILE: &str = "kbs.redb";
 const DATABASE_URL_ENV: &str = "ADYTON_KBS_DATABASE_URL";
 /// The audit log's file name in the data directory.
 const AUDIT_FILE: &str = "audit.jsonl";
-/// Largest collateral file read.
-const MAX_COLLATERAL_LEN: u64 = 16 << 20;
 
 /// `adyton kbs serve`.
 /// Runs an `adyton kbs` subcommand.
@@ -156,11 +156,12 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     let dir = settings.data_dir.as_path();
     let master = load_master_key(settings.master_key_file.as_deref(), dir)?;
     let store = open_store(&settings.store, dir)?;
-    let collateral = match &settings.collateral {
-        Some(path) => load_collateral(path)?,
-        None => Collateral::none(),
-    };
-    let broker = Broker::new(store, master, collateral).context("cannot start the key broker")?;
+    let no_collateral = settings.collateral.is_empty();
+    describe_collateral(&settings.collateral);
+    let provider = CollateralProvider::new(settings.collateral)
+        .context("cannot use the collateral settings")?;
+    let broker = Broker::with_provider(store, master, Arc::new(provider))
+        .context("cannot start the key broker")?;
     let audit_path = settings.audit_log.clone();
     let audit = open_audit(&settings.audit, &audit_path)?;
     let state = Arc::new(KbsState::new(broker, audit, http::system_clock));
@@ -170,8 +171,12 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
         "warning: SIM evidence (INSECURE, anyone can make it) is accepted only for keys whose \
          transfer policy names SIM"
     );
-    if settings.collateral.is_none() {
-        eprintln!("note: no --collateral: SGX, TDX and SNP transfers will be refused");
+    if no_collateral {
+        eprintln!(
+            "note: no collateral source (--collateral, --pccs-url, --kds-url or [collateral]): \
+             SGX and TDX transfers will be refused, and SNP ones unless the evidence carries its \
+             VCEK"
+        );
     }
     match settings.audit.destination {
         AuditDestination::File => eprintln!("audit log: {}", audit_path.display()),
@@ -242,7 +247,8 @@ struct ConfigFile {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
-    collateral: Option<PathBuf>,
+    /// A bundle file's path, or a `[collateral]` table.
+    collateral: Option<CollateralSetting>,
     audit_log: Option<PathBuf>,
     audit: Option<AuditSection>,
     #[serde(default)]
@@ -368,7 +374,7 @@ struct Settings {
     listen: String,
     data_dir: PathBuf,
     master_key_file: Option<PathBuf>,
-    collateral: Option<PathBuf>,
+    collateral: ProviderConfig,
     audit_log: PathBuf,
     audit: AuditSection,
     /// `Some` with `--config` (possibly empty); `None` in the local trial.
@@ -461,7 +467,7 @@ impl Settings {
                 audit: AuditSection::default(),
                 data_dir,
                 master_key_file: args.master_key_file.clone(),
-                collateral: args.collateral.clone(),
+                collateral: args.collateral.provider_config()?,
                 admins: None,
                 tls: flag_tls,
                 store: StoreSetting::Redb,
@@ -502,7 +508,14 @@ impl Settings {
                 .master_key_file
                 .clone()
                 .or(file.master_key_file.map(&rel)),
-            collateral: args.collateral.clone().or(file.collateral.map(&rel)),
+            collateral: collateral::resolve(
+                &args.collateral,
+                file.collateral
+                    .map(CollateralSetting::into_section)
+                    .as_ref(),
+                &base,
+                &source,
+            )?,
             data_dir,
             audit_log,
             audit,
@@ -648,9 +661,27 @@ fn admin_users() -> Result<AdminUsers> {
     }
 }
 
-fn load_collateral(path: &Path) -> Result<Collateral> {
-    let bytes = read_limited(path, MAX_COLLATERAL_LEN, "the collateral file")?;
-    Collateral::from_json(&bytes).with_context(|| format!("cannot use {}", path.display()))
+/// Says on standard error where collateral will come from.
+fn describe_collateral(config: &ProviderConfig) {
+    if let Some((_, file)) = &config.bundle {
+        eprintln!("collateral: bundle file {file}");
+    }
+    if let Some(url) = &config.pccs_url {
+        eprintln!("collateral: SGX and TDX from the PCCS {url}");
+    }
+    if let Some(url) = &config.kds_url {
+        eprintln!("collateral: SNP from the KDS {url}");
+    }
+    if let Some(dir) = &config.fetch.cache_dir {
+        eprintln!("collateral cache: {}", dir.display());
+    }
+    if let Some(grace) = config.grace_period {
+        eprintln!(
+            "warning: expired collateral is accepted for {} s after its expiry (grace_period_secs); \
+             such transfers are marked in the audit log",
+            grace.as_secs()
+        );
+    }
 }
 
 /// The audit log: a file synced after every record and rotated by size, or standard output; either

@@ -139,6 +139,7 @@ impl Verifier for DcapVerifier {
             // QE identity nextUpdate, both CRLs' nextUpdate, and every certificate's notAfter.
             collateral_expires_at: Some(verified.earliest_expiration_date),
             collateral_issued_at: Some(collateral_issued_at(dcap)?),
+            collateral_grace_secs: None,
             details: report.details,
         })
     }

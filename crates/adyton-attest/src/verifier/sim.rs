@@ -41,6 +41,7 @@ impl Verifier for SimVerifier {
             debug: false,
             collateral_expires_at: None,
             collateral_issued_at: None,
+            collateral_grace_secs: None,
             details: TeeClaims::Sim(SimClaims {
                 measurement: report.measurement,
                 signer: report.public_key.to_vec(),

@@ -168,6 +168,7 @@ pub(crate) fn claims_for(report: &AttestationReport) -> Result<Claims> {
         debug: debug_allowed(report),
         collateral_expires_at: None,
         collateral_issued_at: None,
+        collateral_grace_secs: None,
         details: TeeClaims::Snp(SnpClaims {
             measurement: report.measurement,
             host_data: report.host_data,
@@ -337,7 +338,10 @@ impl FoundCertificates {
     }
 }
 
-fn table_entry<'a>(table: &[(CertType, &'a [u8])], wanted: &CertType) -> Option<&'a [u8]> {
+pub(crate) fn table_entry<'a>(
+    table: &[(CertType, &'a [u8])],
+    wanted: &CertType,
+) -> Option<&'a [u8]> {
     table
         .iter()
         .find(|(cert_type, _)| cert_type == wanted)
@@ -366,7 +370,7 @@ const MAX_CERT_TABLE_ENTRIES: usize = 64;
 /// `sev` can name the GUIDs ([`CertType`]) but parses tables only through raw pointers with no
 /// bounds, so the walk is done here, with every offset checked. GUIDs are read in RFC 4122 byte
 /// order, as `sev` writes and reads them and as go-sev-guest does.
-fn parse_cert_table(bytes: &[u8]) -> Result<Vec<(CertType, &[u8])>> {
+pub(crate) fn parse_cert_table(bytes: &[u8]) -> Result<Vec<(CertType, &[u8])>> {
     let mut entries: Vec<(CertType, &[u8])> = Vec::new();
     let mut rest = bytes;
     loop {

@@ -13,6 +13,7 @@ fn tdx_claims() -> Claims {
         debug: false,
         collateral_expires_at: Some(2_000),
         collateral_issued_at: Some(1_000),
+        collateral_grace_secs: None,
         details: TeeClaims::Tdx(TdxClaims {
             mrtd: [0xAA; 48],
             rtmr: [[1; 48], [2; 48], [3; 48], [4; 48]],

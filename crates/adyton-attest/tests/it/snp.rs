@@ -44,7 +44,7 @@ const SIGNATURE_S_OFFSET: usize = 0x2A0 + 72;
 /// Certificate table GUIDs in RFC 4122 byte order.
 const GUID_ARK: &str = "c0b406a4a803495297433fb6014cd0ae";
 const GUID_ASK: &str = "4ab7b379bbac4fe4a02f05aef327c782";
-const GUID_VCEK: &str = "63da758de6644564adc5f4b93be8accd";
+pub(crate) const GUID_VCEK: &str = "63da758de6644564adc5f4b93be8accd";
 const GUID_CRL: &str = "92f81bc358114d3d97ffd19f88dc67ea";
 
 fn read(name: &str) -> Vec<u8> {
@@ -137,7 +137,7 @@ fn verified_claims() -> Claims {
 }
 
 /// A certificate table as configfs-tsm's `auxblob` carries it.
-fn cert_table(entries: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn cert_table(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut offset = 24 * (entries.len() + 1);
     let mut table = Vec::new();
     let mut data = Vec::new();

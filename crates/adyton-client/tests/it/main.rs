@@ -4,3 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod attested_tls;
+mod collateral;
+/// The local imitation of Intel's PCS and AMD's KDS, shared with adyton-attest's tests.
+#[path = "../../../adyton-attest/tests/it/pcs_imitation.rs"]
+mod pcs_imitation;

@@ -225,6 +225,11 @@ impl AdminService {
         self.audited_creation(now, operator, AdminAction::CreateKey, outcome)
     }
 
+    /// The collateral provider's counters, in the Prometheus text format.
+    pub fn metrics_text(&self, _operator: &Operator) -> String {
+        collateral_metrics(&self.kbs.broker.collateral().stats())
+    }
+
     /// Every key's record, ordered by id. The sealed bytes are in the records: callers answer
     /// metadata only.
     pub fn keys(&self, _operator: &Operator) -> Result<Vec<KeyRecord>, ServiceError> {
@@ -537,3 +542,34 @@ pub enum AdminAction {
 
 #[cfg(test)]
 mod tests;
+
+/// Prometheus text of the collateral counters: how collateral was obtained for verifications, how
+/// often it could not be, and how often only the grace period let it pass.
+fn collateral_metrics(stats: &adyton_attest::provider::ProviderStats) -> String {
+    let mut text = String::from(
+        "# HELP adyton_kbs_collateral_total Collateral obtained for a verification, by where it \
+         came from.\n# TYPE adyton_kbs_collateral_total counter\n",
+    );
+    for (origin, count) in [
+        ("network", stats.network),
+        ("cache", stats.cache),
+        ("stale", stats.stale),
+        ("bundle", stats.bundle),
+        ("evidence", stats.evidence),
+        ("carried", stats.carried),
+    ] {
+        text.push_str(&format!(
+            "adyton_kbs_collateral_total{{origin=\"{origin}\"}} {count}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "# HELP adyton_kbs_collateral_failures_total Verifications for which no source gave \
+         collateral.\n# TYPE adyton_kbs_collateral_failures_total counter\n\
+         adyton_kbs_collateral_failures_total {}\n\
+         # HELP adyton_kbs_collateral_grace_total Verifications that passed only within the \
+         collateral grace period.\n# TYPE adyton_kbs_collateral_grace_total counter\n\
+         adyton_kbs_collateral_grace_total {}\n",
+        stats.failures, stats.grace
+    ));
+    text
+}

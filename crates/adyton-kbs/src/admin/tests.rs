@@ -566,3 +566,32 @@ fn an_offline_transfer_whose_decision_cannot_be_written_releases_nothing() {
     let refused = f.service.offline_transfer(&operator, &key.id, request);
     assert_audit_failure(refused);
 }
+
+#[test]
+fn collateral_metrics_count_each_origin_failures_and_grace() {
+    let stats = adyton_attest::provider::ProviderStats {
+        network: 1,
+        cache: 2,
+        stale: 3,
+        bundle: 4,
+        evidence: 5,
+        carried: 8,
+        failures: 6,
+        grace: 7,
+    };
+    let text = collateral_metrics(&stats);
+    for line in [
+        "adyton_kbs_collateral_total{origin=\"network\"} 1",
+        "adyton_kbs_collateral_total{origin=\"cache\"} 2",
+        "adyton_kbs_collateral_total{origin=\"stale\"} 3",
+        "adyton_kbs_collateral_total{origin=\"bundle\"} 4",
+        "adyton_kbs_collateral_total{origin=\"evidence\"} 5",
+        "adyton_kbs_collateral_total{origin=\"carried\"} 8",
+        "adyton_kbs_collateral_failures_total 6",
+        "adyton_kbs_collateral_grace_total 7",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}: {text}");
+    }
+    // Every sample line has its HELP and TYPE.
+    assert_eq!(text.matches("# TYPE ").count(), 3);
+}

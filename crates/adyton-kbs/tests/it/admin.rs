@@ -801,3 +801,30 @@ async fn a_key_imported_over_http_is_released_by_a_sim_transfer_on_the_same_rout
     assert!(decisions[0].allowed);
     assert_eq!(decisions[0].key_id, key_id);
 }
+
+/// The collateral counters, for operators only.
+#[tokio::test]
+async fn metrics_are_prometheus_text_for_operators_only() {
+    let f = fixture();
+    let anonymous = f.call(Method::GET, "/kbs/v1/metrics", None, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    let token = f.token().await;
+    let reply = f
+        .call(Method::GET, "/kbs/v1/metrics", Some(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    for line in [
+        "# TYPE adyton_kbs_collateral_total counter",
+        "adyton_kbs_collateral_total{origin=\"network\"} 0",
+        "adyton_kbs_collateral_total{origin=\"stale\"} 0",
+        "adyton_kbs_collateral_failures_total 0",
+        "adyton_kbs_collateral_grace_total 0",
+    ] {
+        assert!(
+            reply.text.lines().any(|l| l == line),
+            "{line}: {}",
+            reply.text
+        );
+    }
+}

@@ -344,6 +344,7 @@ fn decision(allowed: bool, n: u64) -> TransferDecision {
         allowed,
         reason: (!allowed).then(|| "unknown key".into()),
         offline: None,
+        collateral: None,
     }
 }
 

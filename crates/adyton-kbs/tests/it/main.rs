@@ -5,9 +5,13 @@
 
 mod admin;
 mod audit;
+mod collateral;
 mod http;
 mod offline;
 mod openapi;
+/// The local imitation of Intel's PCS and AMD's KDS, shared with adyton-attest's tests.
+#[path = "../../../adyton-attest/tests/it/pcs_imitation.rs"]
+mod pcs_imitation;
 mod postgres;
 mod store;
 mod transfer;

@@ -547,6 +547,7 @@ fn the_broker_decides_offline_as_online_without_a_nonce() {
         quote: evidence,
         user_data: spki,
         nonce: None,
+        collateral: None,
     };
     let (outcome, decision) = broker.transfer(&key.id, &online, NOW);
     assert!(outcome.is_ok());

@@ -67,6 +67,7 @@ impl Fixture {
                 .into_bytes(),
             user_data,
             nonce,
+            collateral: None,
         }
     }
 

@@ -1,6 +1,10 @@
 //! The registry and the key broker over HTTP, through `adyton-client`.
 
-use adyton_attest::Evidence;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use adyton_attest::provider::{CollateralOrigin, CollateralProvider};
+use adyton_attest::{pccs, Evidence};
 use adyton_client::registry::RegistryClient;
 use adyton_client::ClientError;
 use adyton_envelope::wrap::{TeeKeyAlgorithm, TeePublicKey, WrappedKey};
@@ -45,8 +49,47 @@ fn classify_transfer(e: &ClientError, public_key: &TeePublicKey) -> FetchError {
 }
 
 /// The key broker's transfer endpoint over HTTP.
+///
+/// With a collateral provider (this platform's PCCS or AMD's KDS, `pccs_url` and `kds_url` in
+/// `server.toml`), the collateral of the server's own evidence goes with it in the request, for a
+/// broker that has none of its own; a broker that has some ignores it.
 #[derive(Debug, Default)]
-pub struct HttpKeyBroker;
+pub struct HttpKeyBroker {
+    collateral: Option<Arc<CollateralProvider>>,
+}
+
+impl HttpKeyBroker {
+    /// A broker client that sends the collateral `provider` finds for the evidence.
+    pub fn with_collateral(provider: Arc<CollateralProvider>) -> Self {
+        Self {
+            collateral: Some(provider),
+        }
+    }
+
+    /// The request body: the evidence, the public key, and the evidence's collateral when the
+    /// provider found some. Not finding any does not fail the transfer: the broker may have its
+    /// own, and says so when it has not.
+    fn body(&self, evidence: &Evidence, public_key: &TeePublicKey, now: u64) -> TransferBody {
+        let collateral = self.collateral.as_ref().and_then(|provider| {
+            match provider.collateral_for(evidence, now) {
+                Ok((collateral, used)) => match used.origin {
+                    CollateralOrigin::None | CollateralOrigin::Evidence => None,
+                    _ => pccs::bundle_json(&collateral).ok(),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "no collateral to send with the evidence");
+                    None
+                }
+            }
+        });
+        TransferBody {
+            quote: evidence.to_json().into_bytes(),
+            user_data: public_key.spki_der().to_vec(),
+            nonce: None,
+            collateral,
+        }
+    }
+}
 
 impl KeyBroker for HttpKeyBroker {
     fn transfer(
@@ -55,11 +98,10 @@ impl KeyBroker for HttpKeyBroker {
         evidence: &Evidence,
         public_key: &TeePublicKey,
     ) -> Result<WrappedKey, FetchError> {
-        let body = TransferBody {
-            quote: evidence.to_json().into_bytes(),
-            user_data: public_key.spki_der().to_vec(),
-            nonce: None,
-        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let body = self.body(evidence, public_key, now);
         let answer = adyton_client::kbs::transfer(kbs_url, evidence.tee.as_str(), &body)
             .map_err(|e| classify_transfer(&e, public_key))?;
         Ok(WrappedKey {
@@ -98,9 +140,51 @@ impl super::Registry for HttpRegistry {
 
 #[cfg(test)]
 mod tests {
+    use adyton_attest::{Collateral, TeeKind};
     use adyton_envelope::wrap::{TeeKeyPair, TransferKeyKind};
 
     use super::*;
+
+    #[test]
+    fn the_evidence_goes_with_its_collateral_when_there_is_a_source() {
+        let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/dcap");
+        let evidence = Evidence {
+            tee: TeeKind::Sgx,
+            quote: std::fs::read(testdata.join("sgx_quote")).unwrap(),
+            certificates: None,
+        };
+        let recorded = Collateral::from_json(
+            &std::fs::read(testdata.join("sgx_quote_collateral.json")).unwrap(),
+        )
+        .unwrap();
+        let key = TeeKeyPair::generate_kind(TransferKeyKind::P384).unwrap();
+        let public_key = key.public_key().unwrap();
+
+        let provider = CollateralProvider::from_collateral(recorded.clone(), "recorded");
+        let body =
+            HttpKeyBroker::with_collateral(Arc::new(provider)).body(&evidence, &public_key, 0);
+        let sent = Collateral::from_json(&body.collateral.unwrap()).unwrap();
+        assert_eq!(sent.dcap, recorded.dcap);
+        assert_eq!(body.quote, evidence.to_json().into_bytes());
+
+        // Without a source, or for SIM evidence, nothing is sent (CNAP's body).
+        assert_eq!(
+            HttpKeyBroker::default()
+                .body(&evidence, &public_key, 0)
+                .collateral,
+            None
+        );
+        let none = HttpKeyBroker::with_collateral(Arc::new(CollateralProvider::none()));
+        assert_eq!(none.body(&evidence, &public_key, 0).collateral, None);
+        let sim = Evidence {
+            tee: TeeKind::Sim,
+            quote: b"SIM".to_vec(),
+            certificates: None,
+        };
+        let provider = CollateralProvider::from_collateral(recorded, "recorded");
+        let with = HttpKeyBroker::with_collateral(Arc::new(provider));
+        assert_eq!(with.body(&sim, &public_key, 0).collateral, None);
+    }
 
     fn refused(status: u16) -> ClientError {
         ClientError::Api {

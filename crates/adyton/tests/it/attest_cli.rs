@@ -392,3 +392,37 @@ fn unreachable_collateral_services_are_named_in_the_error() {
     );
     assert!(stderr.contains("Rome"), "{stderr}");
 }
+
+/// `adyton attest server` and `adyton infer` share the collateral flags and their environment
+/// variables, and check them before connecting.
+#[test]
+fn client_collateral_flags_and_environment_are_checked_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("policy.toml"), "[sim]\n").unwrap();
+    // Port 1 on loopback: were anything sent, the error would be a refused connection instead.
+    let server = ["https://127.0.0.1:1", "--policy", "policy.toml"];
+
+    let mut args = vec!["attest", "server"];
+    args.extend(server);
+    let with = |extra: &[&'static str]| [args.clone(), extra.to_vec()].concat();
+    let stderr = adyton_err(&with(&["--pccs-url", "ftp://pccs.example"]), d);
+    assert!(
+        stderr.contains("not an http:// or https:// URL"),
+        "{stderr}"
+    );
+    let stderr = adyton_err(&with(&["--collateral", "missing.json"]), d);
+    assert!(stderr.contains("missing.json"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_adyton"))
+        .args(["infer", server[0], "add"])
+        .args(&server[1..])
+        .args(["--input", "x=x.json"])
+        .env("ADYTON_KDS_URL", "kds.example")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("KDS URL `kds.example`"), "{stderr}");
+}

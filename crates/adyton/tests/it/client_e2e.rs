@@ -423,6 +423,23 @@ fn attest_server_and_infer_commands() {
         &s.dir,
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("not asked (--no-nonce)"));
+    // Collateral sources are asked only for the evidence that needs them: SIM needs none, so
+    // unreachable ones change nothing.
+    let out = adyton_ok(
+        &[
+            "attest",
+            "server",
+            &s.url,
+            "--policy",
+            "policy.toml",
+            "--pccs-url",
+            "http://127.0.0.1:1",
+            "--kds-url",
+            "http://127.0.0.1:1",
+        ],
+        &s.dir,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fresh evidence: verified"));
 
     // Inputs: .npy from numpy, JSON as an object or a nested array.
     python_ok(

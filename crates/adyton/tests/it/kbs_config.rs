@@ -436,3 +436,78 @@ fn config_postgres_store_keeps_keys_across_restarts() {
     // Nothing went to the embedded store.
     assert!(!dir.join("data/kbs.redb").exists());
 }
+
+/// `collateral = FILE` (the older form) and the `[collateral]` table both start a broker that
+/// says where its collateral comes from; mistakes in the table are refused before anything is
+/// opened.
+#[test]
+fn config_collateral_is_a_file_or_a_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bundle =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/dcap/tdx_quote_collateral.json");
+    std::fs::copy(&bundle, dir.join("tdx.json")).unwrap();
+    let base = "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n";
+
+    let old = dir.join("old.toml");
+    std::fs::write(&old, format!("{base}collateral = \"tdx.json\"\n")).unwrap();
+    let (server, _) = start_server(dir, &old, "http");
+    let startup = server.startup.join("\n");
+    assert!(startup.contains("collateral: bundle file"), "{startup}");
+    assert!(startup.contains("tdx.json"), "{startup}");
+    drop(server);
+
+    let table = dir.join("table.toml");
+    std::fs::write(
+        &table,
+        format!(
+            "{base}[collateral]\nbundle = \"tdx.json\"\npccs_url = \"https://pccs.example:8081\"\n\
+             kds_url = \"https://kdsintf.amd.com\"\ncache_dir = \"collateral-cache\"\n\
+             grace_period_secs = 3600\nconnect_timeout_secs = 5\nread_timeout_secs = 10\n"
+        ),
+    )
+    .unwrap();
+    let (server, _) = start_server(dir, &table, "http");
+    let startup = server.startup.join("\n");
+    assert!(
+        startup.contains("PCCS https://pccs.example:8081"),
+        "{startup}"
+    );
+    assert!(startup.contains("KDS https://kdsintf.amd.com"), "{startup}");
+    assert!(startup.contains("3600 s after its expiry"), "{startup}");
+    // The cache directory is relative to the file, and made at start.
+    assert!(dir.join("collateral-cache").is_dir());
+    drop(server);
+
+    let err = serve_fails(dir, &format!("{base}[collateral]\npccs = \"https://x\"\n"));
+    assert!(err.contains("unknown field `pccs`"), "{err}");
+    let err = serve_fails(
+        dir,
+        &format!("{base}[collateral]\npccs_url = \"pccs.example\"\n"),
+    );
+    assert!(err.contains("not an http:// or https:// URL"), "{err}");
+    let err = serve_fails(
+        dir,
+        &format!("{base}[collateral]\nbundle = \"missing.json\"\n"),
+    );
+    assert!(err.contains("missing.json"), "{err}");
+    let err = serve_fails(
+        dir,
+        &format!("{base}[collateral]\npccs_url = \"https://x.example\"\nread_timeout_secs = 0\n"),
+    );
+    assert!(err.contains("read_timeout_secs"), "{err}");
+
+    // Flags override the file, and the environment sets what flags would.
+    let table = table.to_str().unwrap();
+    let args = ["--config", table, "--pccs-url", "https://flag.example"];
+    let server = ServerProcess::start(ServerProcess::command(dir, &args));
+    let startup = server.startup.join("\n");
+    assert!(startup.contains("PCCS https://flag.example"), "{startup}");
+    drop(server);
+    let args = ["--data-dir", "trial", "--listen", "127.0.0.1:0"];
+    let mut command = ServerProcess::command(dir, &args);
+    command.env("ADYTON_KDS_URL", "https://kds.example");
+    let server = ServerProcess::start(command);
+    let startup = server.startup.join("\n");
+    assert!(startup.contains("KDS https://kds.example"), "{startup}");
+}

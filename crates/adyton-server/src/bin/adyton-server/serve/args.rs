@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// The registry that protected models are pulled from (also for POST .../{name}:pull).
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
+    /// This platform's PCCS (or Intel's PCS): the collateral of this server's SGX or TDX evidence
+    /// is fetched from it and sent with the evidence in key transfers, for key brokers that have
+    /// none of their own.
+    #[arg(long, value_name = "URL")]
+    pub pccs_url: Option<String>,
+    /// AMD's KDS (or a mirror): the same for this server's SNP evidence, unless it carries its VCEK.
+    #[arg(long, value_name = "URL")]
+    pub kds_url: Option<String>,
     /// The key pair a pull makes for its key transfer: p384 (the default; fast to make) or
     /// rsa-3072 (for a key broker that takes RSA keys only, such as Intel's KBS).
     #[arg(long, value_name = "KIND")]
@@ -118,6 +126,8 @@ impl ServeArgs {
             threads: self.threads,
             onnxruntime_library: self.onnxruntime_library.clone(),
             registry: self.registry.clone(),
+            pccs_url: self.pccs_url.clone(),
+            kds_url: self.kds_url.clone(),
             transfer_key: self.transfer_key.clone(),
             state_dir: self.state_dir.clone(),
             token_file: self.token_file.path.clone(),

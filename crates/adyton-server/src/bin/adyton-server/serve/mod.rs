@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use adyton_attest::attested_tls::AttestedTlsError;
 use adyton_attest::attester::{Attester, AttesterPaths, OpeningAttester};
+use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_attest::TeeKind;
 use adyton_cli::files::{OutputFile, OutputKind};
 use adyton_cli::net;
@@ -137,7 +138,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             attester: Arc::clone(&opening) as Arc<dyn Attester>,
             engine: Arc::clone(&engine),
             registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
-            key_broker: Arc::new(HttpKeyBroker),
+            key_broker: Arc::new(key_broker(&resolved)?),
             backoff: Backoff::default(),
             transfer_key: resolved.transfer_key,
         })),
@@ -322,4 +323,21 @@ fn load_file_model(
         http::describe_signature(&served.model.signature().outputs),
     );
     Ok(())
+}
+
+/// The key broker client of the pulls: with `pccs_url` or `kds_url`, it sends the collateral of
+/// this server's evidence along, for brokers that have none of their own.
+fn key_broker(resolved: &ServerConfig) -> Result<HttpKeyBroker> {
+    if resolved.pccs_url.is_none() && resolved.kds_url.is_none() {
+        return Ok(HttpKeyBroker::default());
+    }
+    let mut config = ProviderConfig::new();
+    if let Some(url) = &resolved.pccs_url {
+        config = config.with_pccs_url(url);
+    }
+    if let Some(url) = &resolved.kds_url {
+        config = config.with_kds_url(url);
+    }
+    let provider = CollateralProvider::new(config).context("pccs_url or kds_url")?;
+    Ok(HttpKeyBroker::with_collateral(Arc::new(provider)))
 }
