@@ -109,6 +109,19 @@ pub enum ServerError {
     #[error("this server has no attested TLS identity")]
     NoAttestation,
 
+    /// The server has no collateral to serve: its evidence needs none (SIM) or brings its own
+    /// (SNP with its VCEK), or no source is configured (`pccs_url`, `kds_url`).
+    #[error(
+        "this server serves no collateral for its evidence (SIM evidence, or no pccs_url or \
+         kds_url configured): get it from a collateral source of your own"
+    )]
+    NoCollateral,
+
+    /// The collateral of the server's evidence could not be fetched from its source, and none is
+    /// cached. Why is logged by the service, not returned (it names the server's PCCS).
+    #[error("the collateral of this server's evidence cannot be fetched now; try again later")]
+    CollateralUnavailable,
+
     /// The nonce for fresh evidence is missing, not hexadecimal, or not of a length the TEE takes.
     #[error("{reason}")]
     BadNonce {
@@ -167,7 +180,7 @@ pub enum ServerError {
     /// A task on a blocking thread ended without an answer (a panic).
     #[error("{task} failed: the worker stopped")]
     WorkerStopped {
-        /// What the task was doing: "loading", "evidence".
+        /// What the task was doing: "loading", "evidence", "collateral".
         task: &'static str,
     },
 }

@@ -12,6 +12,8 @@
 //! - `POST /v2/models/{name}[/versions/{v}]/infer`: JSON tensors, flat or nested, and the binary
 //!   tensor extension; no `Content-Type` needed; unknown fields ignored; `id` echoed;
 //! - `GET /adyton/v1/attestation?nonce=HEX`: fresh evidence over the TLS key and the nonce;
+//! - `GET /adyton/v1/collateral`: the collateral bundle of the evidence in the server's
+//!   certificate, for clients with no collateral source of their own (404 when it has none);
 //! - `POST /adyton/v1/models/{name}` (confidential upload) and `DELETE /adyton/v1/models/{name}`,
 //!   with `Authorization: Bearer <token>`;
 //! - `GET /metrics`: Prometheus, with Triton's metric names;
@@ -86,6 +88,7 @@ const MODEL_VERSION_READY_PATH: &str = "/v2/models/{name}/versions/{version}/rea
 const INFER_PATH: &str = "/v2/models/{name}/infer";
 const INFER_VERSION_PATH: &str = "/v2/models/{name}/versions/{version}/infer";
 const ATTESTATION_PATH: &str = "/adyton/v1/attestation";
+const COLLATERAL_PATH: &str = "/adyton/v1/collateral";
 /// `POST`: a confidential upload, or with `{name}` ending in `:pull`, a pull from the registry.
 const ADYTON_MODEL_PATH: &str = "/adyton/v1/models/{name}";
 const OPENAPI_PATH: &str = "/adyton/v1/openapi.json";
@@ -106,6 +109,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", INFER_PATH),
     ("POST", INFER_VERSION_PATH),
     ("GET", ATTESTATION_PATH),
+    ("GET", COLLATERAL_PATH),
     ("POST", ADYTON_MODEL_PATH),
     ("DELETE", ADYTON_MODEL_PATH),
     ("GET", OPENAPI_PATH),
@@ -127,6 +131,7 @@ fn handler(method: &str, path: &str) -> Option<MethodRouter<Arc<Server>>> {
         ("GET", MODEL_READY_PATH | MODEL_VERSION_READY_PATH) => get(model_ready),
         ("POST", INFER_PATH | INFER_VERSION_PATH) => post(infer),
         ("GET", ATTESTATION_PATH) => get(attestation),
+        ("GET", COLLATERAL_PATH) => get(collateral),
         ("POST", ADYTON_MODEL_PATH) => post(post_model),
         ("DELETE", ADYTON_MODEL_PATH) => delete(delete_model),
         ("GET", OPENAPI_PATH) => get(openapi),
@@ -245,6 +250,16 @@ async fn attestation(
         .evidence(query.get("nonce").map(String::as_str))
         .await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], evidence).into_response())
+}
+
+/// The collateral of the server's evidence; public, like the evidence (Intel or AMD signed it).
+async fn collateral(State(server): State<Arc<Server>>) -> Result<Response, ServerError> {
+    let bundle = server.collateral().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(bundle.to_vec()),
+    )
+        .into_response())
 }
 
 /// `POST /adyton/v1/models/{name}`: a confidential upload (201), or with `{name}` ending in
@@ -695,9 +710,10 @@ fn status(error: &ServerError) -> StatusCode {
         | ServerError::Input(_) => StatusCode::BAD_REQUEST,
         ServerError::MissingToken | ServerError::InvalidToken => StatusCode::UNAUTHORIZED,
         ServerError::AdminDisabled => StatusCode::FORBIDDEN,
-        ServerError::NoSuchEndpoint | ServerError::NoAttestation | ServerError::PullsDisabled => {
-            StatusCode::NOT_FOUND
-        }
+        ServerError::NoSuchEndpoint
+        | ServerError::NoAttestation
+        | ServerError::NoCollateral
+        | ServerError::PullsDisabled => StatusCode::NOT_FOUND,
         ServerError::PullInProgress { .. } => StatusCode::CONFLICT,
         ServerError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         // 422, not 413 or 500, for outputs over the limits: the request is well-formed and within
@@ -705,7 +721,9 @@ fn status(error: &ServerError) -> StatusCode {
         // more than this server sends, and the same request will be refused again (413 would
         // tell the client its body is too large, and clients shrink bodies in answer to it).
         ServerError::Load(_) | ServerError::OutputLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        ServerError::Busy { .. } | ServerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ServerError::Busy { .. }
+        | ServerError::ShuttingDown
+        | ServerError::CollateralUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         ServerError::Repository(e) => repository_status(e),
         ServerError::Engine(e) => engine_status(e),
         ServerError::Evidence { .. }

@@ -8,7 +8,9 @@
 //!   [`Server::infer`] checks the request, admits it (a bounded number run, a bounded number wait,
 //!   the rest are told to come back), runs it alone or in its model's batch, and encodes the
 //!   outputs once they are checked against the output limits.
-//! - Attestation: [`Server::evidence`], fresh evidence over the TLS key and a client's nonce.
+//! - Attestation: [`Server::evidence`], fresh evidence over the TLS key and a client's nonce;
+//!   [`Server::collateral`], the collateral of the evidence in the server's certificate, for
+//!   clients that have none of their own ([`collateral`]).
 //! - Administration, for the holder of the admin token only ([`Server::authorize`] makes the
 //!   [`Admin`] each of these takes): [`Server::upload`], [`Server::pull`], [`Server::delete`].
 //!   An upload's or a pull's target is checked ([`Server::upload_target`],
@@ -16,6 +18,7 @@
 //!
 //! No tensor, weight or token is logged: logs carry model names, sizes and times.
 
+pub mod collateral;
 mod infer;
 #[cfg(test)]
 mod tests;
@@ -26,6 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+pub use collateral::{EvidenceCollateral, OwnCollateral};
 pub use infer::Inference;
 
 use crate::error::ServerError;
@@ -138,6 +142,9 @@ pub struct Server {
     pub attestation: Option<Arc<dyn FreshEvidence>>,
     /// Pulls protected models (flow B); without it, [`Server::pull`] is refused.
     pub puller: Option<Arc<Puller>>,
+    /// The collateral of the server's own evidence; without it, [`Server::collateral`] is
+    /// refused.
+    pub collateral: Option<Arc<dyn OwnCollateral>>,
     /// The engine's options for models uploaded or pulled over the API (the server-wide
     /// `threads`, say).
     pub load_options: LoadOptions,
@@ -222,6 +229,7 @@ impl Server {
             admin_token,
             attestation,
             puller: None,
+            collateral: None,
             load_options: LoadOptions::default(),
         }
     }
@@ -235,6 +243,12 @@ impl Server {
     /// The same server, able to pull protected models.
     pub fn with_puller(mut self, puller: Arc<Puller>) -> Self {
         self.puller = Some(puller);
+        self
+    }
+
+    /// The same server, serving the collateral of its own evidence.
+    pub fn with_collateral(mut self, collateral: Arc<dyn OwnCollateral>) -> Self {
+        self.collateral = Some(collateral);
         self
     }
 
@@ -342,6 +356,22 @@ impl Server {
                 FreshEvidenceError::BadNonce(reason) => ServerError::BadNonce { reason },
                 FreshEvidenceError::Tee(reason) => ServerError::Evidence { reason },
             })
+    }
+
+    /// The collateral bundle of the evidence in the server's certificate (JSON). A server with
+    /// none to serve (SIM, no `pccs_url` or `kds_url`) refuses; a source that cannot be reached
+    /// with nothing cached is [`ServerError::CollateralUnavailable`].
+    pub async fn collateral(&self) -> Result<Arc<[u8]>, ServerError> {
+        let source = self.collateral.clone().ok_or(ServerError::NoCollateral)?;
+        // A fetch from the PCCS or KDS blocks.
+        tokio::task::spawn_blocking(move || source.bundle())
+            .await
+            .map_err(|_| ServerError::WorkerStopped { task: "collateral" })?
+            .map_err(|reason| {
+                tracing::warn!(error = %reason, "no collateral for this server's evidence");
+                ServerError::CollateralUnavailable
+            })?
+            .ok_or(ServerError::NoCollateral)
     }
 
     /// Checks an upload's name and `version` (its text as the client sent it), before its body

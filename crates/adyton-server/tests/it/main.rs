@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod batching;
+mod collateral;
 mod device;
 mod engines;
 mod gramine;
@@ -11,6 +12,9 @@ mod http;
 mod limits;
 mod onnx;
 mod openapi;
+/// The local imitation of Intel's PCS and AMD's KDS, shared with adyton-attest's tests.
+#[path = "../../../adyton-attest/tests/it/pcs_imitation.rs"]
+mod pcs_imitation;
 mod pull;
 mod refusals;
 mod runtime;

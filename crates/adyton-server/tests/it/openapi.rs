@@ -165,6 +165,9 @@ async fn every_route_is_served_and_no_other_method_on_its_path() {
         } else if method == "POST" || path == "/adyton/v1/attestation" {
             // An empty infer body is not an infer request; no nonce is no nonce.
             StatusCode::BAD_REQUEST
+        } else if path == "/adyton/v1/collateral" {
+            // This server has no collateral source.
+            StatusCode::NOT_FOUND
         } else {
             StatusCode::OK
         };

@@ -24,6 +24,7 @@ use adyton_server::repository::{ModelSettings, Pending, Repository, Source};
 use adyton_server::runtime::onnxruntime::OnnxRuntimeEngine;
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::{Engine, EngineKind, LoadOptions};
+use adyton_server::service::EvidenceCollateral;
 use adyton_server::tls::{AttestedIdentity, TlsIdentityError};
 use anyhow::{bail, Context, Result};
 
@@ -133,12 +134,16 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     let engines = Engines::new(&resolved)?;
     let engine = engines.get(resolved.defaults.engine)?;
     let repository = Arc::new(Repository::new(resolved.max_models));
+    let collateral = collateral_provider(&resolved)?;
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
             attester: Arc::clone(&opening) as Arc<dyn Attester>,
             engine: Arc::clone(&engine),
             registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
-            key_broker: Arc::new(key_broker(&resolved)?),
+            key_broker: Arc::new(match &collateral {
+                Some(provider) => HttpKeyBroker::with_collateral(Arc::clone(provider)),
+                None => HttpKeyBroker::default(),
+            }),
             backoff: Backoff::default(),
             transfer_key: resolved.transfer_key,
         })),
@@ -210,6 +215,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     );
     if let Some(puller) = puller {
         state = state.with_puller(puller);
+    }
+    if let Some(provider) = collateral {
+        state = state.with_collateral(own_collateral(provider, &identity));
     }
     // Uploads and pulls over the API take the server-wide engine and threads.
     state = state.with_load_options(LoadOptions {
@@ -325,11 +333,12 @@ fn load_file_model(
     Ok(())
 }
 
-/// The key broker client of the pulls: with `pccs_url` or `kds_url`, it sends the collateral of
-/// this server's evidence along, for brokers that have none of their own.
-fn key_broker(resolved: &ServerConfig) -> Result<HttpKeyBroker> {
+/// The source of the collateral of this server's own evidence (`pccs_url`, `kds_url`), if any:
+/// the pulls send it to the key broker, and `GET /adyton/v1/collateral` serves it to clients,
+/// for verifiers that have none of their own. One provider, so one cache, serves both.
+fn collateral_provider(resolved: &ServerConfig) -> Result<Option<Arc<CollateralProvider>>> {
     if resolved.pccs_url.is_none() && resolved.kds_url.is_none() {
-        return Ok(HttpKeyBroker::default());
+        return Ok(None);
     }
     let mut config = ProviderConfig::new();
     if let Some(url) = &resolved.pccs_url {
@@ -339,5 +348,30 @@ fn key_broker(resolved: &ServerConfig) -> Result<HttpKeyBroker> {
         config = config.with_kds_url(url);
     }
     let provider = CollateralProvider::new(config).context("pccs_url or kds_url")?;
-    Ok(HttpKeyBroker::with_collateral(Arc::new(provider)))
+    Ok(Some(Arc::new(provider)))
+}
+
+/// The collateral of the evidence in the certificate, fetched now so that the first client does
+/// not wait; a failure is reported and the server starts anyway (clients with collateral of
+/// their own need none, and the endpoint tries again).
+fn own_collateral(
+    provider: Arc<CollateralProvider>,
+    identity: &AttestedIdentity,
+) -> Arc<EvidenceCollateral> {
+    let own = EvidenceCollateral::new(provider, identity.evidence().clone());
+    match own.fetch_now() {
+        Ok(Some(bundle)) => eprintln!(
+            "collateral: serving the {}-byte bundle of this server's {} evidence at /adyton/v1/collateral",
+            bundle.len(),
+            identity.tee()
+        ),
+        Ok(None) => eprintln!(
+            "collateral: this server's {} evidence needs none from its source; /adyton/v1/collateral answers 404",
+            identity.tee()
+        ),
+        Err(e) => eprintln!(
+            "warning: cannot fetch the collateral of this server's evidence: {e}; clients without collateral of their own cannot verify it until it can be fetched"
+        ),
+    }
+    Arc::new(own)
 }
