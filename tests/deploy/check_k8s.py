@@ -358,6 +358,19 @@ def server_problems(objects: list[dict], expect: Expect) -> list[str]:
         )
     if server.spec.get("automountServiceAccountToken") is not False:
         problems.append(f"{server.owner}: a service account token is mounted into the TEE")
+    # A Secret passes through the host (API server, etcd, kubelet): nothing secret may reach the
+    # TEE that way, whether as a volume, a projected source or an environment variable.
+    for volume in server.spec.get("volumes") or []:
+        sources = [volume] + list((volume.get("projected") or {}).get("sources") or [])
+        if any("secret" in source for source in sources):
+            problems.append(f"{server.owner}: the Secret volume {volume.get('name')!r} is mounted into the TEE")
+    for container in server.spec.get("containers") or []:
+        for env in container.get("env") or []:
+            if "secretKeyRef" in (env.get("valueFrom") or {}):
+                problems.append(f"{server.owner}: the environment variable {env.get('name')!r} comes from a Secret")
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source:
+                problems.append(f"{server.owner}: its environment comes from a Secret")
     if server.labels.get("adyton.dev/role") != "inference-server":
         problems.append(f"{server.owner}: the pods lack the label adyton.dev/role=inference-server")
     container = next(c for c in server.spec["containers"] if (c.get("image") or "").startswith(SERVER_IMAGE))

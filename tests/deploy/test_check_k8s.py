@@ -208,6 +208,23 @@ def test_kserve_in_serverless_mode_fails():
     assert_problem(objects, "not in RawDeployment mode", "overlays/kserve")
 
 
+def test_a_secret_mounted_into_the_tee_fails():
+    objects = rendered("overlays/coco-tdx")
+    spec = pod_spec(objects, "Deployment", "adyton-server")
+    spec["volumes"].append({"name": "token", "secret": {"secretName": "server-token"}})
+    assert_problem(objects, "the Secret volume 'token' is mounted into the TEE")
+
+
+def test_a_projected_secret_or_a_secret_environment_variable_in_the_tee_fails():
+    objects = rendered("overlays/coco-snp")
+    spec = pod_spec(objects, "Deployment", "adyton-server")
+    spec["volumes"].append({"name": "bundle", "projected": {"sources": [{"secret": {"name": "x"}}]}})
+    spec["containers"][0].setdefault("env", []).append(
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "x", "key": "token"}}})
+    assert_problem(objects, "the Secret volume 'bundle' is mounted into the TEE", "overlays/coco-snp")
+    assert_problem(objects, "the environment variable 'TOKEN' comes from a Secret", "overlays/coco-snp")
+
+
 def test_a_service_account_token_in_the_tee_fails():
     objects = rendered("overlays/coco-tdx")
     pod_spec(objects, "Deployment", "adyton-server")["automountServiceAccountToken"] = True
