@@ -73,13 +73,16 @@ def connect(
     pccs_url: Optional[str] = None,
     kds_url: Optional[str] = None,
     collateral_cache_dir: Optional[StrPath] = None,
+    server_collateral: bool = True,
     fresh_evidence: bool = True,
     timeout: float = 60.0,
 ) -> Connection:
     """Connects to ``url`` and verifies the server's attestation against ``policy`` (a path to a
     TOML policy file, or the TOML text) before any request is sent. Collateral for SGX, TDX and
     SNP evidence comes from ``collateral`` (a bundle file), ``pccs_url`` (a PCCS or Intel's PCS)
-    and ``kds_url`` (AMD's KDS), fetched collateral also kept in ``collateral_cache_dir``."""
+    and ``kds_url`` (AMD's KDS), fetched collateral also kept in ``collateral_cache_dir``; when
+    none of these has it, the server's own (``GET /adyton/v1/collateral``) is fetched and used,
+    unless ``server_collateral`` is false."""
 
 def encrypt_model(
     src: StrPath,

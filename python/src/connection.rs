@@ -33,11 +33,14 @@ use crate::tensors;
 /// `collateral` (a path to a collateral bundle, JSON), `pccs_url` (a PCCS or Intel's PCS, for SGX
 /// and TDX), `kds_url` (AMD's KDS, for SNP evidence that does not carry its VCEK), with fetched
 /// collateral also kept in `collateral_cache_dir`; connections with the same settings share one
-/// cache. `timeout` bounds each request, in seconds.
+/// cache. When none of these has the collateral of the server's evidence, the server's own is
+/// fetched (`GET /adyton/v1/collateral`) and used: it adds no trust, since its signatures are
+/// checked up to Intel's or AMD's root; `server_collateral=False` turns that off. `timeout`
+/// bounds each request, in seconds.
 #[pyfunction]
 #[pyo3(signature = (
     url, *, policy, token=None, collateral=None, pccs_url=None, kds_url=None,
-    collateral_cache_dir=None, fresh_evidence=true, timeout=60.0
+    collateral_cache_dir=None, server_collateral=true, fresh_evidence=true, timeout=60.0
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect(
@@ -49,6 +52,7 @@ pub fn connect(
     pccs_url: Option<String>,
     kds_url: Option<String>,
     collateral_cache_dir: Option<PathBuf>,
+    server_collateral: bool,
     fresh_evidence: bool,
     timeout: f64,
 ) -> PyResult<Connection> {
@@ -68,6 +72,7 @@ pub fn connect(
         collateral: provider_for(sources)?,
         token: token.map(Token::new),
         fresh_evidence,
+        server_collateral,
         timeout: Duration::from_secs_f64(timeout),
     };
     let connected = py.detach(|| ServerClient::connect(&url, policy, options));

@@ -24,8 +24,8 @@ use adyton_attest::attested_tls::{
     evidence_from_certificate, report_data_for_key, report_data_for_nonce, spki_from_certificate,
     AttestedTlsError,
 };
-use adyton_attest::provider::CollateralProvider;
-use adyton_attest::{AttestError, Claims, Collateral, Evidence, Policy};
+use adyton_attest::provider::{CollateralOrigin, CollateralProvider};
+use adyton_attest::{AttestError, Claims, Collateral, Evidence, Policy, TeeKind};
 use aws_lc_rs::digest::{digest, SHA256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
@@ -52,6 +52,18 @@ pub enum AttestationFailure {
     /// The evidence is not genuine (signature, certificate chain, collateral, TCB).
     #[error("the evidence does not verify: {0}")]
     Evidence(#[source] AttestError),
+
+    /// The evidence does not verify with the collateral the server served
+    /// (`GET /adyton/v1/collateral`), used because this client had none of its own. The
+    /// collateral is judged as any other: its signatures must chain to Intel's or AMD's root.
+    #[error("the evidence does not verify with the collateral served by {source_url}: {error}")]
+    ServedCollateral {
+        /// Where the collateral came from.
+        source_url: String,
+        /// Why it did not verify.
+        #[source]
+        error: AttestError,
+    },
 
     /// The evidence is genuine but binds another key (or another nonce).
     #[error("the evidence does not bind this server's TLS key: {0}")]
@@ -134,12 +146,25 @@ pub struct VerifiedServer {
     pub spki_der: Vec<u8>,
 }
 
+/// Collateral the server served for its own evidence (`GET /adyton/v1/collateral`), with the
+/// URL it came from. It adds no trust: a verifier uses it only when it has no collateral of its
+/// own for the evidence, and checks its signatures up to Intel's or AMD's root like any other.
+#[derive(Clone, Debug)]
+pub struct ServedCollateral {
+    /// The collateral.
+    pub collateral: Collateral,
+    /// The URL it was fetched from, for errors.
+    pub source_url: String,
+}
+
 #[derive(Debug, Default)]
 struct Slots {
     /// Certificate checked, TLS 1.3 signature not yet.
     pending: Option<VerifiedServer>,
     /// Both checked.
     verified: Option<VerifiedServer>,
+    /// The TEE of evidence refused for want of collateral, when the policy names that TEE.
+    wants_collateral: Option<TeeKind>,
 }
 
 /// A rustls `ServerCertVerifier` for attested servers.
@@ -152,6 +177,7 @@ struct Slots {
 pub struct AttestedServerVerifier {
     policy: Policy,
     collateral: Arc<CollateralProvider>,
+    served: Option<ServedCollateral>,
     fixed_time: Option<u64>,
     provider: Arc<CryptoProvider>,
     slots: Mutex<Slots>,
@@ -171,10 +197,24 @@ impl AttestedServerVerifier {
         Self {
             policy,
             collateral: provider,
+            served: None,
             fixed_time: None,
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             slots: Mutex::new(Slots::default()),
         }
+    }
+
+    /// Uses `served`, the collateral the server served for its own evidence, when the provider
+    /// has none of its own for it.
+    pub fn with_served_collateral(mut self, served: ServedCollateral) -> Self {
+        self.served = Some(served);
+        self
+    }
+
+    /// The TEE of the last handshake's evidence when it was refused for want of collateral and
+    /// the policy names that TEE: collateral served by the server could let it verify.
+    pub fn wants_collateral(&self) -> Option<TeeKind> {
+        self.slots().wants_collateral
     }
 
     /// Verifies as of `unix_seconds` instead of the handshake's time (recorded evidence, tests).
@@ -206,13 +246,21 @@ impl AttestedServerVerifier {
         }
         let (evidence, spki_der) =
             evidence_from_certificate(end_entity).map_err(AttestationFailure::Certificate)?;
-        let claims = verify_bound(
+        let verified = verify_bound(
             &evidence,
             &report_data_for_key(&spki_der),
             &self.policy,
             &self.collateral,
+            self.served.as_ref(),
             now,
-        )?;
+        );
+        if let Err(AttestationFailure::Evidence(AttestError::CollateralMissing { .. })) = &verified
+        {
+            if policy_names(&self.policy, evidence.tee) {
+                self.slots().wants_collateral = Some(evidence.tee);
+            }
+        }
+        let claims = verified?;
         let mut certificate_sha256 = [0u8; 32];
         certificate_sha256.copy_from_slice(digest(&SHA256, end_entity).as_ref());
         Ok(VerifiedServer {
@@ -421,9 +469,33 @@ pub fn check_fresh_evidence_with(
     provider: &CollateralProvider,
     now: u64,
 ) -> Result<Claims, AttestationFailure> {
+    check_fresh_evidence_served(evidence, spki_der, nonce, policy, provider, None, now)
+}
+
+/// [`check_fresh_evidence_with`], with `served`, the collateral the server served, used when
+/// `provider` has none of its own for the evidence.
+pub fn check_fresh_evidence_served(
+    evidence: &Evidence,
+    spki_der: &[u8],
+    nonce: &[u8],
+    policy: &Policy,
+    provider: &CollateralProvider,
+    served: Option<&ServedCollateral>,
+    now: u64,
+) -> Result<Claims, AttestationFailure> {
     let expected =
         report_data_for_nonce(spki_der, nonce).map_err(AttestationFailure::Certificate)?;
-    verify_bound(evidence, &expected, policy, provider, now)
+    verify_bound(evidence, &expected, policy, provider, served, now)
+}
+
+/// Whether `policy` has a table for `tee`: only then is collateral worth fetching for it.
+fn policy_names(policy: &Policy, tee: TeeKind) -> bool {
+    match tee {
+        TeeKind::Sgx => policy.sgx.is_some(),
+        TeeKind::Tdx => policy.tdx.is_some(),
+        TeeKind::Snp => policy.snp.is_some(),
+        TeeKind::Sim => false,
+    }
 }
 
 /// Verifies evidence, then its report data, then the policy, in that order.
@@ -432,11 +504,22 @@ fn verify_bound(
     expected_report_data: &[u8; adyton_attest::REPORT_DATA_LEN],
     policy: &Policy,
     provider: &CollateralProvider,
+    served: Option<&ServedCollateral>,
     now: u64,
 ) -> Result<Claims, AttestationFailure> {
-    let (claims, _) = provider
-        .verify(evidence, now)
-        .map_err(AttestationFailure::Evidence)?;
+    let (outcome, used) = provider.verify_traced_with(evidence, served.map(|s| &s.collateral), now);
+    let claims = match (outcome, served) {
+        (Ok(claims), _) => claims,
+        (Err(error), Some(served))
+            if used.is_some_and(|u| u.origin == CollateralOrigin::Carried) =>
+        {
+            return Err(AttestationFailure::ServedCollateral {
+                source_url: served.source_url.clone(),
+                error,
+            })
+        }
+        (Err(error), _) => return Err(AttestationFailure::Evidence(error)),
+    };
     claims
         .expect_report_data(expected_report_data)
         .map_err(AttestationFailure::KeyBinding)?;

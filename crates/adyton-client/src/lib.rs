@@ -29,4 +29,7 @@ pub use error::ClientError;
 pub use kbs::{KbsClient, KeyInfo, KeyInformation, PolicyInfo, Token, TransferAnswer};
 pub use offline::{ProvisionRequest, ProvisionResponse};
 pub use registry::{BlobSummary, ModelInfo, RegistryClient, ResumingReader, RetryPolicy};
-pub use server::{ConnectOptions, InferTensor, ModelMetadata, ServerClient, TensorMetadata};
+pub use server::{
+    fetch_served_collateral, ConnectOptions, InferTensor, ModelMetadata, ServerClient,
+    TensorMetadata,
+};

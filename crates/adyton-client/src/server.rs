@@ -8,6 +8,14 @@
 //! 2. with [`ConnectOptions::fresh_evidence`], fresh evidence over a random nonce of this client's
 //!    own, bound to the same key (`GET /adyton/v1/attestation?nonce=HEX`).
 //!
+//! When the evidence of a TEE the policy names cannot be verified for want of collateral (no
+//! collateral source configured, or none that has this platform's), the client fetches the
+//! server's own (`GET /adyton/v1/collateral`, [`fetch_served_collateral`]) over TLS that does not
+//! verify the server, and makes the attested handshake again with it. Nothing is sent on that
+//! connection but the request, and nothing from it is trusted: the bundle is used only as
+//! collateral, whose signatures must chain to Intel's or AMD's root like any other's.
+//! [`ConnectOptions::server_collateral`] turns this off.
+//!
 //! Every later request goes over HTTPS that accepts exactly the certificate verified in step 1
 //! ([`PinnedServerVerifier`](crate::attested_tls::PinnedServerVerifier)), so no byte reaches a key that was not verified; a server that
 //! restarted with a new key is refused until the caller connects again.
@@ -36,8 +44,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use adyton_attest::collateral::MAX_COLLATERAL_LEN;
 use adyton_attest::provider::CollateralProvider;
-use adyton_attest::{Claims, Evidence, Policy};
+use adyton_attest::{Claims, Collateral, Evidence, Policy};
 use base64::Engine as _;
 use reqwest::blocking::{Client, RequestBuilder};
 use rustls::pki_types::ServerName;
@@ -47,7 +56,7 @@ use zeroize::Zeroizing;
 
 use crate::attested_tls::{
     self, client_config, pinned_client_config, AttestationFailure, AttestedServerVerifier,
-    VerifiedServer,
+    ServedCollateral, VerifiedServer,
 };
 use crate::error::{api_error, ClientError};
 use crate::kbs::Token;
@@ -61,6 +70,8 @@ pub const MAX_METADATA_LEN: u64 = 8 << 20;
 pub const MAX_INFER_RESPONSE_LEN: u64 = 1 << 30;
 /// The nonce of fresh evidence, in bytes (the server takes 16 to 64).
 const NONCE_LEN: usize = 32;
+/// Where the server serves the collateral of its own evidence.
+pub const COLLATERAL_PATH: &str = "/adyton/v1/collateral";
 /// The header of the binary tensor extension: the length of the JSON that starts the body.
 const INFERENCE_HEADER: &str = "Inference-Header-Content-Length";
 
@@ -77,6 +88,10 @@ pub struct ConnectOptions {
     /// Also ask for evidence over a nonce of this client's own, proving the server attests now
     /// and not only when it made its certificate.
     pub fresh_evidence: bool,
+    /// When `collateral` has nothing for the server's evidence, fetch the collateral the server
+    /// serves for it (`GET /adyton/v1/collateral`) and verify with that (see the module
+    /// documentation). On by default; off for callers who want only their own sources.
+    pub server_collateral: bool,
     /// The limit of connecting and of each request.
     pub timeout: Duration,
 }
@@ -87,6 +102,7 @@ impl Default for ConnectOptions {
             collateral: Arc::new(CollateralProvider::none()),
             token: None,
             fresh_evidence: true,
+            server_collateral: true,
             timeout: Duration::from_secs(60),
         }
     }
@@ -149,11 +165,7 @@ impl ServerClient {
     /// [`ClientError::Attestation`] or [`ClientError::Policy`] before any request is sent.
     pub fn connect(url: &str, policy: Policy, options: ConnectOptions) -> Result<ServerClient> {
         let target = parse_target(url)?;
-        let verifier = Arc::new(AttestedServerVerifier::with_provider(
-            policy.clone(),
-            options.collateral.clone(),
-        ));
-        handshake(&target, &verifier, options.timeout)?;
+        let (verifier, served) = attested_handshake(&target, &policy, &options)?;
         let verified = verifier
             .verified()
             .ok_or_else(|| ClientError::Attestation {
@@ -186,7 +198,8 @@ impl ServerClient {
             metadata: std::sync::Mutex::default(),
         };
         if options.fresh_evidence {
-            client.fresh_claims = Some(client.check_fresh_evidence(&policy, &options.collateral)?);
+            client.fresh_claims =
+                Some(client.check_fresh_evidence(&policy, &options.collateral, served.as_ref())?);
         }
         Ok(client)
     }
@@ -349,6 +362,7 @@ impl ServerClient {
         &self,
         policy: &Policy,
         collateral: &CollateralProvider,
+        served: Option<&ServedCollateral>,
     ) -> Result<Claims> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ClientError::Attestation {
@@ -364,12 +378,13 @@ impl ServerClient {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Ok(attested_tls::check_fresh_evidence_with(
+        Ok(attested_tls::check_fresh_evidence_served(
             &evidence,
             &self.verified.spki_der,
             &nonce,
             policy,
             collateral,
+            served,
             now,
         )?)
     }
@@ -459,6 +474,123 @@ fn parse_target(url: &str) -> Result<Target> {
             .to_owned(),
         port: parsed.port_or_known_default().unwrap_or(443),
     })
+}
+
+/// The attested handshake with the caller's collateral, and when that lacks the collateral of the
+/// server's evidence, again with the collateral the server serves; the verifier that succeeded,
+/// and the served collateral if it was used.
+fn attested_handshake(
+    target: &Target,
+    policy: &Policy,
+    options: &ConnectOptions,
+) -> Result<(Arc<AttestedServerVerifier>, Option<ServedCollateral>)> {
+    let verifier = Arc::new(AttestedServerVerifier::with_provider(
+        policy.clone(),
+        options.collateral.clone(),
+    ));
+    let refused = match handshake(target, &verifier, options.timeout) {
+        Ok(()) => return Ok((verifier, None)),
+        Err(refused) => refused,
+    };
+    let Some(tee) = verifier.wants_collateral() else {
+        return Err(refused);
+    };
+    if !options.server_collateral {
+        return Err(with_hint(
+            refused,
+            &format!(
+                "the server's own collateral was not asked for; configure a collateral source \
+                 for {tee} evidence (a bundle file, a PCCS URL for SGX and TDX, AMD's KDS for SNP)"
+            ),
+        ));
+    }
+    let served = match fetch_served_collateral(&target.base_url, options.timeout) {
+        Ok(Some(served)) => served,
+        Ok(None) => {
+            return Err(with_hint(
+                refused,
+                &format!(
+                    "the server serves no collateral for its {tee} evidence \
+                     (GET {COLLATERAL_PATH}: 404); configure a collateral source of your own \
+                     (a bundle file, a PCCS URL for SGX and TDX, AMD's KDS for SNP)"
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(with_hint(
+                refused,
+                &format!("the server's own collateral could not be had either: {e}"),
+            ))
+        }
+    };
+    let verifier = Arc::new(
+        AttestedServerVerifier::with_provider(policy.clone(), options.collateral.clone())
+            .with_served_collateral(served.clone()),
+    );
+    handshake(target, &verifier, options.timeout)?;
+    Ok((verifier, Some(served)))
+}
+
+/// `error` with `hint` after its reason, for an attestation failure; other errors as they are.
+fn with_hint(error: ClientError, hint: &str) -> ClientError {
+    match error {
+        ClientError::Attestation { reason } => ClientError::Attestation {
+            reason: format!("{reason} ({hint})"),
+        },
+        other => other,
+    }
+}
+
+/// Fetches the collateral the server at `base_url` serves for its own evidence
+/// (`GET /adyton/v1/collateral`): `Ok(None)` when it serves none (404).
+///
+/// The connection does not verify the server: the request carries nothing secret, and the
+/// answer is only ever used as collateral, which a verifier checks up to Intel's or AMD's root
+/// whatever its source. It is bounded by `timeout` and [`MAX_COLLATERAL_LEN`], follows no
+/// redirect and takes no proxy.
+pub fn fetch_served_collateral(
+    base_url: &str,
+    timeout: Duration,
+) -> Result<Option<ServedCollateral>> {
+    let base_url = base_url.trim().trim_end_matches('/');
+    let url = format!("{base_url}{COLLATERAL_PATH}");
+    let request = format!("GET {url}");
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        // Nothing from this connection is trusted; see above.
+        .disable_verification(true)
+        .build();
+    let agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeout))
+        .timeout_global(Some(timeout))
+        .max_redirects(0)
+        .proxy(None)
+        .user_agent(concat!("adyton-client/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent();
+    let answer = agent
+        .get(&url)
+        .call()
+        .map_err(|source| ClientError::Transport {
+            request: request.clone(),
+            source,
+        })?;
+    if answer.status().as_u16() == 404 {
+        return Ok(None);
+    }
+    let bytes = crate::http::answer_body(request.clone(), answer, MAX_COLLATERAL_LEN as u64)?;
+    let collateral =
+        Collateral::from_bundle_json(&bytes).map_err(|e| ClientError::InvalidResponse {
+            request,
+            reason: format!("not a collateral bundle: {e}"),
+        })?;
+    Ok(Some(ServedCollateral {
+        collateral,
+        source_url: url,
+    }))
 }
 
 /// The attested handshake, on a connection of its own that carries no request.

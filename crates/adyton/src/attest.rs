@@ -76,6 +76,13 @@ pub struct AttestedServerArgs {
     #[arg(long)]
     pub no_nonce: bool,
 
+    /// Never fetch the collateral the server serves for its own evidence
+    /// (GET /adyton/v1/collateral); use only the collateral sources given here. By default it is
+    /// fetched, and used, only when those sources have none for the server's evidence: it adds no
+    /// trust, since its signatures are checked up to Intel's or AMD's root.
+    #[arg(long)]
+    pub no_server_collateral: bool,
+
     /// The limit of connecting and of each request.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub timeout: humantime::Duration,
@@ -283,6 +290,7 @@ pub fn connect_server(args: &AttestedServerArgs, token: Option<Token>) -> Result
         collateral: Arc::new(provider),
         token,
         fresh_evidence: !args.no_nonce,
+        server_collateral: !args.no_server_collateral,
         timeout: args.timeout.into(),
     };
     let client = ServerClient::connect(&args.url, policy, options)
