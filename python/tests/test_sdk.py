@@ -357,6 +357,12 @@ def test_collateral_sources(server, tmp_path):
     ) as c:
         assert c.claims["tee"] == "SIM"
     assert (tmp_path / "cache").is_dir()
+    # The server's own collateral is fetched only for evidence that needs collateral; turning it
+    # off changes nothing for SIM.
+    with connect(server, server_collateral=False) as c:
+        assert c.claims["tee"] == "SIM"
+    with pytest.raises(TypeError):
+        connect(server, server_collateral="no")
     # Bad settings are refused before connecting, naming what is wrong.
     with pytest.raises(adyton.InputError, match="not an http:// or https:// URL"):
         connect(server, pccs_url="pccs.example")
