@@ -37,6 +37,8 @@ pub trait OwnCollateral: Send + Sync + fmt::Debug {
 pub struct EvidenceCollateral {
     provider: Arc<CollateralProvider>,
     evidence: Evidence,
+    reuse: Duration,
+    retry_after_failure: Duration,
     /// The last answer, and when it was made.
     last: Mutex<Option<(Instant, Answer)>>,
 }
@@ -56,8 +58,18 @@ impl EvidenceCollateral {
         Self {
             provider,
             evidence,
+            reuse: REUSE,
+            retry_after_failure: RETRY_AFTER_FAILURE,
             last: Mutex::new(None),
         }
+    }
+
+    /// Serves a bundle for `reuse` before asking the provider again, and a failure for
+    /// `retry_after_failure` (a minute and 30 s by default).
+    pub fn with_intervals(mut self, reuse: Duration, retry_after_failure: Duration) -> Self {
+        self.reuse = reuse;
+        self.retry_after_failure = retry_after_failure;
+        self
     }
 
     /// Asks the provider now (at start, so that the first client does not wait for the fetch).
@@ -98,9 +110,9 @@ impl OwnCollateral for EvidenceCollateral {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, answer)) = last.as_ref() {
             let fresh_for = if answer.is_ok() {
-                REUSE
+                self.reuse
             } else {
-                RETRY_AFTER_FAILURE
+                self.retry_after_failure
             };
             if at.elapsed() < fresh_for {
                 return answer.clone();

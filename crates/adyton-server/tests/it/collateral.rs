@@ -169,3 +169,51 @@ async fn a_source_that_fails_with_nothing_cached_is_503_without_its_details() {
     get(&app).await;
     assert_eq!(pcs.requests().len(), asked);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_refresh_keeps_serving_the_bundle_it_had() {
+    let sample = Sample::sgx();
+    let pcs = Server::start(sample.routes());
+    // No stale copies from the provider's cache: its failures reach the endpoint.
+    let config = ProviderConfig::new()
+        .with_pccs_url(pcs.url())
+        .with_fetch_options(
+            FetchOptions::default()
+                .with_timeouts(Duration::from_secs(2), Duration::from_secs(2))
+                .with_max_age(Some(Duration::ZERO))
+                .with_stale_on_error(false),
+        );
+    let provider = Arc::new(CollateralProvider::new(config).unwrap());
+    let own = Arc::new(
+        EvidenceCollateral::new(provider, evidence(&sample))
+            .with_intervals(Duration::ZERO, Duration::ZERO),
+    );
+    let first = own.fetch_now().unwrap().unwrap();
+    let app = app(Some(own));
+
+    for path in sample.paths() {
+        pcs.set(&path, Reply::Status(500));
+    }
+    let asked = pcs.requests().len();
+    let (status, _, body) = get(&app).await;
+    assert!(
+        pcs.requests().len() > asked,
+        "the source was not asked again"
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, first.to_vec());
+
+    // A source that fails from the start has nothing to fall back on.
+    let down = Server::start(HashMap::new());
+    let config = ProviderConfig::new()
+        .with_pccs_url(down.url())
+        .with_fetch_options(FetchOptions::default().with_stale_on_error(false));
+    let never = EvidenceCollateral::new(
+        Arc::new(CollateralProvider::new(config).unwrap()),
+        evidence(&sample),
+    )
+    .with_intervals(Duration::ZERO, Duration::ZERO);
+    assert!(never.bundle().is_err());
+    assert!(never.bundle().is_err());
+    assert!(down.requests().len() >= 2, "{:?}", down.requests());
+}
