@@ -8,18 +8,25 @@
 //!    chip id is masked.
 //! 2. The certificates are found: the VCEK (or VLEK) from the collateral, or else from the
 //!    certificate table that came with the evidence (configfs-tsm's `auxblob`, the extended
-//!    report's GUID table); the ASK from the collateral, or else from that table or `sev`'s
-//!    built-in ASKs; the ARK is always one of `sev`'s built-in ARKs (see "Trust anchor").
-//! 3. The chain ARK → ASK → VCEK verifies (`sev`: ARK self-signed, ARK signs ASK, ASK signs VCEK,
-//!    RSA-PSS with SHA-384), else [`AttestError::CertificateChain`].
-//! 4. The ARK, ASK and VCEK are within their validity periods at `now` (checked here: `sev`
+//!    report's GUID table); the ASK (for a VLEK, the ASVK) from the collateral, or else from that
+//!    table or the built-in ones (`sev`'s ASKs, this module's ASVKs); the ARK is always one of
+//!    `sev`'s built-in ARKs (see "Trust anchor").
+//! 3. The chain ARK → ASK → VCEK (ARK → ASVK → VLEK) verifies (`sev`: ARK self-signed, ARK signs
+//!    the ASK, the ASK signs the VCEK, RSA-PSS with SHA-384), else
+//!    [`AttestError::CertificateChain`].
+//! 4. The chain is of the kind the report's `KEY_INFO.SIGNING_KEY` names: a VCEK report needs an
+//!    ASK (CN=SEV-<product>) and a VCEK (CN=SEV-VCEK), a VLEK report an ASVK
+//!    (CN=SEV-VLEK-<product>) and a VLEK (CN=SEV-VLEK), else [`AttestError::CertificateChain`].
+//!    The ARK signs both intermediates, so the signatures alone would let a VCEK stand for a
+//!    VLEK report and the other way round.
+//! 5. The ARK, ASK and VCEK are within their validity periods at `now` (checked here: `sev`
 //!    checks signatures only), else [`AttestError::CollateralExpired`].
-//! 5. The report's signature verifies under the VCEK (`sev`: ECDSA P-384 with SHA-384 over bytes
+//! 6. The report's signature verifies under the VCEK (`sev`: ECDSA P-384 with SHA-384 over bytes
 //!    0..0x2A0), else [`AttestError::BadSignature`]. `sev` verifies the signature over its own
 //!    re-encoding of the parsed report and reads only the low 48 bytes of R and S, so this module
 //!    also requires the re-encoding to equal the bytes received and the rest of R and S to be
 //!    zero: no byte of the report escapes the signature.
-//! 6. The reported TCB equals the TCB the VCEK was issued for (its extensions blSPL, teeSPL,
+//! 7. The reported TCB equals the TCB the VCEK was issued for (its extensions blSPL, teeSPL,
 //!    snpSPL, ucodeSPL and, on Turin, fmcSPL), and the chip id equals the VCEK's hwID (a masked,
 //!    all-zero chip id is refused; a VLEK has no hwID), else [`AttestError::VerificationFailed`].
 //!
@@ -35,9 +42,18 @@
 //!
 //! The collateral and the evidence's certificate table come from the host, which is not trusted.
 //! An ARK given in the collateral is therefore used only when it is byte for byte one of `sev`'s
-//! built-in ARKs; the ARK from the evidence's table is ignored. An ASK from either place is
-//! accepted only because the pinned ARK signs it. A VLEK's ASVK is not built in, so VLEK evidence
-//! verifies only when the collateral or the table carries the ASVK.
+//! built-in ARKs; the ARK from the evidence's table is ignored. An ASK (or ASVK) from either place is
+//! accepted only because the pinned ARK signs it.
+//!
+//! # VLEK
+//!
+//! A cloud provider that hides the chip (AWS EC2 on shared tenancy) has the firmware sign reports
+//! with a VLEK, a key AMD certifies per provider and TCB, not per chip: its certificate is issued
+//! by AMD's ASVK, which the ARK signs, and carries the provider's CSP_ID instead of a hwID. The
+//! ASVKs of Milan, Genoa and Turin are built in here (`sev` ships none), so a VLEK report verifies
+//! with only its VLEK, from the evidence's certificate table or the collateral. A host's ASVK
+//! (the table's ASK entry) is tried first, as the host's ASK is for a VCEK; it counts only because
+//! the ARK signs it.
 //!
 //! # Claims
 //!
@@ -50,6 +66,8 @@
 //! SNP has no status like Intel's. [`TcbStatus::UpToDate`] here means: the report's TCB is the one
 //! AMD certified in the VCEK, the certificates are current, and the chip is the VCEK's. AMD issues
 //! VCEKs for older TCBs too, so whether a TCB is recent enough is the policy's `min_tcb` decision.
+
+use std::borrow::Cow;
 
 use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
@@ -107,14 +125,15 @@ impl Verifier for SnpVerifier {
         let chain = verify_chain(&report, &certs)?;
 
         let ark = CertFacts::read("ARK", &chain.ca.ark)?;
-        let ask = CertFacts::read("ASK", &chain.ca.ask)?;
+        let ask = CertFacts::read(certs.intermediate_name(), &chain.ca.ask)?;
         let vek = CertFacts::read(certs.vek_name, &chain.vek)?;
+        check_key_kind(&report, &ask, &vek)?;
         // The VCEK first: it expires long before AMD's roots, so its dates name the cause.
         for facts in [&vek, &ask, &ark] {
             facts.check_validity(now)?;
         }
 
-        verify_report_signature(&report, &evidence.quote, &chain.vek)?;
+        verify_report_signature(&report, &evidence.quote, &vek)?;
         check_reported_tcb(&report, &vek)?;
         check_chip_id(&report, &vek)?;
 
@@ -138,8 +157,38 @@ pub fn parse_report(bytes: &[u8]) -> Result<AttestationReport> {
             bytes.len()
         )));
     }
-    AttestationReport::from_bytes(bytes)
-        .map_err(|e| AttestError::malformed(format!("SNP attestation report unreadable: {e}")))
+    let view = sev_view(bytes);
+    let mut report = AttestationReport::from_bytes(&view)
+        .map_err(|e| AttestError::malformed(format!("SNP attestation report unreadable: {e}")))?;
+    if let Cow::Owned(_) = view {
+        report.chip_id = [0; 64];
+    }
+    Ok(report)
+}
+
+/// Where the chip id lies in a report.
+const CHIP_ID_RANGE: std::ops::Range<usize> = 0x1A0..0x1E0;
+
+/// A chip id that `sev` takes for a Milan or Genoa one (its last 56 bytes are not all zero).
+const PRE_TURIN_PLACEHOLDER_CHIP_ID: [u8; 64] = [0xFF; 64];
+
+/// The bytes `sev` is given to parse. A version 2 report has no CPUID fields, so `sev` tells its
+/// TCB layout from the chip id (Turin's hwID is 8 bytes, the rest zero) and refuses a masked,
+/// all-zero one. AWS's VLEK-signed reports are such reports. Version 2 reports come from firmware
+/// older than Turin's, so their layout is Milan's and Genoa's, which `sev` picks for any chip id
+/// that is not Turin-like: a masked chip id is replaced by such a placeholder here, and
+/// [`parse_report`] puts the zeros back. Every other report is parsed as it is.
+fn sev_view(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let version_2 = bytes.get(0..4) == Some(&2u32.to_le_bytes()[..]);
+    let masked = bytes
+        .get(CHIP_ID_RANGE)
+        .is_some_and(|id| id.iter().all(|&b| b == 0));
+    if !(version_2 && masked) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut view = bytes.to_vec();
+    view[CHIP_ID_RANGE].copy_from_slice(&PRE_TURIN_PLACEHOLDER_CHIP_ID);
+    Cow::Owned(view)
 }
 
 /// Whether the report's guest policy allows debugging (policy bit 19, DEBUG): the hypervisor can
@@ -196,6 +245,26 @@ enum AmdFamily {
 impl AmdFamily {
     const ALL: [AmdFamily; 3] = [AmdFamily::Milan, AmdFamily::Genoa, AmdFamily::Turin];
 
+    /// The product name AMD's certificates use (CN=ARK-<name>, SEV-<name>, SEV-VLEK-<name>).
+    fn name(self) -> &'static str {
+        match self {
+            AmdFamily::Milan => "Milan",
+            AmdFamily::Genoa => "Genoa",
+            AmdFamily::Turin => "Turin",
+        }
+    }
+
+    /// The built-in ASVK, which signs this generation's VLEKs.
+    fn asvk(self) -> Result<Certificate> {
+        let pem = match self {
+            AmdFamily::Milan => ASVK_MILAN_PEM,
+            AmdFamily::Genoa => ASVK_GENOA_PEM,
+            AmdFamily::Turin => ASVK_TURIN_PEM,
+        };
+        Certificate::from_pem(pem)
+            .map_err(|_| AttestError::Crypto("a built-in AMD ASVK certificate does not parse"))
+    }
+
     fn ark(self) -> Result<Certificate> {
         match self {
             AmdFamily::Milan => builtin::milan::ark(),
@@ -214,6 +283,28 @@ impl AmdFamily {
         .map_err(|_| AttestError::Crypto("a built-in AMD ASK certificate does not parse"))
     }
 }
+
+// AMD's ASVKs (AMD SEV VLEK signing keys), one per generation, as AMD's KDS serves them first in
+// `https://kdsintf.amd.com/vlek/v1/{Milan,Genoa,Turin}/cert_chain` (ASVK, then the ARK). They are
+// public certificates; where these copies came from is in `testdata/snp/README.md`. What makes
+// them trustworthy is not their source: a test checks that `sev`'s built-in ARK of the same
+// generation signs each one (RSA-PSS with SHA-384), and that the SHA-256 of its DER is the one
+// below. The verifier checks the ARK's signature again on every verification.
+
+/// CN=SEV-VLEK-Milan, serial 0x010101, issued by ARK-Milan, valid 2022-11-16T22:45:24Z to
+/// 2047-11-16T22:45:24Z. SHA-256 of the DER:
+/// c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5.
+const ASVK_MILAN_PEM: &[u8] = include_bytes!("snp_asvk/milan.pem");
+
+/// CN=SEV-VLEK-Genoa, serial 0x020101, issued by ARK-Genoa, valid 2022-11-18T20:48:34Z to
+/// 2047-11-18T20:48:34Z. SHA-256 of the DER:
+/// 197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372.
+const ASVK_GENOA_PEM: &[u8] = include_bytes!("snp_asvk/genoa.pem");
+
+/// CN=SEV-VLEK-Turin, serial 0x030101, issued by ARK-Turin, valid 2023-05-15T21:09:41Z to
+/// 2048-05-15T21:09:41Z. SHA-256 of the DER:
+/// 104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c.
+const ASVK_TURIN_PEM: &[u8] = include_bytes!("snp_asvk/turin.pem");
 
 /// The generations whose roots may have signed this report's VCEK.
 fn candidate_families(report: &AttestationReport) -> Result<Vec<AmdFamily>> {
@@ -241,11 +332,13 @@ fn candidate_families(report: &AttestationReport) -> Result<Vec<AmdFamily>> {
 
 /// The certificates found for a report, before any of them is trusted.
 struct FoundCertificates {
+    /// Whether the report says it was signed with a VLEK, so that the chain runs through an ASVK.
+    signed_by_vlek: bool,
     /// "VCEK" or "VLEK", for messages.
     vek_name: &'static str,
     vek: Certificate,
     ark: Option<Certificate>,
-    /// ASK candidates in the order tried; built-in ASKs are added later.
+    /// ASK (or ASVK) candidates in the order tried; built-in ones are added later.
     asks: Vec<Certificate>,
     /// Whether an ASK was given explicitly in the collateral, which then is the only one tried.
     ask_from_collateral: bool,
@@ -329,12 +422,33 @@ impl FoundCertificates {
         };
 
         Ok(Self {
+            signed_by_vlek,
             vek_name,
             vek,
             ark,
             asks,
             ask_from_collateral,
         })
+    }
+}
+
+impl FoundCertificates {
+    /// "ASK" or "ASVK", for messages.
+    fn intermediate_name(&self) -> &'static str {
+        if self.signed_by_vlek {
+            "ASVK"
+        } else {
+            "ASK"
+        }
+    }
+
+    /// The built-in intermediate of a generation for this report's key: the ASVK for a VLEK.
+    fn built_in_intermediate(&self, family: AmdFamily) -> Result<Certificate> {
+        if self.signed_by_vlek {
+            family.asvk()
+        } else {
+            family.ask()
+        }
     }
 }
 
@@ -423,7 +537,7 @@ pub(crate) fn parse_cert_table(bytes: &[u8]) -> Result<Vec<(CertType, &[u8])>> {
 }
 
 /// Builds the candidate chains and returns the first that verifies: ARK self-signed, ARK signs
-/// ASK, ASK signs the VCEK (all checked by `sev`).
+/// the ASK (ASVK), which signs the VCEK (VLEK), all checked by `sev`.
 fn verify_chain(report: &AttestationReport, certs: &FoundCertificates) -> Result<Chain> {
     let families = candidate_families(report)?;
     let given_ark_der = match &certs.ark {
@@ -445,7 +559,7 @@ fn verify_chain(report: &AttestationReport, certs: &FoundCertificates) -> Result
         }
         let mut asks = certs.asks.clone();
         if !certs.ask_from_collateral {
-            asks.push(family.ask()?);
+            asks.push(certs.built_in_intermediate(family)?);
         }
         for ask in asks {
             let chain = Chain {
@@ -471,8 +585,9 @@ fn verify_chain(report: &AttestationReport, certs: &FoundCertificates) -> Result
     }
     Err(AttestError::CertificateChain {
         reason: format!(
-            "no chain from AMD's ARK ({}) through an ASK to the {} verifies: {}",
+            "no chain from AMD's ARK ({}) through an {} to the {} verifies: {}",
             family_names(&families),
+            certs.intermediate_name(),
             certs.vek_name,
             failures.join("; ")
         ),
@@ -487,13 +602,13 @@ fn family_names(families: &[AmdFamily]) -> String {
         .join(", ")
 }
 
-/// Checks the report's signature under the VCEK (`sev`), and that the bytes received are exactly
-/// the ones that signature covers.
-fn verify_report_signature(
-    report: &AttestationReport,
-    raw: &[u8],
-    vek: &Certificate,
-) -> Result<()> {
+/// Checks the report's signature under the VCEK (or VLEK) over the bytes received, and that the
+/// report `sev` parsed is exactly those bytes.
+///
+/// The signature is checked here (aws-lc-rs) rather than by `sev`, which checks it over its own
+/// re-encoding of the parsed report: that cannot be done for a version 2 report with a masked
+/// chip id (see [`sev_view`]).
+fn verify_report_signature(report: &AttestationReport, raw: &[u8], vek: &CertFacts) -> Result<()> {
     let bad = |what: String| AttestError::BadSignature { what };
     if report.key_info.mask_chip_key() {
         return Err(bad(
@@ -508,8 +623,8 @@ fn verify_report_signature(
             report.sig_algo
         )));
     }
-    // R and S are little-endian in 72-byte fields; `sev` reads the low 48 bytes of each, a P-384
-    // scalar, so the rest must be zero or those bytes could change freely.
+    // R and S are little-endian in 72-byte fields; a P-384 scalar is their low 48 bytes, so the
+    // rest must be zero or those bytes could change freely.
     let sig = &report.signature;
     if [sig.r(), sig.s()]
         .iter()
@@ -519,18 +634,47 @@ fn verify_report_signature(
             "the report's signature has non-zero bytes beyond the 48 of a P-384 scalar".into(),
         ));
     }
-    (vek, report)
-        .verify()
-        .map_err(|e| bad(format!("SNP attestation report: {e}")))?;
+    let Some(public_key) = &vek.p384_public_key else {
+        return Err(AttestError::CertificateChain {
+            reason: format!("the {}'s key is not an ECDSA P-384 key", vek.name),
+        });
+    };
+    // The fixed-length form aws-lc-rs verifies: R then S, each 48 bytes big-endian.
+    let mut fixed = Vec::with_capacity(96);
+    for scalar in [sig.r(), sig.s()] {
+        fixed.extend(scalar.iter().take(48).rev());
+    }
+    let signed = raw
+        .get(..SIGNED_LEN)
+        .ok_or_else(|| bad("the report is shorter than its signed part".into()))?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+        public_key,
+    )
+    .verify(signed, &fixed)
+    .map_err(|_| {
+        bad(format!(
+            "SNP attestation report: the signature does not verify under the {}",
+            vek.name
+        ))
+    })?;
 
-    // `sev` verified its re-encoding of the parsed report. `sev` refuses non-zero bytes in most
-    // reserved fields while parsing, but it drops the reserved bytes inside TCB versions and
-    // writes zeros back, so those would escape the signature unless the received bytes are
-    // required to equal the re-encoding.
-    let encoded = report
+    // The claims come from the report `sev` parsed. `sev` refuses non-zero bytes in most reserved
+    // fields while parsing, but it drops the reserved bytes inside TCB versions and writes zeros
+    // back, so the parsed report is required to re-encode to the bytes `sev` was given (with the
+    // same placeholder chip id, if any), which are the signed bytes but for that chip id.
+    let view = sev_view(raw);
+    let mut parsed = *report;
+    if let Some(chip_id) = view
+        .get(CHIP_ID_RANGE)
+        .and_then(|id| <[u8; 64]>::try_from(id).ok())
+    {
+        parsed.chip_id = chip_id;
+    }
+    let encoded = parsed
         .to_bytes()
         .map_err(|e| bad(format!("the parsed report does not re-encode: {e}")))?;
-    let differs = |range: std::ops::Range<usize>| encoded.get(range.clone()) != raw.get(range);
+    let differs = |range: std::ops::Range<usize>| encoded.get(range.clone()) != view.get(range);
     if differs(0..SIGNED_LEN) {
         return Err(bad(
             "the report has non-zero reserved bytes in its signed part, which the verified \
@@ -577,6 +721,60 @@ fn check_reported_tcb(report: &AttestationReport, vek: &CertFacts) -> Result<()>
                 ),
             });
         }
+    }
+    Ok(())
+}
+
+/// The report's `KEY_INFO.SIGNING_KEY` says which key signed it; the chain that verified must be
+/// of that kind. AMD names the certificates by kind: the VCEK is CN=SEV-VCEK under the ASK
+/// CN=SEV-<product>, the VLEK is CN=SEV-VLEK under the ASVK CN=SEV-VLEK-<product>. The ARK signs
+/// both intermediates, so without this check a VCEK could stand for a VLEK report and the other
+/// way round.
+fn check_key_kind(
+    report: &AttestationReport,
+    intermediate: &CertFacts,
+    vek: &CertFacts,
+) -> Result<()> {
+    let signed_by_vlek = report.key_info.signing_key() == SIGNING_KEY_VLEK;
+    let (wanted_leaf, wanted_intermediate) = if signed_by_vlek {
+        ("SEV-VLEK", "an ASVK (CN=SEV-VLEK-<product>)")
+    } else {
+        ("SEV-VCEK", "an ASK (CN=SEV-<product>)")
+    };
+    let intermediate_is_asvk = intermediate
+        .subject_cn
+        .as_deref()
+        .is_some_and(|cn| cn.starts_with("SEV-VLEK-"));
+    let intermediate_is_ask = intermediate.subject_cn.as_deref().is_some_and(|cn| {
+        AmdFamily::ALL
+            .iter()
+            .any(|family| cn == format!("SEV-{}", family.name()))
+    });
+    let intermediate_ok = if signed_by_vlek {
+        intermediate_is_asvk
+    } else {
+        intermediate_is_ask
+    };
+    let cn = |facts: &CertFacts| facts.subject_cn.clone().unwrap_or_else(|| "<none>".into());
+    if !intermediate_ok {
+        return Err(AttestError::CertificateChain {
+            reason: format!(
+                "the report is signed with a {} (KEY_INFO), which only {wanted_intermediate} \
+                 certifies, but the chain's issuer is CN={}",
+                vek.name,
+                cn(intermediate)
+            ),
+        });
+    }
+    if vek.subject_cn.as_deref() != Some(wanted_leaf) {
+        return Err(AttestError::CertificateChain {
+            reason: format!(
+                "the report is signed with a {} (KEY_INFO), whose certificate is \
+                 CN={wanted_leaf}, but the chain's leaf is CN={}",
+                vek.name,
+                cn(vek)
+            ),
+        });
     }
     Ok(())
 }
@@ -650,6 +848,11 @@ struct CertFacts {
     /// The TCB extensions' values, in the order of [`TCB_EXTENSIONS`].
     tcb: [Option<u8>; 5],
     hw_id: Option<Vec<u8>>,
+    /// The subject's common name: AMD names each kind of certificate by it.
+    subject_cn: Option<String>,
+    /// The uncompressed point (`04 || X || Y`) of an ECDSA P-384 subject key, as VCEKs and VLEKs
+    /// have; `None` for any other key.
+    p384_public_key: Option<Vec<u8>>,
 }
 
 /// The TCB extensions (1.3.6.1.4.1.3704.1.3.n, under AMD's arc 1.3.6.1.4.1.3704.1), by name
@@ -677,6 +880,12 @@ const TCB_EXTENSIONS: [(&str, ObjectIdentifier); 5] = [
         ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.9"),
     ),
 ];
+
+/// id-ecPublicKey (RFC 5480).
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// The P-384 curve, secp384r1 (RFC 5480).
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// The FMC (firmware), which only Turin and later have.
 const FMC_SPL: &str = "fmcSPL";
@@ -731,6 +940,24 @@ impl CertFacts {
             return Err(unreadable("hwID is not 1 to 64 bytes"));
         }
 
+        let subject_cn = tbs
+            .subject()
+            .common_name()
+            .map_err(|e| unreadable(&format!("the subject's common name: {e}")))?
+            .map(|cn| cn.value().into_owned());
+
+        let spki = tbs.subject_public_key_info();
+        let p384 = spki.algorithm.oid == EC_PUBLIC_KEY
+            && spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|params| params.decode_as::<ObjectIdentifier>().ok())
+                == Some(SECP384R1);
+        let p384_public_key = p384
+            .then(|| spki.subject_public_key.as_bytes().map(<[u8]>::to_vec))
+            .flatten();
+
         let validity = tbs.validity();
         Ok(Self {
             name,
@@ -738,6 +965,8 @@ impl CertFacts {
             not_after: CertTime::from_x509(validity.not_after),
             tcb,
             hw_id,
+            subject_cn,
+            p384_public_key,
         })
     }
 
@@ -1032,6 +1261,214 @@ mod tests {
         for family in AmdFamily::ALL {
             family.ark().unwrap();
             family.ask().unwrap();
+            family.asvk().unwrap();
         }
+    }
+
+    /// 2025-01-01T00:00:00Z.
+    const FIXED_TIME: u64 = 1_735_689_600;
+
+    /// The SHA-256 fingerprints written beside the built-in ASVKs.
+    const ASVK_FINGERPRINTS: [(AmdFamily, &str); 3] = [
+        (
+            AmdFamily::Milan,
+            "c5e081f59b7efab1fe2f8b505e159704e72f29cab7ef7cf628a05a42439082f5",
+        ),
+        (
+            AmdFamily::Genoa,
+            "197e610743a917d6b9bb982a5a9226ccc0a15b611be0619e626aca9151457372",
+        ),
+        (
+            AmdFamily::Turin,
+            "104e10a8bd060a3c20a434261a57d0588fd65a88915b4f65b08bdecaf8df1a3c",
+        ),
+    ];
+
+    /// The ASVKs' authenticity rests on this test, not on where they were copied from: each is
+    /// signed by the ARK `sev` builds in for its generation (RSA-PSS with SHA-384), names itself
+    /// SEV-VLEK-<product>, is valid now and for decades, and is the certificate its comment names.
+    #[test]
+    fn every_built_in_asvk_is_signed_by_its_generations_ark() {
+        for (family, fingerprint) in ASVK_FINGERPRINTS {
+            let ark = family.ark().unwrap();
+            let asvk = family.asvk().unwrap();
+            (&ark, &asvk).verify().unwrap();
+
+            let der = asvk.to_der().unwrap();
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+            assert_eq!(hex::encode(digest.as_ref()), fingerprint, "{family:?}");
+
+            let facts = CertFacts::read("ASVK", &asvk).unwrap();
+            assert_eq!(
+                facts.subject_cn.as_deref(),
+                Some(format!("SEV-VLEK-{}", family.name()).as_str())
+            );
+            facts.check_validity(FIXED_TIME).unwrap();
+            // AMD's intermediates live 25 years: these end in 2047 and 2048, after 2046.
+            assert!(facts.not_after.unix > 2_400_000_000, "{family:?}");
+            assert_eq!(facts.hw_id, None);
+            assert_eq!(facts.tcb, [None; 5]);
+
+            // Not an ASK: the ASK of the same generation is another key.
+            assert_ne!(der, family.ask().unwrap().to_der().unwrap());
+        }
+    }
+
+    #[test]
+    fn no_built_in_asvk_is_signed_by_another_generations_ark() {
+        for signer in AmdFamily::ALL {
+            let ark = signer.ark().unwrap();
+            for family in AmdFamily::ALL.into_iter().filter(|f| *f != signer) {
+                let asvk = family.asvk().unwrap();
+                assert!(
+                    (&ark, &asvk).verify().is_err(),
+                    "{signer:?} ARK must not sign the {family:?} ASVK"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_tampered_built_in_asvk_does_not_verify() {
+        let ark = AmdFamily::Milan.ark().unwrap();
+        let der = AmdFamily::Milan.asvk().unwrap().to_der().unwrap();
+        // One byte of the RSA modulus (inside the signed TBS) and one of the signature.
+        let modulus_at = der
+            .windows(4)
+            .position(|w| w == [0x02, 0x82, 0x02, 0x01])
+            .unwrap()
+            + 10;
+        for at in [modulus_at, der.len() - 1] {
+            let mut tampered = der.clone();
+            tampered[at] ^= 0x01;
+            let asvk = Certificate::from_der(&tampered).unwrap();
+            assert!((&ark, &asvk).verify().is_err(), "byte {at}");
+        }
+    }
+
+    /// Signs `raw`'s signed part with a fresh P-384 key, as the firmware would, and returns the
+    /// signed report and facts of a certificate for that key.
+    fn signed_with_fresh_key(mut raw: Vec<u8>) -> (Vec<u8>, CertFacts) {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+        let key = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+        let signature = key.sign(&SystemRandom::new(), &raw[..SIGNED_LEN]).unwrap();
+        let (r, s) = signature.as_ref().split_at(48);
+        raw[SIGNED_LEN..].fill(0);
+        for (at, scalar) in [(SIGNED_LEN, r), (SIGNED_LEN + 72, s)] {
+            let little_endian: Vec<u8> = scalar.iter().rev().copied().collect();
+            raw[at..at + 48].copy_from_slice(&little_endian);
+        }
+        let mut facts = milan_vcek_facts();
+        facts.p384_public_key = Some(key.public_key().as_ref().to_vec());
+        (raw, facts)
+    }
+
+    fn milan_raw() -> Vec<u8> {
+        hex::decode(MILAN_REPORT_HEX.trim()).unwrap()
+    }
+
+    #[test]
+    fn the_signature_is_checked_over_the_bytes_received() {
+        let (raw, facts) = signed_with_fresh_key(milan_raw());
+        verify_report_signature(&parse_report(&raw).unwrap(), &raw, &facts).unwrap();
+        // The real VCEK did not sign this.
+        let vcek = milan_vcek_facts();
+        assert!(matches!(
+            verify_report_signature(&parse_report(&raw).unwrap(), &raw, &vcek),
+            Err(AttestError::BadSignature { .. })
+        ));
+        // A certificate whose key is not P-384 cannot have signed it.
+        let mut rsa = facts;
+        rsa.p384_public_key = None;
+        assert!(matches!(
+            verify_report_signature(&parse_report(&raw).unwrap(), &raw, &rsa),
+            Err(AttestError::CertificateChain { .. })
+        ));
+    }
+
+    #[test]
+    fn a_parsed_report_must_re_encode_to_the_signed_bytes() {
+        // A reserved byte inside the reported TCB, which `sev` drops while parsing: even signed,
+        // it is refused, because the claims would not show what was signed.
+        let mut raw = milan_raw();
+        raw[0x180 + 3] = 1;
+        let (raw, facts) = signed_with_fresh_key(raw);
+        match verify_report_signature(&parse_report(&raw).unwrap(), &raw, &facts) {
+            Err(AttestError::BadSignature { what }) => {
+                assert!(what.contains("reserved bytes in its signed part"), "{what}")
+            }
+            other => panic!("expected BadSignature, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_2_report_with_a_masked_chip_id_is_read_and_verified() {
+        let mut raw = milan_raw();
+        raw[CHIP_ID_RANGE].fill(0);
+        // `sev` alone refuses it.
+        assert!(AttestationReport::from_bytes(&raw).is_err());
+        let report = parse_report(&raw).unwrap();
+        assert_eq!(report.chip_id, [0; 64]);
+        assert_eq!(report.reported_tcb, milan_report().reported_tcb);
+        let (raw, facts) = signed_with_fresh_key(raw);
+        verify_report_signature(&parse_report(&raw).unwrap(), &raw, &facts).unwrap();
+        // The placeholder is only for `sev`: a report that carries it is another report.
+        let mut placeholder = raw.clone();
+        placeholder[CHIP_ID_RANGE].copy_from_slice(&PRE_TURIN_PLACEHOLDER_CHIP_ID);
+        assert!(matches!(
+            verify_report_signature(&parse_report(&placeholder).unwrap(), &placeholder, &facts),
+            Err(AttestError::BadSignature { .. })
+        ));
+        // Version 3 names its processor, so its chip id is never replaced.
+        let mut version_3 = raw;
+        version_3[0..4].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(sev_view(&version_3), Cow::Borrowed(_)));
+    }
+
+    fn vlek_report() -> AttestationReport {
+        let mut report = milan_report();
+        report.key_info = sev::firmware::guest::KeyInfo::from(SIGNING_KEY_VLEK << 2);
+        report
+    }
+
+    fn asvk_facts() -> CertFacts {
+        CertFacts::read("ASVK", &AmdFamily::Milan.asvk().unwrap()).unwrap()
+    }
+
+    fn ask_facts() -> CertFacts {
+        CertFacts::read("ASK", &AmdFamily::Milan.ask().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_chain_must_be_of_the_kind_key_info_names() {
+        let vcek = milan_vcek_facts();
+        check_key_kind(&milan_report(), &ask_facts(), &vcek).unwrap();
+
+        let mut vlek = milan_vcek_facts();
+        vlek.name = "VLEK";
+        vlek.subject_cn = Some("SEV-VLEK".into());
+        check_key_kind(&vlek_report(), &asvk_facts(), &vlek).unwrap();
+
+        let refused = |report: &AttestationReport, intermediate: &CertFacts, leaf: &CertFacts| {
+            match check_key_kind(report, intermediate, leaf) {
+                Err(AttestError::CertificateChain { reason }) => reason,
+                other => panic!("expected CertificateChain, got {other:?}"),
+            }
+        };
+        // A VCEK report through an ASVK, a VLEK report through an ASK.
+        let reason = refused(&milan_report(), &asvk_facts(), &vcek);
+        assert!(reason.contains("CN=SEV-VLEK-Milan"), "{reason}");
+        let reason = refused(&vlek_report(), &ask_facts(), &vlek);
+        assert!(reason.contains("only an ASVK"), "{reason}");
+        // The right intermediate, the wrong leaf.
+        let reason = refused(&vlek_report(), &asvk_facts(), &vcek);
+        assert!(reason.contains("CN=SEV-VCEK"), "{reason}");
+        let reason = refused(&milan_report(), &ask_facts(), &vlek);
+        assert!(reason.contains("CN=SEV-VLEK"), "{reason}");
+        // No common name at all.
+        let mut anonymous = ask_facts();
+        anonymous.subject_cn = None;
+        assert!(refused(&milan_report(), &anonymous, &vcek).contains("<none>"));
     }
 }

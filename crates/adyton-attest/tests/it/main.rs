@@ -14,3 +14,4 @@ mod provider;
 mod seal;
 mod sim;
 mod snp;
+mod snp_vlek;
