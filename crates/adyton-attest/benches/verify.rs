@@ -1,5 +1,5 @@
-//! Verifications per second on one core, for real SGX, TDX and SNP evidence and for SIM, with the
-//! collateral parsed once and reused. Adyton's DCAP verifier memoises the collateral's signature
+//! Verifications per second on one core, for real SGX, TDX and SNP (VCEK and VLEK) evidence and for
+//! SIM, with the collateral parsed once and reused. Adyton's DCAP verifier memoises the collateral's signature
 //! checks (`verifier::dcap_cache`), which repeat from quote to quote; each quote's own signatures
 //! are verified every time. The `dcap-qvl verify() alone` rows show the library without the memo. Run with `cargo bench -p adyton-attest --bench verify`.
 
@@ -12,6 +12,8 @@ use adyton_attest::attester::sim::SimAttester;
 use adyton_attest::attester::Attester;
 use adyton_attest::collateral::SnpCollateral;
 use adyton_attest::{verifier, Collateral, Evidence, TeeKind};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 
 fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -95,6 +97,40 @@ fn main() {
             }),
         },
         snp_time,
+    ));
+    // AWS EC2: a VLEK-signed report carrying its VLEK in the certificate table, as configfs-tsm
+    // gives it; the ASVK and ARK are built in (testdata/snp/README.md).
+    let vlek_report = BASE64
+        .decode(
+            String::from_utf8(read("snp/report_aws_vlek_milan.b64"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+    let vlek_pem = String::from_utf8(read("snp/vlek_aws_milan.pem")).unwrap();
+    let vlek_der = BASE64
+        .decode(
+            vlek_pem
+                .lines()
+                .filter(|line| !line.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    // One entry (the VLEK GUID, offset, length), the all-zero terminator, then the certificate.
+    let mut table = hex::decode("a8074bc2a25a483eaae639c045a0b8a1").unwrap();
+    table.extend(48u32.to_le_bytes());
+    table.extend(u32::try_from(vlek_der.len()).unwrap().to_le_bytes());
+    table.extend([0; 24]);
+    table.extend(&vlek_der);
+    cases.push((
+        "SNP (AWS Milan report, VLEK from the evidence)",
+        Evidence {
+            tee: TeeKind::Snp,
+            quote: vlek_report,
+            certificates: Some(table),
+        },
+        Collateral::none(),
+        1_704_067_200, // 2024-01-01T00:00:00Z, inside the VLEK's validity
     ));
     let sim = SimAttester::with_measurement([1; 32], [2; 48]).unwrap();
     cases.push((
