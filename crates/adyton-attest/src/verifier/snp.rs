@@ -15,35 +15,39 @@
 //!    the ASK, the ASK signs the VCEK, RSA-PSS with SHA-384), else
 //!    [`AttestError::CertificateChain`].
 //! 4. The chain is of the kind the report's `KEY_INFO.SIGNING_KEY` names: a VCEK report needs an
-//!    ASK (CN=SEV-<product>) and a VCEK (CN=SEV-VCEK), a VLEK report an ASVK
-//!    (CN=SEV-VLEK-<product>) and a VLEK (CN=SEV-VLEK), else [`AttestError::CertificateChain`].
+//!    ASK (`CN=SEV-<product>`) and a VCEK (CN=SEV-VCEK), a VLEK report an ASVK
+//!    (`CN=SEV-VLEK-<product>`) and a VLEK (CN=SEV-VLEK), else [`AttestError::CertificateChain`].
 //!    The ARK signs both intermediates, so the signatures alone would let a VCEK stand for a
 //!    VLEK report and the other way round.
 //! 5. The ARK, ASK and VCEK are within their validity periods at `now` (checked here: `sev`
 //!    checks signatures only), else [`AttestError::CollateralExpired`].
-//! 6. The report's signature verifies under the VCEK (`sev`: ECDSA P-384 with SHA-384 over bytes
-//!    0..0x2A0), else [`AttestError::BadSignature`]. `sev` verifies the signature over its own
-//!    re-encoding of the parsed report and reads only the low 48 bytes of R and S, so this module
-//!    also requires the re-encoding to equal the bytes received and the rest of R and S to be
-//!    zero: no byte of the report escapes the signature.
+//! 6. The report's signature verifies under the VCEK (ECDSA P-384 with SHA-384 over the bytes
+//!    0..0x2A0 received, checked here with aws-lc-rs), else [`AttestError::BadSignature`]. A
+//!    scalar is the low 48 bytes of the 72-byte R and S fields, so the rest must be zero; and the
+//!    report `sev` parsed, from which the claims come, must re-encode to the bytes received
+//!    (`sev` drops the reserved bytes inside TCB versions): no byte of the report escapes the
+//!    signature or the claims.
 //! 7. The reported TCB equals the TCB the VCEK was issued for (its extensions blSPL, teeSPL,
 //!    snpSPL, ucodeSPL and, on Turin, fmcSPL), and the chip id equals the VCEK's hwID (a masked,
-//!    all-zero chip id is refused; a VLEK has no hwID), else [`AttestError::VerificationFailed`].
+//!    all-zero chip id is refused; a VLEK has no hwID, and VLEK reports have a masked chip id),
+//!    else [`AttestError::VerificationFailed`].
 //!
 //! # Processor generation
 //!
 //! Reports of version 3 and later carry the CPUID family and model, and the built-in roots of that
 //! generation (Milan, Genoa or Turin) are the only ones tried. Version 2 reports do not say, so
-//! each built-in chain is tried in turn and the first whose ASK signs the VCEK is used; a VCEK that
-//! no built-in chain signs is refused. Generations without built-in roots in `sev` (Venice) are
+//! each built-in chain is tried in turn and the first whose ASK (ASVK) signs the VCEK (VLEK) is
+//! used; a certificate that no built-in chain signs is refused. `sev` tells a version 2 report's
+//! TCB layout from its chip id and cannot read a masked one, which VLEK reports have; see
+//! [`parse_report`]. Generations without built-in roots in `sev` (Venice) are
 //! refused with [`AttestError::CertificateChain`].
 //!
 //! # Trust anchor
 //!
 //! The collateral and the evidence's certificate table come from the host, which is not trusted.
 //! An ARK given in the collateral is therefore used only when it is byte for byte one of `sev`'s
-//! built-in ARKs; the ARK from the evidence's table is ignored. An ASK (or ASVK) from either place is
-//! accepted only because the pinned ARK signs it.
+//! built-in ARKs; the ARK from the evidence's table is ignored. An ASK (or ASVK) from either
+//! place is accepted only because the pinned ARK signs it.
 //!
 //! # VLEK
 //!
@@ -149,7 +153,9 @@ impl Verifier for SnpVerifier {
 }
 
 /// Parses a 1184-byte SNP attestation report. Any other length, an unsupported version or an
-/// unknown processor is [`AttestError::MalformedEvidence`]. Nothing is verified.
+/// unknown processor is [`AttestError::MalformedEvidence`]. Nothing is verified. A version 2
+/// report with a masked chip id is read with a placeholder chip id that `sev` accepts (see
+/// `sev_view`), and the parsed report has the zeros back.
 pub fn parse_report(bytes: &[u8]) -> Result<AttestationReport> {
     if bytes.len() != REPORT_LEN {
         return Err(AttestError::malformed(format!(
@@ -245,7 +251,7 @@ enum AmdFamily {
 impl AmdFamily {
     const ALL: [AmdFamily; 3] = [AmdFamily::Milan, AmdFamily::Genoa, AmdFamily::Turin];
 
-    /// The product name AMD's certificates use (CN=ARK-<name>, SEV-<name>, SEV-VLEK-<name>).
+    /// The product name AMD's certificates use (`CN=ARK-<name>`, `SEV-<name>`, `SEV-VLEK-<name>`).
     fn name(self) -> &'static str {
         match self {
             AmdFamily::Milan => "Milan",
@@ -727,9 +733,9 @@ fn check_reported_tcb(report: &AttestationReport, vek: &CertFacts) -> Result<()>
 
 /// The report's `KEY_INFO.SIGNING_KEY` says which key signed it; the chain that verified must be
 /// of that kind. AMD names the certificates by kind: the VCEK is CN=SEV-VCEK under the ASK
-/// CN=SEV-<product>, the VLEK is CN=SEV-VLEK under the ASVK CN=SEV-VLEK-<product>. The ARK signs
-/// both intermediates, so without this check a VCEK could stand for a VLEK report and the other
-/// way round.
+/// `CN=SEV-<product>`, the VLEK is CN=SEV-VLEK under the ASVK `CN=SEV-VLEK-<product>`. The ARK
+/// signs both intermediates, so without this check a VCEK could stand for a VLEK report and the
+/// other way round.
 fn check_key_kind(
     report: &AttestationReport,
     intermediate: &CertFacts,
