@@ -319,3 +319,117 @@ fn an_expired_or_not_yet_valid_vlek_is_refused() {
         VLEK_NOT_AFTER + 1,
     ));
 }
+
+/// Replaces `old` (which must occur once) by `new`, of the same length.
+fn substitute(der: &mut [u8], old: &[u8], new: &[u8]) {
+    assert_eq!(old.len(), new.len());
+    let at = der.windows(old.len()).position(|w| w == old).unwrap();
+    assert!(der[at + 1..].windows(old.len()).all(|w| w != old));
+    der[at..at + old.len()].copy_from_slice(new);
+}
+
+/// Re-signs a certificate whose TBS starts at byte 4 and whose last 512 bytes are an RSA-4096
+/// signature, as AMD's are, with `key` (RSA-PSS with SHA-384, salt 48, as AMD signs).
+fn re_sign(der: &mut [u8], key: &aws_lc_rs::signature::RsaKeyPair) {
+    let tbs_len = usize::from(u16::from_be_bytes([der[6], der[7]])) + 4;
+    let tbs = der[4..4 + tbs_len].to_vec();
+    let mut signature = vec![0; key.public_modulus_len()];
+    key.sign(
+        &aws_lc_rs::signature::RSA_PSS_SHA384,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        &tbs,
+        &mut signature,
+    )
+    .unwrap();
+    let at = der.len() - signature.len();
+    der[at..].copy_from_slice(&signature);
+}
+
+/// An attacker mints the whole chain: an "ASVK" with the real one's name, extensions and dates
+/// but an RSA-4096 key of its own, a "VLEK" with the real one's fields but a P-384 key of its
+/// own, signed by that ASVK with RSA-PSS as AMD signs, and the AWS report re-signed with the
+/// VLEK's key. Every signature in it holds except the ARK's over the ASVK, so it is refused only
+/// because it does not end at AMD's root.
+#[test]
+fn a_chain_minted_under_another_rsa_key_is_refused() {
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::{
+        EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING,
+    };
+    use sev::certs::snp::{Certificate, Verifiable};
+
+    let rsa = RsaKeyPair::generate(KeySize::Rsa4096).unwrap();
+    let modulus = rsa.public_key().modulus();
+    let modulus = modulus.big_endian_without_leading_zero();
+    assert_eq!(modulus.len(), 512);
+
+    let real_asvk = ask_der_of_built_in_asvk();
+    let real_modulus_at = real_asvk
+        .windows(5)
+        .position(|w| w == [0x02, 0x82, 0x02, 0x01, 0x00])
+        .unwrap()
+        + 5;
+    let mut fake_asvk = real_asvk.clone();
+    substitute(
+        &mut fake_asvk,
+        &real_asvk[real_modulus_at..real_modulus_at + 512],
+        modulus,
+    );
+    re_sign(&mut fake_asvk, &rsa);
+
+    let p384 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+    let real_vlek = vlek_der();
+    let point_at = real_vlek
+        .windows(4)
+        .position(|w| w == [0x03, 0x62, 0x00, 0x04])
+        .unwrap()
+        + 3;
+    let mut fake_vlek = real_vlek.clone();
+    substitute(
+        &mut fake_vlek,
+        &real_vlek[point_at..point_at + 97],
+        p384.public_key().as_ref(),
+    );
+    re_sign(&mut fake_vlek, &rsa);
+
+    let mut report = vlek_report();
+    let signature = p384
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), &report[..0x2A0])
+        .unwrap();
+    let (r, s) = signature.as_ref().split_at(48);
+    for (at, scalar) in [(0x2A0, r), (0x2A0 + 72, s)] {
+        let little_endian: Vec<u8> = scalar.iter().rev().copied().collect();
+        report[at..at + 48].copy_from_slice(&little_endian);
+    }
+
+    // The minted chain is internally sound: the fake ASVK signs the fake VLEK...
+    let fake_asvk_cert = Certificate::from_der(&fake_asvk).unwrap();
+    let fake_vlek_cert = Certificate::from_der(&fake_vlek).unwrap();
+    (&fake_asvk_cert, &fake_vlek_cert).verify().unwrap();
+    // ...but the real ASVK does not, nor does the ARK sign the fake ASVK.
+    let real_asvk_cert = Certificate::from_der(&real_asvk).unwrap();
+    assert!((&real_asvk_cert, &fake_vlek_cert).verify().is_err());
+
+    for table in [
+        cert_table(&[(GUID_VLEK, &fake_vlek)]),
+        cert_table(&[(GUID_ASK, &fake_asvk), (GUID_VLEK, &fake_vlek)]),
+    ] {
+        let reason = chain_refusal(verify_with(
+            report.clone(),
+            Some(table),
+            &Collateral::none(),
+            NOW,
+        ));
+        assert!(reason.contains("through an ASVK to the VLEK"), "{reason}");
+    }
+    // Given as the collateral's ASK, the fake ASVK is the only one tried, and the ARK refuses it.
+    let collateral = Collateral {
+        dcap: None,
+        snp: Some(SnpCollateral {
+            ark: None,
+            ask: Some(fake_asvk),
+            vcek: Some(fake_vlek),
+        }),
+    };
+    chain_refusal(verify(report, &collateral, NOW));
+}
