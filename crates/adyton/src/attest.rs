@@ -146,7 +146,8 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub vcek: Option<PathBuf>,
 
-    /// AMD's certificate chain (ASK then ARK, PEM), for SNP; the built-in roots otherwise.
+    /// AMD's certificate chain (ASK then ARK, PEM; for a VLEK, ASVK then ARK), for SNP; the
+    /// built-in roots and ASVKs otherwise.
     #[arg(long, value_name = "FILE")]
     pub chain: Option<PathBuf>,
 

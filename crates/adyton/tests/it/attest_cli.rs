@@ -328,6 +328,48 @@ fn real_snp_report_verifies_from_vendor_files() {
 }
 
 #[test]
+fn real_aws_vlek_report_verifies_with_only_its_vlek() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Stored as base64 text (testdata/snp/README.md); the command reads binary or hex.
+    let text = fs::read_to_string(testdata("snp/report_aws_vlek_milan.b64")).unwrap();
+    let report = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
+    fs::write(d.join("report.bin"), report).unwrap();
+    let vlek = testdata("snp/vlek_aws_milan.pem");
+    let base = [
+        "attest",
+        "verify",
+        "--tee",
+        "snp",
+        "--report",
+        "report.bin",
+        "--vcek",
+        &vlek,
+        "--at",
+    ];
+
+    // No --chain: the ASVK is built in.
+    let out = adyton_ok(
+        &[&base[..], &["2024-01-01T00:00:00Z", "--json"]].concat(),
+        d,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["claims"]["tee"], "SNP");
+    assert!(json["claims"]["details"]["snp"]["measurement"]
+        .as_str()
+        .unwrap()
+        .starts_with("25ac810f"));
+
+    // A day after the VLEK's notAfter.
+    let stderr = adyton_err(&[&base[..], &["2024-07-20T00:00:00Z"]].concat(), d);
+    assert!(stderr.contains("collateral expired"), "{stderr}");
+    assert!(stderr.contains("VLEK"), "{stderr}");
+}
+
+#[test]
 fn unreachable_collateral_services_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let quote = testdata("dcap/tdx_quote");
