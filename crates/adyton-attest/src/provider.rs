@@ -39,7 +39,10 @@ use crate::claims::Claims;
 use crate::collateral::{Collateral, SnpCollateral};
 use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind};
-use crate::pccs::{FetchOptions, FetchTrace, KdsClient, PccsClient, Served, SnpProduct};
+use crate::pccs::{
+    parse_quote, quote_platform, FetchOptions, FetchTrace, KdsClient, PccsClient, Served,
+    SnpProduct,
+};
 use crate::verifier;
 
 /// Where REPORTED_TCB lies in an SNP report (SEV-SNP ABI, "ATTESTATION_REPORT").
@@ -584,20 +587,12 @@ impl CollateralProvider {
     }
 }
 
-/// The key of an SGX or TDX quote: its FMSPC and PCK CA, read (not verified) from its PCK
-/// certificate.
+/// The key of an SGX or TDX quote: its platform ([`crate::pccs::quote_platform`]).
 fn dcap_key(evidence: &Evidence) -> Result<CollateralKey> {
-    let parsed = dcap_qvl::quote::Quote::parse(&evidence.quote)
-        .map_err(|e| AttestError::malformed(format!("DCAP quote: {e:#}")))?;
-    let fmspc = dcap_qvl::intel::quote_fmspc(&parsed).map_err(|e| {
-        AttestError::malformed(format!("no FMSPC in the quote's PCK certificate: {e:#}"))
-    })?;
-    let ca = dcap_qvl::intel::quote_ca(&parsed).map_err(|e| {
-        AttestError::malformed(format!("unreadable PCK certificate in the quote: {e:#}"))
-    })?;
+    let platform = quote_platform(&parse_quote(&evidence.quote)?)?;
     Ok(CollateralKey {
-        tee: evidence.tee,
-        platform: format!("{}/{}", hex::encode_upper(fmspc), ca.as_id_str()),
+        tee: platform.tee,
+        platform: platform.to_string(),
     })
 }
 

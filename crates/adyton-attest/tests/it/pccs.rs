@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use adyton_attest::collateral::{Collateral, MAX_COLLATERAL_LEN};
-use adyton_attest::pccs::{self, FetchOptions, KdsClient, PccsClient, SnpProduct};
-use adyton_attest::AttestError;
+use adyton_attest::pccs::{self, FetchOptions, KdsClient, PccsClient, PckCa, SnpProduct};
+use adyton_attest::{AttestError, TeeKind};
 use dcap_qvl::QuoteCollateralV3;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -335,6 +335,42 @@ fn a_quote_that_is_not_a_quote_is_malformed_evidence() {
     assert!(
         matches!(err, AttestError::MalformedEvidence { .. }),
         "{err}"
+    );
+}
+
+#[test]
+fn the_platform_of_each_sample_is_read_from_its_pck_certificate() {
+    for (sample, tee, ca) in [
+        (Sample::sgx(), TeeKind::Sgx, PckCa::Processor),
+        (Sample::tdx(), TeeKind::Tdx, PckCa::Platform),
+    ] {
+        let platform = pccs::quote_platform(&pccs::parse_quote(&sample.quote).unwrap()).unwrap();
+        assert_eq!(platform.tee, tee);
+        assert_eq!(platform.ca, ca);
+        // The FMSPC the recorded TCB info was issued for.
+        assert_eq!(platform.fmspc_hex(), sample.fmspc());
+        assert_eq!(
+            platform.to_string(),
+            format!("{}/{}", sample.fmspc(), ca.as_str())
+        );
+    }
+}
+
+#[test]
+fn a_quote_whose_pck_certificate_is_damaged_has_no_platform() {
+    let mut quote = Sample::sgx().quote;
+    let begin = b"-----BEGIN CERTIFICATE-----\n";
+    let at = quote.windows(begin.len()).position(|w| w == begin).unwrap();
+    // The leaf certificate's first base64 characters: its DER no longer parses.
+    quote[at + begin.len()..at + begin.len() + 8].copy_from_slice(b"AAAAAAAA");
+    let err = pccs::quote_platform(&pccs::parse_quote(&quote).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, AttestError::MalformedEvidence { .. }),
+        "{err}"
+    );
+    assert!(
+        pccs::parse_quote(b"not a quote").is_err(),
+        "a quote that is not one"
     );
 }
 
