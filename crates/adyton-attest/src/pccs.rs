@@ -1080,7 +1080,7 @@ impl Fetcher {
             .agent
             .get(url)
             .call()
-            .map_err(|e| missing(format!("GET {url} failed: {e}")))?;
+            .map_err(|e| unreachable(format!("GET {url} failed: {e}")))?;
         let status = response.status();
         if !status.is_success() {
             let mut what = format!("GET {url} returned HTTP {status}");
@@ -1094,7 +1094,13 @@ impl Fetcher {
                     what.push_str(&format!(", {name}: {value}"));
                 }
             }
-            return Err(missing(what));
+            // A server error or a rate limit says nothing about this platform's collateral: the
+            // source is down for now. Any other status is its answer (no such FMSPC, bad request).
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                unreachable(what)
+            } else {
+                missing(what)
+            });
         }
         let headers = keep_headers
             .iter()
@@ -1113,7 +1119,7 @@ impl Fetcher {
                 ureq::Error::BodyExceedsLimit(_) => missing(format!(
                     "GET {url}: the response body exceeds the {limit}-byte limit"
                 )),
-                e => missing(format!("GET {url}: reading the response body failed: {e}")),
+                e => unreachable(format!("GET {url}: reading the response body failed: {e}")),
             })?;
         Ok(Response {
             url: url.to_owned(),
@@ -1127,6 +1133,11 @@ impl Fetcher {
 
 fn missing(what: impl Into<String>) -> AttestError {
     AttestError::CollateralMissing { what: what.into() }
+}
+
+/// The source could not be reached, timed out, broke off or answered with a server error.
+fn unreachable(what: impl Into<String>) -> AttestError {
+    AttestError::CollateralUnavailable { what: what.into() }
 }
 
 /// Checks that `url` is http or https with a host, and strips a trailing `/` and `suffixes`.

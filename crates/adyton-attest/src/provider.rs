@@ -369,7 +369,13 @@ impl CollateralProvider {
                 let used = CollateralUse::new(used.key, CollateralOrigin::Carried, "");
                 (carried.clone(), used)
             }
-            (Err(AttestError::CollateralMissing { .. }), Some(carried)) => {
+            (
+                Err(
+                    AttestError::CollateralMissing { .. }
+                    | AttestError::CollateralUnavailable { .. },
+                ),
+                Some(carried),
+            ) => {
                 self.counters.carried.fetch_add(1, Ordering::Relaxed);
                 let used = CollateralUse::new(None, CollateralOrigin::Carried, "");
                 (carried.clone(), used)
@@ -384,9 +390,7 @@ impl CollateralProvider {
             .filter(|_| used.origin != CollateralOrigin::Carried);
         let outcome = match verifier::verify(evidence, &collateral, now) {
             Err(AttestError::CollateralExpired { what }) => match grace {
-                None => Err(AttestError::CollateralExpired {
-                    what: format!("{what} (collateral from {})", describe(&used)),
-                }),
+                None => Err(expired(what, &used)),
                 Some(grace) => self.verify_in_grace(evidence, &collateral, now, grace, what, &used),
             },
             other => other,
@@ -412,13 +416,10 @@ impl CollateralProvider {
     ) -> Result<Claims> {
         let then = now.saturating_sub(grace.as_secs());
         let mut claims = verifier::verify(evidence, collateral, then).map_err(|e| match e {
-            AttestError::CollateralExpired { .. } => AttestError::CollateralExpired {
-                what: format!(
-                    "{what} (collateral from {}), beyond the grace period of {} s",
-                    describe(used),
-                    grace.as_secs()
-                ),
-            },
+            AttestError::CollateralExpired { .. } => expired(
+                format!("{what}, beyond the grace period of {} s", grace.as_secs()),
+                used,
+            ),
             other => other,
         })?;
         let expired_for = claims
@@ -562,6 +563,9 @@ impl CollateralProvider {
                 AttestError::CollateralMissing { what } => AttestError::CollateralMissing {
                     what: format!("collateral for {key}: {what}"),
                 },
+                AttestError::CollateralUnavailable { what } => AttestError::CollateralUnavailable {
+                    what: format!("collateral for {key}, none cached: {what}"),
+                },
                 other => other,
             }),
         }
@@ -643,6 +647,20 @@ fn describe(used: &CollateralUse) -> String {
         Some(key) if used.source.is_empty() => format!("{origin} for {key}"),
         Some(key) => format!("{origin} {} for {key}", used.source),
         None => origin.to_owned(),
+    }
+}
+
+/// The refusal of expired collateral `used`: [`AttestError::CollateralExpired`], a verdict on
+/// what the source serves; but [`AttestError::CollateralUnavailable`] when the collateral is a
+/// cached copy kept only because the source could not be reached, since the source may have
+/// fresh collateral once it is back.
+fn expired(what: String, used: &CollateralUse) -> AttestError {
+    let what = format!("{what} (collateral from {})", describe(used));
+    match used.origin {
+        CollateralOrigin::Stale => AttestError::CollateralUnavailable {
+            what: format!("no valid collateral cached: {what}"),
+        },
+        _ => AttestError::CollateralExpired { what },
     }
 }
 

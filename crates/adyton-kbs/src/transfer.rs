@@ -142,6 +142,10 @@ pub struct TransferDecision {
     pub allowed: bool,
     /// Why not, when denied.
     pub reason: Option<String>,
+    /// `true` when the refusal was no verdict on the evidence: the collateral source could not
+    /// be reached and no valid copy was cached (HTTP 503, the TEE may retry). Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub collateral_unreachable: bool,
     /// For an offline transfer, what it was for and who asked; absent (not `null`) from the audit
     /// line of an online transfer, whose lines are unchanged by it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,11 +295,15 @@ impl Broker {
             reason: None,
             offline: None,
             collateral: None,
+            collateral_unreachable: false,
         };
         let outcome = self.decide(key_id, request, now, &mut decision);
         match &outcome {
             Ok(_) => decision.allowed = true,
-            Err(e) => decision.reason = Some(e.to_string()),
+            Err(e) => {
+                decision.reason = Some(e.to_string());
+                decision.collateral_unreachable = e.is_collateral_unreachable();
+            }
         }
         (outcome, decision)
     }
@@ -327,6 +335,7 @@ impl Broker {
                 reason: Some(refusal.to_string()),
                 offline: Some(context),
                 collateral: None,
+                collateral_unreachable: false,
             };
             return (Err(refusal), decision);
         }
