@@ -346,6 +346,7 @@ fn decision(allowed: bool, n: u64) -> TransferDecision {
         offline: None,
         collateral: None,
         collateral_unreachable: false,
+        transfer_key: None,
     }
 }
 
