@@ -37,6 +37,16 @@ fn options() -> FetchOptions {
     FetchOptions::default().with_timeouts(Duration::from_secs(2), Duration::from_secs(2))
 }
 
+/// A provider whose one source is the PCCS at `server`.
+fn pccs_provider(server: &Server) -> CollateralProvider {
+    CollateralProvider::new(
+        ProviderConfig::new()
+            .with_pccs_url(server.url())
+            .with_fetch_options(options()),
+    )
+    .unwrap()
+}
+
 fn both_samples_routes() -> HashMap<String, Reply> {
     let mut routes = Sample::sgx().routes();
     routes.extend(Sample::tdx().routes());
@@ -46,12 +56,7 @@ fn both_samples_routes() -> HashMap<String, Reply> {
 #[test]
 fn sgx_and_tdx_collateral_comes_from_one_pccs_keyed_by_fmspc_then_from_the_cache() {
     let server = Server::start(both_samples_routes());
-    let provider = CollateralProvider::new(
-        ProviderConfig::new()
-            .with_pccs_url(server.url())
-            .with_fetch_options(options()),
-    )
-    .unwrap();
+    let provider = pccs_provider(&server);
 
     for (sample, fmspc) in [
         (Sample::sgx(), "00A067110000/processor"),
@@ -208,12 +213,7 @@ fn a_stopped_pccs_leaves_the_cached_copy_in_use_while_valid_and_refused_after() 
 fn expired_collateral_from_a_source_that_answers_or_from_a_bundle_is_a_verdict() {
     let sample = Sample::sgx();
     let server = Server::start(sample.routes());
-    let from_source = CollateralProvider::new(
-        ProviderConfig::new()
-            .with_pccs_url(server.url())
-            .with_fetch_options(options()),
-    )
-    .unwrap();
+    let from_source = pccs_provider(&server);
     let bundle = Collateral::from_json(&testdata("sgx_quote_collateral.json")).unwrap();
     let from_bundle = CollateralProvider::from_collateral(bundle, "sgx.json");
     for provider in [from_source, from_bundle] {

@@ -481,7 +481,6 @@ async fn http_transfer(
 ) -> (axum::http::StatusCode, Option<String>, String) {
     use axum::body::Body;
     use base64::Engine as _;
-    use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     let request = request(tee, quote);
@@ -500,18 +499,9 @@ async fn http_transfer(
         )
         .await
         .unwrap();
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    (
-        status,
-        retry_after,
-        json["error"].as_str().unwrap().to_owned(),
-    )
+    let answer = crate::answer::read(response).await;
+    let error = answer.json["error"].as_str().unwrap().to_owned();
+    (answer.status, answer.retry_after, error)
 }
 
 fn app_of(f: Fixture, clock: adyton_kbs::service::Clock) -> (axum::Router, Arc<MemoryAudit>) {
