@@ -104,6 +104,15 @@ pub enum AttestError {
         what: String,
     },
 
+    /// The collateral source (PCCS, PCS, KDS) could not be reached or answered with a server
+    /// error, and nothing valid was cached: no verdict on the evidence, which may be sent again
+    /// once the source is back.
+    #[error("collateral source unreachable: {what}")]
+    CollateralUnavailable {
+        /// The source, the platform and the failure.
+        what: String,
+    },
+
     /// Collateral is outside its validity period at the verification time.
     #[error("collateral expired or not yet valid: {what}")]
     CollateralExpired {

@@ -59,6 +59,7 @@ use x509_cert::Certificate;
 
 use crate::collateral::{Collateral, SnpCollateral, MAX_COLLATERAL_LEN};
 use crate::error::{AttestError, Result};
+use crate::evidence::TeeKind;
 
 /// Intel's Provisioning Certification Service.
 pub const INTEL_PCS_URL: &str = "https://api.trustedservices.intel.com";
@@ -281,29 +282,14 @@ impl PccsClient {
     ) -> Result<(QuoteCollateralV3, FetchTrace)> {
         let mut trace = FetchTrace::default();
         let trace = &mut trace;
-        let parsed = dcap_qvl::quote::Quote::parse(quote)
-            .map_err(|e| AttestError::malformed(format!("DCAP quote: {e:#}")))?;
-        let cert_type = parsed.inner_cert_type();
-        if cert_type != 5 {
-            return Err(missing(format!(
-                "the quote's certification data is of type {cert_type}; only type 5 (PCK \
-                 certificate chain in the quote) is supported, so the PCK certificate cannot be \
-                 found"
-            )));
-        }
-        let fmspc = dcap_qvl::intel::quote_fmspc(&parsed).map_err(|e| {
-            AttestError::malformed(format!("no FMSPC in the quote's PCK certificate: {e:#}"))
-        })?;
-        let ca = dcap_qvl::intel::quote_ca(&parsed).map_err(|e| {
-            AttestError::malformed(format!("unreadable PCK certificate in the quote: {e:#}"))
-        })?;
-        let tee = if parsed.header.is_sgx() { "sgx" } else { "tdx" };
-        let fmspc = hex::encode_upper(fmspc);
+        let platform = quote_platform(&parse_quote(quote)?)?;
+        let tee = platform.tee_path();
+        let fmspc = platform.fmspc_hex();
         let base = &self.base_url;
 
         let pck_crl_url = format!(
             "{base}/sgx/certification/v4/pckcrl?ca={}&encoding=der",
-            ca.as_id_str()
+            platform.ca
         );
         let (pck_crl_issuer_chain, pck_crl) =
             self.fetcher
@@ -360,6 +346,105 @@ impl PccsClient {
         };
         Ok((collateral, *trace))
     }
+}
+
+/// The CA that issued a PCK certificate, which names the PCK CRL that can revoke it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PckCa {
+    /// Intel SGX PCK Processor CA.
+    Processor,
+    /// Intel SGX PCK Platform CA.
+    Platform,
+}
+
+impl PckCa {
+    /// The name in PCS URLs (`pckcrl?ca=...`) and in collateral keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processor => "processor",
+            Self::Platform => "platform",
+        }
+    }
+}
+
+impl fmt::Display for PckCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The platform whose collateral an SGX or TDX quote needs: its TEE, its FMSPC and the CA of
+/// its PCK certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DcapPlatform {
+    /// SGX or TDX, as the quote's header says.
+    pub tee: TeeKind,
+    /// The FMSPC (family, model, stepping, platform type and customised SKU) of the PCK
+    /// certificate's SGX extension.
+    pub fmspc: [u8; 6],
+    /// The CA that issued the PCK certificate.
+    pub ca: PckCa,
+}
+
+impl DcapPlatform {
+    /// The FMSPC in upper-case hex, as PCS URLs and Intel's tools write it.
+    pub fn fmspc_hex(&self) -> String {
+        hex::encode_upper(self.fmspc)
+    }
+
+    /// The TEE's segment of PCS URLs: TCB info and QE identity differ between SGX and TDX.
+    fn tee_path(&self) -> &'static str {
+        match self.tee {
+            TeeKind::Tdx => "tdx",
+            _ => "sgx",
+        }
+    }
+}
+
+/// `FMSPC/ca`, the collateral key of the platform.
+impl fmt::Display for DcapPlatform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.fmspc_hex(), self.ca)
+    }
+}
+
+/// Parses a DCAP quote's structure (not its signatures) with dcap-qvl.
+pub fn parse_quote(quote: &[u8]) -> Result<dcap_qvl::quote::Quote> {
+    dcap_qvl::quote::Quote::parse(quote)
+        .map_err(|e| AttestError::malformed(format!("DCAP quote: {e:#}")))
+}
+
+/// The platform a parsed SGX or TDX quote comes from, read from the PCK certificate it carries
+/// (certification data type 5, as quotes from Gramine's and configfs-tsm's quoting enclaves
+/// have). Nothing is verified here: it only says which collateral to fetch, and the verifier
+/// then checks the certificate and the collateral.
+pub fn quote_platform(quote: &dcap_qvl::quote::Quote) -> Result<DcapPlatform> {
+    let cert_type = quote.inner_cert_type();
+    if cert_type != 5 {
+        return Err(missing(format!(
+            "the quote's certification data is of type {cert_type}; only type 5 (PCK \
+             certificate chain in the quote) is supported, so the PCK certificate cannot be \
+             found"
+        )));
+    }
+    let fmspc = dcap_qvl::intel::quote_fmspc(quote).map_err(|e| {
+        AttestError::malformed(format!("no FMSPC in the quote's PCK certificate: {e:#}"))
+    })?;
+    let ca = match dcap_qvl::intel::quote_ca(quote) {
+        Ok(dcap_qvl::config::PckCa::Processor) => PckCa::Processor,
+        Ok(dcap_qvl::config::PckCa::Platform) => PckCa::Platform,
+        Err(e) => {
+            return Err(AttestError::malformed(format!(
+                "unreadable PCK certificate in the quote: {e:#}"
+            )))
+        }
+    };
+    let tee = if quote.header.is_sgx() {
+        TeeKind::Sgx
+    } else {
+        TeeKind::Tdx
+    };
+    Ok(DcapPlatform { tee, fmspc, ca })
 }
 
 /// AMD processor product lines, as KDS names them in its URLs.
@@ -995,7 +1080,7 @@ impl Fetcher {
             .agent
             .get(url)
             .call()
-            .map_err(|e| missing(format!("GET {url} failed: {e}")))?;
+            .map_err(|e| unreachable(format!("GET {url} failed: {e}")))?;
         let status = response.status();
         if !status.is_success() {
             let mut what = format!("GET {url} returned HTTP {status}");
@@ -1009,7 +1094,13 @@ impl Fetcher {
                     what.push_str(&format!(", {name}: {value}"));
                 }
             }
-            return Err(missing(what));
+            // A server error or a rate limit says nothing about this platform's collateral: the
+            // source is down for now. Any other status is its answer (no such FMSPC, bad request).
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                unreachable(what)
+            } else {
+                missing(what)
+            });
         }
         let headers = keep_headers
             .iter()
@@ -1028,7 +1119,7 @@ impl Fetcher {
                 ureq::Error::BodyExceedsLimit(_) => missing(format!(
                     "GET {url}: the response body exceeds the {limit}-byte limit"
                 )),
-                e => missing(format!("GET {url}: reading the response body failed: {e}")),
+                e => unreachable(format!("GET {url}: reading the response body failed: {e}")),
             })?;
         Ok(Response {
             url: url.to_owned(),
@@ -1042,6 +1133,11 @@ impl Fetcher {
 
 fn missing(what: impl Into<String>) -> AttestError {
     AttestError::CollateralMissing { what: what.into() }
+}
+
+/// The source could not be reached, timed out, broke off or answered with a server error.
+fn unreachable(what: impl Into<String>) -> AttestError {
+    AttestError::CollateralUnavailable { what: what.into() }
 }
 
 /// Checks that `url` is http or https with a host, and strips a trailing `/` and `suffixes`.

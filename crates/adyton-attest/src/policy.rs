@@ -91,6 +91,16 @@ pub struct TdxPolicy {
     /// Allowed TDX module measurements.
     #[serde(default)]
     pub mrseam: Vec<Hex<48>>,
+    /// Allowed MRCONFIGID values (set by the host at TD creation, as the TD's configuration
+    /// requires).
+    #[serde(default)]
+    pub mrconfigid: Vec<Hex<48>>,
+    /// Allowed MROWNER values.
+    #[serde(default)]
+    pub mrowner: Vec<Hex<48>>,
+    /// Allowed MROWNERCONFIG values.
+    #[serde(default)]
+    pub mrownerconfig: Vec<Hex<48>>,
     /// Smallest allowed TDX module SVN.
     #[serde(default)]
     pub min_seamsvn: Option<u16>,
@@ -272,6 +282,9 @@ impl Policy {
                     one_of(&format!("tdx.rtmr{i}"), allowed, value)?;
                 }
                 one_of("tdx.mrseam", &p.mrseam, &c.mrseam)?;
+                one_of("tdx.mrconfigid", &p.mrconfigid, &c.mrconfigid)?;
+                one_of("tdx.mrowner", &p.mrowner, &c.mrowner)?;
+                one_of("tdx.mrownerconfig", &p.mrownerconfig, &c.mrownerconfig)?;
                 at_least("tdx.min_seamsvn", p.min_seamsvn, c.seamsvn)?;
                 Common {
                     enforce_tcb_upto_date: p.enforce_tcb_upto_date,

@@ -39,7 +39,10 @@ use crate::claims::Claims;
 use crate::collateral::{Collateral, SnpCollateral};
 use crate::error::{AttestError, Result};
 use crate::evidence::{Evidence, TeeKind};
-use crate::pccs::{FetchOptions, FetchTrace, KdsClient, PccsClient, Served, SnpProduct};
+use crate::pccs::{
+    parse_quote, quote_platform, FetchOptions, FetchTrace, KdsClient, PccsClient, Served,
+    SnpProduct,
+};
 use crate::verifier;
 
 /// Where REPORTED_TCB lies in an SNP report (SEV-SNP ABI, "ATTESTATION_REPORT").
@@ -366,7 +369,13 @@ impl CollateralProvider {
                 let used = CollateralUse::new(used.key, CollateralOrigin::Carried, "");
                 (carried.clone(), used)
             }
-            (Err(AttestError::CollateralMissing { .. }), Some(carried)) => {
+            (
+                Err(
+                    AttestError::CollateralMissing { .. }
+                    | AttestError::CollateralUnavailable { .. },
+                ),
+                Some(carried),
+            ) => {
                 self.counters.carried.fetch_add(1, Ordering::Relaxed);
                 let used = CollateralUse::new(None, CollateralOrigin::Carried, "");
                 (carried.clone(), used)
@@ -381,9 +390,7 @@ impl CollateralProvider {
             .filter(|_| used.origin != CollateralOrigin::Carried);
         let outcome = match verifier::verify(evidence, &collateral, now) {
             Err(AttestError::CollateralExpired { what }) => match grace {
-                None => Err(AttestError::CollateralExpired {
-                    what: format!("{what} (collateral from {})", describe(&used)),
-                }),
+                None => Err(expired(what, &used)),
                 Some(grace) => self.verify_in_grace(evidence, &collateral, now, grace, what, &used),
             },
             other => other,
@@ -409,13 +416,10 @@ impl CollateralProvider {
     ) -> Result<Claims> {
         let then = now.saturating_sub(grace.as_secs());
         let mut claims = verifier::verify(evidence, collateral, then).map_err(|e| match e {
-            AttestError::CollateralExpired { .. } => AttestError::CollateralExpired {
-                what: format!(
-                    "{what} (collateral from {}), beyond the grace period of {} s",
-                    describe(used),
-                    grace.as_secs()
-                ),
-            },
+            AttestError::CollateralExpired { .. } => expired(
+                format!("{what}, beyond the grace period of {} s", grace.as_secs()),
+                used,
+            ),
             other => other,
         })?;
         let expired_for = claims
@@ -559,6 +563,9 @@ impl CollateralProvider {
                 AttestError::CollateralMissing { what } => AttestError::CollateralMissing {
                     what: format!("collateral for {key}: {what}"),
                 },
+                AttestError::CollateralUnavailable { what } => AttestError::CollateralUnavailable {
+                    what: format!("collateral for {key}, none cached: {what}"),
+                },
                 other => other,
             }),
         }
@@ -584,20 +591,12 @@ impl CollateralProvider {
     }
 }
 
-/// The key of an SGX or TDX quote: its FMSPC and PCK CA, read (not verified) from its PCK
-/// certificate.
+/// The key of an SGX or TDX quote: its platform ([`crate::pccs::quote_platform`]).
 fn dcap_key(evidence: &Evidence) -> Result<CollateralKey> {
-    let parsed = dcap_qvl::quote::Quote::parse(&evidence.quote)
-        .map_err(|e| AttestError::malformed(format!("DCAP quote: {e:#}")))?;
-    let fmspc = dcap_qvl::intel::quote_fmspc(&parsed).map_err(|e| {
-        AttestError::malformed(format!("no FMSPC in the quote's PCK certificate: {e:#}"))
-    })?;
-    let ca = dcap_qvl::intel::quote_ca(&parsed).map_err(|e| {
-        AttestError::malformed(format!("unreadable PCK certificate in the quote: {e:#}"))
-    })?;
+    let platform = quote_platform(&parse_quote(&evidence.quote)?)?;
     Ok(CollateralKey {
-        tee: evidence.tee,
-        platform: format!("{}/{}", hex::encode_upper(fmspc), ca.as_id_str()),
+        tee: platform.tee,
+        platform: platform.to_string(),
     })
 }
 
@@ -648,6 +647,20 @@ fn describe(used: &CollateralUse) -> String {
         Some(key) if used.source.is_empty() => format!("{origin} for {key}"),
         Some(key) => format!("{origin} {} for {key}", used.source),
         None => origin.to_owned(),
+    }
+}
+
+/// The refusal of expired collateral `used`: [`AttestError::CollateralExpired`], a verdict on
+/// what the source serves; but [`AttestError::CollateralUnavailable`] when the collateral is a
+/// cached copy kept only because the source could not be reached, since the source may have
+/// fresh collateral once it is back.
+fn expired(what: String, used: &CollateralUse) -> AttestError {
+    let what = format!("{what} (collateral from {})", describe(used));
+    match used.origin {
+        CollateralOrigin::Stale => AttestError::CollateralUnavailable {
+            what: format!("no valid collateral cached: {what}"),
+        },
+        _ => AttestError::CollateralExpired { what },
     }
 }
 

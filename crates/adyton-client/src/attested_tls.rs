@@ -254,7 +254,9 @@ impl AttestedServerVerifier {
             self.served.as_ref(),
             now,
         );
-        if let Err(AttestationFailure::Evidence(AttestError::CollateralMissing { .. })) = &verified
+        if let Err(AttestationFailure::Evidence(
+            AttestError::CollateralMissing { .. } | AttestError::CollateralUnavailable { .. },
+        )) = &verified
         {
             if policy_names(&self.policy, evidence.tee) {
                 self.slots().wants_collateral = Some(evidence.tee);

@@ -103,6 +103,15 @@ pub enum KbsError {
 }
 
 impl KbsError {
+    /// Whether this is no verdict on the evidence but an outage: the collateral source could not
+    /// be reached and no valid copy was cached, so the same request may succeed later.
+    pub fn is_collateral_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Attestation(AttestError::CollateralUnavailable { .. })
+        )
+    }
+
     /// The error of an I/O failure: [`KbsError::StorageFull`] for a full disk or quota (`ENOSPC`,
     /// `EDQUOT`), [`KbsError::Store`] otherwise.
     pub(crate) fn from_io(context: &str, err: &std::io::Error) -> Self {

@@ -676,8 +676,26 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait before it sends evidence again when the collateral source
+/// is unreachable: long enough not to hammer a source that is down, short enough for a pull's
+/// retries.
+const COLLATERAL_RETRY_AFTER_SECS: u64 = 30;
+
 impl From<KbsError> for ApiError {
     fn from(err: KbsError) -> Self {
+        if err.is_collateral_unreachable() {
+            // The source's URL and failure are the operator's to read (here and in the audit
+            // line); the client learns that nothing was decided and when to try again.
+            eprintln!("adyton-kbs: transfer refused for now: {err}");
+            let mut refused = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "collateral source unreachable: the key broker cannot fetch the collateral this \
+                 evidence needs and holds no valid copy; nothing was decided about the evidence, \
+                 retry later",
+            );
+            refused.retry_after = Some(COLLATERAL_RETRY_AFTER_SECS);
+            return refused;
+        }
         let status = match &err {
             KbsError::BadRequest { .. } | KbsError::NoSealingKey { .. } => StatusCode::BAD_REQUEST,
             KbsError::UnknownKey { .. } | KbsError::UnknownPolicy { .. } => StatusCode::NOT_FOUND,

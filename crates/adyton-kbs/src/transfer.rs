@@ -142,6 +142,14 @@ pub struct TransferDecision {
     pub allowed: bool,
     /// Why not, when denied.
     pub reason: Option<String>,
+    /// The TEE's transfer key, once `user_data` was read: its algorithm, how it was encoded and
+    /// how the SWK is wrapped to it. Absent when `user_data` was not reached or not readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_key: Option<TransferKeyType>,
+    /// `true` when the refusal was no verdict on the evidence: the collateral source could not
+    /// be reached and no valid copy was cached (HTTP 503, the TEE may retry). Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub collateral_unreachable: bool,
     /// For an offline transfer, what it was for and who asked; absent (not `null`) from the audit
     /// line of an online transfer, whose lines are unchanged by it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +159,53 @@ pub struct TransferDecision {
     /// be had.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collateral: Option<CollateralUse>,
+}
+
+/// The type of a transfer's TEE public key, for the audit log (`docs/kbs.md`, "Transfer key
+/// types").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransferKeyType {
+    /// `RSA-3072`, `EC P-384`, ...
+    pub algorithm: String,
+    /// How `user_data` carried it.
+    pub encoding: KeyEncoding,
+    /// How the SWK is wrapped to it: `rsa-oaep-sha256` or `hpke` (DHKEM(P-384), HKDF-SHA384,
+    /// AES-256-GCM).
+    pub wrapping: &'static str,
+}
+
+/// How `user_data` encodes the TEE's public key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyEncoding {
+    /// DER SubjectPublicKeyInfo.
+    Spki,
+    /// Intel's raw RSA form, `u32le exponent || modulus`, the modulus little-endian (SGX).
+    IntelRawLe,
+    /// Intel's raw RSA form with a big-endian modulus (TDX, SNP, SIM).
+    IntelRawBe,
+}
+
+impl TransferKeyType {
+    /// The type of `key`, read from `user_data` (raw keys with `order`).
+    fn of(key: &TeePublicKey, user_data: &[u8], order: ModulusOrder) -> Self {
+        let encoding = match (user_data.first(), order) {
+            // `TeePublicKey::from_user_data`'s rule: a DER SEQUENCE tag is SPKI.
+            (Some(0x30), _) => KeyEncoding::Spki,
+            (_, ModulusOrder::LittleEndian) => KeyEncoding::IntelRawLe,
+            (_, ModulusOrder::BigEndian) => KeyEncoding::IntelRawBe,
+        };
+        let algorithm = key.algorithm();
+        let wrapping = match algorithm {
+            TeeKeyAlgorithm::Rsa { .. } => "rsa-oaep-sha256",
+            TeeKeyAlgorithm::P384 => "hpke",
+        };
+        Self {
+            algorithm: algorithm.to_string(),
+            encoding,
+            wrapping,
+        }
+    }
 }
 
 /// What marks a transfer decision as offline: the device's request, its model and the operator
@@ -291,11 +346,16 @@ impl Broker {
             reason: None,
             offline: None,
             collateral: None,
+            collateral_unreachable: false,
+            transfer_key: None,
         };
         let outcome = self.decide(key_id, request, now, &mut decision);
         match &outcome {
             Ok(_) => decision.allowed = true,
-            Err(e) => decision.reason = Some(e.to_string()),
+            Err(e) => {
+                decision.reason = Some(e.to_string());
+                decision.collateral_unreachable = e.is_collateral_unreachable();
+            }
         }
         (outcome, decision)
     }
@@ -327,6 +387,8 @@ impl Broker {
                 reason: Some(refusal.to_string()),
                 offline: Some(context),
                 collateral: None,
+                collateral_unreachable: false,
+                transfer_key: None,
             };
             return (Err(refusal), decision);
         }
@@ -384,6 +446,7 @@ impl Broker {
                 reason: format!("user_data: {e}"),
             }
         })?;
+        decision.transfer_key = Some(TransferKeyType::of(&public_key, &request.user_data, order));
 
         let evidence = decode_evidence(tee, &request.quote)?;
         let carried = request

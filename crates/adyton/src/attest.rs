@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use adyton_attest::collateral::Collateral;
-use adyton_attest::pccs::{FetchOptions, KdsClient, PccsClient, SnpProduct};
-use adyton_attest::provider::CollateralProvider;
+use adyton_attest::pccs::{SnpProduct, AMD_KDS_URL};
+use adyton_attest::provider::{CollateralProvider, CollateralUse, ProviderConfig};
 use adyton_attest::{Claims, Evidence, Policy, TeeKind};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -37,6 +37,7 @@ pub enum AttestCommand {
     #[command(after_help = "Examples:\n  \
         adyton attest verify evidence.json --policy policy.toml\n  \
         adyton attest verify --tee tdx --quote tdx_quote --collateral tdx_quote_collateral.json --at 2025-06-01T00:00:00Z\n  \
+        adyton attest verify evidence.json --pccs-url https://api.trustedservices.intel.com --collateral-cache-dir ~/.cache/adyton\n  \
         adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
     Verify(Box<VerifyArgs>),
 
@@ -120,27 +121,14 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
-    /// Collateral: a bundle file, or DCAP collateral JSON as dcap-qvl's sample/ folder has it.
-    #[arg(long, value_name = "FILE")]
-    pub collateral: Option<PathBuf>,
+    /// Where collateral for the evidence's checks comes from: a bundle file, a PCCS or Intel's
+    /// PCS, AMD's KDS (the flags of every verifier command).
+    #[command(flatten)]
+    pub collateral: CollateralArgs,
 
-    /// Fetch DCAP collateral from this PCCS (or Intel's PCS) when --collateral is not given, e.g.
-    /// https://pccs.example:8081 or https://api.trustedservices.intel.com.
-    #[arg(long, value_name = "URL")]
-    pub pccs: Option<String>,
-
-    /// Fetch the SNP VCEK and chain from AMD's KDS (or a mirror) when not given, for this
-    /// processor family: Milan, Genoa or Turin.
-    #[arg(long, value_name = "PRODUCT")]
-    pub kds_product: Option<String>,
-
-    /// The KDS base URL used with --kds-product.
-    #[arg(long, value_name = "URL", default_value = "https://kdsintf.amd.com")]
-    pub kds: String,
-
-    /// Keep fetched collateral in this directory, so that a later run works offline.
-    #[arg(long, value_name = "DIR")]
-    pub collateral_cache: Option<PathBuf>,
+    /// The older names of the collateral flags, still accepted.
+    #[command(flatten)]
+    pub older: OlderCollateralFlags,
 
     /// The VCEK or VLEK certificate (DER or PEM), for SNP.
     #[arg(long, value_name = "FILE")]
@@ -168,6 +156,53 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+/// The collateral flags `adyton attest verify` had before it took the shared group: hidden, and
+/// each the same as its new name. Given on the command line, an older name wins over the
+/// environment variable of the new one (clap does not say which of the two set a value).
+#[derive(Debug, Default, Args)]
+pub struct OlderCollateralFlags {
+    /// `--pccs-url`.
+    #[arg(long = "pccs", value_name = "URL", hide = true)]
+    pub pccs: Option<String>,
+
+    /// `--kds-url`.
+    #[arg(long = "kds", value_name = "URL", hide = true)]
+    pub kds: Option<String>,
+
+    /// AMD's KDS at its usual URL, unless --kds-url names another. The product is read from the
+    /// report (or Milan and Genoa are tried, for reports that do not say), so the value is only
+    /// checked.
+    #[arg(long = "kds-product", value_name = "PRODUCT", hide = true)]
+    pub kds_product: Option<String>,
+
+    /// `--collateral-cache-dir`.
+    #[arg(long = "collateral-cache", value_name = "DIR", hide = true)]
+    pub collateral_cache: Option<PathBuf>,
+}
+
+impl OlderCollateralFlags {
+    /// `args` with these flags moved to their new names.
+    fn applied_to(&self, args: &CollateralArgs) -> Result<CollateralArgs> {
+        let mut args = args.clone();
+        if let Some(product) = &self.kds_product {
+            product.parse::<SnpProduct>()?;
+            if args.kds_url.is_none() && self.kds.is_none() {
+                args.kds_url = Some(AMD_KDS_URL.to_owned());
+            }
+        }
+        if let Some(url) = &self.pccs {
+            args.pccs_url = Some(url.clone());
+        }
+        if let Some(url) = &self.kds {
+            args.kds_url = Some(url.clone());
+        }
+        if let Some(dir) = &self.collateral_cache {
+            args.collateral_cache_dir = Some(dir.clone());
+        }
+        Ok(args)
+    }
+}
+
 /// Largest evidence, quote or certificate file read.
 const MAX_INPUT_LEN: u64 = 4 << 20;
 
@@ -191,7 +226,8 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         None => SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
     };
     let evidence = load_evidence(args)?;
-    let collateral = load_collateral(args, &evidence, now)?;
+    let provider = CollateralProvider::new(collateral_config(args)?)
+        .context("cannot use the collateral settings")?;
     let policy = args
         .policy
         .as_deref()
@@ -200,7 +236,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         })
         .transpose()?;
 
-    let verified = adyton_attest::verifier::verify(&evidence, &collateral, now);
+    let (verified, used) = provider.verify_traced(&evidence, now);
     let decision = match (&verified, &policy) {
         (Ok(claims), Some(policy)) => Some(policy.evaluate(claims, now)),
         _ => None,
@@ -218,6 +254,7 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
             "evidence": verified.as_ref().map(|_| "genuine").unwrap_or("refused"),
             "error": verified.as_ref().err().map(|e| e.to_string()),
             "claims": verified.as_ref().ok(),
+            "collateral": used,
             "policy": decision.as_ref().map(|d| match d {
                 Ok(()) => json!({"decision": "allowed"}),
                 Err(e) => json!({"decision": "denied", "reason": e.to_string()}),
@@ -231,8 +268,10 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
             None => "none given (the evidence is genuine; nothing was judged)".to_string(),
         };
         print_stdout(&format!(
-            "{}policy:        {decision}",
-            claims_text(claims, now)
+            "{}collateral:    {}\npolicy:        {decision}",
+            claims_text(claims, now),
+            used.as_ref()
+                .map_or_else(|| "none".to_owned(), collateral_text)
         ))?;
     }
     let claims = verified.context("evidence refused")?;
@@ -422,50 +461,49 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
     }
 }
 
-fn load_collateral(args: &VerifyArgs, evidence: &Evidence, now: u64) -> Result<Collateral> {
-    let mut collateral = match &args.collateral {
-        Some(path) => Collateral::from_json(&read_limited(path)?)
-            .with_context(|| format!("cannot use collateral {}", path.display()))?,
-        None => Collateral::none(),
-    };
-    let mut options = FetchOptions::default();
-    if let Some(dir) = &args.collateral_cache {
-        options = options.with_cache_dir(dir);
+/// The collateral sources of `verify`: the shared flags (and their older names), with the SNP
+/// certificates given as files (--vcek, --chain) added to the bundle.
+fn collateral_config(args: &VerifyArgs) -> Result<ProviderConfig> {
+    let mut config = args.older.applied_to(&args.collateral)?.provider_config()?;
+    if args.vcek.is_none() && args.chain.is_none() {
+        return Ok(config);
     }
-    if let (None, Some(url), TeeKind::Sgx | TeeKind::Tdx) =
-        (&collateral.dcap, &args.pccs, evidence.tee)
-    {
-        let client = PccsClient::new(url, options.clone())?;
-        collateral.dcap = Some(
-            client
-                .dcap_collateral_at(&evidence.quote, now)
-                .with_context(|| format!("cannot fetch collateral from {url}"))?,
-        );
+    let (mut collateral, mut label) = config
+        .bundle
+        .take()
+        .unwrap_or_else(|| (Collateral::none(), String::new()));
+    let mut snp = collateral.snp.take().unwrap_or_default();
+    if let Some(path) = &args.vcek {
+        snp.vcek = Some(read_limited(path)?);
     }
-    let has_vcek = collateral.snp.as_ref().is_some_and(|s| s.vcek.is_some());
-    if let (false, None, Some(product), TeeKind::Snp) =
-        (has_vcek, &args.vcek, &args.kds_product, evidence.tee)
-    {
-        let product: SnpProduct = product.parse()?;
-        let client = KdsClient::new(&args.kds, options)?;
-        collateral.snp = Some(
-            client
-                .snp_collateral_at(&evidence.quote, product, now)
-                .with_context(|| format!("cannot fetch the VCEK from {}", args.kds))?,
-        );
+    if let Some(path) = &args.chain {
+        let (ask, ark) = adyton_attest::pccs::split_amd_chain_pem(&read_limited(path)?)
+            .with_context(|| format!("cannot use {}", path.display()))?;
+        snp.ask = Some(ask);
+        snp.ark = Some(ark);
     }
-    if args.vcek.is_some() || args.chain.is_some() {
-        let mut snp = collateral.snp.take().unwrap_or_default();
-        if let Some(path) = &args.vcek {
-            snp.vcek = Some(read_limited(path)?);
+    collateral.snp = Some(snp);
+    for path in [&args.vcek, &args.chain].into_iter().flatten() {
+        if !label.is_empty() {
+            label.push_str(", ");
         }
-        if let Some(path) = &args.chain {
-            let (ask, ark) = adyton_attest::pccs::split_amd_chain_pem(&read_limited(path)?)
-                .with_context(|| format!("cannot use {}", path.display()))?;
-            snp.ask = Some(ask);
-            snp.ark = Some(ark);
-        }
-        collateral.snp = Some(snp);
+        label.push_str(&path.display().to_string());
     }
-    Ok(collateral)
+    Ok(config.with_bundle(collateral, label))
+}
+
+/// Which collateral verified the evidence, from where.
+fn collateral_text(used: &CollateralUse) -> String {
+    let origin = serde_json::to_value(used.origin)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut text = origin;
+    if !used.source.is_empty() {
+        text.push_str(&format!(" {}", used.source));
+    }
+    if let Some(key) = &used.key {
+        text.push_str(&format!(" ({key})"));
+    }
+    text
 }

@@ -286,6 +286,91 @@ fn tdx_v5_td15ex_sample_verifies_with_its_measurements() {
     assert_eq!(claims.collateral_issued_at, Some(1_791_416_711)); // 2026-10-07T23:45:11Z
 }
 
+/// Where MRCONFIGID, MROWNER and MROWNERCONFIG sit in a TD report body (Intel TDX DCAP Quoting
+/// Library API, "TD Quote Body": after TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM, SEAMATTRIBUTES,
+/// TDATTRIBUTES, XFAM and MRTD), each 48 bytes.
+const TD_MRCONFIGID: usize = 184;
+const TD_MROWNER: usize = 232;
+const TD_MROWNERCONFIG: usize = 280;
+
+#[test]
+fn tdx_mrconfigid_mrowner_and_mrownerconfig_are_the_quotes() {
+    for (sample, mrconfigid) in [
+        // The TD 1.0 sample's host set no MRCONFIGID.
+        (TDX, "00".repeat(48)),
+        // The TD 1.5ex sample's host did: a type byte 01 and a SHA-256, zero-padded.
+        (
+            TD15EX,
+            "0151ed70bddb5f12574176b37e3f53bbfc4ba15c33cbddc2d03d90b6de14596c\
+             c0000000000000000000000000000000"
+                .to_owned(),
+        ),
+    ] {
+        let quote = sample.quote();
+        let body = Layout::of(&quote).body;
+        let at = |offset: usize| hex::encode(&quote[body + offset..body + offset + 48]);
+        let claims = sample.verify().unwrap();
+        let tdx = tdx_claims(&claims);
+        println!(
+            "{}: mrconfigid {}, mrowner {}, mrownerconfig {}",
+            sample.quote,
+            hex::encode(tdx.mrconfigid),
+            hex::encode(tdx.mrowner),
+            hex::encode(tdx.mrownerconfig)
+        );
+        assert_eq!(hex::encode(tdx.mrconfigid), mrconfigid);
+        assert_eq!(hex::encode(tdx.mrconfigid), at(TD_MRCONFIGID));
+        assert_eq!(hex::encode(tdx.mrowner), at(TD_MROWNER));
+        assert_eq!(hex::encode(tdx.mrownerconfig), at(TD_MROWNERCONFIG));
+        assert_eq!(hex::encode(tdx.mrowner), "00".repeat(48));
+        assert_eq!(hex::encode(tdx.mrownerconfig), "00".repeat(48));
+        // The same offsets find MRTD's neighbour: the layout is the one the claims come from.
+        assert_eq!(hex::encode(tdx.mrtd), at(TD_MRCONFIGID - 48));
+
+        // Each is signed: one flipped bit breaks the quote's signature.
+        for offset in [TD_MRCONFIGID, TD_MROWNER, TD_MROWNERCONFIG] {
+            assert!(
+                matches!(
+                    sample.verify_quote(flipped(quote.clone(), body + offset)),
+                    Err(AttestError::BadSignature { .. })
+                ),
+                "{} byte {offset}",
+                sample.quote
+            );
+        }
+
+        // A policy pinning the sample's values accepts it; one pinning another refuses it,
+        // naming the field and both values.
+        let pinned = format!(
+            "[tdx]\nmrconfigid = [\"{}\"]\nmrowner = [\"{}\"]\nmrownerconfig = [\"{}\"]\n",
+            hex::encode(tdx.mrconfigid),
+            hex::encode(tdx.mrowner),
+            hex::encode(tdx.mrownerconfig)
+        );
+        policy(&pinned).evaluate(&claims, sample.now).unwrap();
+        let other = "ab".repeat(48);
+        for (field, found) in [
+            ("mrconfigid", tdx.mrconfigid),
+            ("mrowner", tdx.mrowner),
+            ("mrownerconfig", tdx.mrownerconfig),
+        ] {
+            let toml = format!("[tdx]\n{field} = [\"{other}\"]\n");
+            match policy(&toml).evaluate(&claims, sample.now) {
+                Err(AttestError::PolicyDenied {
+                    field: denied,
+                    expected,
+                    found: shown,
+                }) => {
+                    assert_eq!(denied, format!("tdx.{field}"));
+                    assert!(expected.contains(&other), "{expected}");
+                    assert_eq!(shown, hex::encode(found));
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn report_data_in_the_claims_is_the_quotes() {
     for sample in VERIFIED {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use adyton_attest::collateral::{Collateral, MAX_COLLATERAL_LEN};
-use adyton_attest::pccs::{self, FetchOptions, KdsClient, PccsClient, SnpProduct};
-use adyton_attest::AttestError;
+use adyton_attest::pccs::{self, FetchOptions, KdsClient, PccsClient, PckCa, SnpProduct};
+use adyton_attest::{AttestError, TeeKind};
 use dcap_qvl::QuoteCollateralV3;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -50,6 +50,13 @@ fn missing_what(err: AttestError) -> String {
     match err {
         AttestError::CollateralMissing { what } => what,
         other => panic!("expected CollateralMissing, got {other:?}"),
+    }
+}
+
+fn unreachable_what(err: AttestError) -> String {
+    match err {
+        AttestError::CollateralUnavailable { what } => what,
+        other => panic!("expected CollateralUnavailable, got {other:?}"),
     }
 }
 
@@ -126,7 +133,7 @@ fn second_fetch_comes_from_memory_and_the_disk_cache_survives_a_restart() {
 
     // Without the cache directory, the stopped server is an error that names the URL.
     let uncached = PccsClient::new(&url, quick()).unwrap();
-    let what = missing_what(
+    let what = unreachable_what(
         uncached
             .dcap_collateral_at(&sample.quote, FIXED_TIME)
             .unwrap_err(),
@@ -180,7 +187,7 @@ fn stale_entries_are_refetched_and_used_only_when_the_refresh_fails_and_that_is_
     );
     // ...unless that is turned off.
     let strict = PccsClient::new(&url, options.with_stale_on_error(false)).unwrap();
-    let what = missing_what(
+    let what = unreachable_what(
         strict
             .dcap_collateral_at(&sample.quote, AFTER_NEXT_UPDATE + 86_400 * 2)
             .unwrap_err(),
@@ -217,6 +224,32 @@ fn http_404_names_the_url_and_the_status_and_is_not_cached() {
 }
 
 #[test]
+fn server_errors_and_rate_limits_are_an_unreachable_source_other_statuses_its_answer() {
+    let sample = Sample::sgx();
+    for (status, unreachable) in [
+        (500, true),
+        (503, true),
+        (429, true),
+        (400, false),
+        (404, false),
+    ] {
+        let mut routes = sample.routes();
+        routes.insert(sample.tcb_path(), Reply::Status(status));
+        let server = Server::start(routes);
+        let client = PccsClient::new(&server.url(), quick()).unwrap();
+        let err = client
+            .dcap_collateral_at(&sample.quote, FIXED_TIME)
+            .unwrap_err();
+        let what = if unreachable {
+            unreachable_what(err)
+        } else {
+            missing_what(err)
+        };
+        assert!(what.contains(&status.to_string()), "{what}");
+    }
+}
+
+#[test]
 fn a_server_that_closes_the_connection_is_a_clear_error() {
     let sample = Sample::sgx();
     let mut routes = sample.routes();
@@ -224,7 +257,7 @@ fn a_server_that_closes_the_connection_is_a_clear_error() {
     let server = Server::start(routes);
     let client = PccsClient::new(&server.url(), quick()).unwrap();
 
-    let what = missing_what(
+    let what = unreachable_what(
         client
             .dcap_collateral_at(&sample.quote, FIXED_TIME)
             .unwrap_err(),
@@ -316,7 +349,7 @@ fn a_server_that_never_answers_times_out() {
     let client = PccsClient::new(&server.url(), options).unwrap();
 
     let started = Instant::now();
-    let what = missing_what(
+    let what = unreachable_what(
         client
             .dcap_collateral_at(&sample.quote, FIXED_TIME)
             .unwrap_err(),
@@ -335,6 +368,42 @@ fn a_quote_that_is_not_a_quote_is_malformed_evidence() {
     assert!(
         matches!(err, AttestError::MalformedEvidence { .. }),
         "{err}"
+    );
+}
+
+#[test]
+fn the_platform_of_each_sample_is_read_from_its_pck_certificate() {
+    for (sample, tee, ca) in [
+        (Sample::sgx(), TeeKind::Sgx, PckCa::Processor),
+        (Sample::tdx(), TeeKind::Tdx, PckCa::Platform),
+    ] {
+        let platform = pccs::quote_platform(&pccs::parse_quote(&sample.quote).unwrap()).unwrap();
+        assert_eq!(platform.tee, tee);
+        assert_eq!(platform.ca, ca);
+        // The FMSPC the recorded TCB info was issued for.
+        assert_eq!(platform.fmspc_hex(), sample.fmspc());
+        assert_eq!(
+            platform.to_string(),
+            format!("{}/{}", sample.fmspc(), ca.as_str())
+        );
+    }
+}
+
+#[test]
+fn a_quote_whose_pck_certificate_is_damaged_has_no_platform() {
+    let mut quote = Sample::sgx().quote;
+    let begin = b"-----BEGIN CERTIFICATE-----\n";
+    let at = quote.windows(begin.len()).position(|w| w == begin).unwrap();
+    // The leaf certificate's first base64 characters: its DER no longer parses.
+    quote[at + begin.len()..at + begin.len() + 8].copy_from_slice(b"AAAAAAAA");
+    let err = pccs::quote_platform(&pccs::parse_quote(&quote).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, AttestError::MalformedEvidence { .. }),
+        "{err}"
+    );
+    assert!(
+        pccs::parse_quote(b"not a quote").is_err(),
+        "a quote that is not one"
     );
 }
 
@@ -516,7 +585,7 @@ fn https_checks_the_server_certificate() {
     for (path, reply) in kds_routes("Milan", &vcek_path, "vcek_milan.der", "cert_chain_milan") {
         server.set(&path, reply);
     }
-    let what = missing_what(
+    let what = unreachable_what(
         default_roots
             .snp_collateral_at(&report, SnpProduct::Milan, FIXED_TIME)
             .unwrap_err(),

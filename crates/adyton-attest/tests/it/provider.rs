@@ -37,6 +37,16 @@ fn options() -> FetchOptions {
     FetchOptions::default().with_timeouts(Duration::from_secs(2), Duration::from_secs(2))
 }
 
+/// A provider whose one source is the PCCS at `server`.
+fn pccs_provider(server: &Server) -> CollateralProvider {
+    CollateralProvider::new(
+        ProviderConfig::new()
+            .with_pccs_url(server.url())
+            .with_fetch_options(options()),
+    )
+    .unwrap()
+}
+
 fn both_samples_routes() -> HashMap<String, Reply> {
     let mut routes = Sample::sgx().routes();
     routes.extend(Sample::tdx().routes());
@@ -46,12 +56,7 @@ fn both_samples_routes() -> HashMap<String, Reply> {
 #[test]
 fn sgx_and_tdx_collateral_comes_from_one_pccs_keyed_by_fmspc_then_from_the_cache() {
     let server = Server::start(both_samples_routes());
-    let provider = CollateralProvider::new(
-        ProviderConfig::new()
-            .with_pccs_url(server.url())
-            .with_fetch_options(options()),
-    )
-    .unwrap();
+    let provider = pccs_provider(&server);
 
     for (sample, fmspc) in [
         (Sample::sgx(), "00A067110000/processor"),
@@ -136,10 +141,12 @@ fn a_pccs_that_never_answers_fails_the_verification_within_the_timeout() {
         "{:?}",
         started.elapsed()
     );
-    let AttestError::CollateralMissing { what } = err else {
-        panic!("expected CollateralMissing, got {err:?}");
+    // No verdict on the evidence: the source is unreachable and nothing is cached.
+    let AttestError::CollateralUnavailable { what } = err else {
+        panic!("expected CollateralUnavailable, got {err:?}");
     };
     assert!(what.contains("00A067110000"), "{what}");
+    assert!(what.contains("none cached"), "{what}");
     assert!(what.to_lowercase().contains("timeout"), "{what}");
     assert_eq!(provider.stats().failures, 1);
 }
@@ -168,15 +175,19 @@ fn a_stopped_pccs_leaves_the_cached_copy_in_use_while_valid_and_refused_after() 
     let (_, used) = restarted.verify(&evidence(&sample), later).unwrap();
     assert_eq!(used.origin, CollateralOrigin::Stale);
 
-    // Once it has expired, it is refused, and the reason says so and where it came from.
+    // Once it has expired, it is refused, and the reason says so and where it came from. The
+    // source being down, that is no verdict on the evidence: the source is unreachable, with no
+    // valid copy cached.
     let err = provider
         .verify(&evidence(&sample), A_DAY_AFTER_EXPIRY)
         .unwrap_err();
-    let AttestError::CollateralExpired { what } = err else {
-        panic!("expected CollateralExpired, got {err:?}");
+    let AttestError::CollateralUnavailable { what } = err else {
+        panic!("expected CollateralUnavailable, got {err:?}");
     };
     assert!(what.contains(&url), "{what}");
     assert!(what.contains("00A067110000"), "{what}");
+    assert!(what.contains("no valid collateral cached"), "{what}");
+    assert!(what.contains("expired"), "{what}");
 
     // With a grace period the operator set, it is accepted within it, and the claims say so.
     let lenient =
@@ -192,10 +203,28 @@ fn a_stopped_pccs_leaves_the_cached_copy_in_use_while_valid_and_refused_after() 
     let err = lenient
         .verify(&evidence(&sample), A_DAY_AFTER_EXPIRY + 2 * 86_400)
         .unwrap_err();
-    let AttestError::CollateralExpired { what } = err else {
-        panic!("expected CollateralExpired, got {err:?}");
+    let AttestError::CollateralUnavailable { what } = err else {
+        panic!("expected CollateralUnavailable, got {err:?}");
     };
     assert!(what.contains("beyond the grace period"), "{what}");
+}
+
+#[test]
+fn expired_collateral_from_a_source_that_answers_or_from_a_bundle_is_a_verdict() {
+    let sample = Sample::sgx();
+    let server = Server::start(sample.routes());
+    let from_source = pccs_provider(&server);
+    let bundle = Collateral::from_json(&testdata("sgx_quote_collateral.json")).unwrap();
+    let from_bundle = CollateralProvider::from_collateral(bundle, "sgx.json");
+    for provider in [from_source, from_bundle] {
+        let err = provider
+            .verify(&evidence(&sample), A_DAY_AFTER_EXPIRY)
+            .unwrap_err();
+        assert!(
+            matches!(err, AttestError::CollateralExpired { .. }),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]

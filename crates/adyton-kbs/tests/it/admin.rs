@@ -119,19 +119,12 @@ impl Fixture {
             .oneshot(request.body(body).unwrap())
             .await
             .unwrap();
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let answer = crate::answer::read(response).await;
         Reply {
-            status,
-            text,
-            json,
-            retry_after,
+            status: answer.status,
+            text: answer.text,
+            json: answer.json,
+            retry_after: answer.retry_after,
         }
     }
 

@@ -24,7 +24,6 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
@@ -111,17 +110,11 @@ struct Reply {
 impl Fixture {
     async fn call(&self, request: Request<Body>) -> Reply {
         let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let answer = crate::answer::read(response).await;
         Reply {
-            status,
-            json,
-            retry_after,
+            status: answer.status,
+            json: answer.json,
+            retry_after: answer.retry_after,
         }
     }
 
@@ -345,6 +338,8 @@ fn decision(allowed: bool, n: u64) -> TransferDecision {
         reason: (!allowed).then(|| "unknown key".into()),
         offline: None,
         collateral: None,
+        collateral_unreachable: false,
+        transfer_key: None,
     }
 }
 

@@ -196,13 +196,30 @@ fn the_pccs_stopped_mid_run_leaves_the_cached_copy_in_use_while_it_is_valid() {
     assert_verified(&err, &decision);
     assert_eq!(decision.collateral.unwrap().origin, CollateralOrigin::Stale);
 
-    // The TDX platform, never fetched, has no copy: refused, naming the platform.
+    // The TDX platform, never fetched, has no copy: no verdict, the source is unreachable; the
+    // error names the platform, and the audit decision says so.
     let tdx = Sample::tdx();
-    let (err, _) = f.transfer(TeeKind::Tdx, &tdx.quote, DCAP_TIME);
-    let KbsError::Attestation(AttestError::CollateralMissing { what }) = err else {
-        panic!("expected CollateralMissing, got {err:?}");
+    let (err, decision) = f.transfer(TeeKind::Tdx, &tdx.quote, DCAP_TIME);
+    assert!(err.is_collateral_unreachable(), "{err:?}");
+    let KbsError::Attestation(AttestError::CollateralUnavailable { what }) = err else {
+        panic!("expected CollateralUnavailable, got {err:?}");
     };
     assert!(what.contains("B0C06F000000"), "{what}");
+    assert!(decision.collateral_unreachable, "{decision:?}");
+    let line = serde_json::to_value(&decision).unwrap();
+    assert_eq!(line["collateral_unreachable"], true);
+    assert!(
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("collateral source unreachable: "),
+        "{line}"
+    );
+
+    // Once the SGX copy has expired too, the outage refuses it the same way: no valid copy.
+    let (err, decision) = f.transfer(TeeKind::Sgx, &sample.quote, A_DAY_AFTER_SGX_EXPIRY);
+    assert!(err.is_collateral_unreachable(), "{err:?}");
+    assert!(decision.collateral_unreachable);
 }
 
 #[test]
@@ -220,9 +237,15 @@ fn collateral_expiring_between_two_transfers_refuses_the_second_with_the_reason(
     };
     assert!(what.contains("00A067110000"), "{what}");
     assert!(what.contains(&server.url()), "{what}");
-    let reason = decision.reason.unwrap();
+    let reason = decision.reason.clone().unwrap();
     assert!(reason.contains("collateral expired"), "{reason}");
     assert_eq!(decision.measurement, None);
+    // A verdict, not an outage: the source answered with collateral that has expired.
+    assert!(!decision.collateral_unreachable);
+    assert!(serde_json::to_value(&decision)
+        .unwrap()
+        .get("collateral_unreachable")
+        .is_none());
 
     // With a grace period set by the operator, the same transfer gets past verification, and
     // the grace is in the audit decision.
@@ -446,4 +469,89 @@ fn a_broker_with_its_own_source_ignores_collateral_sent_with_the_evidence() {
         ),
         "{outcome:?}"
     );
+}
+
+/// `POST`s a transfer of `quote` to `app` and returns the status, the `Retry-After` header and
+/// the `error` message.
+async fn http_transfer(
+    app: axum::Router,
+    key_id: &str,
+    tee: TeeKind,
+    quote: &[u8],
+) -> (axum::http::StatusCode, Option<String>, String) {
+    use axum::body::Body;
+    use base64::Engine as _;
+    use tower::ServiceExt as _;
+
+    let request = request(tee, quote);
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let body = json!({
+        "quote": base64.encode(&request.quote),
+        "user_data": base64.encode(&request.user_data),
+    });
+    let response = app
+        .oneshot(
+            axum::http::Request::post(format!("/kbs/v1/keys/{key_id}/transfer"))
+                .header("Attestation-Type", tee.to_string())
+                .header("Content-Type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let answer = crate::answer::read(response).await;
+    let error = answer.json["error"].as_str().unwrap().to_owned();
+    (answer.status, answer.retry_after, error)
+}
+
+fn app_of(f: Fixture, clock: adyton_kbs::service::Clock) -> (axum::Router, Arc<MemoryAudit>) {
+    let audit = Arc::new(MemoryAudit::default());
+    let state = KbsState::new(f.broker, audit.clone(), clock);
+    (adyton_kbs::http::router(Arc::new(state)), audit)
+}
+
+#[tokio::test]
+async fn an_unreachable_source_with_nothing_cached_is_503_with_retry_after_not_403() {
+    let sample = Sample::sgx();
+    // A source that is not there: a port that was bound, then released.
+    let server = Server::start_tls(sample.routes());
+    let provider = pccs_provider(&server, options());
+    drop(server);
+    let f = fixture(provider);
+    let key = f.key(TeeKind::Sgx).to_owned();
+    let (app, audit) = app_of(f, || DCAP_TIME);
+
+    let (status, retry_after, error) = http_transfer(app, &key, TeeKind::Sgx, &sample.quote).await;
+    assert_eq!(
+        status,
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "{error}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    assert!(
+        error.starts_with("collateral source unreachable: "),
+        "{error}"
+    );
+    assert!(error.contains("retry"), "{error}");
+    // The source's URL stays with the operator: in the audit line, not in the answer.
+    assert!(!error.contains("127.0.0.1"), "{error}");
+    let decision = audit.decisions().pop().unwrap();
+    assert!(!decision.allowed);
+    assert!(decision.collateral_unreachable);
+    assert!(decision.reason.unwrap().contains("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn expired_collateral_from_a_source_that_answers_is_still_403() {
+    let sample = Sample::sgx();
+    let server = Server::start_tls(sample.routes());
+    let f = fixture(pccs_provider(&server, options()));
+    let key = f.key(TeeKind::Sgx).to_owned();
+    let (app, audit) = app_of(f, || A_DAY_AFTER_SGX_EXPIRY);
+
+    let (status, retry_after, error) = http_transfer(app, &key, TeeKind::Sgx, &sample.quote).await;
+    assert_eq!(status, axum::http::StatusCode::FORBIDDEN, "{error}");
+    assert_eq!(retry_after, None);
+    assert!(error.contains("collateral expired"), "{error}");
+    assert!(!audit.decisions().pop().unwrap().collateral_unreachable);
 }

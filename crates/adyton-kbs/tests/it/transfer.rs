@@ -129,6 +129,62 @@ fn the_raw_exponent_modulus_form_works_too() {
     );
 }
 
+/// The audit decision names the transfer key's type: P-384 for HPKE, RSA as SPKI, RSA in Intel's
+/// raw form (little-endian under SGX); none when `user_data` cannot be read.
+#[test]
+fn the_audit_decision_names_the_transfer_key_type() {
+    let f = fixture();
+    let rsa = f.tee_key.public_key().unwrap();
+    let p384 = TeeKeyPair::generate_kind(TransferKeyKind::P384).unwrap();
+    let p384_spki = p384.public_key().unwrap().spki_der().to_vec();
+    let raw_be = rsa.to_raw(ModulusOrder::BigEndian).unwrap();
+    for (user_data, expected) in [
+        (
+            p384_spki,
+            json!({"algorithm": "EC P-384", "encoding": "spki", "wrapping": "hpke"}),
+        ),
+        (
+            f.spki(),
+            json!({"algorithm": "RSA-3072", "encoding": "spki", "wrapping": "rsa-oaep-sha256"}),
+        ),
+        (
+            raw_be,
+            json!({"algorithm": "RSA-3072", "encoding": "intel-raw-be", "wrapping": "rsa-oaep-sha256"}),
+        ),
+    ] {
+        let bound = expected_report_data(&user_data, None);
+        let (outcome, decision) =
+            f.broker
+                .transfer(&f.key_id, &f.request(user_data, None, bound), NOW);
+        outcome.unwrap();
+        let line = serde_json::to_value(&decision).unwrap();
+        assert_eq!(line["transfer_key"], expected, "{line}");
+    }
+
+    // SGX's raw form has a little-endian modulus; the key type is recorded even when the
+    // transfer is then refused (here: SIM evidence for an SGX policy).
+    let sgx = fixture_with_policy(TeeKind::Sgx, json!({ "mrsigner": ["11".repeat(32)] }));
+    let raw_le = rsa.to_raw(ModulusOrder::LittleEndian).unwrap();
+    let mut request = sgx.request(raw_le.clone(), None, expected_report_data(&raw_le, None));
+    request.attestation_type = "SGX".into();
+    let (outcome, decision) = sgx.broker.transfer(&sgx.key_id, &request, NOW);
+    assert!(outcome.is_err());
+    let line = serde_json::to_value(&decision).unwrap();
+    assert_eq!(
+        line["transfer_key"],
+        json!({"algorithm": "RSA-3072", "encoding": "intel-raw-le", "wrapping": "rsa-oaep-sha256"}),
+        "{line}"
+    );
+
+    // Unreadable `user_data`: no key type in the line.
+    let request = f.request(vec![0x30, 0x00], None, [0; 64]);
+    let (outcome, decision) = f.broker.transfer(&f.key_id, &request, NOW);
+    assert!(matches!(outcome, Err(KbsError::BadRequest { .. })));
+    assert_eq!(decision.transfer_key, None);
+    let line = serde_json::to_value(&decision).unwrap();
+    assert!(line.get("transfer_key").is_none(), "{line}");
+}
+
 /// A P-384 `user_data`: the SWK comes back sealed with HPKE to it, with the nonce binding too.
 #[test]
 fn a_p384_key_receives_the_key_sealed_with_hpke() {

@@ -327,6 +327,8 @@ fn real_snp_report_verifies_from_vendor_files() {
     assert!(stderr.contains("collateral missing"), "{stderr}");
 }
 
+/// The older flag names (`--pccs`, `--kds-product` with `--kds`) still work: hidden aliases of
+/// the shared collateral flags.
 #[test]
 fn real_aws_vlek_report_verifies_with_only_its_vlek() {
     use base64::Engine;
@@ -390,7 +392,8 @@ fn unreachable_collateral_services_are_named_in_the_error() {
         dir.path(),
     );
     assert!(
-        stderr.contains("cannot fetch collateral from http://127.0.0.1:1"),
+        stderr.contains("collateral source unreachable")
+            && stderr.contains("GET http://127.0.0.1:1/"),
         "{stderr}"
     );
 
@@ -413,7 +416,8 @@ fn unreachable_collateral_services_are_named_in_the_error() {
         dir.path(),
     );
     assert!(
-        stderr.contains("cannot fetch the VCEK from http://127.0.0.1:1"),
+        stderr.contains("collateral source unreachable")
+            && stderr.contains("GET http://127.0.0.1:1/vcek/"),
         "{stderr}"
     );
 
@@ -467,4 +471,119 @@ fn client_collateral_flags_and_environment_are_checked_before_connecting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("KDS URL `kds.example`"), "{stderr}");
+}
+
+/// `adyton attest verify` takes the collateral flags every verifier command takes, and fetches
+/// from a PCS (here a local imitation serving the recorded collateral) or reads a bundle file.
+#[test]
+fn attest_verify_takes_the_shared_collateral_flags() {
+    use crate::pcs_imitation::{Sample, Server};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let help = String::from_utf8(adyton_ok(&["attest", "verify", "--help"], d).stdout).unwrap();
+    for flag in [
+        "--collateral <FILE>",
+        "--pccs-url <URL>",
+        "--kds-url <URL>",
+        "--collateral-cache-dir <DIR>",
+        "--pccs-ca-file <FILE>",
+        "ADYTON_PCCS_URL",
+    ] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    for older in [
+        "--pccs <",
+        "--kds <",
+        "--kds-product",
+        "--collateral-cache <",
+    ] {
+        assert!(!help.contains(older), "{older}: {help}");
+    }
+
+    let sample = Sample::sgx();
+    let server = Server::start(sample.routes());
+    let quote = testdata("pccs/sgx_quote");
+    let base = [
+        "attest",
+        "verify",
+        "--tee",
+        "sgx",
+        "--quote",
+        &quote,
+        "--at",
+        "2025-07-01T00:00:00Z",
+    ];
+    let url = server.url();
+    let out = adyton_ok(
+        &[
+            &base[..],
+            &[
+                "--pccs-url",
+                &url,
+                "--collateral-cache-dir",
+                "cache",
+                "--json",
+            ],
+        ]
+        .concat(),
+        d,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["evidence"], "genuine", "{report}");
+    assert_eq!(report["claims"]["tee"], "SGX");
+    assert_eq!(report["collateral"]["origin"], "network");
+    assert_eq!(report["collateral"]["source"], url.as_str());
+    assert_eq!(
+        report["collateral"]["key"]["platform"],
+        format!("{}/processor", sample.fmspc())
+    );
+    assert_eq!(server.requests().len(), 4, "{:?}", server.requests());
+
+    // The cache directory serves the next run with the PCS gone.
+    drop(server);
+    let out = adyton_ok(
+        &[
+            &base[..],
+            &["--pccs-url", &url, "--collateral-cache-dir", "cache"],
+        ]
+        .concat(),
+        d,
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("collateral:    cache "), "{text}");
+    // Without it, the PCS being gone is a clear error.
+    let stderr = adyton_err(&[&base[..], &["--pccs-url", &url]].concat(), d);
+    assert!(stderr.contains("collateral source unreachable"), "{stderr}");
+
+    // A bundle file, through the flag and through the environment.
+    let bundle = testdata("pccs/sgx_quote_collateral.json");
+    let out = adyton_ok(&[&base[..], &["--collateral", &bundle]].concat(), d);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("collateral:    bundle {bundle}")),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_adyton"))
+        .args(base)
+        .env("ADYTON_COLLATERAL", &bundle)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The bundle's collateral has expired a month later: refused.
+    let stderr = adyton_err(
+        &[
+            &base[..6],
+            &["--at", "2025-08-20T00:00:00Z", "--collateral", &bundle],
+        ]
+        .concat(),
+        d,
+    );
+    assert!(stderr.contains("collateral expired"), "{stderr}");
 }

@@ -13,6 +13,9 @@ mod kbs_config;
 mod kbs_e2e;
 mod model_cli;
 mod offline;
+/// The local imitation of Intel's PCS and AMD's KDS, shared with adyton-attest's tests.
+#[path = "../../../adyton-attest/tests/it/pcs_imitation.rs"]
+mod pcs_imitation;
 mod pipeline_e2e;
 mod python_sdk;
 mod real_models;
