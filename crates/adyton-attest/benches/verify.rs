@@ -69,6 +69,7 @@ fn main() {
                 tee,
                 quote: read(quote),
                 certificates: None,
+                gpus: Vec::new(),
             },
             Collateral::from_dcap_json(&read(collateral)).unwrap(),
             dcap_time,
@@ -86,6 +87,7 @@ fn main() {
             tee: TeeKind::Snp,
             quote: report,
             certificates: None,
+            gpus: Vec::new(),
         },
         Collateral {
             dcap: None,

@@ -474,5 +474,6 @@ pub fn decode_evidence(tee: TeeKind, quote: &[u8]) -> Result<Evidence> {
         tee,
         quote: quote.to_vec(),
         certificates: None,
+        gpus: Vec::new(),
     })
 }

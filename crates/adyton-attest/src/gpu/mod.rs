@@ -88,6 +88,23 @@ OKPzp5ei/A0iUZpdvngenDwV8Qa/wGdiTmJ7Bp4=
 -----END CERTIFICATE-----
 ";
 
+/// The domain separator of [`gpu_nonce`].
+const GPU_NONCE_DOMAIN: &[u8] = b"adyton gpu nonce v1";
+
+/// GPU `index`'s SPDM nonce for CPU evidence with `report_data`: the first 32 bytes of
+/// SHA-512("adyton gpu nonce v1" || report_data || index as u32 big-endian). Every GPU report is
+/// so bound to the same 64 bytes as the CPU evidence, and to its place in the list.
+pub fn gpu_nonce(report_data: &[u8; crate::REPORT_DATA_LEN], index: u32) -> [u8; NONCE_LEN] {
+    let mut input = Vec::with_capacity(GPU_NONCE_DOMAIN.len() + report_data.len() + 4);
+    input.extend_from_slice(GPU_NONCE_DOMAIN);
+    input.extend_from_slice(report_data);
+    input.extend_from_slice(&index.to_be_bytes());
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &input);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&hash.as_ref()[..NONCE_LEN]);
+    nonce
+}
+
 /// Most RIMs carried with one GPU's evidence or read from a RIM directory.
 pub const MAX_RIMS: usize = 64;
 
