@@ -345,6 +345,7 @@ fn decision(allowed: bool, n: u64) -> TransferDecision {
         reason: (!allowed).then(|| "unknown key".into()),
         offline: None,
         collateral: None,
+        gpus: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod audit;
 mod collateral;
+mod gpu;
 mod http;
 mod offline;
 mod openapi;
