@@ -146,3 +146,99 @@ pub fn verify_composite(
         cpu,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attester::sim::SimAttester;
+    use crate::attester::Attester;
+    use crate::gpu::attester::{FakeGpuAttester, FakeRimSigner, GpuAttester};
+
+    #[test]
+    fn the_gpu_nonce_is_pinned() {
+        // Python: hashlib.sha512(b"adyton gpu nonce v1" + bytes(range(64)) + (3).to_bytes(4, "big"))
+        let mut report_data = [0u8; 64];
+        for (i, b) in report_data.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(
+            hex::encode(gpu_nonce(&report_data, 3)),
+            "c73d88ce6421be85959e62c6653b6c65b08ccc6584e050cedd4394b199087342"
+        );
+        assert_ne!(gpu_nonce(&report_data, 0), gpu_nonce(&report_data, 1));
+    }
+
+    fn policy(gpu: &str) -> Result<Policy> {
+        Policy::from_toml(&format!(
+            "[sim]\nmeasurement = [\"{}\"]\n{gpu}",
+            hex::encode([0x4D; 48])
+        ))
+    }
+
+    #[test]
+    fn policy_versions_are_checked_when_read() {
+        assert!(policy("[nvidia_gpu]\nmin_driver_version = \"550.144.03\"").is_ok());
+        assert!(policy("[nvidia_gpu]\nmin_vbios_version = \"96.00.5E.00.01\"").is_ok());
+        assert!(policy("[nvidia_gpu]\nmin_driver_version = \"5x0\"").is_err());
+        assert!(policy("[nvidia_gpu]\nmin_vbios_version = \"96..5E\"").is_err());
+        assert!(policy("[nvidia_gpu]\ncc = true").is_err());
+        let p = policy("[nvidia_gpu]").and_then(|p| p.nvidia_gpu.ok_or(AttestError::NoTeeDetected));
+        assert!(p.is_ok_and(|g| g.cc_mode && !g.required && g.count.is_none()));
+    }
+
+    #[test]
+    fn composite_evidence_verifies_end_to_end() -> Result<()> {
+        let values: Vec<[u8; 48]> = (0u8..8).map(|i| [i; 48]).collect();
+        let gpus = FakeGpuAttester::new(2, values.clone())?;
+        let signer = FakeRimSigner::new()?;
+        let rim = signer.rim("GH100", gpus.driver_version(), &[(2, values[2])])?;
+        let verifier =
+            GpuVerifier::with_test_roots(gpus.root_pem().as_bytes(), signer.root_pem().as_bytes())?
+                .with_rims([rim])?;
+        let report_data = [7u8; 64];
+        let mut evidence =
+            SimAttester::with_measurement([3; 32], [0x4D; 48])?.evidence(&report_data)?;
+        for i in 0..2 {
+            evidence
+                .gpus
+                .push(gpus.evidence(i, &gpu_nonce(&report_data, i))?);
+        }
+        let policy = policy("[nvidia_gpu]\ncount = 2\nmin_driver_version = \"550\"")?;
+        let claims = verify_composite(
+            &evidence,
+            &Collateral::none(),
+            &verifier,
+            &policy,
+            &report_data,
+            1_800_000_000,
+        )?;
+        assert_eq!(claims.gpus.len(), 2);
+
+        // Swapped GPUs answer each other's nonces.
+        evidence.gpus.swap(0, 1);
+        let swapped = verify_composite(
+            &evidence,
+            &Collateral::none(),
+            &verifier,
+            &policy,
+            &report_data,
+            1_800_000_000,
+        );
+        assert!(
+            matches!(swapped, Err(AttestError::ReportDataMismatch { .. })),
+            "{swapped:?}"
+        );
+        // Other CPU report data: every GPU nonce differs.
+        evidence.gpus.swap(0, 1);
+        let other = verify_composite(
+            &evidence,
+            &Collateral::none(),
+            &verifier,
+            &policy,
+            &[8u8; 64],
+            1_800_000_000,
+        );
+        assert!(other.is_err());
+        Ok(())
+    }
+}

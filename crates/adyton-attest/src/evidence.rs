@@ -285,7 +285,7 @@ mod tests {
         let gpu = r#"{"report":"AQ==","certificates":"AQ=="}"#;
         let many = format!(
             r#"{{"format":"adyton-evidence-v1","tee":"SNP","quote":"AQ==","gpus":[{}]}}"#,
-            vec![gpu; MAX_GPUS + 1].join(",")
+            [gpu; MAX_GPUS + 1].join(",")
         );
         assert!(Evidence::from_json(many.as_bytes()).is_err());
         let extra = br#"{"format":"adyton-evidence-v1","tee":"SNP","quote":"AQ==","gpus":[{"report":"AQ==","certificates":"AQ==","nonce":"AQ=="}]}"#;
