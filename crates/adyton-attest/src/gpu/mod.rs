@@ -28,7 +28,7 @@
 //! The report has no CC-mode field. NVIDIA's driver produces a signed GET_MEASUREMENTS report
 //! through `nvmlDeviceGetConfComputeGpuAttestationReport` only when confidential computing is
 //! on (CC or protected-PCIe mode); [`GpuClaims::cc_mode`] is therefore true for every verified
-//! report, and the attester refuses to report a GPU whose CC mode NVML says is off.
+//! report, and the NVML attester refuses to report a GPU whose CC mode NVML says is off.
 
 pub mod attester;
 pub mod chain;
