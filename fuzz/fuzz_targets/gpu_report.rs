@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(verifier) = GpuVerifier::new() else {
         return;
     };
-    let nonce = data.get(4..36).and_then(|n| n.try_into().ok()).unwrap_or([0; 32]);
+    let nonce = data
+        .get(4..36)
+        .and_then(|n| n.try_into().ok())
+        .unwrap_or([0; 32]);
     // The report with the real chain, then the first bytes as a chain of their own.
     let with_chain = GpuEvidence {
         report: data.to_vec(),
