@@ -534,3 +534,35 @@ fn the_recorded_hopper_report_against_test_signed_rims() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn rims_are_read_from_a_directory() -> Result<()> {
+    let values = measurements();
+    let signer = FakeRimSigner::new()?;
+    let fake = FakeGpuAttester::new(1, values.clone())?;
+    let dir = tempfile::tempdir().map_err(|e| AttestError::io("tempdir", e))?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.path().join(name), bytes).map_err(|e| AttestError::io(name, e))
+    };
+    write(
+        "driver.xml",
+        &signer.rim("GH100", fake.driver_version(), &[(1, values[1])])?,
+    )?;
+    write(
+        "vbios.swidtag",
+        &signer.rim("GH100", "96.00.5E.00.01", &[(20, values[20])])?,
+    )?;
+    write("notes.txt", b"not a RIM")?;
+    let verifier =
+        GpuVerifier::with_test_roots(fake.root_pem().as_bytes(), signer.root_pem().as_bytes())?
+            .with_rim_dir(dir.path())?;
+    let nonce = [4u8; 32];
+    let claims = verifier.verify(&fake.evidence(0, &nonce)?, &nonce, RECORDED_AT)?;
+    assert!(claims.vbios_rim_checked);
+    assert_eq!(claims.measurements.len(), 2);
+    // A directory that does not exist is an error, not an empty set.
+    assert!(GpuVerifier::new()?
+        .with_rim_dir(&dir.path().join("missing"))
+        .is_err());
+    Ok(())
+}
