@@ -566,3 +566,42 @@ fn rims_are_read_from_a_directory() -> Result<()> {
         .is_err());
     Ok(())
 }
+
+/// The recorded Blackwell report, fully verified against a driver RIM of its own non-zero
+/// measurements signed under a test root (no recorded RIM matches driver 575.32).
+#[test]
+fn the_recorded_blackwell_report_verifies_against_a_test_signed_rim() -> Result<()> {
+    let report = hex_report(data!("blackwellAttestationReport.txt"));
+    let parsed = spdm::parse_report(&report)?;
+    let own: Vec<(u8, [u8; 48])> = (0u8..63)
+        .filter_map(|i| {
+            let value: [u8; 48] = parsed.measurement(i + 1)?.try_into().ok()?;
+            (value != [0; 48]).then_some((i, value))
+        })
+        .collect();
+    assert!(!own.is_empty());
+    let signer = FakeRimSigner::new()?;
+    let verifier = GpuVerifier::with_test_roots(
+        NVIDIA_DEVICE_ROOT_PEM.as_bytes(),
+        signer.root_pem().as_bytes(),
+    )?
+    .with_rims([signer.rim("GB100", "575.32", &own)?])?;
+    let evidence = GpuEvidence {
+        report: report.clone(),
+        certificates: data!("blackwellCertChain.txt").to_vec(),
+        rims: Vec::new(),
+    };
+    let claims = verifier.verify(&evidence, &nonce_of(&report), RECORDED_AT)?;
+    assert_eq!(claims.arch, GpuArch::Blackwell);
+    assert_eq!(claims.product, "GB100");
+    assert_eq!(claims.driver_version, "575.32");
+    assert_eq!(claims.vbios_version, "97.00.88.00.0F");
+    // This GPU reports NVDEC0 disabled, so index 35 is not compared.
+    assert!(own.iter().any(|(i, _)| *i == 35));
+    assert_eq!(claims.measurements.len(), own.len() - 1);
+    assert!(claims
+        .measurements
+        .iter()
+        .all(|m| m.index != 35 && m.matches));
+    Ok(())
+}
