@@ -102,6 +102,14 @@ def main():
     write("snp_report", "report_milan", snp_report)
     write("snp_report", "report_milan_with_chain", snp_report + snp_chain[:1024])
 
+    # NVIDIA GPU reports (hex in testdata) and RIMs.
+    gpu = TESTDATA / "nvidia-gpu"
+    for name in ["hopperAttestationReport", "blackwellAttestationReport",
+                 "hopperAttestationReportInvalidSignature"]:
+        write("gpu_report", name, bytes.fromhex((gpu / f"{name}.txt").read_text().strip()))
+    for name in ["NV_GPU_DRIVER_GH100_550.144.03.xml", "incorrect_signature_driver_rim.xml"]:
+        write("gpu_rim", name, (gpu / name).read_bytes())
+
     # Policies: the documentation's, in TOML and JSON.
     mrenclave, mrsigner = "ab" * 32, "cd" * 32
     sgx_table = {"mrenclave": [mrenclave], "mrsigner": [mrsigner], "isvprodid": [0], "min_isvsvn": 1,

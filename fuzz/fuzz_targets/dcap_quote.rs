@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             tee,
             quote: data.to_vec(),
             certificates: None,
+            gpus: Vec::new(),
         };
         let _ = verifier::verify(&evidence, collateral, AT);
     }

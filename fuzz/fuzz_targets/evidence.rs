@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         tee,
         quote: quote.to_vec(),
         certificates: None,
+        gpus: Vec::new(),
     };
     let result = verifier::verify(&evidence, &Collateral::none(), 1_700_000_000);
     // Without collateral, hardware evidence can never verify. (A SIM report copied whole from a

@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         tee: TeeKind::Snp,
         quote: report.to_vec(),
         certificates: Some(table.to_vec()),
+        gpus: Vec::new(),
     };
     let _ = verifier::verify(&evidence, &with_vcek, AT);
     let _ = verifier::verify(&evidence, &Collateral::none(), AT);

@@ -63,6 +63,7 @@ fn main() {
             tee,
             quote: sample.quote.clone(),
             certificates: None,
+            gpus: Vec::new(),
         };
         let verify = |provider: &CollateralProvider, origin: CollateralOrigin| {
             let (_, used) = provider.verify(&evidence, FIXED_TIME).unwrap();

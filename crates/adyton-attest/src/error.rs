@@ -149,6 +149,13 @@ pub enum AttestError {
         found: String,
     },
 
+    /// A GPU's measurements differ from its reference integrity manifests at these indices.
+    #[error("GPU measurements do not match the RIM at indices {indices}")]
+    GpuMeasurementMismatch {
+        /// The mismatched RIM indices, comma-separated.
+        indices: String,
+    },
+
     /// The TCB is not up to date and the policy enforces it.
     #[error("TCB out of date: status {status}, and the policy enforces an up-to-date TCB")]
     TcbOutOfDate {

@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AttestError, Result};
+use crate::gpu::GpuEvidence;
 
 /// Length of the report data every TEE binds into its evidence.
 pub const REPORT_DATA_LEN: usize = 64;
@@ -15,6 +16,16 @@ pub const REPORT_DATA_LEN: usize = 64;
 /// Largest serialised evidence accepted: a DCAP quote with its certification data is a few KiB,
 /// an SNP certificate table a few KiB more.
 pub const MAX_EVIDENCE_LEN: usize = 256 * 1024;
+
+/// Most GPUs whose evidence is attached to one CPU evidence.
+pub const MAX_GPUS: usize = 8;
+
+/// Largest evidence of one GPU (report, certificate chain and carried RIMs together): a report
+/// is about 4 KiB, a chain 5 KiB, a RIM 20 KiB.
+pub const MAX_GPU_EVIDENCE_LEN: usize = 128 * 1024;
+
+/// Largest evidence JSON accepted: the CPU evidence and every GPU's, in base64.
+const MAX_EVIDENCE_JSON_LEN: usize = (MAX_EVIDENCE_LEN + MAX_GPUS * MAX_GPU_EVIDENCE_LEN) * 2;
 
 /// The kinds of trusted execution environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ impl FromStr for TeeKind {
 /// - SNP: `quote` is the 1184-byte attestation report; `certificates` may hold the certificate
 ///   table from configfs-tsm's `auxblob` (VCEK or VLEK, and possibly ASK and ARK).
 /// - SIM: `quote` is a SIM report (`crate::sim`), which says INSECURE in its first bytes.
+///
+/// `gpus` holds the evidence of the confidential GPUs this TEE drives (composite evidence,
+/// `crate::composite`), each bound to this evidence's report data; it is empty for a CPU alone.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Evidence {
     /// Which TEE produced it.
@@ -78,6 +92,8 @@ pub struct Evidence {
     pub quote: Vec<u8>,
     /// Certificates shipped with the evidence, when the TEE provides them.
     pub certificates: Option<Vec<u8>>,
+    /// The evidence of the GPUs attached to this TEE, in GPU index order.
+    pub gpus: Vec<GpuEvidence>,
 }
 
 impl fmt::Debug for Evidence {
@@ -89,6 +105,7 @@ impl fmt::Debug for Evidence {
                 "certificates_len",
                 &self.certificates.as_ref().map(Vec::len),
             )
+            .field("gpus", &self.gpus.len())
             .finish()
     }
 }
@@ -103,6 +120,17 @@ struct EvidenceJson {
     quote: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     certificates: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    gpus: Vec<GpuEvidenceJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuEvidenceJson {
+    report: String,
+    certificates: String,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    rims: Vec<String>,
 }
 
 const FORMAT: &str = "adyton-evidence-v1";
@@ -117,6 +145,15 @@ impl Evidence {
             warning: (self.tee == TeeKind::Sim).then(|| SIM_WARNING.into()),
             quote: BASE64.encode(&self.quote),
             certificates: self.certificates.as_ref().map(|c| BASE64.encode(c)),
+            gpus: self
+                .gpus
+                .iter()
+                .map(|gpu| GpuEvidenceJson {
+                    report: BASE64.encode(&gpu.report),
+                    certificates: BASE64.encode(&gpu.certificates),
+                    rims: gpu.rims.iter().map(|r| BASE64.encode(r)).collect(),
+                })
+                .collect(),
         };
         // A struct of strings always serialises.
         serde_json::to_string_pretty(&doc).unwrap_or_default()
@@ -124,11 +161,10 @@ impl Evidence {
 
     /// Reads the JSON form, refusing unknown fields and oversized input.
     pub fn from_json(text: &[u8]) -> Result<Self> {
-        if text.len() > MAX_EVIDENCE_LEN * 2 {
+        if text.len() > MAX_EVIDENCE_JSON_LEN {
             return Err(AttestError::malformed(format!(
-                "{} bytes of evidence JSON, at most {} are accepted",
+                "{} bytes of evidence JSON, at most {MAX_EVIDENCE_JSON_LEN} are accepted",
                 text.len(),
-                MAX_EVIDENCE_LEN * 2
             )));
         }
         let doc: EvidenceJson = serde_json::from_slice(text)
@@ -152,9 +188,38 @@ impl Evidence {
                 .as_deref()
                 .map(|c| decode("certificates", c))
                 .transpose()?,
+            gpus: Vec::new(),
         };
         if evidence.quote.len() > MAX_EVIDENCE_LEN {
             return Err(AttestError::malformed("quote too large"));
+        }
+        if doc.gpus.len() > MAX_GPUS {
+            return Err(AttestError::malformed(format!(
+                "evidence of {} GPUs, at most {MAX_GPUS} are accepted",
+                doc.gpus.len()
+            )));
+        }
+        let mut evidence = evidence;
+        for (i, gpu) in doc.gpus.iter().enumerate() {
+            let gpu = GpuEvidence {
+                report: decode(&format!("gpus[{i}].report"), &gpu.report)?,
+                certificates: decode(&format!("gpus[{i}].certificates"), &gpu.certificates)?,
+                rims: gpu
+                    .rims
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| decode(&format!("gpus[{i}].rims[{j}]"), r))
+                    .collect::<Result<_>>()?,
+            };
+            let size = gpu.report.len()
+                + gpu.certificates.len()
+                + gpu.rims.iter().map(Vec::len).sum::<usize>();
+            if size > MAX_GPU_EVIDENCE_LEN {
+                return Err(AttestError::malformed(format!(
+                    "GPU {i}'s evidence has {size} bytes, at most {MAX_GPU_EVIDENCE_LEN}"
+                )));
+            }
+            evidence.gpus.push(gpu);
         }
         Ok(evidence)
     }
@@ -170,6 +235,7 @@ mod tests {
             tee: TeeKind::Sim,
             quote: vec![1, 2, 3],
             certificates: None,
+            gpus: Vec::new(),
         };
         let json = evidence.to_json();
         assert!(json.contains("INSECURE"));
@@ -179,10 +245,51 @@ mod tests {
             tee: TeeKind::Tdx,
             quote: vec![9; 10],
             certificates: Some(vec![4]),
+            gpus: Vec::new(),
         };
         let json = tdx.to_json();
         assert!(!json.contains("INSECURE"));
         assert_eq!(Evidence::from_json(json.as_bytes()).unwrap(), tdx);
+    }
+
+    #[test]
+    fn gpus_round_trip_and_old_json_still_reads() {
+        let composite = Evidence {
+            tee: TeeKind::Snp,
+            quote: vec![1; 8],
+            certificates: None,
+            gpus: vec![
+                GpuEvidence {
+                    report: vec![2; 5],
+                    certificates: b"pem".to_vec(),
+                    rims: vec![b"<a/>".to_vec()],
+                },
+                GpuEvidence {
+                    report: vec![3; 5],
+                    certificates: b"pem".to_vec(),
+                    rims: Vec::new(),
+                },
+            ],
+        };
+        let json = composite.to_json();
+        assert!(json.contains("\"gpus\""));
+        assert_eq!(Evidence::from_json(json.as_bytes()).unwrap(), composite);
+        let old = br#"{"format":"adyton-evidence-v1","tee":"SGX","quote":"AQI="}"#;
+        let read = Evidence::from_json(old).unwrap();
+        assert!(read.gpus.is_empty());
+        assert!(!read.to_json().contains("gpus"));
+    }
+
+    #[test]
+    fn too_many_gpus_or_unknown_gpu_fields_are_refused() {
+        let gpu = r#"{"report":"AQ==","certificates":"AQ=="}"#;
+        let many = format!(
+            r#"{{"format":"adyton-evidence-v1","tee":"SNP","quote":"AQ==","gpus":[{}]}}"#,
+            [gpu; MAX_GPUS + 1].join(",")
+        );
+        assert!(Evidence::from_json(many.as_bytes()).is_err());
+        let extra = br#"{"format":"adyton-evidence-v1","tee":"SNP","quote":"AQ==","gpus":[{"report":"AQ==","certificates":"AQ==","nonce":"AQ=="}]}"#;
+        assert!(Evidence::from_json(extra).is_err());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`attester`]: evidence over 64 bytes of report data, from Gramine SGX, configfs-tsm (TDX,
 //!   SNP) or the insecure SIM TEE.
 //! - [`verifier`]: evidence, collateral and a time in; typed [`Claims`] out.
+//! - [`composite`]: CPU evidence with the NVIDIA GPUs it drives, each bound to its report data.
+//! - [`gpu`]: NVIDIA confidential GPUs' SPDM reports, checked against NVIDIA's signed RIMs.
 //! - [`policy`]: reference values per TEE, and the decision.
 //! - [`collateral`]: Intel and AMD collateral from a bundle file.
 //! - [`pccs`]: collateral over HTTP from a PCCS, Intel's PCS or AMD's KDS, cached.
@@ -20,8 +22,10 @@ pub mod attested_tls;
 pub mod attester;
 pub mod claims;
 pub mod collateral;
+pub mod composite;
 mod error;
 pub mod evidence;
+pub mod gpu;
 pub mod pccs;
 pub mod policy;
 pub mod provider;

@@ -173,6 +173,136 @@ pub struct SimPolicy {
     pub signer: Vec<Hex<32>>,
 }
 
+/// Requirements on the NVIDIA GPUs attached to CPU evidence (`docs/policy.md`, `[nvidia_gpu]`).
+///
+/// Without this table a policy ignores GPU evidence: it is neither verified nor required, and
+/// the CPU evidence alone decides, as before GPUs existed. With it, every attached GPU must
+/// verify and satisfy it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NvidiaGpuPolicy {
+    /// At least one GPU must be attached.
+    #[serde(default)]
+    pub required: bool,
+    /// Exactly this many GPUs must be attached.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// Smallest allowed driver version, dotted decimal (`550.144.03`).
+    #[serde(default)]
+    pub min_driver_version: Option<String>,
+    /// Smallest allowed VBIOS version, dotted hex as NVIDIA writes it (`96.00.5E.00.01`).
+    #[serde(default)]
+    pub min_vbios_version: Option<String>,
+    /// Confidential computing must be on (default true).
+    #[serde(default = "yes")]
+    pub cc_mode: bool,
+    /// Allowed RIM ids (`NV_GPU_DRIVER_GH100_550.144.03`, ...); every RIM a GPU was checked
+    /// against must be listed. Empty: any.
+    #[serde(default)]
+    pub allowed_rim_ids: Vec<String>,
+}
+
+impl NvidiaGpuPolicy {
+    /// Checks the version fields' syntax, so that a policy that cannot be evaluated is refused
+    /// when it is read.
+    fn validate(&self) -> Result<()> {
+        for (field, value, radix) in [
+            (
+                "nvidia_gpu.min_driver_version",
+                &self.min_driver_version,
+                10,
+            ),
+            ("nvidia_gpu.min_vbios_version", &self.min_vbios_version, 16),
+        ] {
+            if let Some(value) = value {
+                dotted(value, radix).ok_or_else(|| AttestError::BadPolicy {
+                    reason: format!("{field}: `{value}` is not a dotted version"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges the claims of every attached GPU, all verified, in index order.
+    pub fn evaluate(&self, gpus: &[crate::gpu::GpuClaims]) -> Result<()> {
+        if self.required && gpus.is_empty() {
+            return Err(denied("nvidia_gpu.required", "at least 1 GPU", 0));
+        }
+        if let Some(count) = self.count {
+            if gpus.len() != count as usize {
+                return Err(denied("nvidia_gpu.count", count, gpus.len()));
+            }
+        }
+        for (i, gpu) in gpus.iter().enumerate() {
+            if self.cc_mode && !gpu.cc_mode {
+                return Err(denied(
+                    &format!("nvidia_gpu.cc_mode (GPU {i})"),
+                    true,
+                    false,
+                ));
+            }
+            for (field, min, value, radix) in [
+                (
+                    "min_driver_version",
+                    &self.min_driver_version,
+                    &gpu.driver_version,
+                    10,
+                ),
+                (
+                    "min_vbios_version",
+                    &self.min_vbios_version,
+                    &gpu.vbios_version,
+                    16,
+                ),
+            ] {
+                let Some(min) = min else { continue };
+                let at_least = match (dotted(value, radix), dotted(min, radix)) {
+                    (Some(have), Some(want)) => have >= want,
+                    _ => false,
+                };
+                if !at_least {
+                    return Err(denied(
+                        &format!("nvidia_gpu.{field} (GPU {i})"),
+                        format!(">= {min}"),
+                        value,
+                    ));
+                }
+            }
+            if !self.allowed_rim_ids.is_empty() {
+                if let Some(id) = gpu
+                    .rim_ids
+                    .iter()
+                    .find(|id| !self.allowed_rim_ids.contains(id))
+                {
+                    return Err(denied(
+                        &format!("nvidia_gpu.allowed_rim_ids (GPU {i})"),
+                        format!("one of {:?}", self.allowed_rim_ids),
+                        id,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A dotted version's components as numbers in `radix`, compared left to right; a missing
+/// component counts as 0 (`550.144` = `550.144.0`).
+fn dotted(text: &str, radix: u32) -> Option<Vec<u64>> {
+    let mut parts = text
+        .trim()
+        .split('.')
+        .map(|p| u64::from_str_radix(p, radix).ok())
+        .collect::<Option<Vec<u64>>>()?;
+    if parts.is_empty() || parts.len() > 8 {
+        return None;
+    }
+    while parts.len() > 1 && parts.last() == Some(&0) {
+        parts.pop();
+    }
+    Some(parts)
+}
+
 /// A policy: one optional table per TEE.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +319,9 @@ pub struct Policy {
     /// SIM reference values. Without this table SIM evidence is always refused.
     #[serde(default)]
     pub sim: Option<SimPolicy>,
+    /// Requirements on attached NVIDIA GPUs; without it GPU evidence is ignored.
+    #[serde(default)]
+    pub nvidia_gpu: Option<NvidiaGpuPolicy>,
 }
 
 struct Common<'a> {
@@ -200,16 +333,25 @@ struct Common<'a> {
 impl Policy {
     /// Parses TOML.
     pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| AttestError::BadPolicy {
+        let policy: Self = toml::from_str(text).map_err(|e| AttestError::BadPolicy {
             reason: e.to_string(),
-        })
+        })?;
+        policy.validate()
+    }
+
+    fn validate(self) -> Result<Self> {
+        if let Some(gpu) = &self.nvidia_gpu {
+            gpu.validate()?;
+        }
+        Ok(self)
     }
 
     /// Parses JSON (the same fields).
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| AttestError::BadPolicy {
+        let policy: Self = serde_json::from_str(text).map_err(|e| AttestError::BadPolicy {
             reason: e.to_string(),
-        })
+        })?;
+        policy.validate()
     }
 
     /// Reads a policy file: JSON when its name ends in `.json`, TOML otherwise.

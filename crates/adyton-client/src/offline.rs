@@ -64,6 +64,7 @@ mod tests {
             tee,
             quote: vec![1, 2, 3],
             certificates: None,
+            gpus: Vec::new(),
         };
         BASE64.encode(evidence.to_json())
     }

@@ -300,6 +300,7 @@ fn main() {
         tee: TeeKind::Tdx,
         quote: std::fs::read(testdata("dcap/tdx_quote")).unwrap(),
         certificates: None,
+        gpus: Vec::new(),
     };
     let collateral = Collateral::from_dcap_json(
         &std::fs::read(testdata("dcap/tdx_quote_collateral.json")).unwrap(),

@@ -740,7 +740,8 @@ fn attestation_status(err: &AttestError) -> StatusCode {
         | AttestError::PolicyDenied { .. }
         | AttestError::TcbOutOfDate { .. }
         | AttestError::DebugEnabled
-        | AttestError::TeeNotInPolicy { .. } => StatusCode::FORBIDDEN,
+        | AttestError::TeeNotInPolicy { .. }
+        | AttestError::GpuMeasurementMismatch { .. } => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

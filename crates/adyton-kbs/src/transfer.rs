@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use adyton_attest::composite::{verify_gpus, GpuOutcome};
+use adyton_attest::gpu::GpuVerifier;
 use adyton_attest::provider::{CollateralOrigin, CollateralProvider, CollateralUse};
 use adyton_attest::{Claims, Collateral, Evidence, TeeKind};
 use adyton_envelope::wrap::{self, ModulusOrder, TeeKeyAlgorithm, TeePublicKey, WrappedKey};
@@ -159,6 +161,10 @@ pub struct TransferDecision {
     /// be had.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collateral: Option<CollateralUse>,
+    /// Each attached GPU's result (verified, with its driver and VBIOS versions, or why not),
+    /// when the key's policy has an `nvidia_gpu` table; absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuOutcome>,
 }
 
 /// The type of a transfer's TEE public key, for the audit log (`docs/kbs.md`, "Transfer key
@@ -242,6 +248,7 @@ pub struct Broker {
     master: MasterKey,
     collateral: Arc<CollateralProvider>,
     nonces: NonceIssuer,
+    gpus: Arc<GpuVerifier>,
 }
 
 impl Broker {
@@ -264,7 +271,15 @@ impl Broker {
             master,
             collateral: provider,
             nonces: NonceIssuer::new()?,
+            gpus: Arc::new(GpuVerifier::new()?),
         })
+    }
+
+    /// Verifies GPU evidence with `verifier` (NVIDIA's roots and a RIM directory, say) instead
+    /// of the default: NVIDIA's roots and only the RIMs carried with the evidence.
+    pub fn with_gpu_verifier(mut self, verifier: GpuVerifier) -> Self {
+        self.gpus = Arc::new(verifier);
+        self
     }
 
     /// The collateral provider, for its counters.
@@ -348,6 +363,7 @@ impl Broker {
             collateral: None,
             collateral_unreachable: false,
             transfer_key: None,
+            gpus: Vec::new(),
         };
         let outcome = self.decide(key_id, request, now, &mut decision);
         match &outcome {
@@ -389,6 +405,7 @@ impl Broker {
                 collateral: None,
                 collateral_unreachable: false,
                 transfer_key: None,
+                gpus: Vec::new(),
             };
             return (Err(refusal), decision);
         }
@@ -480,7 +497,13 @@ impl Broker {
         claims
             .expect_report_data(&expected)
             .map_err(|_| KbsError::ReportDataMismatch)?;
-        policy_record.policy()?.evaluate(&claims, now)?;
+        let policy = policy_record.policy()?;
+        policy.evaluate(&claims, now)?;
+        // Then every attached GPU, each bound to the verified report data (adyton_attest's
+        // `composite`): the key goes out only when the CPU evidence and all GPUs pass.
+        let (gpus, outcomes) = verify_gpus(&claims, &evidence.gpus, &self.gpus, &policy, now);
+        decision.gpus = outcomes;
+        gpus?;
 
         let model_key = self.master.unseal(&key.id, &key.sealed_key)?;
         let wrapped = wrap::wrap_for_tee(&public_key, &model_key)?;
@@ -537,5 +560,6 @@ pub fn decode_evidence(tee: TeeKind, quote: &[u8]) -> Result<Evidence> {
         tee,
         quote: quote.to_vec(),
         certificates: None,
+        gpus: Vec::new(),
     })
 }

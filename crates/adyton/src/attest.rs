@@ -444,6 +444,7 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
                 tee,
                 quote: binary_or_hex(read_limited(path)?),
                 certificates: None,
+                gpus: Vec::new(),
             })
         }
         (None, None, Some(path)) => {
@@ -454,6 +455,7 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
                 tee: TeeKind::Snp,
                 quote: binary_or_hex(read_limited(path)?),
                 certificates: None,
+                gpus: Vec::new(),
             })
         }
         (None, None, None) => bail!("give an EVIDENCE file, or --tee with --quote or --report"),

@@ -5,6 +5,7 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use adyton_attest::gpu::GpuVerifier;
 use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_kbs::admin::{AdminAuth, AdminUsers, TRIAL_ADMIN_USER};
 use adyton_kbs::audit::{
@@ -107,6 +108,13 @@ pub struct KbsServeArgs {
     #[arg(long, value_name = "FILE")]
     pub master_key_file: Option<PathBuf>,
 
+    /// Directory of NVIDIA reference integrity manifests (`*.xml`, `*.swidtag`, as NVIDIA's RIM
+    /// service serves them) for GPUs attached to evidence under policies with `nvidia_gpu`. Each
+    /// is verified against NVIDIA's RIM root when used. Without it, GPU evidence must carry its
+    /// RIMs.
+    #[arg(long, value_name = "DIR", env = "ADYTON_KBS_GPU_RIMS")]
+    pub gpu_rims: Option<PathBuf>,
+
     /// Where the collateral for verifying SGX, TDX and SNP evidence comes from: a bundle file, a
     /// PCCS or Intel's PCS, AMD's KDS (or `[collateral]` in the configuration file). Without any,
     /// only SIM evidence (under SIM policies) and SNP evidence that carries its VCEK can succeed.
@@ -160,8 +168,14 @@ pub fn serve(args: &KbsServeArgs) -> Result<()> {
     describe_collateral(&settings.collateral);
     let provider = CollateralProvider::new(settings.collateral)
         .context("cannot use the collateral settings")?;
-    let broker = Broker::with_provider(store, master, Arc::new(provider))
+    let mut broker = Broker::with_provider(store, master, Arc::new(provider))
         .context("cannot start the key broker")?;
+    if let Some(dir) = &args.gpu_rims {
+        let verifier = GpuVerifier::new()
+            .and_then(|v| v.with_rim_dir(dir))
+            .with_context(|| format!("cannot read the GPU RIMs in {}", dir.display()))?;
+        broker = broker.with_gpu_verifier(verifier);
+    }
     let audit_path = settings.audit_log.clone();
     let audit = open_audit(&settings.audit, &audit_path)?;
     let state = Arc::new(KbsState::new(broker, audit, http::system_clock));

@@ -82,6 +82,7 @@ impl Attester for GramineAttester {
             tee: TeeKind::Sgx,
             quote,
             certificates: None,
+            gpus: Vec::new(),
         })
     }
 }

@@ -103,6 +103,7 @@ impl Attester for SimAttester {
             tee: TeeKind::Sim,
             quote: report.to_bytes(),
             certificates: None,
+            gpus: Vec::new(),
         })
     }
 }

@@ -207,6 +207,7 @@ impl Attester for TsmAttester {
             tee: self.tee,
             quote,
             certificates,
+            gpus: Vec::new(),
         })
     }
 }

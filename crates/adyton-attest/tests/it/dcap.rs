@@ -90,6 +90,7 @@ impl Sample {
             tee: self.tee,
             quote,
             certificates: None,
+            gpus: Vec::new(),
         }
     }
 

@@ -30,6 +30,7 @@ fn evidence(sample: &Sample) -> Evidence {
         tee,
         quote: sample.quote.clone(),
         certificates: None,
+        gpus: Vec::new(),
     }
 }
 
@@ -281,6 +282,7 @@ fn snp_vceks_come_from_kds_by_chip_and_tcb_unless_the_evidence_carries_one() {
         tee: TeeKind::Snp,
         quote: report.clone(),
         certificates: None,
+        gpus: Vec::new(),
     };
     let (claims, used) = provider.verify(&snp, SNP_TIME).unwrap();
     assert_eq!(claims.tee, TeeKind::Snp);
@@ -317,6 +319,7 @@ fn snp_vceks_come_from_kds_by_chip_and_tcb_unless_the_evidence_carries_one() {
                 tee: TeeKind::Snp,
                 quote: report,
                 certificates: None,
+                gpus: Vec::new(),
             },
             SNP_TIME,
         )

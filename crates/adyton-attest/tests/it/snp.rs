@@ -107,6 +107,7 @@ fn evidence(quote: Vec<u8>) -> Evidence {
         tee: TeeKind::Snp,
         quote,
         certificates: None,
+        gpus: Vec::new(),
     }
 }
 
@@ -280,6 +281,7 @@ fn the_vcek_may_come_from_the_evidence_certificate_table() {
             tee: TeeKind::Snp,
             quote: milan_report(),
             certificates: Some(table),
+            gpus: Vec::new(),
         };
         for collateral in [Collateral::none(), collateral(None, None, None)] {
             let claims = SnpVerifier::new()
@@ -294,6 +296,7 @@ fn the_vcek_may_come_from_the_evidence_certificate_table() {
         tee: TeeKind::Snp,
         quote: milan_report(),
         certificates: Some(cert_table(&[(GUID_VCEK, &vcek)])),
+        gpus: Vec::new(),
     };
     assert_bad_signature(SnpVerifier::new().verify(&evidence, &with_vcek(turin_vcek()), NOW));
 }
@@ -323,6 +326,7 @@ fn malformed_certificate_tables_are_refused() {
             tee: TeeKind::Snp,
             quote: milan_report(),
             certificates: Some(table),
+            gpus: Vec::new(),
         };
         assert_malformed(SnpVerifier::new().verify(&evidence, &Collateral::none(), NOW));
     }
@@ -342,6 +346,7 @@ fn no_vcek_anywhere_is_collateral_missing() {
             tee: TeeKind::Snp,
             quote: milan_report(),
             certificates,
+            gpus: Vec::new(),
         };
         match SnpVerifier::new().verify(&evidence, &collateral, NOW) {
             Err(AttestError::CollateralMissing { what }) => {
@@ -586,6 +591,7 @@ fn the_wrong_tee_is_refused() {
         tee: TeeKind::Tdx,
         quote: milan_report(),
         certificates: None,
+        gpus: Vec::new(),
     };
     assert!(verifier::verify(&as_tdx, &with_vcek(milan_vcek()), NOW).is_err());
 
@@ -595,6 +601,7 @@ fn the_wrong_tee_is_refused() {
             tee,
             quote: milan_report(),
             certificates: None,
+            gpus: Vec::new(),
         };
         assert!(matches!(
             SnpVerifier::new().verify(&other, &with_vcek(milan_vcek()), NOW),
@@ -679,6 +686,7 @@ fn random_bytes_are_malformed_and_never_panic() {
             tee: TeeKind::Snp,
             quote: milan_report(),
             certificates: Some(random(len)),
+            gpus: Vec::new(),
         };
         assert!(SnpVerifier::new()
             .verify(&evidence, &Collateral::none(), NOW)

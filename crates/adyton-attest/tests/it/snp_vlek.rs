@@ -91,6 +91,7 @@ fn verify_with(
         tee: TeeKind::Snp,
         quote,
         certificates,
+        gpus: Vec::new(),
     };
     SnpVerifier::new().verify(&evidence, collateral, now)
 }

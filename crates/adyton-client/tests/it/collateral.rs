@@ -36,6 +36,7 @@ fn check(sample: &Sample, provider: &CollateralProvider) -> AttestationFailure {
         tee,
         quote: sample.quote.clone(),
         certificates: None,
+        gpus: Vec::new(),
     };
     let policy = Policy::from_toml(policy).unwrap();
     check_fresh_evidence_with(
@@ -140,6 +141,7 @@ fn evidence(sample: &Sample) -> Evidence {
         },
         quote: sample.quote.clone(),
         certificates: None,
+        gpus: Vec::new(),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct PolicyRecord {
 /// The key of the table that holds the broker's own `require_nonce` setting, kept with the TEE's
 /// reference values so that the stores' schemas need no column for it.
 pub const REQUIRE_NONCE_FIELD: &str = "require_nonce";
+/// The field of a stored policy's table that holds its `[nvidia_gpu]` requirements
+/// (`docs/policy.md`).
+pub const NVIDIA_GPU_FIELD: &str = "nvidia_gpu";
 
 impl PolicyRecord {
     /// The attestation policy: this record's table under its TEE's name (without the broker's own
@@ -37,10 +40,17 @@ impl PolicyRecord {
     pub fn policy(&self) -> Result<Policy> {
         let name = self.attestation_type.as_str().to_ascii_lowercase();
         let mut table = self.table.clone();
+        // `nvidia_gpu` sits in the TEE's table here (one table per stored policy) and is the
+        // policy's own `[nvidia_gpu]` table.
+        let mut gpu = None;
         if let Some(fields) = table.as_object_mut() {
             fields.remove(REQUIRE_NONCE_FIELD);
+            gpu = fields.remove(NVIDIA_GPU_FIELD);
         }
-        let doc = serde_json::json!({ name: table });
+        let mut doc = serde_json::json!({ name: table });
+        if let (Some(gpu), Some(fields)) = (gpu, doc.as_object_mut()) {
+            fields.insert(NVIDIA_GPU_FIELD.into(), gpu);
+        }
         Ok(Policy::from_json(&doc.to_string())?)
     }
 

@@ -340,6 +340,7 @@ fn decision(allowed: bool, n: u64) -> TransferDecision {
         collateral: None,
         collateral_unreachable: false,
         transfer_key: None,
+        gpus: Vec::new(),
     }
 }
 

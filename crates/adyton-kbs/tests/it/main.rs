@@ -7,6 +7,7 @@ mod admin;
 mod answer;
 mod audit;
 mod collateral;
+mod gpu;
 mod http;
 mod offline;
 mod openapi;

@@ -360,6 +360,7 @@ async fn tdx_is_refused_with_400_and_audited() {
         tee: TeeKind::Tdx,
         quote: vec![0; 64],
         certificates: None,
+        gpus: Vec::new(),
     };
     request["evidence"] = json!(BASE64.encode(evidence.to_json()));
     let reply = f.offline(&token, &request).await;

@@ -152,6 +152,7 @@ mod tests {
             tee: TeeKind::Sgx,
             quote: std::fs::read(testdata.join("sgx_quote")).unwrap(),
             certificates: None,
+            gpus: Vec::new(),
         };
         let recorded = Collateral::from_json(
             &std::fs::read(testdata.join("sgx_quote_collateral.json")).unwrap(),
@@ -180,6 +181,7 @@ mod tests {
             tee: TeeKind::Sim,
             quote: b"SIM".to_vec(),
             certificates: None,
+            gpus: Vec::new(),
         };
         let provider = CollateralProvider::from_collateral(recorded, "recorded");
         let with = HttpKeyBroker::with_collateral(Arc::new(provider));

@@ -37,6 +37,7 @@ fn evidence(sample: &Sample) -> Evidence {
         tee,
         quote: sample.quote.clone(),
         certificates: None,
+        gpus: Vec::new(),
     }
 }
 
@@ -135,6 +136,7 @@ async fn a_server_without_collateral_to_serve_answers_404() {
         tee: TeeKind::Sim,
         quote: vec![0; 16],
         certificates: None,
+        gpus: Vec::new(),
     };
     let own = Arc::new(EvidenceCollateral::new(provider(&pcs), sim));
     assert_eq!(own.fetch_now().unwrap(), None);
