@@ -129,6 +129,25 @@ pub enum AttestError {
         found: String,
     },
 
+    /// Azure: the hardware report's report data is not the hash of the HCL report's runtime data,
+    /// so the attestation key in that runtime data is not the one the hardware vouches for.
+    #[error("runtime data mismatch: its hash is {expected}, the hardware report carries {found}")]
+    RuntimeDataMismatch {
+        /// Hex of the runtime data's hash, zero-padded to 64 bytes.
+        expected: String,
+        /// Hex of the hardware report's report data.
+        found: String,
+    },
+
+    /// A TPM quote's PCR digest is not the digest of the PCR values given with it.
+    #[error("PCR digest mismatch: the quote carries {expected}, the PCR values hash to {found}")]
+    PcrDigestMismatch {
+        /// Hex of the digest in the signed quote.
+        expected: String,
+        /// Hex of the digest of the PCR values.
+        found: String,
+    },
+
     /// The policy refused the evidence; `field` names the reference value that differs.
     #[error("policy denied: {field} is {found}, the policy requires {expected}")]
     PolicyDenied {
