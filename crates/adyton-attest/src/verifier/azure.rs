@@ -932,3 +932,368 @@ mod hex_pcr_map {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! End to end with a synthetic HCL report: the recorded SNP report's bytes with report data
+    //! over a runtime data document that holds a key generated here, so that the vTPM quote can
+    //! be signed. No AMD key signs such a report, so its hardware check is a parse only
+    //! ([`ParseOnlySnp`]); the real SNP check runs on the recorded report in `tests/it/azure.rs`.
+
+    use std::sync::{Arc, Mutex};
+
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+
+    use super::*;
+    use crate::attester::azure::{AzureAttester, RawQuote, Vtpm};
+    use crate::attester::Attester;
+    use crate::policy::Policy;
+
+    const RECORDED_SNP_HCL: &[u8] =
+        include_bytes!("../../../../testdata/azure-vtpm/hcl-report-snp.bin");
+
+    #[derive(Debug)]
+    struct ParseOnlySnp;
+
+    impl Verifier for ParseOnlySnp {
+        fn tee(&self) -> TeeKind {
+            TeeKind::Snp
+        }
+
+        fn verify(&self, evidence: &Evidence, _: &Collateral, _: u64) -> Result<Claims> {
+            crate::verifier::snp::claims_for(&crate::verifier::snp::parse_report(&evidence.quote)?)
+        }
+    }
+
+    fn verifier() -> AzureVerifier {
+        AzureVerifier::with_hardware_verifier(TeeKind::AzureSnp, Box::new(ParseOnlySnp))
+    }
+
+    fn runtime_data(key: &KeyPair) -> Vec<u8> {
+        let public = key.public_key();
+        let n = BASE64URL.encode(public.modulus().big_endian_without_leading_zero());
+        let e = BASE64URL.encode(public.exponent().big_endian_without_leading_zero());
+        serde_json::json!({
+            "keys": [{ "kid": AK_KEY_ID, "key_ops": ["sign"], "kty": "RSA", "e": e, "n": n }],
+            "vm-configuration": { "secure-boot": true, "tpm-enabled": true },
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// The recorded HCL report with `runtime` as its runtime data and the SNP report's report
+    /// data set to its SHA-256.
+    fn hcl_report(runtime: &[u8]) -> Vec<u8> {
+        let mut out = RECORDED_SNP_HCL[..RUNTIME_DATA_OFFSET].to_vec();
+        out[RUNTIME_HEADER_OFFSET + 16..RUNTIME_HEADER_OFFSET + 20]
+            .copy_from_slice(&(runtime.len() as u32).to_le_bytes());
+        out.extend_from_slice(runtime);
+        let hash = digest::digest(&digest::SHA256, runtime);
+        let at = HCL_HEADER_LEN + SNP_REPORT_DATA_OFFSET;
+        out[at..at + 64].fill(0);
+        out[at..at + 32].copy_from_slice(hash.as_ref());
+        out
+    }
+
+    fn pcrs(fill: u8) -> BTreeMap<u8, [u8; 32]> {
+        (0u8..24).map(|i| (i, [fill.wrapping_add(i); 32])).collect()
+    }
+
+    /// A `TPMS_ATTEST` of a quote over `pcrs` (SHA-256 bank) with `nonce`.
+    fn attest(nonce: &[u8], pcrs: &BTreeMap<u8, [u8; 32]>, kind: u16) -> Vec<u8> {
+        let mut select = [0u8; 3];
+        for &i in pcrs.keys() {
+            select[usize::from(i / 8)] |= 1 << (i % 8);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&TPM_GENERATED_VALUE.to_be_bytes());
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&34u16.to_be_bytes());
+        m.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
+        m.extend_from_slice(&[0x5a; 32]);
+        m.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
+        m.extend_from_slice(nonce);
+        m.extend_from_slice(&[0; 17]);
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&1u32.to_be_bytes());
+        m.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
+        m.push(3);
+        m.extend_from_slice(&select);
+        m.extend_from_slice(&32u16.to_be_bytes());
+        m.extend_from_slice(&pcr_digest(pcrs));
+        m
+    }
+
+    fn sign(key: &KeyPair, message: &[u8]) -> Vec<u8> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let mut signature = vec![0u8; key.public_modulus_len()];
+        key.sign(&RSA_PKCS1_SHA256, &rng, message, &mut signature)
+            .unwrap();
+        signature
+    }
+
+    /// A fake vTPM: the synthetic HCL report, quotes signed by the AK, PCRs that may move.
+    #[derive(Debug)]
+    struct FakeVtpm {
+        hcl: Vec<u8>,
+        key: Arc<KeyPair>,
+        pcrs: Mutex<BTreeMap<u8, [u8; 32]>>,
+        /// Extend PCR 10 after every quote, as if an IMA measurement came in between.
+        moving: bool,
+    }
+
+    impl Vtpm for FakeVtpm {
+        fn read_nv(&self, index: u32) -> Result<Vec<u8>> {
+            assert_eq!(index, HCL_REPORT_NV_INDEX);
+            Ok(self.hcl.clone())
+        }
+
+        fn quote(&self, ak: u32, nonce: &[u8], selected: &[u8]) -> Result<RawQuote> {
+            assert_eq!(ak, AK_HANDLE);
+            let mut pcrs = self.pcrs.lock().unwrap();
+            let covered = pcrs
+                .iter()
+                .filter(|(i, _)| selected.contains(i))
+                .map(|(i, v)| (*i, *v))
+                .collect();
+            let message = attest(nonce, &covered, TPM_ST_ATTEST_QUOTE);
+            if self.moving {
+                pcrs.entry(10).and_modify(|v| v[0] = v[0].wrapping_add(1));
+            }
+            Ok(RawQuote {
+                signature: sign(&self.key, &message),
+                message,
+            })
+        }
+
+        fn read_pcrs(&self, selected: &[u8]) -> Result<BTreeMap<u8, [u8; 32]>> {
+            let pcrs = self.pcrs.lock().unwrap();
+            Ok(pcrs
+                .iter()
+                .filter(|(i, _)| selected.contains(i))
+                .map(|(i, v)| (*i, *v))
+                .collect())
+        }
+    }
+
+    fn fake_vtpm(moving: bool) -> FakeVtpm {
+        let key = Arc::new(KeyPair::generate(KeySize::Rsa2048).unwrap());
+        let hcl = hcl_report(&runtime_data(&key));
+        FakeVtpm {
+            hcl,
+            key,
+            pcrs: Mutex::new(pcrs(0x10)),
+            moving,
+        }
+    }
+
+    fn container(evidence: &Evidence) -> AzureEvidence {
+        AzureEvidence::from_json(&evidence.quote).unwrap()
+    }
+
+    fn with_container(evidence: &Evidence, change: impl FnOnce(&mut AzureEvidence)) -> Evidence {
+        let mut doc = container(evidence);
+        change(&mut doc);
+        Evidence {
+            quote: doc.to_json(),
+            ..evidence.clone()
+        }
+    }
+
+    #[test]
+    fn attester_evidence_verifies_and_binds_the_report_data() {
+        let attester =
+            AzureAttester::new(TeeKind::AzureSnp, Box::new(fake_vtpm(false)), None).unwrap();
+        let report_data = [0x42; REPORT_DATA_LEN];
+        let evidence = attester.evidence(&report_data).unwrap();
+        assert_eq!(evidence.tee, TeeKind::AzureSnp);
+        let claims = verifier()
+            .verify(&evidence, &Collateral::none(), 0)
+            .unwrap();
+        claims.expect_report_data(&report_data).unwrap();
+        assert!(claims.expect_report_data(&[0x43; 64]).is_err());
+        let TeeClaims::AzureSnp(azure) = &claims.details else {
+            panic!("{claims:?}")
+        };
+        assert_eq!(azure.vtpm.pcrs, pcrs(0x10));
+        assert_eq!(azure.vtpm.ak_exponent, vec![1, 0, 1]);
+        assert_eq!(azure.snp.vmpl, 0);
+        assert_eq!(
+            claims.primary_measurement(),
+            hex::encode(azure.snp.measurement)
+        );
+
+        // The policy pins PCRs; a wrong value and a pin of an unquoted PCR are refused.
+        let pin = |index: u8, value: [u8; 32]| {
+            Policy::from_toml(&format!(
+                "[azure_snp]\nenforce_tcb_upto_date = false\n[azure_snp.pcrs]\n{index} = [\"{}\"]\n",
+                hex::encode(value)
+            ))
+            .unwrap()
+        };
+        pin(4, pcrs(0x10)[&4]).evaluate(&claims, 0).unwrap();
+        match pin(4, [0; 32]).evaluate(&claims, 0) {
+            Err(AttestError::PolicyDenied { field, .. }) => assert_eq!(field, "azure_snp.pcrs.4"),
+            other => panic!("{other:?}"),
+        }
+        let mut fewer = claims.clone();
+        if let TeeClaims::AzureSnp(c) = &mut fewer.details {
+            c.vtpm.pcrs.remove(&4);
+        }
+        assert!(matches!(
+            pin(4, pcrs(0x10)[&4]).evaluate(&fewer, 0),
+            Err(AttestError::PolicyDenied { .. })
+        ));
+        // Plain SNP tables do not admit Azure evidence.
+        let snp_only = Policy::from_toml("[snp]\nenforce_tcb_upto_date = false\n").unwrap();
+        assert!(matches!(
+            snp_only.evaluate(&claims, 0),
+            Err(AttestError::TeeNotInPolicy { .. })
+        ));
+    }
+
+    #[test]
+    fn moving_pcrs_are_quoted_again_then_refused() {
+        let attester =
+            AzureAttester::new(TeeKind::AzureSnp, Box::new(fake_vtpm(true)), None).unwrap();
+        assert!(matches!(
+            attester.evidence(&[1; 64]),
+            Err(AttestError::TeeUnavailable { .. })
+        ));
+        assert!(AzureAttester::new(TeeKind::AzureTdx, Box::new(fake_vtpm(false)), None).is_err());
+    }
+
+    #[test]
+    fn every_tampering_is_refused() {
+        let vtpm = fake_vtpm(false);
+        let other_key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let attester = AzureAttester::new(
+            TeeKind::AzureSnp,
+            Box::new(FakeVtpm {
+                hcl: vtpm.hcl.clone(),
+                key: Arc::clone(&vtpm.key),
+                pcrs: Mutex::new(pcrs(0x10)),
+                moving: false,
+            }),
+            None,
+        )
+        .unwrap();
+        let report_data = [7; REPORT_DATA_LEN];
+        let good = attester.evidence(&report_data).unwrap();
+        let verify = |evidence: &Evidence| verifier().verify(evidence, &Collateral::none(), 0);
+        verify(&good).unwrap();
+
+        // The quote is over other report data (the nonce is not the expected one).
+        let replay = with_container(&good, |doc| doc.report_data = [8; REPORT_DATA_LEN]);
+        assert!(matches!(
+            verify(&replay),
+            Err(AttestError::ReportDataMismatch { .. })
+        ));
+        // A quote signed by another key than the runtime data's AK.
+        let foreign = with_container(&good, |doc| {
+            doc.tpm_quote.signature = sign(&other_key, &doc.tpm_quote.message)
+        });
+        assert!(matches!(
+            verify(&foreign),
+            Err(AttestError::BadSignature { .. })
+        ));
+        // A flipped byte in the message (the nonce) and in the signature.
+        for at in [0usize, 40, 100] {
+            let flipped = with_container(&good, |doc| doc.tpm_quote.message[at] ^= 1);
+            assert!(
+                matches!(verify(&flipped), Err(AttestError::BadSignature { .. })),
+                "message byte {at}"
+            );
+        }
+        let flipped = with_container(&good, |doc| doc.tpm_quote.signature[17] ^= 1);
+        assert!(matches!(
+            verify(&flipped),
+            Err(AttestError::BadSignature { .. })
+        ));
+        // A PCR value changed, one dropped.
+        let changed = with_container(&good, |doc| {
+            doc.tpm_quote.pcrs.insert(7, [0xee; 32]);
+        });
+        assert!(matches!(
+            verify(&changed),
+            Err(AttestError::PcrDigestMismatch { .. })
+        ));
+        let dropped = with_container(&good, |doc| {
+            doc.tpm_quote.pcrs.remove(&23);
+        });
+        assert!(matches!(
+            verify(&dropped),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+        // The runtime data changed: its hash is no longer the report's report data.
+        let runtime = with_container(&good, |doc| {
+            let last = doc.hcl_report.len() - 2;
+            doc.hcl_report[last] ^= 0x20;
+        });
+        assert!(matches!(
+            verify(&runtime),
+            Err(AttestError::RuntimeDataMismatch { .. })
+        ));
+        // A signed message that is not a quote, or not TPM-generated.
+        let not_quote = with_container(&good, |doc| {
+            doc.tpm_quote.message = attest(&quote_nonce(&report_data), &pcrs(0x10), 0x8017);
+            doc.tpm_quote.signature = sign(&vtpm.key, &doc.tpm_quote.message);
+        });
+        assert!(matches!(
+            verify(&not_quote),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+        let forged = with_container(&good, |doc| {
+            doc.tpm_quote.message[0] = 0;
+            doc.tpm_quote.signature = sign(&vtpm.key, &doc.tpm_quote.message);
+        });
+        assert!(matches!(
+            verify(&forged),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+        // Other evidence kinds and a TDX verifier are refused.
+        let as_tdx = Evidence {
+            tee: TeeKind::AzureTdx,
+            ..good.clone()
+        };
+        assert!(matches!(verify(&as_tdx), Err(AttestError::WrongTee { .. })));
+        assert!(matches!(
+            AzureVerifier::tdx().verify(&as_tdx, &Collateral::none(), 0),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+    }
+
+    #[test]
+    fn containers_are_read_strictly() {
+        let vtpm = fake_vtpm(false);
+        let attester = AzureAttester::new(TeeKind::AzureSnp, Box::new(vtpm), None).unwrap();
+        let good = attester.evidence(&[1; 64]).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&good.quote).unwrap();
+        json["extra"] = serde_json::json!(1);
+        assert!(AzureEvidence::from_json(json.to_string().as_bytes()).is_err());
+        let mut json: serde_json::Value = serde_json::from_slice(&good.quote).unwrap();
+        json["format"] = serde_json::json!("other");
+        assert!(AzureEvidence::from_json(json.to_string().as_bytes()).is_err());
+        let mut json: serde_json::Value = serde_json::from_slice(&good.quote).unwrap();
+        json["tpm_quote"]["pcrs"]["99"] = serde_json::json!(hex::encode([0; 32]));
+        assert!(AzureEvidence::from_json(json.to_string().as_bytes()).is_err());
+        let mut json: serde_json::Value = serde_json::from_slice(&good.quote).unwrap();
+        json["hcl_report"] = serde_json::json!(BASE64.encode(vec![0; MAX_HCL_REPORT_LEN + 1]));
+        assert!(AzureEvidence::from_json(json.to_string().as_bytes()).is_err());
+        // Truncated and oversized HCL reports, and a wrong signature.
+        assert!(HclReport::parse(&RECORDED_SNP_HCL[..100]).is_err());
+        let mut bad = RECORDED_SNP_HCL.to_vec();
+        bad[0] = b'X';
+        assert!(HclReport::parse(&bad).is_err());
+        let mut long = RECORDED_SNP_HCL.to_vec();
+        long[RUNTIME_HEADER_OFFSET + 16..RUNTIME_HEADER_OFFSET + 20]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HclReport::parse(&long).is_err());
+        for (i, byte) in [0u8, 1, 5].into_iter().enumerate() {
+            let mut typed = RECORDED_SNP_HCL.to_vec();
+            typed[RUNTIME_HEADER_OFFSET + 8 + 4 * (i % 2)] = byte + 5;
+            assert!(HclReport::parse(&typed).is_err());
+        }
+    }
+}
