@@ -19,7 +19,7 @@ pub enum AttestError {
     },
 
     /// A TEE name that is not SGX, TDX, SNP or SIM.
-    #[error("unknown TEE `{name}`: expected sgx, tdx, snp or sim")]
+    #[error("unknown TEE `{name}`: expected sgx, tdx, snp, sim, azure-snp or azure-tdx")]
     UnknownTee {
         /// The name given.
         name: String,
