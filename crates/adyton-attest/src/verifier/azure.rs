@@ -22,7 +22,9 @@
 //!    hardware report type (2 = SNP, 4 = TDX) matching the TEE kind, the runtime data within the
 //!    report, else [`AttestError::MalformedEvidence`].
 //! 2. The hardware report verifies as plain SNP or TDX evidence does: the SNP report under the VCEK
-//!    chain to AMD's ARK ([`super::snp`]), or the TD quote through DCAP ([`super::dcap`]). For TDX,
+//!    chain to AMD's ARK ([`super::snp`]), or the TD quote through DCAP ([`super::dcap`]). The SNP
+//!    report must come from VMPL 0, the paravisor's level: the guest OS runs at a lower level and
+//!    could otherwise bind runtime data of its own making. For TDX,
 //!    the TD quote must be of the HCL report's TD report: the report data, MRTD, RTMRs, MRSEAM
 //!    and TD attributes equal, else [`AttestError::VerificationFailed`].
 //! 3. The hardware report's report data is the runtime data's hash (SHA-256, -384 or -512 as the
@@ -720,7 +722,9 @@ impl Verifier for AzureVerifier {
                     certificates: None,
                 };
                 let collateral = snp_collateral(collateral, evidence.certificates.as_deref())?;
-                self.hardware.verify(&hardware_evidence, &collateral, now)?
+                let claims = self.hardware.verify(&hardware_evidence, &collateral, now)?;
+                check_paravisor_vmpl(&claims)?;
+                claims
             }
             HardwareReportType::Tdx => {
                 let td_report = TdReportFields::parse(hcl.hardware_report)?;
@@ -779,6 +783,26 @@ impl Verifier for AzureVerifier {
             details,
             ..hardware_claims
         })
+    }
+}
+
+/// Only the paravisor, at VMPL 0, writes the runtime data with the vTPM's key. The guest OS runs
+/// at a less privileged VMPL and can ask the firmware for SNP reports over report data of its own
+/// choosing, so a report from any other VMPL could bind a runtime data document it made up.
+fn check_paravisor_vmpl(claims: &Claims) -> Result<()> {
+    match &claims.details {
+        TeeClaims::Snp(snp) if snp.vmpl == 0 => Ok(()),
+        TeeClaims::Snp(snp) => Err(AttestError::VerificationFailed {
+            tee: TeeKind::AzureSnp,
+            reason: format!(
+                "the SNP report was requested at VMPL {}, not by the paravisor at VMPL 0",
+                snp.vmpl
+            ),
+        }),
+        _ => Err(AttestError::WrongTee {
+            expected: TeeKind::Snp,
+            found: claims.tee,
+        }),
     }
 }
 
@@ -1252,6 +1276,14 @@ mod tests {
             verify(&forged),
             Err(AttestError::MalformedEvidence { .. })
         ));
+        // An SNP report from VMPL 2, where the guest OS runs, over runtime data of its making.
+        let guest_level = with_container(&good, |doc| doc.hcl_report[HCL_HEADER_LEN + 0x30] = 2);
+        match verify(&guest_level) {
+            Err(AttestError::VerificationFailed { reason, .. }) => {
+                assert!(reason.contains("VMPL 2"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
         // Other evidence kinds and a TDX verifier are refused.
         let as_tdx = Evidence {
             tee: TeeKind::AzureTdx,
