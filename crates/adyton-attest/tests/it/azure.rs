@@ -457,3 +457,43 @@ fn azure_policies_read_from_toml_and_json_and_refuse_unknown_fields() {
         );
     }
 }
+
+#[test]
+fn the_collateral_provider_serves_the_hardware_report_inside_azure_evidence() {
+    use adyton_attest::provider::CollateralOrigin;
+    use adyton_attest::CollateralProvider;
+
+    let bundle = CollateralProvider::from_collateral(
+        vcek_collateral(read("snp/vcek_milan.der")),
+        "bundle.json",
+    );
+    assert!(bundle.serves(TeeKind::AzureSnp));
+    assert!(!CollateralProvider::none().serves(TeeKind::AzureTdx));
+    // Without a chain in the evidence, the bundle's VCEK: the SNP checks pass, the runtime data
+    // binding is the refusal.
+    let evidence = Evidence {
+        certificates: None,
+        ..azure_evidence(TeeKind::AzureSnp, hcl_around_milan_report(), None)
+    };
+    let (collateral, used) = bundle.collateral_for(&evidence, MILAN_NOW).unwrap();
+    assert_eq!(used.origin, CollateralOrigin::Bundle);
+    assert!(collateral.snp.unwrap().vcek.is_some());
+    assert!(matches!(
+        bundle.verify(&evidence, MILAN_NOW),
+        Err(AttestError::RuntimeDataMismatch { .. })
+    ));
+    // With a chain in the evidence, that chain: the bundle's VCEK is left out.
+    let with_chain = azure_evidence(TeeKind::AzureSnp, hcl_around_milan_report(), None);
+    let (collateral, used) = bundle.collateral_for(&with_chain, MILAN_NOW).unwrap();
+    assert_eq!(used.origin, CollateralOrigin::Evidence);
+    assert!(collateral.snp.unwrap().vcek.is_none());
+    // A container that does not parse is refused before any fetch.
+    let broken = Evidence {
+        quote: b"{}".to_vec(),
+        ..evidence
+    };
+    assert!(matches!(
+        bundle.collateral_for(&broken, MILAN_NOW),
+        Err(AttestError::MalformedEvidence { .. })
+    ));
+}
