@@ -1009,12 +1009,16 @@ mod tests {
     /// The recorded HCL report with `runtime` as its runtime data and the SNP report's report
     /// data set to its SHA-256.
     fn hcl_report(runtime: &[u8]) -> Vec<u8> {
-        let mut out = RECORDED_SNP_HCL[..RUNTIME_DATA_OFFSET].to_vec();
+        hcl_report_from(RECORDED_SNP_HCL, SNP_REPORT_DATA_OFFSET, runtime)
+    }
+
+    fn hcl_report_from(recorded: &[u8], report_data_offset: usize, runtime: &[u8]) -> Vec<u8> {
+        let mut out = recorded[..RUNTIME_DATA_OFFSET].to_vec();
         out[RUNTIME_HEADER_OFFSET + 16..RUNTIME_HEADER_OFFSET + 20]
             .copy_from_slice(&(runtime.len() as u32).to_le_bytes());
         out.extend_from_slice(runtime);
         let hash = digest::digest(&digest::SHA256, runtime);
-        let at = HCL_HEADER_LEN + SNP_REPORT_DATA_OFFSET;
+        let at = HCL_HEADER_LEN + report_data_offset;
         out[at..at + 64].fill(0);
         out[at..at + 32].copy_from_slice(hash.as_ref());
         out
@@ -1292,6 +1296,122 @@ mod tests {
         assert!(matches!(verify(&as_tdx), Err(AttestError::WrongTee { .. })));
         assert!(matches!(
             AzureVerifier::tdx().verify(&as_tdx, &Collateral::none(), 0),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+    }
+
+    const RECORDED_TDX_HCL: &[u8] =
+        include_bytes!("../../../../testdata/azure-vtpm/hcl-report-tdx.bin");
+
+    /// Stands in for DCAP: the "TD quote" is a TD report, whose fields it returns as claims.
+    #[derive(Debug)]
+    struct TdReportAsQuote;
+
+    impl Verifier for TdReportAsQuote {
+        fn tee(&self) -> TeeKind {
+            TeeKind::Tdx
+        }
+
+        fn verify(&self, evidence: &Evidence, _: &Collateral, _: u64) -> Result<Claims> {
+            let td = TdReportFields::parse(&evidence.quote)?;
+            Ok(Claims {
+                tee: TeeKind::Tdx,
+                insecure: false,
+                report_data: td.report_data,
+                tcb_status: crate::claims::TcbStatus::UpToDate,
+                advisory_ids: Vec::new(),
+                debug: false,
+                collateral_expires_at: None,
+                collateral_issued_at: None,
+                collateral_grace_secs: None,
+                details: TeeClaims::Tdx(crate::claims::TdxClaims {
+                    mrtd: td.mrtd,
+                    rtmr: td.rtmr,
+                    mrseam: td.mrseam,
+                    seamsvn: 0,
+                    td_attributes: td.td_attributes,
+                }),
+            })
+        }
+    }
+
+    /// Returns the TD report itself as its quote, or a copy with one byte flipped.
+    #[derive(Debug)]
+    struct EchoTdQuote {
+        flip: Option<usize>,
+    }
+
+    impl crate::attester::azure::TdQuoteSource for EchoTdQuote {
+        fn td_quote(&self, td_report: &[u8]) -> Result<Vec<u8>> {
+            let mut quote = td_report.to_vec();
+            if let Some(at) = self.flip {
+                quote[at] ^= 1;
+            }
+            Ok(quote)
+        }
+    }
+
+    #[test]
+    fn azure_tdx_binds_the_td_quote_to_the_hcl_reports_td_report() {
+        let attester = |flip: Option<usize>| {
+            let key = Arc::new(KeyPair::generate(KeySize::Rsa2048).unwrap());
+            let hcl = hcl_report_from(RECORDED_TDX_HCL, TD_REPORT_DATA_OFFSET, &runtime_data(&key));
+            let vtpm = FakeVtpm {
+                hcl,
+                key,
+                pcrs: Mutex::new(pcrs(0x30)),
+                moving: false,
+            };
+            AzureAttester::new(
+                TeeKind::AzureTdx,
+                Box::new(vtpm),
+                Some(Box::new(EchoTdQuote { flip })),
+            )
+            .unwrap()
+        };
+        let verifier =
+            AzureVerifier::with_hardware_verifier(TeeKind::AzureTdx, Box::new(TdReportAsQuote));
+        let report_data = [9; REPORT_DATA_LEN];
+        let evidence = attester(None).evidence(&report_data).unwrap();
+        let claims = verifier.verify(&evidence, &Collateral::none(), 0).unwrap();
+        claims.expect_report_data(&report_data).unwrap();
+        let TeeClaims::AzureTdx(tdx) = &claims.details else {
+            panic!("{claims:?}")
+        };
+        assert_eq!(tdx.vtpm.pcrs, pcrs(0x30));
+        let policy = format!(
+            "[azure_tdx]\nmrtd = [\"{}\"]\n[azure_tdx.pcrs]\n0 = [\"{}\"]\n",
+            hex::encode(tdx.tdx.mrtd),
+            hex::encode(pcrs(0x30)[&0])
+        );
+        Policy::from_toml(&policy)
+            .unwrap()
+            .evaluate(&claims, 0)
+            .unwrap();
+
+        // A TD quote of another TD: MRTD (byte 528), an RTMR (byte 800), the report data (130).
+        for (at, field) in [(528, "MRTD"), (800, "RTMRs"), (130, "report data")] {
+            let evidence = attester(Some(at)).evidence(&report_data).unwrap();
+            match verifier.verify(&evidence, &Collateral::none(), 0) {
+                Err(AttestError::VerificationFailed { reason, .. }) => {
+                    assert!(reason.contains(field), "{reason}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // The runtime data changed.
+        let tampered = with_container(&evidence, |doc| {
+            let last = doc.hcl_report.len() - 3;
+            doc.hcl_report[last] ^= 0x20;
+        });
+        assert!(matches!(
+            verifier.verify(&tampered, &Collateral::none(), 0),
+            Err(AttestError::RuntimeDataMismatch { .. })
+        ));
+        // No TD quote.
+        let bare = with_container(&evidence, |doc| doc.td_quote = None);
+        assert!(matches!(
+            verifier.verify(&bare, &Collateral::none(), 0),
             Err(AttestError::MalformedEvidence { .. })
         ));
     }
