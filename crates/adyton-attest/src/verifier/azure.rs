@@ -55,7 +55,7 @@ use x509_cert::der::{Decode, Encode};
 use crate::claims::{AzureSnpClaims, AzureTdxClaims, Claims, TeeClaims, VtpmClaims};
 use crate::collateral::{Collateral, SnpCollateral};
 use crate::error::{AttestError, Result};
-use crate::evidence::{Evidence, TeeKind, REPORT_DATA_LEN};
+use crate::evidence::{Evidence, TeeKind, MAX_EVIDENCE_LEN, REPORT_DATA_LEN};
 use crate::verifier::{dcap::DcapVerifier, snp::SnpVerifier, Verifier};
 
 /// The container's format name.
@@ -166,6 +166,12 @@ impl AzureEvidence {
 
     /// Reads the container JSON, refusing unknown fields, another format and oversized parts.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_EVIDENCE_LEN {
+            return Err(AttestError::malformed(format!(
+                "Azure vTPM container of {} bytes, at most {MAX_EVIDENCE_LEN} are accepted",
+                bytes.len()
+            )));
+        }
         let doc: AzureEvidence = serde_json::from_slice(bytes)
             .map_err(|e| AttestError::malformed(format!("not an Azure vTPM container: {e}")))?;
         if doc.format != FORMAT {
@@ -1433,6 +1439,11 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_slice(&good.quote).unwrap();
         json["hcl_report"] = serde_json::json!(BASE64.encode(vec![0; MAX_HCL_REPORT_LEN + 1]));
         assert!(AzureEvidence::from_json(json.to_string().as_bytes()).is_err());
+        let mut padded = good.quote.clone();
+        padded.resize(MAX_EVIDENCE_LEN + 1, b' ');
+        assert!(AzureEvidence::from_json(&padded).is_err());
+        padded.truncate(MAX_EVIDENCE_LEN);
+        AzureEvidence::from_json(&padded).unwrap();
         // Truncated and oversized HCL reports, and a wrong signature.
         assert!(HclReport::parse(&RECORDED_SNP_HCL[..100]).is_err());
         let mut bad = RECORDED_SNP_HCL.to_vec();
