@@ -303,6 +303,32 @@ def main():
     write("infer_chunked", "json-only", chunked(json_only, splits=[3, 11]))
 
     onnx_seeds()
+    azure_seeds()
+
+
+def azure_seeds():
+    """The Azure vTPM samples: HCL reports, the quote's TPMS_ATTEST, runtime data, a container."""
+    azure = TESTDATA / "azure-vtpm"
+    for name in ["hcl-report-snp.bin", "hcl-report-tdx.bin", "var-data.bin"]:
+        write("azure_vtpm", name, (azure / name).read_bytes())
+    quote = (azure / "quote.bin").read_bytes()
+    (sig_len,) = struct.unpack_from("<Q", quote, 0)
+    (msg_len,) = struct.unpack_from("<Q", quote, 8 + sig_len)
+    message = quote[16 + sig_len : 16 + sig_len + msg_len]
+    signature = quote[8 : 8 + sig_len]
+    write("azure_vtpm", "quote-message", message)
+    write("azure_vtpm", "quote-signature-then-message", signature + message)
+    container = {
+        "format": "adyton-azure-vtpm-v1",
+        "hcl_report": b64((azure / "hcl-report-snp.bin").read_bytes()),
+        "report_data": "00" * 64,
+        "tpm_quote": {
+            "message": b64(message),
+            "signature": b64(signature),
+            "pcrs": {"0": "00" * 32},
+        },
+    }
+    write("azure_vtpm", "container.json", json.dumps(container))
 
 
 def field(number, payload):

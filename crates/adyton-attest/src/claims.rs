@@ -1,5 +1,7 @@
 //! What a verifier proves about evidence: typed claims, independent of the vendor format.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::evidence::{TeeKind, REPORT_DATA_LEN};
@@ -152,6 +154,43 @@ pub struct SimClaims {
     pub signer: Vec<u8>,
 }
 
+/// What an Azure vTPM quote proved: the PCR values it covers, and the attestation key that signed
+/// it (the `HCLAkPub` of the HCL report's runtime data).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VtpmClaims {
+    /// SHA-256 PCR values the quote covers, by PCR index.
+    #[serde(serialize_with = "hex_pcrs")]
+    pub pcrs: BTreeMap<u8, [u8; 32]>,
+    /// The attestation key's RSA modulus (big-endian).
+    #[serde(with = "hex::serde")]
+    pub ak_modulus: Vec<u8>,
+    /// The attestation key's RSA public exponent (big-endian).
+    #[serde(with = "hex::serde")]
+    pub ak_exponent: Vec<u8>,
+    /// The HCL report's runtime data (JSON), whose hash is the hardware report's report data.
+    #[serde(skip)]
+    pub runtime_data: Vec<u8>,
+}
+
+/// Claims proven about an Azure confidential VM on SEV-SNP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AzureSnpClaims {
+    /// The SNP report inside the HCL report (its report data is the runtime data's hash, not the
+    /// caller's report data, which the vTPM quote carries).
+    pub snp: SnpClaims,
+    /// The vTPM quote.
+    pub vtpm: VtpmClaims,
+}
+
+/// Claims proven about an Azure confidential VM on TDX.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AzureTdxClaims {
+    /// The TD quote of the HCL report's TD report.
+    pub tdx: TdxClaims,
+    /// The vTPM quote.
+    pub vtpm: VtpmClaims,
+}
+
 /// The TEE-specific part of the claims.
 // The TDX claims (nine 48-byte registers) are several times the size of the others. Claims are
 // made once per verification and moved a few times, so boxing them would save nothing that
@@ -168,6 +207,12 @@ pub enum TeeClaims {
     Snp(SnpClaims),
     /// SIM.
     Sim(SimClaims),
+    /// An Azure confidential VM on SEV-SNP.
+    #[serde(rename = "azure-snp")]
+    AzureSnp(AzureSnpClaims),
+    /// An Azure confidential VM on TDX.
+    #[serde(rename = "azure-tdx")]
+    AzureTdx(AzureTdxClaims),
 }
 
 /// Everything a verifier proved about a piece of evidence.
@@ -207,6 +252,8 @@ impl Claims {
             TeeClaims::Tdx(c) => hex::encode(c.mrtd),
             TeeClaims::Snp(c) => hex::encode(c.measurement),
             TeeClaims::Sim(c) => hex::encode(c.measurement),
+            TeeClaims::AzureSnp(c) => hex::encode(c.snp.measurement),
+            TeeClaims::AzureTdx(c) => hex::encode(c.tdx.mrtd),
         }
     }
 
@@ -220,6 +267,18 @@ impl Claims {
         }
         Ok(())
     }
+}
+
+fn hex_pcrs<S: serde::Serializer>(
+    pcrs: &BTreeMap<u8, [u8; 32]>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pcrs.len()))?;
+    for (index, value) in pcrs {
+        map.serialize_entry(&index.to_string(), &hex::encode(value))?;
+    }
+    map.end()
 }
 
 mod hex_array4 {

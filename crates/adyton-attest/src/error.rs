@@ -19,7 +19,7 @@ pub enum AttestError {
     },
 
     /// A TEE name that is not SGX, TDX, SNP or SIM.
-    #[error("unknown TEE `{name}`: expected sgx, tdx, snp or sim")]
+    #[error("unknown TEE `{name}`: expected sgx, tdx, snp, sim, azure-snp or azure-tdx")]
     UnknownTee {
         /// The name given.
         name: String,
@@ -135,6 +135,25 @@ pub enum AttestError {
         /// Hex of the expected value.
         expected: String,
         /// Hex of the value in the evidence.
+        found: String,
+    },
+
+    /// Azure: the hardware report's report data is not the hash of the HCL report's runtime data,
+    /// so the attestation key in that runtime data is not the one the hardware vouches for.
+    #[error("runtime data mismatch: its hash is {expected}, the hardware report carries {found}")]
+    RuntimeDataMismatch {
+        /// Hex of the runtime data's hash, zero-padded to 64 bytes.
+        expected: String,
+        /// Hex of the hardware report's report data.
+        found: String,
+    },
+
+    /// A TPM quote's PCR digest is not the digest of the PCR values given with it.
+    #[error("PCR digest mismatch: the quote carries {expected}, the PCR values hash to {found}")]
+    PcrDigestMismatch {
+        /// Hex of the digest in the signed quote.
+        expected: String,
+        /// Hex of the digest of the PCR values.
         found: String,
     },
 

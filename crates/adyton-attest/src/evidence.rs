@@ -39,11 +39,26 @@ pub enum TeeKind {
     Snp,
     /// Adyton's simulated TEE: INSECURE, for development and tests only.
     Sim,
+    /// An Azure confidential VM on SEV-SNP: the HCL report (SNP report and runtime data) and a
+    /// vTPM quote (`crate::verifier::azure`).
+    #[serde(rename = "AZURE-SNP")]
+    AzureSnp,
+    /// An Azure confidential VM on TDX: the HCL report (TD report and runtime data), the TD quote
+    /// and a vTPM quote (`crate::verifier::azure`).
+    #[serde(rename = "AZURE-TDX")]
+    AzureTdx,
 }
 
 impl TeeKind {
     /// All kinds.
-    pub const ALL: [TeeKind; 4] = [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp, TeeKind::Sim];
+    pub const ALL: [TeeKind; 6] = [
+        TeeKind::Sgx,
+        TeeKind::Tdx,
+        TeeKind::Snp,
+        TeeKind::Sim,
+        TeeKind::AzureSnp,
+        TeeKind::AzureTdx,
+    ];
 
     /// The name used in HTTP headers (`Attestation-Type`) and files: `SGX`, `TDX`, `SNP`, `SIM`.
     pub fn as_str(self) -> &'static str {
@@ -52,6 +67,8 @@ impl TeeKind {
             TeeKind::Tdx => "TDX",
             TeeKind::Snp => "SNP",
             TeeKind::Sim => "SIM",
+            TeeKind::AzureSnp => "AZURE-SNP",
+            TeeKind::AzureTdx => "AZURE-TDX",
         }
     }
 }
@@ -81,6 +98,9 @@ impl FromStr for TeeKind {
 /// - SNP: `quote` is the 1184-byte attestation report; `certificates` may hold the certificate
 ///   table from configfs-tsm's `auxblob` (VCEK or VLEK, and possibly ASK and ARK).
 /// - SIM: `quote` is a SIM report (`crate::sim`), which says INSECURE in its first bytes.
+/// - AZURE-SNP and AZURE-TDX: `quote` is the JSON container of `crate::verifier::azure` (the HCL
+///   report, the vTPM quote with its signature and PCR values, the report data, and for TDX the TD
+///   quote); `certificates` may hold the VCEK chain as PEM (AZURE-SNP).
 ///
 /// `gpus` holds the evidence of the confidential GPUs this TEE drives (composite evidence,
 /// `crate::composite`), each bound to this evidence's report data; it is empty for a CPU alone.

@@ -4,12 +4,13 @@
 //! evidence is accepted only under a `[sim]` table. Unknown fields are errors, so that a misspelt
 //! reference value can never be silently ignored. An empty list means "any value".
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::claims::{Claims, SnpTcb, TeeClaims};
+use crate::claims::{Claims, SnpClaims, SnpTcb, TdxClaims, TeeClaims, VtpmClaims};
 use crate::error::{AttestError, Result};
 
 /// Largest policy file accepted.
@@ -150,6 +151,110 @@ pub struct SnpPolicy {
     /// privileged level can carry report data of that component's choosing.
     #[serde(default)]
     pub vmpl: Vec<u32>,
+    /// Refuse any TCB status but UpToDate (default true).
+    #[serde(default = "yes")]
+    pub enforce_tcb_upto_date: bool,
+    /// When set, every advisory that applies must be in this list.
+    #[serde(default)]
+    pub allowed_advisory_ids: Option<Vec<String>>,
+    /// When set, collateral issued longer ago than this many seconds is refused.
+    #[serde(default)]
+    pub max_collateral_age_secs: Option<u64>,
+}
+
+/// A PCR index in a policy: a table key (`"4" = [...]` in TOML, `"4": [...]` in JSON), 0 to 23.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PcrIndex(pub u8);
+
+impl<'de> Deserialize<'de> for PcrIndex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|&i| i < 24)
+            .map(PcrIndex)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "PCR index `{}` is not a number from 0 to 23",
+                    text.chars().take(16).collect::<String>()
+                ))
+            })
+    }
+}
+
+/// Allowed SHA-256 values per PCR; a PCR without an entry may hold any value.
+pub type PcrPolicy = BTreeMap<PcrIndex, Vec<Hex<32>>>;
+
+/// Reference values for an Azure confidential VM on SEV-SNP: those of `[snp]` for the SNP report
+/// in the HCL report, and the vTPM's PCRs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSnpPolicy {
+    /// Allowed launch measurements (of Azure's paravisor firmware).
+    #[serde(default)]
+    pub measurement: Vec<Hex<48>>,
+    /// Required host data.
+    #[serde(default)]
+    pub host_data: Option<Hex<32>>,
+    /// Minimum reported TCB.
+    #[serde(default)]
+    pub min_tcb: Option<SnpTcbPolicy>,
+    /// Allowed privilege levels of the requester (the paravisor asks at VMPL 0).
+    #[serde(default)]
+    pub vmpl: Vec<u32>,
+    /// Allowed values of the vTPM's SHA-256 PCRs, by index.
+    #[serde(default)]
+    pub pcrs: PcrPolicy,
+    /// Refuse any TCB status but UpToDate (default true).
+    #[serde(default = "yes")]
+    pub enforce_tcb_upto_date: bool,
+    /// When set, every advisory that applies must be in this list.
+    #[serde(default)]
+    pub allowed_advisory_ids: Option<Vec<String>>,
+    /// When set, collateral issued longer ago than this many seconds is refused.
+    #[serde(default)]
+    pub max_collateral_age_secs: Option<u64>,
+}
+
+/// Reference values for an Azure confidential VM on TDX: those of `[tdx]` for the TD quote, and
+/// the vTPM's PCRs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AzureTdxPolicy {
+    /// Allowed MRTD values.
+    #[serde(default)]
+    pub mrtd: Vec<Hex<48>>,
+    /// Allowed RTMR0 values.
+    #[serde(default)]
+    pub rtmr0: Vec<Hex<48>>,
+    /// Allowed RTMR1 values.
+    #[serde(default)]
+    pub rtmr1: Vec<Hex<48>>,
+    /// Allowed RTMR2 values.
+    #[serde(default)]
+    pub rtmr2: Vec<Hex<48>>,
+    /// Allowed RTMR3 values.
+    #[serde(default)]
+    pub rtmr3: Vec<Hex<48>>,
+    /// Allowed TDX module measurements.
+    #[serde(default)]
+    pub mrseam: Vec<Hex<48>>,
+    /// Allowed MRCONFIGID values.
+    #[serde(default)]
+    pub mrconfigid: Vec<Hex<48>>,
+    /// Allowed MROWNER values.
+    #[serde(default)]
+    pub mrowner: Vec<Hex<48>>,
+    /// Allowed MROWNERCONFIG values.
+    #[serde(default)]
+    pub mrownerconfig: Vec<Hex<48>>,
+    /// Smallest allowed TDX module SVN.
+    #[serde(default)]
+    pub min_seamsvn: Option<u16>,
+    /// Allowed values of the vTPM's SHA-256 PCRs, by index.
+    #[serde(default)]
+    pub pcrs: PcrPolicy,
     /// Refuse any TCB status but UpToDate (default true).
     #[serde(default = "yes")]
     pub enforce_tcb_upto_date: bool,
@@ -319,6 +424,12 @@ pub struct Policy {
     /// SIM reference values. Without this table SIM evidence is always refused.
     #[serde(default)]
     pub sim: Option<SimPolicy>,
+    /// Azure confidential VM (SEV-SNP) reference values.
+    #[serde(default)]
+    pub azure_snp: Option<AzureSnpPolicy>,
+    /// Azure confidential VM (TDX) reference values.
+    #[serde(default)]
+    pub azure_tdx: Option<AzureTdxPolicy>,
     /// Requirements on attached NVIDIA GPUs; without it GPU evidence is ignored.
     #[serde(default)]
     pub nvidia_gpu: Option<NvidiaGpuPolicy>,
@@ -415,19 +526,19 @@ impl Policy {
             }
             TeeClaims::Tdx(c) => {
                 let p = self.tdx.as_ref().ok_or_else(not_in_policy)?;
-                one_of("tdx.mrtd", &p.mrtd, &c.mrtd)?;
-                for (i, (allowed, value)) in [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3]
-                    .into_iter()
-                    .zip(&c.rtmr)
-                    .enumerate()
-                {
-                    one_of(&format!("tdx.rtmr{i}"), allowed, value)?;
-                }
-                one_of("tdx.mrseam", &p.mrseam, &c.mrseam)?;
-                one_of("tdx.mrconfigid", &p.mrconfigid, &c.mrconfigid)?;
-                one_of("tdx.mrowner", &p.mrowner, &c.mrowner)?;
-                one_of("tdx.mrownerconfig", &p.mrownerconfig, &c.mrownerconfig)?;
-                at_least("tdx.min_seamsvn", p.min_seamsvn, c.seamsvn)?;
+                check_tdx(
+                    "tdx",
+                    TdxRefs {
+                        mrtd: &p.mrtd,
+                        rtmr: [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3],
+                        mrseam: &p.mrseam,
+                        mrconfigid: &p.mrconfigid,
+                        mrowner: &p.mrowner,
+                        mrownerconfig: &p.mrownerconfig,
+                        min_seamsvn: p.min_seamsvn,
+                    },
+                    c,
+                )?;
                 Common {
                     enforce_tcb_upto_date: p.enforce_tcb_upto_date,
                     allowed_advisory_ids: &p.allowed_advisory_ids,
@@ -436,20 +547,57 @@ impl Policy {
             }
             TeeClaims::Snp(c) => {
                 let p = self.snp.as_ref().ok_or_else(not_in_policy)?;
-                one_of("snp.measurement", &p.measurement, &c.measurement)?;
-                if let Some(host_data) = &p.host_data {
-                    one_of(
-                        "snp.host_data",
-                        std::slice::from_ref(host_data),
-                        &c.host_data,
-                    )?;
+                check_snp(
+                    "snp",
+                    SnpRefs {
+                        measurement: &p.measurement,
+                        host_data: &p.host_data,
+                        min_tcb: &p.min_tcb,
+                        vmpl: &p.vmpl,
+                    },
+                    c,
+                )?;
+                Common {
+                    enforce_tcb_upto_date: p.enforce_tcb_upto_date,
+                    allowed_advisory_ids: &p.allowed_advisory_ids,
+                    max_collateral_age_secs: p.max_collateral_age_secs,
                 }
-                if let Some(min) = &p.min_tcb {
-                    snp_tcb_at_least(min, &c.reported_tcb)?;
+            }
+            TeeClaims::AzureSnp(c) => {
+                let p = self.azure_snp.as_ref().ok_or_else(not_in_policy)?;
+                check_snp(
+                    "azure_snp",
+                    SnpRefs {
+                        measurement: &p.measurement,
+                        host_data: &p.host_data,
+                        min_tcb: &p.min_tcb,
+                        vmpl: &p.vmpl,
+                    },
+                    &c.snp,
+                )?;
+                check_pcrs("azure_snp", &p.pcrs, &c.vtpm)?;
+                Common {
+                    enforce_tcb_upto_date: p.enforce_tcb_upto_date,
+                    allowed_advisory_ids: &p.allowed_advisory_ids,
+                    max_collateral_age_secs: p.max_collateral_age_secs,
                 }
-                if !p.vmpl.is_empty() && !p.vmpl.contains(&c.vmpl) {
-                    return Err(denied("snp.vmpl", format!("one of {:?}", p.vmpl), c.vmpl));
-                }
+            }
+            TeeClaims::AzureTdx(c) => {
+                let p = self.azure_tdx.as_ref().ok_or_else(not_in_policy)?;
+                check_tdx(
+                    "azure_tdx",
+                    TdxRefs {
+                        mrtd: &p.mrtd,
+                        rtmr: [&p.rtmr0, &p.rtmr1, &p.rtmr2, &p.rtmr3],
+                        mrseam: &p.mrseam,
+                        mrconfigid: &p.mrconfigid,
+                        mrowner: &p.mrowner,
+                        mrownerconfig: &p.mrownerconfig,
+                        min_seamsvn: p.min_seamsvn,
+                    },
+                    &c.tdx,
+                )?;
+                check_pcrs("azure_tdx", &p.pcrs, &c.vtpm)?;
                 Common {
                     enforce_tcb_upto_date: p.enforce_tcb_upto_date,
                     allowed_advisory_ids: &p.allowed_advisory_ids,
@@ -522,7 +670,82 @@ fn at_least(field: &str, min: Option<u16>, value: u16) -> Result<()> {
     }
 }
 
-fn snp_tcb_at_least(min: &SnpTcbPolicy, tcb: &SnpTcb) -> Result<()> {
+/// The SNP reference values `[snp]` and `[azure_snp]` share.
+struct SnpRefs<'a> {
+    measurement: &'a [Hex<48>],
+    host_data: &'a Option<Hex<32>>,
+    min_tcb: &'a Option<SnpTcbPolicy>,
+    vmpl: &'a [u32],
+}
+
+fn check_snp(table: &str, p: SnpRefs<'_>, c: &SnpClaims) -> Result<()> {
+    one_of(
+        &format!("{table}.measurement"),
+        p.measurement,
+        &c.measurement,
+    )?;
+    if let Some(host_data) = p.host_data {
+        one_of(
+            &format!("{table}.host_data"),
+            std::slice::from_ref(host_data),
+            &c.host_data,
+        )?;
+    }
+    if let Some(min) = p.min_tcb {
+        snp_tcb_at_least(table, min, &c.reported_tcb)?;
+    }
+    if !p.vmpl.is_empty() && !p.vmpl.contains(&c.vmpl) {
+        return Err(denied(
+            &format!("{table}.vmpl"),
+            format!("one of {:?}", p.vmpl),
+            c.vmpl,
+        ));
+    }
+    Ok(())
+}
+
+/// The TDX reference values `[tdx]` and `[azure_tdx]` share.
+struct TdxRefs<'a> {
+    mrtd: &'a [Hex<48>],
+    rtmr: [&'a [Hex<48>]; 4],
+    mrseam: &'a [Hex<48>],
+    mrconfigid: &'a [Hex<48>],
+    mrowner: &'a [Hex<48>],
+    mrownerconfig: &'a [Hex<48>],
+    min_seamsvn: Option<u16>,
+}
+
+fn check_tdx(table: &str, p: TdxRefs<'_>, c: &TdxClaims) -> Result<()> {
+    one_of(&format!("{table}.mrtd"), p.mrtd, &c.mrtd)?;
+    for (i, (allowed, value)) in p.rtmr.into_iter().zip(&c.rtmr).enumerate() {
+        one_of(&format!("{table}.rtmr{i}"), allowed, value)?;
+    }
+    one_of(&format!("{table}.mrseam"), p.mrseam, &c.mrseam)?;
+    one_of(&format!("{table}.mrconfigid"), p.mrconfigid, &c.mrconfigid)?;
+    one_of(&format!("{table}.mrowner"), p.mrowner, &c.mrowner)?;
+    one_of(
+        &format!("{table}.mrownerconfig"),
+        p.mrownerconfig,
+        &c.mrownerconfig,
+    )?;
+    at_least(&format!("{table}.min_seamsvn"), p.min_seamsvn, c.seamsvn)
+}
+
+/// Every pinned PCR must be in the quote with an allowed value; a pin of a PCR the quote does not
+/// cover is a refusal, not a pass.
+fn check_pcrs(table: &str, pins: &PcrPolicy, vtpm: &VtpmClaims) -> Result<()> {
+    for (index, allowed) in pins {
+        let field = format!("{table}.pcrs.{}", index.0);
+        match vtpm.pcrs.get(&index.0) {
+            Some(value) => one_of(&field, allowed, value)?,
+            None if allowed.is_empty() => {}
+            None => return Err(denied(&field, "a quoted value", "not in the vTPM quote")),
+        }
+    }
+    Ok(())
+}
+
+fn snp_tcb_at_least(table: &str, min: &SnpTcbPolicy, tcb: &SnpTcb) -> Result<()> {
     for (name, min, value) in [
         ("bootloader", min.bootloader, tcb.bootloader),
         ("tee", min.tee, tcb.tee),
@@ -531,7 +754,7 @@ fn snp_tcb_at_least(min: &SnpTcbPolicy, tcb: &SnpTcb) -> Result<()> {
     ] {
         if value < min {
             return Err(denied(
-                &format!("snp.min_tcb.{name}"),
+                &format!("{table}.min_tcb.{name}"),
                 format!(">= {min}"),
                 value,
             ));

@@ -312,8 +312,9 @@ impl CollateralProvider {
             TeeKind::Sgx | TeeKind::Tdx => {
                 self.pccs.is_some() || bundle.is_some_and(|c| c.dcap.is_some())
             }
-            // SNP evidence may carry its own certificates.
-            TeeKind::Snp => true,
+            // SNP evidence may carry its own certificates, and so may AZURE-SNP evidence.
+            TeeKind::Snp | TeeKind::AzureSnp => true,
+            TeeKind::AzureTdx => self.pccs.is_some() || bundle.is_some_and(|c| c.dcap.is_some()),
         }
     }
 
@@ -443,6 +444,7 @@ impl CollateralProvider {
             )),
             TeeKind::Sgx | TeeKind::Tdx => self.dcap(evidence, now),
             TeeKind::Snp => self.snp(evidence, now),
+            TeeKind::AzureSnp | TeeKind::AzureTdx => self.azure(evidence, now),
         };
         match &outcome {
             Ok((_, used)) => self.counters.count(used.origin),
@@ -473,6 +475,35 @@ impl CollateralProvider {
                 Ok((collateral, traced_use(key, pccs.base_url(), trace)))
             }
             Err(e) => self.fall_back(key, e),
+        }
+    }
+
+    /// Azure evidence needs the collateral of the hardware report inside it: the TD quote's, or
+    /// the SNP report's unless the evidence carries the VCEK chain itself.
+    fn azure(&self, evidence: &Evidence, now: u64) -> Result<(Collateral, CollateralUse)> {
+        let inner = verifier::azure::hardware_evidence(evidence)?;
+        match inner.tee {
+            TeeKind::Snp if evidence.certificates.is_some() => {
+                // As for SNP evidence with its own VEK: the bundle's VCEK is left out, so that
+                // the chain that came with the report is the one used.
+                let collateral = Collateral {
+                    dcap: None,
+                    snp: self
+                        .bundle
+                        .as_ref()
+                        .and_then(|(c, _)| c.snp.as_ref())
+                        .map(|snp| SnpCollateral {
+                            vcek: None,
+                            ..snp.clone()
+                        }),
+                };
+                Ok((
+                    collateral,
+                    CollateralUse::new(None, CollateralOrigin::Evidence, "evidence"),
+                ))
+            }
+            TeeKind::Snp => self.snp(&inner, now),
+            _ => self.dcap(&inner, now),
         }
     }
 

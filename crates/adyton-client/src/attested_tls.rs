@@ -497,6 +497,8 @@ fn policy_names(policy: &Policy, tee: TeeKind) -> bool {
         TeeKind::Tdx => policy.tdx.is_some(),
         TeeKind::Snp => policy.snp.is_some(),
         TeeKind::Sim => false,
+        TeeKind::AzureSnp => policy.azure_snp.is_some(),
+        TeeKind::AzureTdx => policy.azure_tdx.is_some(),
     }
 }
 

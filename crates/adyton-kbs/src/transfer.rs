@@ -521,7 +521,7 @@ fn check_offline(request: &OfflineTransferRequest) -> Result<()> {
         .map_err(|e: adyton_attest::AttestError| KbsError::BadRequest {
             reason: format!("tee: {e}"),
         })?;
-    if tee == TeeKind::Tdx {
+    if matches!(tee, TeeKind::Tdx | TeeKind::AzureSnp | TeeKind::AzureTdx) {
         return Err(KbsError::NoSealingKey {
             tee: tee.to_string(),
         });
@@ -546,7 +546,10 @@ fn check_offline(request: &OfflineTransferRequest) -> Result<()> {
 /// Reads a transfer's `quote` for `tee`: Adyton evidence JSON (as `adyton attest report` writes it)
 /// or the raw quote or report.
 pub fn decode_evidence(tee: TeeKind, quote: &[u8]) -> Result<Evidence> {
-    if quote.first() == Some(&b'{') {
+    // Azure's raw evidence is itself JSON (the vTPM container): it is not Evidence JSON.
+    let azure_container = matches!(tee, TeeKind::AzureSnp | TeeKind::AzureTdx)
+        && adyton_attest::verifier::azure::AzureEvidence::from_json(quote).is_ok();
+    if quote.first() == Some(&b'{') && !azure_container {
         let evidence = Evidence::from_json(quote)?;
         if evidence.tee != tee {
             return Err(KbsError::AttestationTypeMismatch {
@@ -562,4 +565,41 @@ pub fn decode_evidence(tee: TeeKind, quote: &[u8]) -> Result<Evidence> {
         certificates: None,
         gpus: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod azure_evidence_tests {
+    use std::collections::BTreeMap;
+
+    use adyton_attest::verifier::azure::{AzureEvidence, TpmQuote, FORMAT};
+
+    use super::*;
+
+    #[test]
+    fn a_raw_azure_container_is_not_taken_for_evidence_json() {
+        let container = AzureEvidence {
+            format: FORMAT.into(),
+            hcl_report: vec![1, 2, 3],
+            report_data: [4; 64],
+            tpm_quote: TpmQuote {
+                message: vec![5],
+                signature: vec![6],
+                pcrs: BTreeMap::from([(0, [7; 32])]),
+            },
+            td_quote: None,
+        }
+        .to_json();
+        let raw = decode_evidence(TeeKind::AzureSnp, &container).unwrap();
+        assert_eq!((raw.tee, &raw.quote), (TeeKind::AzureSnp, &container));
+        // The same container wrapped in Evidence JSON reads the same.
+        let wrapped = raw.to_json();
+        assert_eq!(
+            decode_evidence(TeeKind::AzureSnp, wrapped.as_bytes()).unwrap(),
+            raw
+        );
+        // Other JSON under an Azure type is Evidence JSON, and refused as such.
+        assert!(decode_evidence(TeeKind::AzureSnp, br#"{"format":"x"}"#).is_err());
+        // A container under a non-Azure type is not raw evidence.
+        assert!(decode_evidence(TeeKind::Snp, &container).is_err());
+    }
 }

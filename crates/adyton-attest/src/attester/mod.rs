@@ -3,6 +3,7 @@
 //! One trait, one module per interface. The interfaces' root paths are parameters, so that tests
 //! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
 
+pub mod azure;
 pub mod gramine;
 mod opening;
 pub mod sim;
@@ -35,6 +36,8 @@ pub struct AttesterPaths {
     pub sim_key: PathBuf,
     /// The SEV-SNP guest device, whose derived keys seal on SNP (`SNP_GET_DERIVED_KEY`).
     pub sev_guest: PathBuf,
+    /// The TPM device (the kernel's resource manager), whose vTPM attests Azure confidential VMs.
+    pub tpm: PathBuf,
 }
 
 impl Default for AttesterPaths {
@@ -44,6 +47,7 @@ impl Default for AttesterPaths {
             tsm_report: PathBuf::from("/sys/kernel/config/tsm/report"),
             sim_key: sim::default_key_path(),
             sev_guest: PathBuf::from("/dev/sev-guest"),
+            tpm: PathBuf::from("/dev/tpmrm0"),
         }
     }
 }
@@ -87,5 +91,8 @@ pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn 
         TeeKind::Sgx => Box::new(gramine::GramineAttester::open(&paths.gramine)?),
         TeeKind::Tdx | TeeKind::Snp => Box::new(tsm::TsmAttester::open(&paths.tsm_report, kind)?),
         TeeKind::Sim => Box::new(sim::SimAttester::from_key_file(&paths.sim_key)?),
+        TeeKind::AzureSnp | TeeKind::AzureTdx => {
+            Box::new(azure::AzureAttester::open(&paths.tpm, kind)?)
+        }
     })
 }

@@ -125,6 +125,10 @@ pub fn sealer_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn Se
             Box::new(sim::SimSealer::new(&attester))
         }
         TeeKind::Tdx => return Err(AttestError::SealingUnsupported { tee: TeeKind::Tdx }),
+        // The vTPM could seal, but its keys are the paravisor's, not the hardware's.
+        tee @ (TeeKind::AzureSnp | TeeKind::AzureTdx) => {
+            return Err(AttestError::SealingUnsupported { tee })
+        }
     })
 }
 

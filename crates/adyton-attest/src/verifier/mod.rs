@@ -4,6 +4,7 @@
 //! certificate chains, revocation, collateral dates, TCB level); it does not judge measurements,
 //! which is the policy's job (`crate::policy`).
 
+pub mod azure;
 pub mod dcap;
 mod dcap_cache;
 pub mod sim;
@@ -29,6 +30,8 @@ pub fn verifier_for(tee: TeeKind) -> Box<dyn Verifier> {
         TeeKind::Sgx | TeeKind::Tdx => Box::new(dcap::DcapVerifier::new(tee)),
         TeeKind::Snp => Box::new(snp::SnpVerifier::new()),
         TeeKind::Sim => Box::new(sim::SimVerifier),
+        TeeKind::AzureSnp => Box::new(azure::AzureVerifier::snp()),
+        TeeKind::AzureTdx => Box::new(azure::AzureVerifier::tdx()),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod attested_tls;
 mod attesters;
+mod azure;
 mod dcap;
 mod pccs;
 mod pcs_imitation;

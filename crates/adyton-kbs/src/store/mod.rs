@@ -38,7 +38,12 @@ impl PolicyRecord {
     /// The attestation policy: this record's table under its TEE's name (without the broker's own
     /// settings, which the attestation policy does not know).
     pub fn policy(&self) -> Result<Policy> {
-        let name = self.attestation_type.as_str().to_ascii_lowercase();
+        // The policy table of `AZURE-SNP` is `azure_snp`.
+        let name = self
+            .attestation_type
+            .as_str()
+            .to_ascii_lowercase()
+            .replace('-', "_");
         let mut table = self.table.clone();
         // `nvidia_gpu` sits in the TEE's table here (one table per stored policy) and is the
         // policy's own `[nvidia_gpu]` table.
@@ -118,5 +123,36 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub(crate) fn store_error(context: &str, err: impl fmt::Display) -> KbsError {
     KbsError::Store {
         reason: format!("{context}: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod policy_name_tests {
+    use super::*;
+
+    #[test]
+    fn azure_records_read_their_azure_table() {
+        let record = |tee: TeeKind, table: serde_json::Value| PolicyRecord {
+            id: "p".into(),
+            attestation_type: tee,
+            table,
+            created_at: 0,
+        };
+        let pcr = "ab".repeat(32);
+        let policy = record(
+            TeeKind::AzureSnp,
+            serde_json::json!({ "pcrs": { "7": [pcr] }, "require_nonce": true }),
+        )
+        .policy()
+        .unwrap();
+        assert_eq!(policy.azure_snp.unwrap().pcrs.len(), 1);
+        let policy = record(TeeKind::AzureTdx, serde_json::json!({}))
+            .policy()
+            .unwrap();
+        assert!(policy.azure_tdx.is_some() && policy.snp.is_none());
+        // A field of another table is refused, as for every TEE.
+        assert!(record(TeeKind::AzureSnp, serde_json::json!({ "mrtd": [] }))
+            .policy()
+            .is_err());
     }
 }
