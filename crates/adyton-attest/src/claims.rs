@@ -25,7 +25,7 @@ pub enum TcbStatus {
     TDRelaunchAdvised,
     /// TDX: relaunch advised, and the platform's configuration needs changes.
     TDRelaunchAdvisedConfigurationNeeded,
-    /// The simulated TEE has no TCB.
+    /// The TEE has no TCB to judge: the simulated TEE, and AWS Nitro, whose document states none.
     NotApplicable,
     /// A status this build does not know.
     Other(String),
@@ -141,6 +141,31 @@ pub struct SimClaims {
     pub signer: Vec<u8>,
 }
 
+/// Claims proven about an AWS Nitro Enclaves attestation document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NitroClaims {
+    /// The Nitro Secure Module's id (`i-<instance>-enc<enclave>`).
+    pub module_id: String,
+    /// The PCR bank's digest algorithm; always `SHA384` (others are refused).
+    pub digest: String,
+    /// When the NSM signed the document, milliseconds since the unix epoch.
+    pub timestamp_ms: u64,
+    /// PCR0, PCR1, ... in order (at least 16 registers, 48 bytes each). PCR0 measures the enclave
+    /// image, PCR1 the kernel and boot ramfs, PCR2 the application, PCR3 the parent instance's IAM
+    /// role, PCR4 the parent instance id, PCR8 the image's signing certificate.
+    #[serde(with = "hex_list")]
+    pub pcrs: Vec<[u8; 48]>,
+    /// Whether the enclave runs in debug mode: PCR0, PCR1 and PCR2 are all zero, which the NSM
+    /// reports for an enclave started with `--debug-mode` (the parent can read its console).
+    pub debug_mode: bool,
+    /// The document's `public_key` field, when the requester set one.
+    #[serde(with = "hex_option", skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<Vec<u8>>,
+    /// The document's `nonce` field, when the requester set one.
+    #[serde(with = "hex_option", skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Vec<u8>>,
+}
+
 /// The TEE-specific part of the claims.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +178,8 @@ pub enum TeeClaims {
     Snp(SnpClaims),
     /// SIM.
     Sim(SimClaims),
+    /// AWS Nitro Enclaves.
+    Nitro(NitroClaims),
 }
 
 /// Everything a verifier proved about a piece of evidence.
@@ -185,13 +212,15 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// The measurement a person compares first, as hex: MRENCLAVE, MRTD, or the launch measurement.
+    /// The measurement a person compares first, as hex: MRENCLAVE, MRTD, the launch measurement,
+    /// or a Nitro enclave image's PCR0.
     pub fn primary_measurement(&self) -> String {
         match &self.details {
             TeeClaims::Sgx(c) => hex::encode(c.mrenclave),
             TeeClaims::Tdx(c) => hex::encode(c.mrtd),
             TeeClaims::Snp(c) => hex::encode(c.measurement),
             TeeClaims::Sim(c) => hex::encode(c.measurement),
+            TeeClaims::Nitro(c) => c.pcrs.first().map(hex::encode).unwrap_or_default(),
         }
     }
 
@@ -220,6 +249,33 @@ mod hex_array4 {
             seq.serialize_element(&hex::encode(register))?;
         }
         seq.end()
+    }
+}
+
+mod hex_list {
+    use serde::ser::SerializeSeq;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &[[u8; 48]], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(value.len()))?;
+        for register in value {
+            seq.serialize_element(&hex::encode(register))?;
+        }
+        seq.end()
+    }
+}
+
+mod hex_option {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
     }
 }
 

@@ -28,11 +28,20 @@ pub enum TeeKind {
     Snp,
     /// Adyton's simulated TEE: INSECURE, for development and tests only.
     Sim,
+    /// AWS Nitro Enclaves (the Nitro Secure Module's COSE_Sign1 attestation document).
+    #[serde(rename = "NITRO")]
+    Nitro,
 }
 
 impl TeeKind {
     /// All kinds.
-    pub const ALL: [TeeKind; 4] = [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp, TeeKind::Sim];
+    pub const ALL: [TeeKind; 5] = [
+        TeeKind::Sgx,
+        TeeKind::Tdx,
+        TeeKind::Snp,
+        TeeKind::Sim,
+        TeeKind::Nitro,
+    ];
 
     /// The name used in HTTP headers (`Attestation-Type`) and files: `SGX`, `TDX`, `SNP`, `SIM`.
     pub fn as_str(self) -> &'static str {
@@ -41,6 +50,7 @@ impl TeeKind {
             TeeKind::Tdx => "TDX",
             TeeKind::Snp => "SNP",
             TeeKind::Sim => "SIM",
+            TeeKind::Nitro => "NITRO",
         }
     }
 }
@@ -70,6 +80,8 @@ impl FromStr for TeeKind {
 /// - SNP: `quote` is the 1184-byte attestation report; `certificates` may hold the certificate
 ///   table from configfs-tsm's `auxblob` (VCEK or VLEK, and possibly ASK and ARK).
 /// - SIM: `quote` is a SIM report (`crate::sim`), which says INSECURE in its first bytes.
+/// - NITRO: `quote` is the Nitro Secure Module's attestation document (COSE_Sign1, CBOR), which
+///   carries its own certificate chain; `certificates` is absent.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Evidence {
     /// Which TEE produced it.
@@ -205,6 +217,8 @@ mod tests {
     fn tee_names_parse_case_insensitively() {
         assert_eq!("tdx".parse::<TeeKind>().unwrap(), TeeKind::Tdx);
         assert_eq!("SNP".parse::<TeeKind>().unwrap(), TeeKind::Snp);
-        assert!("nitro".parse::<TeeKind>().is_err());
+        assert_eq!("nitro".parse::<TeeKind>().unwrap(), TeeKind::Nitro);
+        assert!("nitr0".parse::<TeeKind>().is_err());
+        assert_eq!(serde_json::to_string(&TeeKind::Nitro).unwrap(), "\"NITRO\"");
     }
 }

@@ -311,6 +311,8 @@ impl CollateralProvider {
             }
             // SNP evidence may carry its own certificates.
             TeeKind::Snp => true,
+            // A Nitro document carries its whole chain, to a root pinned in the verifier.
+            TeeKind::Nitro => true,
         }
     }
 
@@ -433,7 +435,8 @@ impl CollateralProvider {
         now: u64,
     ) -> Result<(Collateral, CollateralUse)> {
         let outcome = match evidence.tee {
-            TeeKind::Sim => Ok((
+            // SIM needs none; a Nitro document carries its whole chain.
+            TeeKind::Sim | TeeKind::Nitro => Ok((
                 Collateral::none(),
                 CollateralUse::new(None, CollateralOrigin::None, ""),
             )),

@@ -495,6 +495,8 @@ fn policy_names(policy: &Policy, tee: TeeKind) -> bool {
         TeeKind::Tdx => policy.tdx.is_some(),
         TeeKind::Snp => policy.snp.is_some(),
         TeeKind::Sim => false,
+        // Nitro evidence needs no collateral: its document carries its chain.
+        TeeKind::Nitro => false,
     }
 }
 

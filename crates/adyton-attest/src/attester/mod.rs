@@ -4,6 +4,7 @@
 //! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
 
 pub mod gramine;
+pub mod nitro;
 mod opening;
 pub mod sim;
 pub mod tsm;
@@ -35,6 +36,8 @@ pub struct AttesterPaths {
     pub sim_key: PathBuf,
     /// The SEV-SNP guest device, whose derived keys seal on SNP (`SNP_GET_DERIVED_KEY`).
     pub sev_guest: PathBuf,
+    /// The AWS Nitro Secure Module's device file.
+    pub nsm: PathBuf,
 }
 
 impl Default for AttesterPaths {
@@ -44,6 +47,7 @@ impl Default for AttesterPaths {
             tsm_report: PathBuf::from("/sys/kernel/config/tsm/report"),
             sim_key: sim::default_key_path(),
             sev_guest: PathBuf::from("/dev/sev-guest"),
+            nsm: PathBuf::from("/dev/nsm"),
         }
     }
 }
@@ -69,12 +73,19 @@ impl std::str::FromStr for TeeChoice {
     }
 }
 
-/// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP).
+/// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP),
+/// then an AWS Nitro Secure Module.
 pub fn detect(paths: &AttesterPaths) -> Option<TeeKind> {
     if gramine::GramineAttester::probe(&paths.gramine).is_ok() {
         return Some(TeeKind::Sgx);
     }
-    tsm::TsmAttester::probe(&paths.tsm_report).ok()
+    if let Ok(kind) = tsm::TsmAttester::probe(&paths.tsm_report) {
+        return Some(kind);
+    }
+    if nitro::NitroAttester::probe(&paths.nsm).is_ok() {
+        return Some(TeeKind::Nitro);
+    }
+    None
 }
 
 /// The attester for `choice`.
@@ -87,5 +98,6 @@ pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn 
         TeeKind::Sgx => Box::new(gramine::GramineAttester::open(&paths.gramine)?),
         TeeKind::Tdx | TeeKind::Snp => Box::new(tsm::TsmAttester::open(&paths.tsm_report, kind)?),
         TeeKind::Sim => Box::new(sim::SimAttester::from_key_file(&paths.sim_key)?),
+        TeeKind::Nitro => Box::new(nitro::NitroAttester::open(&paths.nsm)?),
     })
 }

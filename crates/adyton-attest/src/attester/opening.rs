@@ -109,6 +109,7 @@ mod tests {
             tsm_report: dir.join("no-tsm"),
             sim_key: dir.join("sim.key"),
             sev_guest: dir.join("no-sev-guest"),
+            nsm: dir.join("no-nsm"),
         }
     }
 

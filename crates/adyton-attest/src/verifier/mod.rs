@@ -6,6 +6,7 @@
 
 pub mod dcap;
 mod dcap_cache;
+pub mod nitro;
 pub mod sim;
 pub mod snp;
 
@@ -29,6 +30,7 @@ pub fn verifier_for(tee: TeeKind) -> Box<dyn Verifier> {
         TeeKind::Sgx | TeeKind::Tdx => Box::new(dcap::DcapVerifier::new(tee)),
         TeeKind::Snp => Box::new(snp::SnpVerifier::new()),
         TeeKind::Sim => Box::new(sim::SimVerifier),
+        TeeKind::Nitro => Box::new(nitro::NitroVerifier::new()),
     }
 }
 

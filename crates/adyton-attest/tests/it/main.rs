@@ -7,6 +7,7 @@
 mod attested_tls;
 mod attesters;
 mod dcap;
+mod nitro;
 mod pccs;
 mod pcs_imitation;
 mod policy;
