@@ -148,11 +148,12 @@ const PASSWORD_ENV: &str = "ADYTON_KBS_ADMIN_PASSWORD";
 /// Largest policy file read.
 const MAX_POLICY_FILE_LEN: u64 = 1 << 20;
 /// The TEE tables a policy file may hold, with the KBS's name of each attestation type.
-const TEE_TABLES: [(&str, &str); 4] = [
+const TEE_TABLES: [(&str, &str); 5] = [
     ("sgx", "SGX"),
     ("tdx", "TDX"),
     ("snp", "SNP"),
     ("sim", "SIM"),
+    ("nitro", "NITRO"),
 ];
 
 /// `adyton kbs login`.
@@ -411,7 +412,7 @@ fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
         match TEE_TABLES.iter().find(|(table, _)| *table == name) {
             Some((_, kind)) => found.push((*kind, value)),
             None => bail!(
-                "policy file {} has a table `{name}`; only sgx, tdx, snp and sim are known",
+                "policy file {} has a table `{name}`; only sgx, tdx, snp, sim and nitro are known",
                 path.display()
             ),
         }
