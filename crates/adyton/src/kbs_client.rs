@@ -594,6 +594,14 @@ mod tests {
         let (kind, table) = read_policy_file(&path).unwrap();
         assert_eq!(kind, "TDX");
         assert_eq!(table, serde_json::json!({ "min_seamsvn": 3 }));
+        let path = policy_file(
+            dir.path(),
+            "nitro.toml",
+            &format!("[nitro]\npcr0 = [\"{m}\"]\n"),
+        );
+        let (kind, table) = read_policy_file(&path).unwrap();
+        assert_eq!(kind, "NITRO");
+        assert_eq!(table, serde_json::json!({ "pcr0": [m] }));
     }
 
     #[test]
