@@ -23,6 +23,9 @@
 //! 7. `user_data` is exactly 64 bytes, which become the claims' report data (Adyton's attester
 //!    puts the report data there), else [`AttestError::MalformedEvidence`].
 //!
+//! [`NitroVerifier::verify_document`] makes checks 2 to 6 alone, for documents that other
+//! software made (AWS's recorded samples carry no 64-byte `user_data`).
+//!
 //! # Trust anchor
 //!
 //! The only root in production is AWS's Nitro root below, pinned in the source. The root that the
