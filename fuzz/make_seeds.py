@@ -87,13 +87,14 @@ def main():
     write("public_key", "intel-be", struct.pack("<I", 65537) + modulus)
     write("public_key", "intel-le", struct.pack("<I", 65537) + modulus[::-1])
 
-    # Evidence: the JSON form, and `selector byte || quote` (TeeKind::ALL: SGX, TDX, SNP, SIM).
+    # Evidence: the JSON form, and `selector byte || quote` (TeeKind::ALL: SGX, TDX, SNP, SIM, NITRO).
     write("evidence", "sgx.json", evidence_json("SGX", sgx_quote))
     write("evidence", "snp.json", evidence_json("SNP", snp_report, snp_chain))
     write("evidence", "sim.json", evidence_json("SIM", b"\x00" * 64))
     write("evidence", "raw-sgx", b"\x00" + sgx_quote)
     write("evidence", "raw-tdx", b"\x01" + tdx_quote)
     write("evidence", "raw-snp", b"\x02" + snp_report)
+    write("evidence", "raw-nitro", b"\x04" + (TESTDATA / "nitro" / "valid-attestation-doc-bytes").read_bytes())
     for i, block in enumerate(doc_blocks("evidence.md", "json")):
         write("evidence", f"doc-{i}.json", block)
 
@@ -109,6 +110,12 @@ def main():
         write("gpu_report", name, bytes.fromhex((gpu / f"{name}.txt").read_text().strip()))
     for name in ["NV_GPU_DRIVER_GH100_550.144.03.xml", "incorrect_signature_driver_rim.xml"]:
         write("gpu_rim", name, (gpu / name).read_bytes())
+    # AWS Nitro: the three recorded documents, the base64 one decoded.
+    nitro = TESTDATA / "nitro"
+    write("nitro_document", "valid", (nitro / "valid-attestation-doc-bytes").read_bytes())
+    write("nitro_document", "debug", (nitro / "debug-mode-attestation-doc-bytes").read_bytes())
+    write("nitro_document", "debug-2023",
+          base64.b64decode((nitro / "valid-attestation-doc-base64").read_text().strip()))
 
     # Policies: the documentation's, in TOML and JSON.
     mrenclave, mrsigner = "ab" * 32, "cd" * 32

@@ -27,7 +27,7 @@ pub enum TcbStatus {
     TDRelaunchAdvised,
     /// TDX: relaunch advised, and the platform's configuration needs changes.
     TDRelaunchAdvisedConfigurationNeeded,
-    /// The simulated TEE has no TCB.
+    /// The TEE has no TCB to judge: the simulated TEE, and AWS Nitro, whose document states none.
     NotApplicable,
     /// A status this build does not know.
     Other(String),
@@ -191,6 +191,31 @@ pub struct AzureTdxClaims {
     pub vtpm: VtpmClaims,
 }
 
+/// Claims proven about an AWS Nitro Enclaves attestation document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NitroClaims {
+    /// The Nitro Secure Module's id (`i-<instance>-enc<enclave>`).
+    pub module_id: String,
+    /// The PCR bank's digest algorithm; always `SHA384` (others are refused).
+    pub digest: String,
+    /// When the NSM signed the document, milliseconds since the unix epoch.
+    pub timestamp_ms: u64,
+    /// PCR0, PCR1, ... in order (at least 16 registers, 48 bytes each). PCR0 measures the enclave
+    /// image, PCR1 the kernel and boot ramfs, PCR2 the application, PCR3 the parent instance's IAM
+    /// role, PCR4 the parent instance id, PCR8 the image's signing certificate.
+    #[serde(with = "hex_list")]
+    pub pcrs: Vec<[u8; 48]>,
+    /// Whether the enclave runs in debug mode: PCR0, PCR1 and PCR2 are all zero, which the NSM
+    /// reports for an enclave started with `--debug-mode` (the parent can read its console).
+    pub debug_mode: bool,
+    /// The document's `public_key` field, when the requester set one.
+    #[serde(with = "hex_option", skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<Vec<u8>>,
+    /// The document's `nonce` field, when the requester set one.
+    #[serde(with = "hex_option", skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Vec<u8>>,
+}
+
 /// The TEE-specific part of the claims.
 // The TDX claims (nine 48-byte registers) are several times the size of the others. Claims are
 // made once per verification and moved a few times, so boxing them would save nothing that
@@ -213,6 +238,8 @@ pub enum TeeClaims {
     /// An Azure confidential VM on TDX.
     #[serde(rename = "azure-tdx")]
     AzureTdx(AzureTdxClaims),
+    /// AWS Nitro Enclaves.
+    Nitro(NitroClaims),
 }
 
 /// Everything a verifier proved about a piece of evidence.
@@ -245,7 +272,8 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// The measurement a person compares first, as hex: MRENCLAVE, MRTD, or the launch measurement.
+    /// The measurement a person compares first, as hex: MRENCLAVE, MRTD, the launch measurement,
+    /// or a Nitro enclave image's PCR0.
     pub fn primary_measurement(&self) -> String {
         match &self.details {
             TeeClaims::Sgx(c) => hex::encode(c.mrenclave),
@@ -254,6 +282,7 @@ impl Claims {
             TeeClaims::Sim(c) => hex::encode(c.measurement),
             TeeClaims::AzureSnp(c) => hex::encode(c.snp.measurement),
             TeeClaims::AzureTdx(c) => hex::encode(c.tdx.mrtd),
+            TeeClaims::Nitro(c) => c.pcrs.first().map(hex::encode).unwrap_or_default(),
         }
     }
 
@@ -294,6 +323,33 @@ mod hex_array4 {
             seq.serialize_element(&hex::encode(register))?;
         }
         seq.end()
+    }
+}
+
+mod hex_list {
+    use serde::ser::SerializeSeq;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &[[u8; 48]], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(value.len()))?;
+        for register in value {
+            seq.serialize_element(&hex::encode(register))?;
+        }
+        seq.end()
+    }
+}
+
+mod hex_option {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_some(&hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
     }
 }
 

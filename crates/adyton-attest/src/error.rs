@@ -200,6 +200,14 @@ pub enum AttestError {
         reason: String,
     },
 
+    /// The evidence was made too long before the verification time, or claims a time after it
+    /// beyond the allowed clock skew (an AWS Nitro document's `timestamp`).
+    #[error("evidence time refused: {what}")]
+    EvidenceTime {
+        /// The evidence's time, the verification time and the bound.
+        what: String,
+    },
+
     /// The crypto library failed in a way no input explains.
     #[error("crypto library failure: {0}")]
     Crypto(&'static str),

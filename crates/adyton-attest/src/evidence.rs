@@ -47,17 +47,21 @@ pub enum TeeKind {
     /// and a vTPM quote (`crate::verifier::azure`).
     #[serde(rename = "AZURE-TDX")]
     AzureTdx,
+    /// AWS Nitro Enclaves (the Nitro Secure Module's COSE_Sign1 attestation document).
+    #[serde(rename = "NITRO")]
+    Nitro,
 }
 
 impl TeeKind {
     /// All kinds.
-    pub const ALL: [TeeKind; 6] = [
+    pub const ALL: [TeeKind; 7] = [
         TeeKind::Sgx,
         TeeKind::Tdx,
         TeeKind::Snp,
         TeeKind::Sim,
         TeeKind::AzureSnp,
         TeeKind::AzureTdx,
+        TeeKind::Nitro,
     ];
 
     /// The name used in HTTP headers (`Attestation-Type`) and files: `SGX`, `TDX`, `SNP`, `SIM`.
@@ -69,6 +73,7 @@ impl TeeKind {
             TeeKind::Sim => "SIM",
             TeeKind::AzureSnp => "AZURE-SNP",
             TeeKind::AzureTdx => "AZURE-TDX",
+            TeeKind::Nitro => "NITRO",
         }
     }
 }
@@ -101,6 +106,8 @@ impl FromStr for TeeKind {
 /// - AZURE-SNP and AZURE-TDX: `quote` is the JSON container of `crate::verifier::azure` (the HCL
 ///   report, the vTPM quote with its signature and PCR values, the report data, and for TDX the TD
 ///   quote); `certificates` may hold the VCEK chain as PEM (AZURE-SNP).
+/// - NITRO: `quote` is the Nitro Secure Module's attestation document (COSE_Sign1, CBOR), which
+///   carries its own certificate chain; `certificates` is absent.
 ///
 /// `gpus` holds the evidence of the confidential GPUs this TEE drives (composite evidence,
 /// `crate::composite`), each bound to this evidence's report data; it is empty for a CPU alone.
@@ -332,6 +339,8 @@ mod tests {
     fn tee_names_parse_case_insensitively() {
         assert_eq!("tdx".parse::<TeeKind>().unwrap(), TeeKind::Tdx);
         assert_eq!("SNP".parse::<TeeKind>().unwrap(), TeeKind::Snp);
-        assert!("nitro".parse::<TeeKind>().is_err());
+        assert_eq!("nitro".parse::<TeeKind>().unwrap(), TeeKind::Nitro);
+        assert!("nitr0".parse::<TeeKind>().is_err());
+        assert_eq!(serde_json::to_string(&TeeKind::Nitro).unwrap(), "\"NITRO\"");
     }
 }

@@ -408,6 +408,49 @@ fn dotted(text: &str, radix: u32) -> Option<Vec<u64>> {
     Some(parts)
 }
 
+/// Reference values for AWS Nitro Enclaves: the PCRs that identify the enclave.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NitroPolicy {
+    /// Allowed PCR0 values (the enclave image file).
+    #[serde(default)]
+    pub pcr0: Vec<Hex<48>>,
+    /// Allowed PCR1 values (the Linux kernel and boot ramfs).
+    #[serde(default)]
+    pub pcr1: Vec<Hex<48>>,
+    /// Allowed PCR2 values (the application).
+    #[serde(default)]
+    pub pcr2: Vec<Hex<48>>,
+    /// Allowed PCR3 values (the parent instance's IAM role).
+    #[serde(default)]
+    pub pcr3: Vec<Hex<48>>,
+    /// Allowed PCR4 values (the parent instance's id).
+    #[serde(default)]
+    pub pcr4: Vec<Hex<48>>,
+    /// Allowed PCR5 values.
+    #[serde(default)]
+    pub pcr5: Vec<Hex<48>>,
+    /// Allowed PCR6 values.
+    #[serde(default)]
+    pub pcr6: Vec<Hex<48>>,
+    /// Allowed PCR7 values.
+    #[serde(default)]
+    pub pcr7: Vec<Hex<48>>,
+    /// Allowed PCR8 values (the enclave image's signing certificate).
+    #[serde(default)]
+    pub pcr8: Vec<Hex<48>>,
+}
+
+impl NitroPolicy {
+    /// The allowed values of PCR0 to PCR8, in order.
+    fn pcrs(&self) -> [&[Hex<48>]; 9] {
+        [
+            &self.pcr0, &self.pcr1, &self.pcr2, &self.pcr3, &self.pcr4, &self.pcr5, &self.pcr6,
+            &self.pcr7, &self.pcr8,
+        ]
+    }
+}
+
 /// A policy: one optional table per TEE.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -433,6 +476,9 @@ pub struct Policy {
     /// Requirements on attached NVIDIA GPUs; without it GPU evidence is ignored.
     #[serde(default)]
     pub nvidia_gpu: Option<NvidiaGpuPolicy>,
+    /// AWS Nitro Enclaves reference values.
+    #[serde(default)]
+    pub nitro: Option<NitroPolicy>,
 }
 
 struct Common<'a> {
@@ -609,6 +655,22 @@ impl Policy {
                 one_of("sim.measurement", &p.measurement, &c.measurement)?;
                 let signer: [u8; 32] = c.signer.as_slice().try_into().unwrap_or([0; 32]);
                 one_of("sim.signer", &p.signer, &signer)?;
+                return Ok(());
+            }
+            TeeClaims::Nitro(c) => {
+                let p = self.nitro.as_ref().ok_or_else(not_in_policy)?;
+                for (i, allowed) in p.pcrs().into_iter().enumerate() {
+                    let field = format!("nitro.pcr{i}");
+                    // A verified document has at least 16 PCRs; a missing one matches no list.
+                    match c.pcrs.get(i) {
+                        Some(value) => one_of(&field, allowed, value)?,
+                        None if !allowed.is_empty() => {
+                            return Err(denied(&field, "a listed value", "absent"))
+                        }
+                        None => {}
+                    }
+                }
+                // Nitro states no TCB, advisories or collateral: nothing more to judge.
                 return Ok(());
             }
         };

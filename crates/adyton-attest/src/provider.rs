@@ -315,6 +315,8 @@ impl CollateralProvider {
             // SNP evidence may carry its own certificates, and so may AZURE-SNP evidence.
             TeeKind::Snp | TeeKind::AzureSnp => true,
             TeeKind::AzureTdx => self.pccs.is_some() || bundle.is_some_and(|c| c.dcap.is_some()),
+            // A Nitro document carries its whole chain, to a root pinned in the verifier.
+            TeeKind::Nitro => true,
         }
     }
 
@@ -438,7 +440,8 @@ impl CollateralProvider {
         now: u64,
     ) -> Result<(Collateral, CollateralUse)> {
         let outcome = match evidence.tee {
-            TeeKind::Sim => Ok((
+            // SIM needs none; a Nitro document carries its whole chain.
+            TeeKind::Sim | TeeKind::Nitro => Ok((
                 Collateral::none(),
                 CollateralUse::new(None, CollateralOrigin::None, ""),
             )),

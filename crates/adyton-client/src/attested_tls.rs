@@ -499,6 +499,8 @@ fn policy_names(policy: &Policy, tee: TeeKind) -> bool {
         TeeKind::Sim => false,
         TeeKind::AzureSnp => policy.azure_snp.is_some(),
         TeeKind::AzureTdx => policy.azure_tdx.is_some(),
+        // Nitro evidence needs no collateral: its document carries its chain.
+        TeeKind::Nitro => false,
     }
 }
 

@@ -110,14 +110,15 @@ pub struct VerifyArgs {
     pub evidence: Option<PathBuf>,
 
     /// TEE of a raw vendor file given with --quote or --report.
-    #[arg(long, value_name = "sgx|tdx|snp")]
+    #[arg(long, value_name = "sgx|tdx|snp|nitro")]
     pub tee: Option<String>,
 
     /// A raw DCAP quote (binary or hex), for --tee sgx or tdx.
     #[arg(long, value_name = "FILE")]
     pub quote: Option<PathBuf>,
 
-    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp.
+    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp; or an AWS Nitro
+    /// attestation document (COSE_Sign1, binary or hex), for --tee nitro.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
@@ -448,11 +449,12 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
             })
         }
         (None, None, Some(path)) => {
-            if raw_tee()? != TeeKind::Snp {
-                bail!("--report is for --tee snp");
+            let tee = raw_tee()?;
+            if !matches!(tee, TeeKind::Snp | TeeKind::Nitro) {
+                bail!("--report is for --tee snp or nitro");
             }
             Ok(Evidence {
-                tee: TeeKind::Snp,
+                tee,
                 quote: binary_or_hex(read_limited(path)?),
                 certificates: None,
                 gpus: Vec::new(),

@@ -148,13 +148,14 @@ const PASSWORD_ENV: &str = "ADYTON_KBS_ADMIN_PASSWORD";
 /// Largest policy file read.
 const MAX_POLICY_FILE_LEN: u64 = 1 << 20;
 /// The TEE tables a policy file may hold, with the KBS's name of each attestation type.
-const TEE_TABLES: [(&str, &str); 6] = [
+const TEE_TABLES: [(&str, &str); 7] = [
     ("sgx", "SGX"),
     ("tdx", "TDX"),
     ("snp", "SNP"),
     ("sim", "SIM"),
     ("azure_snp", "AZURE-SNP"),
     ("azure_tdx", "AZURE-TDX"),
+    ("nitro", "NITRO"),
 ];
 
 /// `adyton kbs login`.
@@ -413,7 +414,7 @@ fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
         match TEE_TABLES.iter().find(|(table, _)| *table == name) {
             Some((_, kind)) => found.push((*kind, value)),
             None => bail!(
-                "policy file {} has a table `{name}`; only sgx, tdx, snp, sim, azure_snp and azure_tdx are known",
+                "policy file {} has a table `{name}`; only sgx, tdx, snp, sim, azure_snp, azure_tdx and nitro are known",
                 path.display()
             ),
         }
@@ -595,6 +596,14 @@ mod tests {
         let (kind, table) = read_policy_file(&path).unwrap();
         assert_eq!(kind, "TDX");
         assert_eq!(table, serde_json::json!({ "min_seamsvn": 3 }));
+        let path = policy_file(
+            dir.path(),
+            "nitro.toml",
+            &format!("[nitro]\npcr0 = [\"{m}\"]\n"),
+        );
+        let (kind, table) = read_policy_file(&path).unwrap();
+        assert_eq!(kind, "NITRO");
+        assert_eq!(table, serde_json::json!({ "pcr0": [m] }));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod azure;
 pub mod gramine;
+pub mod nitro;
 mod opening;
 pub mod sim;
 pub mod tsm;
@@ -38,6 +39,8 @@ pub struct AttesterPaths {
     pub sev_guest: PathBuf,
     /// The TPM device (the kernel's resource manager), whose vTPM attests Azure confidential VMs.
     pub tpm: PathBuf,
+    /// The AWS Nitro Secure Module's device file.
+    pub nsm: PathBuf,
 }
 
 impl Default for AttesterPaths {
@@ -48,6 +51,7 @@ impl Default for AttesterPaths {
             sim_key: sim::default_key_path(),
             sev_guest: PathBuf::from("/dev/sev-guest"),
             tpm: PathBuf::from("/dev/tpmrm0"),
+            nsm: PathBuf::from("/dev/nsm"),
         }
     }
 }
@@ -73,12 +77,19 @@ impl std::str::FromStr for TeeChoice {
     }
 }
 
-/// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP).
+/// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP),
+/// then an AWS Nitro Secure Module.
 pub fn detect(paths: &AttesterPaths) -> Option<TeeKind> {
     if gramine::GramineAttester::probe(&paths.gramine).is_ok() {
         return Some(TeeKind::Sgx);
     }
-    tsm::TsmAttester::probe(&paths.tsm_report).ok()
+    if let Ok(kind) = tsm::TsmAttester::probe(&paths.tsm_report) {
+        return Some(kind);
+    }
+    if nitro::NitroAttester::probe(&paths.nsm).is_ok() {
+        return Some(TeeKind::Nitro);
+    }
+    None
 }
 
 /// The attester for `choice`.
@@ -94,5 +105,6 @@ pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn 
         TeeKind::AzureSnp | TeeKind::AzureTdx => {
             Box::new(azure::AzureAttester::open(&paths.tpm, kind)?)
         }
+        TeeKind::Nitro => Box::new(nitro::NitroAttester::open(&paths.nsm)?),
     })
 }

@@ -110,6 +110,7 @@ mod tests {
             sim_key: dir.join("sim.key"),
             sev_guest: dir.join("no-sev-guest"),
             tpm: dir.join("no-tpm"),
+            nsm: dir.join("no-nsm"),
         }
     }
 

@@ -124,7 +124,7 @@ pub fn sealer_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn Se
             let attester = attester::sim::SimAttester::from_key_file(&paths.sim_key)?;
             Box::new(sim::SimSealer::new(&attester))
         }
-        TeeKind::Tdx => return Err(AttestError::SealingUnsupported { tee: TeeKind::Tdx }),
+        TeeKind::Tdx | TeeKind::Nitro => return Err(AttestError::SealingUnsupported { tee: kind }),
         // The vTPM could seal, but its keys are the paravisor's, not the hardware's.
         tee @ (TeeKind::AzureSnp | TeeKind::AzureTdx) => {
             return Err(AttestError::SealingUnsupported { tee })

@@ -7,6 +7,7 @@
 pub mod azure;
 pub mod dcap;
 mod dcap_cache;
+pub mod nitro;
 pub mod sim;
 pub mod snp;
 
@@ -32,6 +33,7 @@ pub fn verifier_for(tee: TeeKind) -> Box<dyn Verifier> {
         TeeKind::Sim => Box::new(sim::SimVerifier),
         TeeKind::AzureSnp => Box::new(azure::AzureVerifier::snp()),
         TeeKind::AzureTdx => Box::new(azure::AzureVerifier::tdx()),
+        TeeKind::Nitro => Box::new(nitro::NitroVerifier::new()),
     }
 }
 

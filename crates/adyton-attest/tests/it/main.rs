@@ -8,6 +8,7 @@ mod attested_tls;
 mod attesters;
 mod azure;
 mod dcap;
+mod nitro;
 mod pccs;
 mod pcs_imitation;
 mod policy;

@@ -32,6 +32,7 @@ fn paths_in(dir: &Path) -> AttesterPaths {
         sim_key: dir.join("sim.key"),
         sev_guest: dir.join("sev-guest"),
         tpm: dir.join("tpmrm0"),
+        nsm: dir.join("nsm"),
     }
 }
 

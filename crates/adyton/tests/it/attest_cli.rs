@@ -372,6 +372,46 @@ fn real_aws_vlek_report_verifies_with_only_its_vlek() {
 }
 
 #[test]
+fn real_nitro_documents_are_checked_from_vendor_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let document = testdata("nitro/valid-attestation-doc-bytes");
+    let verify = |at: &str| -> String {
+        adyton_err(
+            &[
+                "attest", "verify", "--tee", "nitro", "--report", &document, "--at", at,
+            ],
+            d,
+        )
+    };
+    // Genuine at its time, but AWS's sample has no 64 bytes of user_data: no report data.
+    let stderr = verify("2022-10-13T09:00:00Z");
+    assert!(stderr.contains("user_data"), "{stderr}");
+    // After its leaf certificate expired.
+    let stderr = verify("2022-10-13T12:00:00Z");
+    assert!(stderr.contains("collateral expired"), "{stderr}");
+    // A flipped signature byte.
+    let mut bytes = fs::read(&document).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(d.join("flipped"), &bytes).unwrap();
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "nitro",
+            "--report",
+            "flipped",
+            "--at",
+            "1665651600",
+        ],
+        d,
+    );
+    assert!(stderr.contains("bad signature"), "{stderr}");
+}
+
+#[test]
 fn unreachable_collateral_services_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let quote = testdata("dcap/tdx_quote");
