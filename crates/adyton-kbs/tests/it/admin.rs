@@ -670,7 +670,7 @@ async fn malformed_admin_bodies_are_400() {
         // The table sits under another TEE's name than the attestation type.
         json!({ "attestation_type": "SIM", "tdx": measurement }),
         json!({ "attestation_type": "SIM", "sim": measurement, "tdx": measurement }),
-        json!({ "attestation_type": "NITRO", "nitro": measurement }),
+        json!({ "attestation_type": "CCA", "cca": measurement }),
         json!({ "attestation_type": "SIM" }),
         json!({ "sim": measurement }),
         json!({ "attestation_type": "SIM", "sim": [1, 2] }),

@@ -292,7 +292,7 @@ async fn the_wrong_attestation_type_is_forbidden_and_an_unknown_one_is_bad() {
     let reply = f.send(&f.key_id, "TDX", f.honest_body(), true).await;
     f.assert_denied(&reply, StatusCode::FORBIDDEN, true);
 
-    let reply = f.send(&f.key_id, "NITRO", f.honest_body(), true).await;
+    let reply = f.send(&f.key_id, "CCA", f.honest_body(), true).await;
     f.assert_denied(&reply, StatusCode::BAD_REQUEST, true);
 
     let reply = f.send(&f.key_id, "", f.honest_body(), true).await;

@@ -323,7 +323,7 @@ fn the_wrong_attestation_type_is_refused() {
         f.refused(&request),
         KbsError::AttestationTypeMismatch { .. }
     ));
-    request.attestation_type = "NITRO".into();
+    request.attestation_type = "CCA".into();
     assert!(matches!(f.refused(&request), KbsError::BadRequest { .. }));
 }
 
