@@ -165,6 +165,16 @@ pub enum AttestError {
         reason: String,
     },
 
+    /// The Confidential Containers attestation agent (its REST API) gave no usable evidence:
+    /// unreachable, an HTTP error, too slow, too large, or not the agent's evidence JSON.
+    #[error("attestation agent at {url}: {reason}")]
+    AttestationAgent {
+        /// The agent's base URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The crypto library failed in a way no input explains.
     #[error("crypto library failure: {0}")]
     Crypto(&'static str),

@@ -3,6 +3,7 @@
 //! One trait, one module per interface. The interfaces' root paths are parameters, so that tests
 //! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
 
+pub mod coco;
 pub mod gramine;
 mod opening;
 pub mod sim;
@@ -35,6 +36,8 @@ pub struct AttesterPaths {
     pub sim_key: PathBuf,
     /// The SEV-SNP guest device, whose derived keys seal on SNP (`SNP_GET_DERIVED_KEY`).
     pub sev_guest: PathBuf,
+    /// The Confidential Containers attestation agent's REST API, for `TeeChoice::Coco`.
+    pub coco: coco::CocoOptions,
 }
 
 impl Default for AttesterPaths {
@@ -44,6 +47,7 @@ impl Default for AttesterPaths {
             tsm_report: PathBuf::from("/sys/kernel/config/tsm/report"),
             sim_key: sim::default_key_path(),
             sev_guest: PathBuf::from("/dev/sev-guest"),
+            coco: coco::CocoOptions::default(),
         }
     }
 }
@@ -55,6 +59,10 @@ pub enum TeeChoice {
     Auto,
     /// This TEE, or an error if it is not available.
     Kind(TeeKind),
+    /// TDX or SNP evidence through the Confidential Containers attestation agent
+    /// ([`coco::CocoAttester`]), whose answer names the TEE. Never chosen by `auto`, which does
+    /// not probe the network.
+    Coco,
 }
 
 impl std::str::FromStr for TeeChoice {
@@ -63,6 +71,8 @@ impl std::str::FromStr for TeeChoice {
     fn from_str(text: &str) -> Result<Self> {
         if text.eq_ignore_ascii_case("auto") {
             Ok(TeeChoice::Auto)
+        } else if text.eq_ignore_ascii_case("coco") {
+            Ok(TeeChoice::Coco)
         } else {
             text.parse().map(TeeChoice::Kind)
         }
@@ -82,6 +92,7 @@ pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn 
     let kind = match choice {
         TeeChoice::Auto => detect(paths).ok_or(AttestError::NoTeeDetected)?,
         TeeChoice::Kind(kind) => kind,
+        TeeChoice::Coco => return Ok(Box::new(coco::CocoAttester::open(&paths.coco)?)),
     };
     Ok(match kind {
         TeeKind::Sgx => Box::new(gramine::GramineAttester::open(&paths.gramine)?),

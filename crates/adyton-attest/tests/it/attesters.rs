@@ -277,6 +277,7 @@ fn auto_detects_the_tee_and_never_falls_back_to_sim() {
         tsm_report: tsm.to_path_buf(),
         sim_key: nowhere.path().join("sim.key"),
         sev_guest: nowhere.path().join("sev-guest"),
+        coco: Default::default(),
     };
 
     let err = attester::attester_for(TeeChoice::Auto, &paths(&missing, &missing)).unwrap_err();
@@ -312,6 +313,7 @@ fn explicit_tee_without_its_interface_is_refused() {
         tsm_report: nowhere.path().join("b"),
         sim_key: nowhere.path().join("sim.key"),
         sev_guest: nowhere.path().join("sev-guest"),
+        coco: Default::default(),
     };
     for tee in [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp] {
         let err = attester::attester_for(TeeChoice::Kind(tee), &paths).unwrap_err();

@@ -31,6 +31,7 @@ fn paths_in(dir: &Path) -> AttesterPaths {
         tsm_report: dir.join("tsm"),
         sim_key: dir.join("sim.key"),
         sev_guest: dir.join("sev-guest"),
+        coco: Default::default(),
     }
 }
 
