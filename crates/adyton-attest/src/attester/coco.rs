@@ -804,4 +804,34 @@ mod tests {
         };
         assert_eq!(super::super::detect(&paths), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the agent answers is evidence or an error, never a panic.
+        #[test]
+        fn any_answer_is_evidence_or_an_error(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+        ) {
+            let _ = parse_agent_evidence(&body);
+        }
+
+        /// The same for the real answers with a few bytes changed, which keeps most of them JSON.
+        #[test]
+        fn a_changed_real_answer_is_evidence_or_an_error(
+            snp in proptest::bool::ANY,
+            edits in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 1..4),
+        ) {
+            let mut body = if snp {
+                snp_json(&milan_report(), Some(read("snp/vcek_milan.der")))
+            } else {
+                tdx_json(&tdx_quote())
+            };
+            for (at, byte) in edits {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            let _ = parse_agent_evidence(&body);
+        }
+    }
 }
