@@ -803,6 +803,12 @@ mod tests {
             coco: CocoOptions::new("http://192.0.2.1:1"),
         };
         assert_eq!(super::super::detect(&paths), None);
+        // Offline mode needs a sealing key, which the agent does not give.
+        let err = crate::seal::sealer_for(super::super::TeeChoice::Coco, &paths).unwrap_err();
+        assert!(
+            matches!(&err, AttestError::AttestationAgent { reason, .. } if reason.contains("not sealing keys")),
+            "{err}"
+        );
     }
 
     proptest::proptest! {
