@@ -11,7 +11,8 @@ rendered object is checked:
 - against our own rules: every container has CPU and memory requests and limits, runs as non-root
   with no privilege escalation, a read-only root filesystem, every capability dropped and the
   RuntimeDefault seccomp profile; the inference server runs under the overlay's Kata runtime class
-  with the overlay's TEE, has HTTPS liveness and readiness probes on /v2/health/live and
+  with the overlay's TEE (`coco` under a Kata TEE runtime class, with the kata agent told to serve
+  the attestation agent's evidence endpoint), has HTTPS liveness and readiness probes on /v2/health/live and
   /v2/health/ready and an autoscaler; and the NetworkPolicies, evaluated as Kubernetes does, let
   only inference servers reach the key broker's transfer instance, only operators its admin
   instance, and only the key broker its database.
@@ -45,6 +46,8 @@ K8S = REPO / "deploy" / "k8s"
 SCHEMA_VERSIONS = ("1.25", "1.37")
 
 SERVER_IMAGE = "localhost/adyton-server"
+KATA_KERNEL_PARAMS = "io.katacontainers.config.hypervisor.kernel_params"
+REST_API_PARAMS = ("agent.guest_components_rest_api=attestation", "agent.guest_components_rest_api=all")
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 
@@ -64,10 +67,12 @@ class Expect:
 
 
 TARGETS: dict[str, Expect] = {
-    "overlays/coco-tdx": Expect("kata-qemu-tdx", "tdx"),
-    "overlays/coco-snp": Expect("kata-qemu-snp", "snp"),
+    # A Kata TEE guest gives the pod no configfs-tsm: evidence comes from the attestation agent.
+    "overlays/coco-tdx": Expect("kata-qemu-tdx", "coco"),
+    "overlays/coco-snp": Expect("kata-qemu-snp", "coco"),
+    # No hardware TEE: the agent's evidence there is its unsigned sample, which Adyton refuses.
     "overlays/coco-dev": Expect("kata-qemu-coco-dev", "sim"),
-    "overlays/kserve": Expect("kata-qemu-tdx", "tdx", kserve=True),
+    "overlays/kserve": Expect("kata-qemu-tdx", "coco", kserve=True),
     "examples/tls-passthrough": Expect(None, None, stack=False),
 }
 
@@ -237,6 +242,7 @@ class Pod:
     # The InferenceService's predictor, for a KServe pod.
     component: str = ""
     extra: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
 
 
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
@@ -252,7 +258,9 @@ def pods(objects: list[dict]) -> list[Pod]:
         if kind in POD_OWNERS:
             template = (obj.get("spec") or {}).get("template") or {}
             labels = (template.get("metadata") or {}).get("labels") or {}
-            found.append(Pod(name_of(obj), dict(labels), template.get("spec") or {}))
+            annotations = (template.get("metadata") or {}).get("annotations") or {}
+            found.append(Pod(name_of(obj), dict(labels), template.get("spec") or {},
+                             annotations=dict(annotations)))
         elif kind == "InferenceService":
             # KServe builds the predictor's pod from the InferenceService's predictor (pod-level
             # fields, labels) and its ServingRuntime's containers and volumes.
@@ -268,7 +276,8 @@ def pods(objects: list[dict]) -> list[Pod]:
             labels["serving.kserve.io/inferenceservice"] = obj["metadata"]["name"]
             labels["component"] = "predictor"
             found.append(Pod(name_of(obj), labels, spec, component="predictor",
-                             extra={"runtime_found": runtime is not None, "predictor": predictor}))
+                             extra={"runtime_found": runtime is not None, "predictor": predictor},
+                             annotations=dict(predictor.get("annotations") or {})))
     return found
 
 
@@ -379,6 +388,14 @@ def server_problems(objects: list[dict], expect: Expect) -> list[str]:
     tees = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--tee"]
     if tees != [expect.tee]:
         problems.append(f"{where}: started with --tee {tees}, expected [{expect.tee!r}]")
+    if expect.tee == "coco":
+        # The kata agent serves the attestation agent's evidence endpoint only when told so.
+        params = server.annotations.get(KATA_KERNEL_PARAMS, "").split()
+        if not any(p in params for p in REST_API_PARAMS):
+            problems.append(
+                f"{server.owner}: --tee coco, but the pod's {KATA_KERNEL_PARAMS} annotation does not "
+                f"enable the attestation agent's REST API ({REST_API_PARAMS[0]})"
+            )
     problems += _probe_problems(where, container.get("livenessProbe"), LIVE_PATH, "liveness")
     problems += _probe_problems(where, container.get("readinessProbe"), READY_PATH, "readiness")
     if expect.kserve:

@@ -193,8 +193,24 @@ def test_a_kserve_predictor_without_runtime_class_fails():
 def test_the_wrong_tee_fails():
     objects = rendered("overlays/coco-snp")
     args = container(objects, "Deployment", "adyton-server")["args"]
-    args[args.index("--tee") + 1] = "sim"
-    assert_problem(objects, "started with --tee ['sim'], expected ['snp']", "overlays/coco-snp")
+    args[args.index("--tee") + 1] = "snp"
+    assert_problem(objects, "started with --tee ['snp'], expected ['coco']", "overlays/coco-snp")
+
+
+@pytest.mark.parametrize("target", ["overlays/coco-tdx", "overlays/coco-snp"])
+def test_coco_without_the_agents_rest_api_fails(target):
+    objects = rendered(target)
+    annotations = find(objects, "Deployment", "adyton-server")["spec"]["template"]["metadata"]["annotations"]
+    annotations["io.katacontainers.config.hypervisor.kernel_params"] = "agent.guest_components_rest_api=resource"
+    assert_problem(objects, "does not enable the attestation agent's REST API", target)
+    del annotations["io.katacontainers.config.hypervisor.kernel_params"]
+    assert_problem(objects, "does not enable the attestation agent's REST API", target)
+
+
+def test_coco_in_kserve_without_the_agents_rest_api_fails():
+    objects = rendered("overlays/kserve")
+    del find(objects, "InferenceService", "adyton")["spec"]["predictor"]["annotations"]
+    assert_problem(objects, "does not enable the attestation agent's REST API", "overlays/kserve")
 
 
 def test_a_missing_autoscaler_fails():

@@ -207,6 +207,15 @@ pub enum AttestError {
         /// The evidence's time, the verification time and the bound.
         what: String,
     },
+    /// The Confidential Containers attestation agent (its REST API) gave no usable evidence:
+    /// unreachable, an HTTP error, too slow, too large, or not the agent's evidence JSON.
+    #[error("attestation agent at {url}: {reason}")]
+    AttestationAgent {
+        /// The agent's base URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 
     /// The crypto library failed in a way no input explains.
     #[error("crypto library failure: {0}")]

@@ -84,6 +84,8 @@ pub struct ServerFlags {
     pub pccs_url: Option<String>,
     /// `--kds-url`: AMD's KDS, for the VCEK of this chip.
     pub kds_url: Option<String>,
+    /// `--coco-url`: the Confidential Containers attestation agent's REST API, for `--tee coco`.
+    pub coco_url: Option<String>,
     /// `--transfer-key p384|rsa-3072`.
     pub transfer_key: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -131,6 +133,8 @@ struct ConfigFile {
     pccs_url: Option<String>,
     /// AMD's KDS, for this chip's VCEK.
     kds_url: Option<String>,
+    /// The Confidential Containers attestation agent's REST API, for `tee = "coco"`.
+    coco_url: Option<String>,
     /// The kind of key pair a pull's key transfer makes: `p384` (the default) or `rsa-3072`.
     transfer_key: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
@@ -450,6 +454,9 @@ pub struct ServerConfig {
     pub pccs_url: Option<String>,
     /// AMD's KDS, for the same.
     pub kds_url: Option<String>,
+    /// Where the Confidential Containers attestation agent answers, for `tee = "coco"`; `None`
+    /// means its usual place in the pod (`http://127.0.0.1:8006`).
+    pub coco_url: Option<String>,
     /// The kind of key pair a pull makes for its key transfer.
     pub transfer_key: TransferKeyKind,
     pub state_dir: Option<PathBuf>,
@@ -483,6 +490,13 @@ impl ServerConfig {
             name: tee_text.clone(),
             source,
         })?;
+        let coco_url = flags.coco_url.clone().or(file.coco_url);
+        if coco_url.is_some() && tee != TeeChoice::Coco {
+            invalid!(
+                "coco_url is the Confidential Containers attestation agent's address, used only \
+                 with tee = \"coco\" (the tee is `{tee_text}`)"
+            );
+        }
         let mut models = file.models;
         for spec in &flags.models {
             let (name, path) = spec.split_once('=').ok_or_else(|| {
@@ -603,6 +617,7 @@ impl ServerConfig {
             registry,
             pccs_url: flags.pccs_url.clone().or(file.pccs_url),
             kds_url: flags.kds_url.clone().or(file.kds_url),
+            coco_url,
             transfer_key,
             state_dir,
             defaults,
@@ -730,6 +745,8 @@ mod tests {
                 "--load-budget-bytes" => flags.load_budget_bytes = Some(size(&value)),
                 "--transfer-key" => flags.transfer_key = Some(value),
                 "--pccs-url" => flags.pccs_url = Some(value),
+                "--tee" => flags.tee = Some(value),
+                "--coco-url" => flags.coco_url = Some(value),
                 "--max-json-response-bytes" => flags.max_json_response_bytes = Some(size(&value)),
                 other => panic!("no such flag in these tests: {other}"),
             }
@@ -1149,5 +1166,26 @@ max_batch_size = 2
         assert_eq!(resolved.kds_url.as_deref(), Some("https://kds.file"));
         let none = resolve_with(None, &[]).unwrap();
         assert_eq!((none.pccs_url, none.kds_url), (None, None));
+    }
+
+    #[test]
+    fn coco_is_chosen_by_name_with_its_agent_url() {
+        let resolved = resolve_with(Some("tee = \"coco\"\n"), &[]).unwrap();
+        assert_eq!((resolved.tee, resolved.coco_url), (TeeChoice::Coco, None));
+        let file = "tee = \"coco\"\ncoco_url = \"http://127.0.0.1:9006\"\n";
+        let resolved = resolve_with(Some(file), &[]).unwrap();
+        assert_eq!(resolved.coco_url.as_deref(), Some("http://127.0.0.1:9006"));
+        let resolved = resolve_with(Some(file), &["--coco-url", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(resolved.coco_url.as_deref(), Some("http://127.0.0.1:1"));
+        let resolved = resolve_with(None, &["--tee", "coco"]).unwrap();
+        assert_eq!(resolved.tee, TeeChoice::Coco);
+        // An agent URL with another TEE is a mistake, not a setting to ignore.
+        let e = error(
+            Some("tee = \"tdx\"\ncoco_url = \"http://127.0.0.1:9006\"\n"),
+            &[],
+        );
+        assert!(e.contains("used only with tee = \"coco\""), "{e}");
+        let e = error(None, &["--coco-url", "http://127.0.0.1:9006"]);
+        assert!(e.contains("the tee is `auto`"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 //! point them at directories that imitate Gramine's `/dev/attestation` and configfs-tsm.
 
 pub mod azure;
+pub mod coco;
 pub mod gramine;
 pub mod nitro;
 mod opening;
@@ -41,6 +42,8 @@ pub struct AttesterPaths {
     pub tpm: PathBuf,
     /// The AWS Nitro Secure Module's device file.
     pub nsm: PathBuf,
+    /// The Confidential Containers attestation agent's REST API, for `TeeChoice::Coco`.
+    pub coco: coco::CocoOptions,
 }
 
 impl Default for AttesterPaths {
@@ -52,6 +55,7 @@ impl Default for AttesterPaths {
             sev_guest: PathBuf::from("/dev/sev-guest"),
             tpm: PathBuf::from("/dev/tpmrm0"),
             nsm: PathBuf::from("/dev/nsm"),
+            coco: coco::CocoOptions::default(),
         }
     }
 }
@@ -63,6 +67,10 @@ pub enum TeeChoice {
     Auto,
     /// This TEE, or an error if it is not available.
     Kind(TeeKind),
+    /// TDX or SNP evidence through the Confidential Containers attestation agent
+    /// ([`coco::CocoAttester`]), whose answer names the TEE. Never chosen by `auto`, which does
+    /// not probe the network.
+    Coco,
 }
 
 impl std::str::FromStr for TeeChoice {
@@ -71,6 +79,8 @@ impl std::str::FromStr for TeeChoice {
     fn from_str(text: &str) -> Result<Self> {
         if text.eq_ignore_ascii_case("auto") {
             Ok(TeeChoice::Auto)
+        } else if text.eq_ignore_ascii_case("coco") {
+            Ok(TeeChoice::Coco)
         } else {
             text.parse().map(TeeChoice::Kind)
         }
@@ -97,6 +107,7 @@ pub fn attester_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn 
     let kind = match choice {
         TeeChoice::Auto => detect(paths).ok_or(AttestError::NoTeeDetected)?,
         TeeChoice::Kind(kind) => kind,
+        TeeChoice::Coco => return Ok(Box::new(coco::CocoAttester::open(&paths.coco)?)),
     };
     Ok(match kind {
         TeeKind::Sgx => Box::new(gramine::GramineAttester::open(&paths.gramine)?),

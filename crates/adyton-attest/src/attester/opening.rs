@@ -37,6 +37,14 @@ impl OpeningAttester {
         let tee = match choice {
             TeeChoice::Auto => detect(paths).ok_or(AttestError::NoTeeDetected)?,
             TeeChoice::Kind(kind) => kind,
+            // The agent's answer names the TEE, so it is opened here: one local request.
+            TeeChoice::Coco => {
+                let attester = attester_for(choice, paths)?;
+                return Ok(Self {
+                    tee: attester.tee(),
+                    state: Mutex::new(State::Open(Arc::from(attester))),
+                });
+            }
         };
         let thread_paths = paths.clone();
         let state = match std::thread::Builder::new()
@@ -111,6 +119,7 @@ mod tests {
             sev_guest: dir.join("no-sev-guest"),
             tpm: dir.join("no-tpm"),
             nsm: dir.join("no-nsm"),
+            coco: Default::default(),
         }
     }
 

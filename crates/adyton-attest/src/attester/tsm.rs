@@ -23,7 +23,7 @@ use crate::evidence::{Evidence, TeeKind, MAX_EVIDENCE_LEN, REPORT_DATA_LEN};
 /// our request: the SNP attestation report at 0x50; a TDX quote after its 48-byte header at offset
 /// 520 of the TD report body, which quote v5 precedes with a 6-byte body descriptor (u16 type,
 /// u32 size).
-fn report_data_offset(tee: TeeKind, blob: &[u8]) -> usize {
+pub(super) fn report_data_offset(tee: TeeKind, blob: &[u8]) -> usize {
     const TDX_HEADER: usize = 48;
     const TD_REPORT_DATA: usize = 520;
     const V5_BODY_DESCRIPTOR: usize = 6;

@@ -116,6 +116,17 @@ pub fn sealer_for(choice: TeeChoice, paths: &AttesterPaths) -> Result<Box<dyn Se
     let kind = match choice {
         TeeChoice::Auto => attester::detect(paths).ok_or(AttestError::NoTeeDetected)?,
         TeeChoice::Kind(kind) => kind,
+        // A pod reaches its TEE only through the attestation agent, which gives evidence, not
+        // sealing keys.
+        TeeChoice::Coco => {
+            return Err(AttestError::AttestationAgent {
+                url: paths.coco.url.clone(),
+                reason: "the agent gives evidence, not sealing keys: offline mode is not \
+                         available in a Confidential Containers pod; use online key release \
+                         (--pull)"
+                    .into(),
+            })
+        }
     };
     Ok(match kind {
         TeeKind::Sgx => Box::new(gramine::GramineSealer::open(&paths.gramine)?),

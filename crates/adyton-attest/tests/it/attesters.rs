@@ -279,6 +279,7 @@ fn auto_detects_the_tee_and_never_falls_back_to_sim() {
         sev_guest: nowhere.path().join("sev-guest"),
         tpm: nowhere.path().join("tpmrm0"),
         nsm: nowhere.path().join("nsm"),
+        coco: Default::default(),
     };
 
     let err = attester::attester_for(TeeChoice::Auto, &paths(&missing, &missing)).unwrap_err();
@@ -316,6 +317,7 @@ fn explicit_tee_without_its_interface_is_refused() {
         sev_guest: nowhere.path().join("sev-guest"),
         tpm: nowhere.path().join("tpmrm0"),
         nsm: nowhere.path().join("nsm"),
+        coco: Default::default(),
     };
     for tee in [TeeKind::Sgx, TeeKind::Tdx, TeeKind::Snp] {
         let err = attester::attester_for(TeeChoice::Kind(tee), &paths).unwrap_err();

@@ -838,6 +838,7 @@ fn auto_detects_nitro_when_the_nsm_device_exists() {
         sev_guest: dir.path().join("no-sev-guest"),
         nsm: dir.path().join("nsm"),
         tpm: dir.path().join("no-tpm"),
+        coco: Default::default(),
     };
     assert_eq!(attester::detect(&paths), None);
     assert!(matches!(

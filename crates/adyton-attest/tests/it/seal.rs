@@ -33,6 +33,7 @@ fn paths_in(dir: &Path) -> AttesterPaths {
         sev_guest: dir.join("sev-guest"),
         tpm: dir.join("tpmrm0"),
         nsm: dir.join("nsm"),
+        coco: Default::default(),
     }
 }
 

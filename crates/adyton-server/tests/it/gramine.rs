@@ -3,7 +3,9 @@
 //! identity would want it: every library the binary loads is a trusted file, the command line and
 //! the environment are fixed, no debug, no insecure option, attestation by DCAP, the state
 //! directory on an encrypted mount keyed to the enclave or its signer. The check is a function of
-//! the rendered TOML, so that altered templates show it can fail.
+//! the rendered TOML, so that altered templates show it can fail. With `render --provision`, the
+//! two enclaves of offline provisioning are checked the same way, with their own fixed command
+//! lines, signer sealing, and the exchange directory as their only unmeasured files.
 //!
 //! Nothing here runs Gramine or SGX: the manifest is rendered with `gramine-manifest` when it is
 //! installed, else with Python's jinja2 (`scripts/setup` installs it into `.venv`).
@@ -41,7 +43,8 @@ enum Problem {
     Debug,
     /// An option named `insecure__*` or `debug__*`, or another that weakens isolation.
     Weakening(String),
-    /// `sgx.allowed_files` is present.
+    /// `sgx.allowed_files` is present (serve), or is more than the provisioning exchange
+    /// directory (provisioning).
     AllowedFiles,
     /// `sgx.remote_attestation` is not `"dcap"`.
     NotDcap,
@@ -55,6 +58,54 @@ enum Problem {
     UntrustedLibrary(String),
     /// The state directory is not an encrypted mount keyed with an SGX sealing key.
     StateMount(String),
+}
+
+/// Which enclave a manifest is for: the server, or a step of offline provisioning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode<'a> {
+    Serve,
+    /// `provision-request` for this model id.
+    ProvisionRequest(&'a str),
+    ProvisionAccept,
+}
+
+/// Where the provisioning enclaves exchange files with the host, inside and outside.
+const EXCHANGE_IN_ENCLAVE: &str = "/provision";
+const EXCHANGE_ON_HOST: &str = "file:provision";
+
+/// The exact command line of a provisioning enclave: its state directory, `--tee sgx`, and the
+/// `signer` sealing that lets the next enclave (another MRENCLAVE, the same signer) unseal.
+fn provisioning_argv(mode: Mode<'_>) -> Vec<String> {
+    let argv: Vec<&str> = match mode {
+        Mode::ProvisionRequest(model) => vec![
+            "adyton-server",
+            "provision-request",
+            "--tee",
+            "sgx",
+            "--state-dir",
+            STATE_DIR,
+            "--model",
+            model,
+            "--blob",
+            "/provision/model.enc",
+            "--sealing",
+            "signer",
+            "--output",
+            "/provision/request.json",
+            "--force",
+        ],
+        Mode::ProvisionAccept => vec![
+            "adyton-server",
+            "provision-accept",
+            "/provision/response.json",
+            "--tee",
+            "sgx",
+            "--state-dir",
+            STATE_DIR,
+        ],
+        Mode::Serve => Vec::new(),
+    };
+    argv.into_iter().map(str::to_owned).collect()
 }
 
 fn get<'a>(table: &'a Table, dotted: &str) -> Option<&'a Value> {
@@ -131,9 +182,14 @@ fn trusted_uris(manifest: &Table) -> Result<Vec<String>, Problem> {
         .collect()
 }
 
-/// Checks a rendered manifest against the libraries `ldd` lists for the binary. Returns every
-/// problem found, empty for a fit manifest.
+/// Checks a rendered server manifest against the libraries `ldd` lists for the binary. Returns
+/// every problem found, empty for a fit manifest.
 fn check_manifest(manifest: &Table, libraries: &[String]) -> Vec<Problem> {
+    check_manifest_as(manifest, libraries, Mode::Serve)
+}
+
+/// Checks a rendered manifest of the enclave `mode`.
+fn check_manifest_as(manifest: &Table, libraries: &[String], mode: Mode<'_>) -> Vec<Problem> {
     let mut problems = Vec::new();
 
     if get(manifest, "sgx.debug").and_then(Value::as_bool) != Some(false) {
@@ -142,8 +198,22 @@ fn check_manifest(manifest: &Table, libraries: &[String]) -> Vec<Problem> {
     if get(manifest, "sgx.remote_attestation").and_then(Value::as_str) != Some("dcap") {
         problems.push(Problem::NotDcap);
     }
-    if get(manifest, "sgx.allowed_files").is_some() {
-        problems.push(Problem::AllowedFiles);
+    let allowed = get(manifest, "sgx.allowed_files");
+    match mode {
+        Mode::Serve if allowed.is_some() => problems.push(Problem::AllowedFiles),
+        Mode::Serve => {}
+        // Provisioning passes through its exchange directory, mounted from the host's
+        // provision/, and nothing else.
+        _ => {
+            let exact = allowed.and_then(Value::as_array).is_some_and(|a| {
+                a.len() == 1 && a[0].as_str() == Some(&format!("{EXCHANGE_ON_HOST}/"))
+            });
+            if !exact
+                || host_uri(manifest, EXCHANGE_IN_ENCLAVE).as_deref() != Some(EXCHANGE_ON_HOST)
+            {
+                problems.push(Problem::AllowedFiles);
+            }
+        }
     }
     let mut weakening = Vec::new();
     weakening_keys("", &Value::Table(manifest.clone()), &mut weakening);
@@ -200,15 +270,17 @@ fn check_manifest(manifest: &Table, libraries: &[String]) -> Vec<Problem> {
         .and_then(Value::as_array)
         .and_then(|a| a.iter().map(Value::as_str).collect());
     let argv_src = get(manifest, "loader.argv_src_file");
-    match argv {
-        Some(argv)
+    match (argv, mode) {
+        (Some(argv), Mode::Serve)
             if argv_src.is_none()
                 && argv.len() == 6
                 && argv[..2] == ["adyton-server", "serve"]
                 && argv[2] == "--config"
                 && is_trusted(argv[3])
                 && argv[4..] == ["--tee", "sgx"] => {}
-        other => problems.push(Problem::Argv(format!("{other:?}"))),
+        (Some(argv), Mode::ProvisionRequest(_) | Mode::ProvisionAccept)
+            if argv_src.is_none() && argv == provisioning_argv(mode) => {}
+        (other, _) => problems.push(Problem::Argv(format!("{other:?}"))),
     }
 
     if get(manifest, "loader.env_src_file").is_some() {
@@ -248,13 +320,17 @@ fn check_manifest(manifest: &Table, libraries: &[String]) -> Vec<Problem> {
             .and_then(Value::as_str)
             .is_some_and(|p| p.trim_end_matches('/') == STATE_DIR)
     });
+    // The provisioning enclaves and the server are three MRENCLAVEs sharing one directory.
+    let keys: &[&str] = match mode {
+        Mode::Serve => &["_sgx_mrenclave", "_sgx_mrsigner"],
+        _ => &["_sgx_mrsigner"],
+    };
     match state_mount {
         Some(m)
             if m.get("type").and_then(Value::as_str) == Some("encrypted")
-                && matches!(
-                    m.get("key_name").and_then(Value::as_str),
-                    Some("_sgx_mrenclave" | "_sgx_mrsigner")
-                ) => {}
+                && m.get("key_name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| keys.contains(&k)) => {}
         other => problems.push(Problem::StateMount(format!("{other:?}"))),
     }
     problems
@@ -310,9 +386,44 @@ fn render(out: &Path, template: Option<&Path>, config: Option<&Path>, extra: &[&
 }
 
 fn rendered(out: &Path) -> Table {
-    let text = fs::read_to_string(out.join("adyton-server.manifest")).unwrap();
+    rendered_named(out, "adyton-server.manifest")
+}
+
+fn rendered_named(out: &Path, name: &str) -> Table {
+    let text = fs::read_to_string(out.join(name)).unwrap();
     text.parse::<Table>()
-        .unwrap_or_else(|e| panic!("the rendered manifest is not TOML: {e}\n{text}"))
+        .unwrap_or_else(|e| panic!("the rendered manifest {name} is not TOML: {e}\n{text}"))
+}
+
+const REQUEST_MANIFEST: &str = "adyton-server-provision-request.manifest";
+const ACCEPT_MANIFEST: &str = "adyton-server-provision-accept.manifest";
+
+/// Renders a copy of the shipped template with `edit` applied and `--provision minilm`, and
+/// checks the provision-request and provision-accept manifests.
+fn check_altered_provisioning(edit: impl Fn(&str) -> String) -> (Vec<Problem>, Vec<Problem>) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let original =
+        fs::read_to_string(deploy_dir().join("adyton-server.manifest.template")).unwrap();
+    let altered = edit(&original);
+    assert_ne!(altered, original, "the edit changed nothing");
+    let template = dir.path().join("altered.manifest.template");
+    fs::write(&template, altered).unwrap();
+    let out = dir.path().join("out");
+    let output = render(&out, Some(&template), None, &["--provision", "minilm"]);
+    assert!(output.status.success(), "render: {output:?}");
+    let libraries = ldd(Path::new(BINARY));
+    (
+        check_manifest_as(
+            &rendered_named(&out, REQUEST_MANIFEST),
+            &libraries,
+            Mode::ProvisionRequest("minilm"),
+        ),
+        check_manifest_as(
+            &rendered_named(&out, ACCEPT_MANIFEST),
+            &libraries,
+            Mode::ProvisionAccept,
+        ),
+    )
 }
 
 /// Renders a copy of the shipped template with `edit` applied, and checks it.
@@ -598,4 +709,144 @@ fn the_onnxruntime_library_and_its_dependencies_are_measured_when_configured() {
     assert!(problems.contains(&Problem::UntrustedLibrary(
         library.to_str().unwrap().to_owned()
     )));
+}
+
+#[test]
+fn provisioning_renders_two_more_enclaves_that_share_the_servers_signer_state() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = dir.path().join("out");
+    let output = render(
+        &out,
+        None,
+        None,
+        &["--provision", "minilm", "--isvprodid", "7"],
+    );
+    assert!(output.status.success(), "render: {output:?}");
+    let libraries = ldd(Path::new(BINARY));
+    let serve = rendered(&out);
+    let request = rendered_named(&out, REQUEST_MANIFEST);
+    let accept = rendered_named(&out, ACCEPT_MANIFEST);
+    assert_eq!(check_manifest(&serve, &libraries), []);
+    assert_eq!(
+        check_manifest_as(&request, &libraries, Mode::ProvisionRequest("minilm")),
+        []
+    );
+    assert_eq!(
+        check_manifest_as(&accept, &libraries, Mode::ProvisionAccept),
+        []
+    );
+    assert!(out.join("provision").is_dir());
+    // What makes one enclave's sealing open in the next: the same signer (signed together), the
+    // same product id and SVN, the same state directory key, the same binary.
+    for key in [
+        "sgx.isvprodid",
+        "sgx.isvsvn",
+        "libos.entrypoint",
+        "sgx.enclave_size",
+    ] {
+        assert_eq!(get(&request, key), get(&serve, key), "{key}");
+        assert_eq!(get(&accept, key), get(&serve, key), "{key}");
+    }
+    assert_eq!(get(&request, "sgx.isvprodid"), Some(&Value::Integer(7)));
+    for manifest in [&serve, &request, &accept] {
+        assert_eq!(
+            host_uri(manifest, "/adyton-server").as_deref(),
+            Some("file:adyton-server")
+        );
+        let state = get(manifest, "fs.mounts")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .find(|m| m.get("path").and_then(Value::as_str) == Some(STATE_DIR))
+            .unwrap();
+        assert_eq!(state["key_name"].as_str(), Some("_sgx_mrsigner"));
+    }
+    // The provisioning enclaves measure no configuration: they read none.
+    assert_eq!(host_uri(&request, CONFIG_IN_ENCLAVE), None);
+    // Without --provision, no provisioning manifest and no exchange directory.
+    let plain = dir.path().join("plain");
+    assert!(render(&plain, None, None, &[]).status.success());
+    assert!(!plain.join(REQUEST_MANIFEST).exists() && !plain.join("provision").exists());
+}
+
+#[test]
+fn the_provisioning_command_lines_fail_the_check_when_altered() {
+    // Sealing to this exact enclave would leave the key unopenable by the accept enclave.
+    let (request, accept) = check_altered_provisioning(|t| {
+        t.replace(
+            "\"--sealing\", \"signer\"",
+            "\"--sealing\", \"exact-build\"",
+        )
+    });
+    assert!(
+        matches!(request.as_slice(), [Problem::Argv(_)]),
+        "{request:?}"
+    );
+    assert_eq!(accept, []);
+    let (request, accept) = check_altered_provisioning(|t| {
+        t.replace(
+            "\"provision-accept\", \"/provision/response.json\"",
+            "\"provision-accept\", \"/provision/other.json\"",
+        )
+    });
+    assert_eq!(request, []);
+    assert!(
+        matches!(accept.as_slice(), [Problem::Argv(_)]),
+        "{accept:?}"
+    );
+}
+
+#[test]
+fn provisioning_passes_through_its_exchange_directory_and_nothing_else() {
+    let (request, accept) = check_altered_provisioning(|t| {
+        t.replace(
+            "sgx.allowed_files = [\"file:provision/\"]",
+            "sgx.allowed_files = [\"file:provision/\", \"file:state/\"]",
+        )
+    });
+    assert_eq!(request, [Problem::AllowedFiles]);
+    assert_eq!(accept, [Problem::AllowedFiles]);
+    let (request, _) = check_altered_provisioning(|t| {
+        t.replace(
+            "{ path = \"/provision\", uri = \"file:provision\" }",
+            "{ path = \"/provision\", uri = \"file:/\" }",
+        )
+    });
+    assert_eq!(request, [Problem::AllowedFiles]);
+    // A provisioning enclave keyed to its own MRENCLAVE cannot share the state directory.
+    let (request, accept) = check_altered_provisioning(|t| {
+        t.replace(
+            "key_name = \"{{ state_key }}\"",
+            "key_name = \"_sgx_mrenclave\"",
+        )
+    });
+    assert!(
+        matches!(request.as_slice(), [Problem::StateMount(_)]),
+        "{request:?}"
+    );
+    assert!(
+        matches!(accept.as_slice(), [Problem::StateMount(_)]),
+        "{accept:?}"
+    );
+}
+
+#[test]
+fn render_refuses_provisioning_that_cannot_unseal_or_a_bad_model_id() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--provision", "minilm", "--state-key", "mrenclave"],
+            "needs --state-key mrsigner",
+        ),
+        (&["--provision", "../etc"], "a model id is"),
+        (&["--provision", "a\"b"], "a model id is"),
+    ];
+    for (args, expected) in cases {
+        let out = dir.path().join("out");
+        let output = render(&out, None, None, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.join(REQUEST_MANIFEST).exists());
+    }
 }

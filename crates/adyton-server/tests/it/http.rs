@@ -12,14 +12,12 @@ use adyton_server::runtime::{
     DataType, Dim, Engine, EngineError, LoadedModel, Plan, PlanStats, Signature, Tensor,
     TensorData, TensorSpec,
 };
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 
-use crate::support::model;
+use crate::support::{call, get, model, Answer};
 
 const TOKEN: &str = "correct horse battery staple";
 
@@ -41,39 +39,6 @@ fn state_with(models: &[(&str, &str)], settings: Settings) -> Arc<ServerState> {
 
 fn app(models: &[(&str, &str)]) -> Router {
     router(state_with(models, Settings::default()))
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap().to_owned()
-    }
-}
-
-async fn call(app: &Router, request: Request<Body>) -> Answer {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn get(app: &Router, path: &str) -> Answer {
-    call(app, Request::get(path).body(Body::empty()).unwrap()).await
 }
 
 /// A POST with no `Content-Type`, as tritonclient sends it.

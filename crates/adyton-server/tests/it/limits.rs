@@ -14,16 +14,14 @@ use adyton_server::pull::{Backoff, FetchError, KeyBroker, ModelInfo, Puller, Reg
 use adyton_server::repository::{Pending, Repository, Source};
 use adyton_server::runtime::tract::TractEngine;
 use adyton_server::runtime::{DataType, Engine, EngineError, Tensor};
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 use zeroize::Zeroizing;
 
 use crate::onnx;
-use crate::support::model;
+use crate::support::{call, get, model, Answer};
 
 const TOKEN: &str = "correct horse battery staple";
 
@@ -39,39 +37,6 @@ fn state(engine: TractEngine, settings: Settings) -> ServerState {
 
 fn app(settings: Settings) -> Router {
     router(Arc::new(state(TractEngine::new(), settings)))
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap().to_owned()
-    }
-}
-
-async fn call(app: &Router, request: Request<Body>) -> Answer {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn get(app: &Router, path: &str) -> Answer {
-    call(app, Request::get(path).body(Body::empty()).unwrap()).await
 }
 
 /// An infer request to `outer` for an output of `shape`, with request-wide `parameters`.

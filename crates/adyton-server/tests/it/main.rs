@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod batching;
+mod coco;
 mod collateral;
 mod device;
 mod engines;

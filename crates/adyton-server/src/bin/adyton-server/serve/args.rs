@@ -28,7 +28,9 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub listen: ListenArgs<SocketAddr>,
-    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp or sim (INSECURE).
+    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp, coco (TDX or SNP
+    /// through a Confidential Containers pod's attestation agent; never chosen by auto) or sim
+    /// (INSECURE).
     #[arg(long, value_name = "TEE")]
     pub tee: Option<String>,
     /// The SIM attester's key file (default: ~/.config/adyton/sim.key, made on first use).
@@ -72,6 +74,10 @@ pub struct ServeArgs {
     /// AMD's KDS (or a mirror): the same for this server's SNP evidence, unless it carries its VCEK.
     #[arg(long, value_name = "URL")]
     pub kds_url: Option<String>,
+    /// The Confidential Containers attestation agent's REST API, for --tee coco [default:
+    /// http://127.0.0.1:8006, where api-server-rest answers in a CoCo pod].
+    #[arg(long, value_name = "URL")]
+    pub coco_url: Option<String>,
     /// The key pair a pull makes for its key transfer: p384 (the default; fast to make) or
     /// rsa-3072 (for a key broker that takes RSA keys only, such as Intel's KBS).
     #[arg(long, value_name = "KIND")]
@@ -128,6 +134,7 @@ impl ServeArgs {
             registry: self.registry.clone(),
             pccs_url: self.pccs_url.clone(),
             kds_url: self.kds_url.clone(),
+            coco_url: self.coco_url.clone(),
             transfer_key: self.transfer_key.clone(),
             state_dir: self.state_dir.clone(),
             token_file: self.token_file.path.clone(),

@@ -115,6 +115,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if let Some(key) = &resolved.sim_key {
         paths.sim_key = key.clone();
     }
+    if let Some(url) = &resolved.coco_url {
+        paths.coco.url = url.clone();
+    }
     // Offline mode needs the TEE's sealing key: a TEE without one (TDX) is refused before the
     // server starts, with the reason.
     let sealer = match &resolved.state_dir {
