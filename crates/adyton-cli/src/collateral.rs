@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adyton_attest::collateral::Collateral;
+use adyton_attest::gpu::GpuVerifier;
 use adyton_attest::pccs::FetchOptions;
 use adyton_attest::provider::ProviderConfig;
 use anyhow::{Context, Result};
@@ -52,6 +53,35 @@ pub struct CollateralArgs {
     /// PEM CA certificates for a PCCS or KDS mirror with a private CA (replace the web roots)
     #[arg(long, value_name = "FILE")]
     pub pccs_ca_file: Option<PathBuf>,
+}
+
+/// The environment variable naming a directory of NVIDIA reference integrity manifests.
+pub const GPU_RIMS_ENV: &str = "ADYTON_GPU_RIMS";
+
+/// How a client verifies the NVIDIA GPUs attached to evidence (under a policy with
+/// `[nvidia_gpu]`): beside the collateral flags, since RIMs are the GPUs' collateral.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GpuRimArgs {
+    /// Directory of NVIDIA reference integrity manifests (*.xml, *.swidtag, as NVIDIA's RIM
+    /// service serves them) for GPUs attached to evidence under a policy with [nvidia_gpu]; each
+    /// is verified against NVIDIA's RIM root when used. Without it, GPU evidence must carry its
+    /// RIMs
+    #[arg(long, value_name = "DIR", env = GPU_RIMS_ENV)]
+    pub gpu_rims: Option<PathBuf>,
+}
+
+impl GpuRimArgs {
+    /// A GPU verifier with NVIDIA's pinned roots, the RIMs of the directory, and `extra` RIMs
+    /// (signed XML, each verified when used like the directory's).
+    pub fn verifier(&self, extra: Vec<Vec<u8>>) -> Result<GpuVerifier> {
+        let mut verifier = GpuVerifier::new().context("cannot use NVIDIA's pinned roots")?;
+        if let Some(dir) = &self.gpu_rims {
+            verifier = verifier
+                .with_rim_dir(dir)
+                .with_context(|| format!("cannot read the GPU RIMs in {}", dir.display()))?;
+        }
+        verifier.with_rims(extra).context("cannot use the GPU RIMs")
+    }
 }
 
 /// `[collateral]` in a configuration file. Every key is optional; flags override them.

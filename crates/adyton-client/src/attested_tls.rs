@@ -24,6 +24,8 @@ use adyton_attest::attested_tls::{
     evidence_from_certificate, report_data_for_key, report_data_for_nonce, spki_from_certificate,
     AttestedTlsError,
 };
+use adyton_attest::composite::verify_gpus;
+use adyton_attest::gpu::{GpuClaims, GpuVerifier};
 use adyton_attest::provider::{CollateralOrigin, CollateralProvider};
 use adyton_attest::{AttestError, Claims, Collateral, Evidence, Policy, TeeKind};
 use aws_lc_rs::digest::{digest, SHA256};
@@ -72,6 +74,12 @@ pub enum AttestationFailure {
     /// The policy refused the verified claims.
     #[error("{0}")]
     Policy(#[source] AttestError),
+
+    /// The policy has an `[nvidia_gpu]` table and the server's GPU evidence failed it: a GPU
+    /// report that does not verify (chain, signature, its nonce derived from the CPU evidence,
+    /// RIMs, measurements), or GPUs the table refuses (missing, too few, too old).
+    #[error("the server's GPUs are refused: {0}")]
+    Gpus(#[source] AttestError),
 
     /// The server tried TLS 1.2, which this verifier does not speak.
     #[error("the server negotiated TLS 1.2; attested TLS requires TLS 1.3")]
@@ -138,6 +146,9 @@ impl From<AttestationFailure> for rustls::Error {
 pub struct VerifiedServer {
     /// The verified claims: TEE, measurements, TCB. `claims.insecure` is true for SIM.
     pub claims: Claims,
+    /// The claims of the GPUs attached to the evidence, verified under the policy's
+    /// `[nvidia_gpu]` table; empty when the policy has none (GPU evidence is then ignored).
+    pub gpus: Vec<GpuClaims>,
     /// The server's certificate (DER).
     pub certificate_der: Vec<u8>,
     /// SHA-256 of the certificate, for clients that pin it afterwards.
@@ -178,6 +189,7 @@ pub struct AttestedServerVerifier {
     policy: Policy,
     collateral: Arc<CollateralProvider>,
     served: Option<ServedCollateral>,
+    gpus: Option<Arc<GpuVerifier>>,
     fixed_time: Option<u64>,
     provider: Arc<CryptoProvider>,
     slots: Mutex<Slots>,
@@ -198,6 +210,7 @@ impl AttestedServerVerifier {
             policy,
             collateral: provider,
             served: None,
+            gpus: None,
             fixed_time: None,
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             slots: Mutex::new(Slots::default()),
@@ -208,6 +221,14 @@ impl AttestedServerVerifier {
     /// has none of its own for it.
     pub fn with_served_collateral(mut self, served: ServedCollateral) -> Self {
         self.served = Some(served);
+        self
+    }
+
+    /// Verifies GPU evidence (under a policy with `[nvidia_gpu]`) with `verifier`: its RIMs
+    /// (a RIM directory) and revocation check. By default GPUs are verified against NVIDIA's
+    /// pinned roots with only the RIMs the evidence carries.
+    pub fn with_gpu_verifier(mut self, verifier: Arc<GpuVerifier>) -> Self {
+        self.gpus = Some(verifier);
         self
     }
 
@@ -252,6 +273,7 @@ impl AttestedServerVerifier {
             &self.policy,
             &self.collateral,
             self.served.as_ref(),
+            self.gpus.as_deref(),
             now,
         );
         if let Err(AttestationFailure::Evidence(
@@ -262,11 +284,12 @@ impl AttestedServerVerifier {
                 self.slots().wants_collateral = Some(evidence.tee);
             }
         }
-        let claims = verified?;
+        let (claims, gpus) = verified?;
         let mut certificate_sha256 = [0u8; 32];
         certificate_sha256.copy_from_slice(digest(&SHA256, end_entity).as_ref());
         Ok(VerifiedServer {
             claims,
+            gpus,
             certificate_der: end_entity.to_vec(),
             certificate_sha256,
             spki_der,
@@ -485,9 +508,29 @@ pub fn check_fresh_evidence_served(
     served: Option<&ServedCollateral>,
     now: u64,
 ) -> Result<Claims, AttestationFailure> {
+    check_fresh_evidence_with_gpus(
+        evidence, spki_der, nonce, policy, provider, served, None, now,
+    )
+    .map(|(claims, _)| claims)
+}
+
+/// [`check_fresh_evidence_served`], verifying the GPU evidence (under a policy with
+/// `[nvidia_gpu]`) with `gpus` (NVIDIA's pinned roots and the carried RIMs when `None`); returns
+/// the CPU's claims and the GPUs'.
+#[allow(clippy::too_many_arguments)] // Each is one independent input of the check.
+pub fn check_fresh_evidence_with_gpus(
+    evidence: &Evidence,
+    spki_der: &[u8],
+    nonce: &[u8],
+    policy: &Policy,
+    provider: &CollateralProvider,
+    served: Option<&ServedCollateral>,
+    gpus: Option<&GpuVerifier>,
+    now: u64,
+) -> Result<(Claims, Vec<GpuClaims>), AttestationFailure> {
     let expected =
         report_data_for_nonce(spki_der, nonce).map_err(AttestationFailure::Certificate)?;
-    verify_bound(evidence, &expected, policy, provider, served, now)
+    verify_bound(evidence, &expected, policy, provider, served, gpus, now)
 }
 
 /// Whether `policy` has a table for `tee`: only then is collateral worth fetching for it.
@@ -504,15 +547,18 @@ fn policy_names(policy: &Policy, tee: TeeKind) -> bool {
     }
 }
 
-/// Verifies evidence, then its report data, then the policy, in that order.
+/// Verifies evidence, then its report data, then the policy, then (under a policy with
+/// `[nvidia_gpu]`) every GPU with its nonce derived from the verified report data and the
+/// policy's GPU table, in that order.
 fn verify_bound(
     evidence: &Evidence,
     expected_report_data: &[u8; adyton_attest::REPORT_DATA_LEN],
     policy: &Policy,
     provider: &CollateralProvider,
     served: Option<&ServedCollateral>,
+    gpus: Option<&GpuVerifier>,
     now: u64,
-) -> Result<Claims, AttestationFailure> {
+) -> Result<(Claims, Vec<GpuClaims>), AttestationFailure> {
     let (outcome, used) = provider.verify_traced_with(evidence, served.map(|s| &s.collateral), now);
     let claims = match (outcome, served) {
         (Ok(claims), _) => claims,
@@ -532,5 +578,18 @@ fn verify_bound(
     policy
         .evaluate(&claims, now)
         .map_err(AttestationFailure::Policy)?;
-    Ok(claims)
+    if policy.nvidia_gpu.is_none() {
+        return Ok((claims, Vec::new()));
+    }
+    let pinned;
+    let verifier = match gpus {
+        Some(verifier) => verifier,
+        None => {
+            pinned = GpuVerifier::new().map_err(AttestationFailure::Gpus)?;
+            &pinned
+        }
+    };
+    let (gpu_claims, _) = verify_gpus(&claims, &evidence.gpus, verifier, policy, now);
+    let gpu_claims = gpu_claims.map_err(AttestationFailure::Gpus)?;
+    Ok((claims, gpu_claims))
 }

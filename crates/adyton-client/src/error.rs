@@ -63,6 +63,12 @@ impl From<&AttestationFailure> for ClientError {
             AttestationFailure::Policy(reason) => Self::Policy {
                 reason: reason.to_string(),
             },
+            // The GPUs verified, and the policy's `[nvidia_gpu]` table refused them.
+            AttestationFailure::Gpus(adyton_attest::AttestError::PolicyDenied { .. }) => {
+                Self::Policy {
+                    reason: failure.to_string(),
+                }
+            }
             other => Self::Attestation {
                 reason: other.to_string(),
             },

@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adyton_attest::collateral::MAX_COLLATERAL_LEN;
+use adyton_attest::gpu::GpuVerifier;
 use adyton_attest::provider::CollateralProvider;
 use adyton_attest::{Claims, Collateral, Evidence, Policy};
 use base64::Engine as _;
@@ -92,6 +93,10 @@ pub struct ConnectOptions {
     /// serves for it (`GET /adyton/v1/collateral`) and verify with that (see the module
     /// documentation). On by default; off for callers who want only their own sources.
     pub server_collateral: bool,
+    /// How the GPUs attached to the server's evidence are verified, under a policy with
+    /// `[nvidia_gpu]`: the RIMs (a RIM directory) besides those the evidence carries. `None`:
+    /// NVIDIA's pinned roots and only the carried RIMs.
+    pub gpus: Option<Arc<GpuVerifier>>,
     /// The limit of connecting and of each request.
     pub timeout: Duration,
 }
@@ -103,6 +108,7 @@ impl Default for ConnectOptions {
             token: None,
             fresh_evidence: true,
             server_collateral: true,
+            gpus: None,
             timeout: Duration::from_secs(60),
         }
     }
@@ -194,12 +200,12 @@ impl ServerClient {
             http,
             verified,
             fresh_claims: None,
-            token: options.token,
+            token: options.token.clone(),
             metadata: std::sync::Mutex::default(),
         };
         if options.fresh_evidence {
             client.fresh_claims =
-                Some(client.check_fresh_evidence(&policy, &options.collateral, served.as_ref())?);
+                Some(client.check_fresh_evidence(&policy, &options, served.as_ref())?);
         }
         Ok(client)
     }
@@ -361,7 +367,7 @@ impl ServerClient {
     fn check_fresh_evidence(
         &self,
         policy: &Policy,
-        collateral: &CollateralProvider,
+        options: &ConnectOptions,
         served: Option<&ServedCollateral>,
     ) -> Result<Claims> {
         let mut nonce = [0u8; NONCE_LEN];
@@ -378,15 +384,17 @@ impl ServerClient {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        Ok(attested_tls::check_fresh_evidence_served(
+        let (claims, _gpus) = attested_tls::check_fresh_evidence_with_gpus(
             &evidence,
             &self.verified.spki_der,
             &nonce,
             policy,
-            collateral,
+            &options.collateral,
             served,
+            options.gpus.as_deref(),
             now,
-        )?)
+        )?;
+        Ok(claims)
     }
 
     /// Sends one request and reads its answer (at most `limit` bytes, [`MAX_METADATA_LEN`] by
@@ -484,9 +492,9 @@ fn attested_handshake(
     policy: &Policy,
     options: &ConnectOptions,
 ) -> Result<(Arc<AttestedServerVerifier>, Option<ServedCollateral>)> {
-    let verifier = Arc::new(AttestedServerVerifier::with_provider(
-        policy.clone(),
-        options.collateral.clone(),
+    let verifier = Arc::new(with_gpus(
+        AttestedServerVerifier::with_provider(policy.clone(), options.collateral.clone()),
+        options,
     ));
     let refused = match handshake(target, &verifier, options.timeout) {
         Ok(()) => return Ok((verifier, None)),
@@ -523,12 +531,21 @@ fn attested_handshake(
             ))
         }
     };
-    let verifier = Arc::new(
+    let verifier = Arc::new(with_gpus(
         AttestedServerVerifier::with_provider(policy.clone(), options.collateral.clone())
             .with_served_collateral(served.clone()),
-    );
+        options,
+    ));
     handshake(target, &verifier, options.timeout)?;
     Ok((verifier, Some(served)))
+}
+
+/// `verifier` with the GPU verifier of `options`, if it names one.
+fn with_gpus(verifier: AttestedServerVerifier, options: &ConnectOptions) -> AttestedServerVerifier {
+    match &options.gpus {
+        Some(gpus) => verifier.with_gpu_verifier(Arc::clone(gpus)),
+        None => verifier,
+    }
 }
 
 /// `error` with `hint` after its reason, for an attestation failure; other errors as they are.

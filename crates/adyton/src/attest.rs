@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use adyton_attest::collateral::Collateral;
+use adyton_attest::composite::verify_gpus;
+use adyton_attest::gpu::{gpu_nonce, GpuClaims, GpuEvidence, GpuVerifier};
 use adyton_attest::pccs::{SnpProduct, AMD_KDS_URL};
 use adyton_attest::provider::{CollateralProvider, CollateralUse, ProviderConfig};
 use adyton_attest::{Claims, Evidence, Policy, TeeKind};
@@ -15,7 +17,7 @@ use serde_json::json;
 
 use adyton_client::{ConnectOptions, ServerClient, Token};
 
-use adyton_cli::collateral::CollateralArgs;
+use adyton_cli::collateral::{CollateralArgs, GpuRimArgs};
 use adyton_cli::report_data::parse_report_data;
 
 use crate::files::{print_stdout, OutputFile, OutputKind};
@@ -38,7 +40,8 @@ pub enum AttestCommand {
         adyton attest verify evidence.json --policy policy.toml\n  \
         adyton attest verify --tee tdx --quote tdx_quote --collateral tdx_quote_collateral.json --at 2025-06-01T00:00:00Z\n  \
         adyton attest verify evidence.json --pccs-url https://api.trustedservices.intel.com --collateral-cache-dir ~/.cache/adyton\n  \
-        adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem")]
+        adyton attest verify --tee snp --report report.bin --vcek vcek.der --chain cert_chain.pem\n  \
+        adyton attest verify --tee nvidia-gpu --report gpu_report.hex --chain gpu_chain.pem --nonce 27a3…8f66 --gpu-rims rims/")]
     Verify(Box<VerifyArgs>),
 
     /// Print the SIM measurement of the inference server's build, `adyton-server` (hex, alone on
@@ -71,6 +74,10 @@ pub struct AttestedServerArgs {
     /// Where collateral for the evidence's checks comes from, for SGX, TDX and SNP servers.
     #[command(flatten)]
     pub collateral: CollateralArgs,
+
+    /// The RIMs of the server's GPUs, under a policy with [nvidia_gpu].
+    #[command(flatten)]
+    pub gpus: GpuRimArgs,
 
     /// Skip the check of fresh evidence over a nonce of this client's own; the evidence in the
     /// server's certificate is still verified.
@@ -109,16 +116,20 @@ pub struct VerifyArgs {
     #[arg(value_name = "EVIDENCE")]
     pub evidence: Option<PathBuf>,
 
-    /// TEE of a raw vendor file given with --quote or --report.
-    #[arg(long, value_name = "sgx|tdx|snp|nitro")]
+    /// TEE of a raw vendor file given with --quote or --report; nvidia-gpu for one NVIDIA GPU's
+    /// attestation report (with --chain and --nonce).
+    #[arg(long, value_name = "sgx|tdx|snp|azure-snp|azure-tdx|nitro|nvidia-gpu")]
     pub tee: Option<String>,
 
     /// A raw DCAP quote (binary or hex), for --tee sgx or tdx.
     #[arg(long, value_name = "FILE")]
     pub quote: Option<PathBuf>,
 
-    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp; or an AWS Nitro
-    /// attestation document (COSE_Sign1, binary or hex), for --tee nitro.
+    /// A raw SEV-SNP attestation report (binary or hex), for --tee snp; an AWS Nitro
+    /// attestation document (COSE_Sign1, binary or hex), for --tee nitro; the Azure vTPM
+    /// container (JSON, docs/evidence.md), for --tee azure-snp or azure-tdx; an NVIDIA GPU's
+    /// attestation report (SPDM GET_MEASUREMENTS request and response, binary or hex), for
+    /// --tee nvidia-gpu.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
 
@@ -136,9 +147,25 @@ pub struct VerifyArgs {
     pub vcek: Option<PathBuf>,
 
     /// AMD's certificate chain (ASK then ARK, PEM; for a VLEK, ASVK then ARK), for SNP; the
-    /// built-in roots and ASVKs otherwise.
+    /// built-in roots and ASVKs otherwise. For --tee nvidia-gpu, the GPU's device certificate
+    /// chain (PEM or concatenated DER, device certificate first), which must lead to NVIDIA's
+    /// pinned device identity root.
     #[arg(long, value_name = "FILE")]
     pub chain: Option<PathBuf>,
+
+    /// The nonce the GPU report must answer (64 hex digits), for --tee nvidia-gpu: required,
+    /// since the nonce is what makes a report fresh rather than replayed.
+    #[arg(long, value_name = "HEX")]
+    pub nonce: Option<String>,
+
+    /// An NVIDIA reference integrity manifest (signed XML) for GPU reports, verified against
+    /// NVIDIA's RIM root when used; repeatable, and with --gpu-rims.
+    #[arg(long, value_name = "FILE")]
+    pub rim: Vec<PathBuf>,
+
+    /// The RIMs of GPU reports (--tee nvidia-gpu, or GPUs attached to EVIDENCE).
+    #[command(flatten)]
+    pub gpus: GpuRimArgs,
 
     /// Policy file (TOML, or JSON when named .json).
     #[arg(long, value_name = "FILE")]
@@ -226,6 +253,9 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         Some(text) => parse_time(text)?,
         None => SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
     };
+    if args.tee.as_deref() == Some(NVIDIA_GPU) {
+        return verify_gpu_report(args, now);
+    }
     let evidence = load_evidence(args)?;
     let provider = CollateralProvider::new(collateral_config(args)?)
         .context("cannot use the collateral settings")?;
@@ -238,8 +268,18 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
         .transpose()?;
 
     let (verified, used) = provider.verify_traced(&evidence, now);
+    let mut gpus = match &verified {
+        Ok(claims) => AttachedGpus::verify(args, claims, &evidence.gpus, policy.as_ref(), now)?,
+        Err(_) => AttachedGpus::default(),
+    };
+    let gpu_decision = gpus.decision.take();
     let decision = match (&verified, &policy) {
-        (Ok(claims), Some(policy)) => Some(policy.evaluate(claims, now)),
+        (Ok(claims), Some(policy)) => Some(
+            policy
+                .evaluate(claims, now)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| gpu_decision.unwrap_or(Ok(()))),
+        ),
         _ => None,
     };
     if let Some(expected) = &args.expect_report_data {
@@ -255,27 +295,34 @@ pub fn verify(args: &VerifyArgs) -> Result<()> {
             "evidence": verified.as_ref().map(|_| "genuine").unwrap_or("refused"),
             "error": verified.as_ref().err().map(|e| e.to_string()),
             "claims": verified.as_ref().ok(),
+            "gpus": gpus.json(),
             "collateral": used,
             "policy": decision.as_ref().map(|d| match d {
                 Ok(()) => json!({"decision": "allowed"}),
-                Err(e) => json!({"decision": "denied", "reason": e.to_string()}),
+                Err(e) => json!({"decision": "denied", "reason": format!("{e:#}")}),
             }),
         });
         print_stdout(&format!("{report:#}"))?;
     } else if let Ok(claims) = &verified {
         let decision = match &decision {
             Some(Ok(())) => "allowed".to_string(),
-            Some(Err(e)) => format!("DENIED: {e}"),
+            Some(Err(e)) => format!("DENIED: {e:#}"),
             None => "none given (the evidence is genuine; nothing was judged)".to_string(),
         };
         print_stdout(&format!(
-            "{}collateral:    {}\npolicy:        {decision}",
+            "{}{}collateral:    {}\npolicy:        {decision}",
             claims_text(claims, now),
+            gpus.text(),
             used.as_ref()
                 .map_or_else(|| "none".to_owned(), collateral_text)
         ))?;
     }
     let claims = verified.context("evidence refused")?;
+    if policy.is_none() {
+        // Under a policy, its `[nvidia_gpu]` table decides (without it GPUs are ignored, as
+        // the key broker and the clients ignore them); without one, nothing attached may fail.
+        gpus.refusal()?;
+    }
     match decision {
         Some(decision) => decision.context("policy denied the evidence")?,
         // Without a policy nothing is judged, except what no policy may ever accept silently:
@@ -312,8 +359,12 @@ pub fn server(args: &AttestServerArgs) -> Result<()> {
             path.display()
         );
     }
+    let gpus: String = (0..)
+        .zip(&verified.gpus)
+        .map(|(i, gpu)| gpu_claims_text(&format!("gpu {i}"), gpu))
+        .collect();
     print_stdout(&format!(
-        "server:        {}\n{}fresh evidence: {fresh}\ncertificate SHA-256: {}",
+        "server:        {}\n{}{gpus}fresh evidence: {fresh}\ncertificate SHA-256: {}",
         client.base_url(),
         claims_text(&verified.claims, now),
         hex::encode(verified.certificate_sha256)
@@ -332,6 +383,7 @@ pub fn connect_server(args: &AttestedServerArgs, token: Option<Token>) -> Result
         token,
         fresh_evidence: !args.no_nonce,
         server_collateral: !args.no_server_collateral,
+        gpus: Some(Arc::new(args.gpus.verifier(Vec::new())?)),
         timeout: args.timeout.into(),
     };
     let client = ServerClient::connect(&args.url, policy, options)
@@ -450,8 +502,11 @@ fn load_evidence(args: &VerifyArgs) -> Result<Evidence> {
         }
         (None, None, Some(path)) => {
             let tee = raw_tee()?;
-            if !matches!(tee, TeeKind::Snp | TeeKind::Nitro) {
-                bail!("--report is for --tee snp or nitro");
+            if !matches!(
+                tee,
+                TeeKind::Snp | TeeKind::Nitro | TeeKind::AzureSnp | TeeKind::AzureTdx
+            ) {
+                bail!("--report is for --tee snp, azure-snp, azure-tdx, nitro or nvidia-gpu");
             }
             Ok(Evidence {
                 tee,
@@ -510,4 +565,200 @@ fn collateral_text(used: &CollateralUse) -> String {
         text.push_str(&format!(" ({key})"));
     }
     text
+}
+
+/// The `--tee` name of one NVIDIA GPU's report: not a TEE kind, since a GPU's evidence is
+/// attached to a CPU TEE's (`docs/evidence.md`), but verifiable alone from vendor files.
+const NVIDIA_GPU: &str = "nvidia-gpu";
+
+/// The GPU verifier of `verify`: NVIDIA's pinned roots, the RIM directory and the --rim files.
+fn gpu_verifier(args: &VerifyArgs) -> Result<GpuVerifier> {
+    let rims = args
+        .rim
+        .iter()
+        .map(|path| read_limited(path))
+        .collect::<Result<Vec<_>>>()?;
+    args.gpus.verifier(rims)
+}
+
+/// `adyton attest verify --tee nvidia-gpu`: one GPU report with its chain, against a nonce the
+/// caller gives, then (with --policy) the policy's `[nvidia_gpu]` table.
+fn verify_gpu_report(args: &VerifyArgs, now: u64) -> Result<()> {
+    let report = match (&args.evidence, &args.quote, &args.report) {
+        (None, None, Some(path)) => binary_or_hex(read_limited(path)?),
+        _ => bail!("--tee nvidia-gpu takes the GPU's attestation report with --report"),
+    };
+    let chain = args
+        .chain
+        .as_deref()
+        .context("--tee nvidia-gpu needs --chain: the GPU's device certificate chain")?;
+    let nonce = args.nonce.as_deref().context(
+        "--tee nvidia-gpu needs --nonce HEX: the 32 bytes the report must answer \
+         (without a checked nonce a report may be a replay)",
+    )?;
+    let nonce: [u8; 32] = hex::decode(nonce.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .with_context(|| format!("--nonce `{nonce}` is not 64 hex digits"))?;
+    let evidence = GpuEvidence {
+        report,
+        certificates: read_limited(chain)?,
+        rims: Vec::new(),
+    };
+    let policy = args
+        .policy
+        .as_deref()
+        .map(|path| {
+            let policy = Policy::from_file(path)
+                .with_context(|| format!("cannot use policy {}", path.display()))?;
+            policy
+                .nvidia_gpu
+                .with_context(|| format!("policy {} has no [nvidia_gpu] table", path.display()))
+        })
+        .transpose()?;
+
+    let verified = gpu_verifier(args)?.verify(&evidence, &nonce, now);
+    let decision = match (&verified, &policy) {
+        (Ok(claims), Some(policy)) => Some(policy.evaluate(std::slice::from_ref(claims))),
+        _ => None,
+    };
+    if args.json {
+        let report = json!({
+            "verified_at": now,
+            "evidence": verified.as_ref().map(|_| "genuine").unwrap_or("refused"),
+            "error": verified.as_ref().err().map(|e| e.to_string()),
+            "gpu": verified.as_ref().ok(),
+            "policy": decision.as_ref().map(|d| match d {
+                Ok(()) => json!({"decision": "allowed"}),
+                Err(e) => json!({"decision": "denied", "reason": e.to_string()}),
+            }),
+        });
+        print_stdout(&format!("{report:#}"))?;
+    } else if let Ok(claims) = &verified {
+        let decision = match &decision {
+            Some(Ok(())) => "allowed".to_string(),
+            Some(Err(e)) => format!("DENIED: {e}"),
+            None => "none given (the report is genuine; nothing was judged)".to_string(),
+        };
+        let verified_at = UNIX_EPOCH + std::time::Duration::from_secs(now);
+        print_stdout(&format!(
+            "verified at:   {}\n{}policy:        {decision}",
+            humantime::format_rfc3339_seconds(verified_at),
+            gpu_claims_text("gpu", claims),
+        ))?;
+    }
+    match verified {
+        Err(e @ adyton_attest::AttestError::ReportDataMismatch { .. }) => {
+            return Err(e).context("GPU report refused: its nonce is not --nonce");
+        }
+        other => other.context("GPU report refused")?,
+    };
+    if let Some(decision) = decision {
+        decision.context("policy denied the GPU")?;
+    }
+    Ok(())
+}
+
+/// One GPU's claims as text, one field a line, each line starting with `label`.
+fn gpu_claims_text(label: &str, claims: &GpuClaims) -> String {
+    let matched = claims.measurements.iter().filter(|m| m.matches).count();
+    let pad = |name: &str| format!("{label} {name}:");
+    let lines = [
+        format!(
+            "{:<15}{} ({:?})",
+            pad("product"),
+            claims.product,
+            claims.arch
+        ),
+        format!("{:<15}{}", pad("cc mode"), claims.cc_mode),
+        format!("{:<15}{}", pad("driver"), claims.driver_version),
+        format!("{:<15}{}", pad("vbios"), claims.vbios_version),
+        format!("{:<15}{}", pad("nonce"), hex::encode(claims.nonce)),
+        format!(
+            "{:<15}{matched} of {} compared indices match{}",
+            pad("measurements"),
+            claims.measurements.len(),
+            if claims.vbios_rim_checked {
+                ""
+            } else {
+                " (no VBIOS RIM found: driver RIM only)"
+            }
+        ),
+        format!("{:<15}{}", pad("rims"), claims.rim_ids.join(", ")),
+    ];
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The GPUs attached to CPU evidence that `verify` was given: each verified with its nonce
+/// derived from the verified CPU report data, and (under a policy with `[nvidia_gpu]`) the
+/// table's decision.
+#[derive(Default)]
+struct AttachedGpus {
+    /// Each GPU's result, in index order.
+    results: Vec<Result<GpuClaims, adyton_attest::AttestError>>,
+    /// The policy's `[nvidia_gpu]` decision, when the policy has the table.
+    decision: Option<Result<()>>,
+}
+
+impl AttachedGpus {
+    fn verify(
+        args: &VerifyArgs,
+        cpu: &Claims,
+        gpus: &[GpuEvidence],
+        policy: Option<&Policy>,
+        now: u64,
+    ) -> Result<Self> {
+        let gpu_policy = policy.filter(|p| p.nvidia_gpu.is_some());
+        if gpus.is_empty() && gpu_policy.is_none() {
+            return Ok(Self::default());
+        }
+        let verifier = gpu_verifier(args)?;
+        let results = (0u32..)
+            .zip(gpus)
+            .map(|(i, gpu)| verifier.verify(gpu, &gpu_nonce(&cpu.report_data, i), now))
+            .collect();
+        let decision = gpu_policy.map(|policy| {
+            let (verified, outcomes) = verify_gpus(cpu, gpus, &verifier, policy, now);
+            // Not every error names its GPU (a nonce mismatch does not): name the first refused.
+            let refused = outcomes.iter().find(|o| !o.verified).map(|o| o.index);
+            verified.map(|_| ()).map_err(|e| match refused {
+                Some(index) => anyhow::Error::from(e).context(format!("GPU {index} refused")),
+                None => e.into(),
+            })
+        });
+        Ok(Self { results, decision })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        (0u32..)
+            .zip(&self.results)
+            .map(|(index, result)| match result {
+                Ok(claims) => json!({"index": index, "verified": true, "claims": claims}),
+                Err(e) => json!({"index": index, "verified": false, "error": e.to_string()}),
+            })
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        (0u32..)
+            .zip(&self.results)
+            .map(|(index, result)| match result {
+                Ok(claims) => gpu_claims_text(&format!("gpu {index}"), claims),
+                Err(e) => format!("gpu {index}:         REFUSED: {e}\n"),
+            })
+            .collect()
+    }
+
+    /// The first GPU that did not verify, as an error: attached GPUs that do not verify make
+    /// the evidence refused, with or without a policy.
+    fn refusal(&self) -> Result<()> {
+        for (index, result) in (0u32..).zip(&self.results) {
+            if let Err(e) = result {
+                bail!("GPU {index} refused: {e}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -32,7 +32,7 @@ fn sim_policy() -> Policy {
 }
 
 /// Accepts one connection, answers `ping` with `pong`, and ends.
-fn serve_once(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<()>) {
+pub(crate) fn serve_once(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -50,7 +50,10 @@ fn serve_once(config: Arc<ServerConfig>) -> (SocketAddr, JoinHandle<()>) {
 }
 
 /// Connects with `verifier`, sends `ping` and returns the answer.
-fn ping(addr: SocketAddr, verifier: &Arc<AttestedServerVerifier>) -> std::io::Result<String> {
+pub(crate) fn ping(
+    addr: SocketAddr,
+    verifier: &Arc<AttestedServerVerifier>,
+) -> std::io::Result<String> {
     let config = client_config(Arc::clone(verifier)).unwrap();
     let name = ServerName::try_from("adyton.invalid").unwrap();
     let connection = ClientConnection::new(config, name).unwrap();
@@ -73,12 +76,15 @@ fn refused(config: Arc<ServerConfig>, policy: Policy) -> std::io::Error {
 }
 
 /// The attestation failure inside a handshake error.
-fn failure_of(err: &std::io::Error) -> &AttestationFailure {
+pub(crate) fn failure_of(err: &std::io::Error) -> &AttestationFailure {
     AttestationFailure::find(err).unwrap_or_else(|| panic!("not an attestation failure: {err}"))
 }
 
 /// A TLS 1.3 server configuration for a certificate chain and key made by the test.
-fn plain_server_config(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> Arc<ServerConfig> {
+pub(crate) fn plain_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: &KeyPair,
+) -> Arc<ServerConfig> {
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     Arc::new(
         ServerConfig::builder_with_provider(
@@ -93,7 +99,7 @@ fn plain_server_config(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> Ar
 }
 
 /// A self-signed certificate for `key`, carrying `evidence` when given.
-fn certificate(key: &KeyPair, evidence: Option<&Evidence>) -> CertificateDer<'static> {
+pub(crate) fn certificate(key: &KeyPair, evidence: Option<&Evidence>) -> CertificateDer<'static> {
     let mut params = CertificateParams::new(vec!["adyton.invalid".into()]).unwrap();
     if let Some(evidence) = evidence {
         params

@@ -5,6 +5,7 @@
 
 mod attested_tls;
 mod collateral;
+mod gpus;
 /// The local imitation of Intel's PCS and AMD's KDS, shared with adyton-attest's tests.
 #[path = "../../../adyton-attest/tests/it/pcs_imitation.rs"]
 mod pcs_imitation;

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{adyton_err, adyton_ok, server_exe};
+use crate::support::{adyton, adyton_err, adyton_ok, server_exe};
 
 fn adyton_sim(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_adyton"))
@@ -626,4 +626,313 @@ fn attest_verify_takes_the_shared_collateral_flags() {
         d,
     );
     assert!(stderr.contains("collateral expired"), "{stderr}");
+}
+
+/// The nonce of the recorded Hopper report (`testdata/nvidia-gpu/README.md`).
+const HOPPER_NONCE: &str = "27a328247bf7935c993341cf587be6f05986ccce4fe7ba2c54100bd616a58f66";
+/// The recorded GPU samples' fixed time, when their chains and NVIDIA's RIM signer are valid.
+const GPU_RECORDED_AT: &str = "2025-06-01T00:00:00Z";
+
+/// `adyton attest verify --tee nvidia-gpu` with the recorded report `report`, NVIDIA's chain of
+/// the Hopper samples, `nonce`, and `extra` arguments.
+fn verify_gpu(report: &str, nonce: Option<&str>, extra: &[&str], dir: &Path) -> String {
+    let report = testdata(&format!("nvidia-gpu/{report}"));
+    let chain = testdata("nvidia-gpu/hopperCertChain.txt");
+    let mut args = vec![
+        "attest",
+        "verify",
+        "--tee",
+        "nvidia-gpu",
+        "--report",
+        &report,
+        "--chain",
+        &chain,
+    ];
+    if let Some(nonce) = nonce {
+        args.extend(["--nonce", nonce]);
+    }
+    args.extend(extra);
+    adyton_err(&args, dir)
+}
+
+#[test]
+fn recorded_gpu_reports_are_checked_from_vendor_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let at = ["--at", GPU_RECORDED_AT];
+
+    // Chain, signature and nonce verify; NVIDIA's recorded RIM is for driver 550.144.03, not
+    // the report's 535.86.09: refused, naming the missing RIM.
+    let rim = testdata("nvidia-gpu/NV_GPU_DRIVER_GH100_550.144.03.xml");
+    let stderr = verify_gpu(
+        "hopperAttestationReport.txt",
+        Some(HOPPER_NONCE),
+        &[&at[..], &["--rim", &rim]].concat(),
+        d,
+    );
+    assert!(
+        stderr.contains("collateral missing")
+            && stderr.contains("the driver RIM for GH100 driver 535.86.09"),
+        "{stderr}"
+    );
+    let out = adyton(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "nvidia-gpu",
+            "--report",
+            &testdata("nvidia-gpu/hopperAttestationReport.txt"),
+            "--chain",
+            &testdata("nvidia-gpu/hopperCertChain.txt"),
+            "--nonce",
+            HOPPER_NONCE,
+            "--at",
+            GPU_RECORDED_AT,
+            "--json",
+        ],
+        d,
+    );
+    assert!(!out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["evidence"], "refused");
+    assert!(
+        json["error"].as_str().unwrap().contains("535.86.09"),
+        "{json}"
+    );
+
+    // The recorded RIM directory holds a RIM for 535.86.09 whose values were changed after
+    // signing: a RIM that claims to be the reference and is not intact is refused, not skipped.
+    let rims = testdata("nvidia-gpu");
+    let stderr = verify_gpu(
+        "hopperAttestationReport.txt",
+        Some(HOPPER_NONCE),
+        &[&at[..], &["--gpu-rims", &rims]].concat(),
+        d,
+    );
+    assert!(stderr.contains("GPU report refused"), "{stderr}");
+    assert!(!stderr.contains("collateral missing"), "{stderr}");
+
+    // Another nonce: refused.
+    let other = format!("00{}", &HOPPER_NONCE[2..]);
+    let stderr = verify_gpu("hopperAttestationReport.txt", Some(&other), &at, d);
+    assert!(
+        stderr.contains("its nonce is not --nonce") && stderr.contains("report data mismatch"),
+        "{stderr}"
+    );
+
+    // NVIDIA's report whose signature does not verify under the chain.
+    let stderr = verify_gpu(
+        "hopperAttestationReportInvalidSignature.txt",
+        Some("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"),
+        &at,
+        d,
+    );
+    assert!(stderr.contains("bad signature"), "{stderr}");
+
+    // A flipped byte in the signed part of the genuine report.
+    let mut report = hex::decode(
+        fs::read_to_string(testdata("nvidia-gpu/hopperAttestationReport.txt"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    // A byte of the first measurement's value.
+    report[60] ^= 1;
+    fs::write(d.join("flipped.bin"), &report).unwrap();
+    let chain = testdata("nvidia-gpu/hopperCertChain.txt");
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "nvidia-gpu",
+            "--report",
+            "flipped.bin",
+            "--chain",
+            &chain,
+            "--nonce",
+            HOPPER_NONCE,
+            "--at",
+            GPU_RECORDED_AT,
+        ],
+        d,
+    );
+    assert!(stderr.contains("bad signature"), "{stderr}");
+
+    // The nonce is required, and the chain.
+    let stderr = verify_gpu("hopperAttestationReport.txt", None, &at, d);
+    assert!(stderr.contains("needs --nonce HEX"), "{stderr}");
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "verify",
+            "--tee",
+            "nvidia-gpu",
+            "--report",
+            &testdata("nvidia-gpu/hopperAttestationReport.txt"),
+            "--nonce",
+            HOPPER_NONCE,
+        ],
+        d,
+    );
+    assert!(stderr.contains("needs --chain"), "{stderr}");
+    let stderr = verify_gpu("hopperAttestationReport.txt", Some("27a3"), &at, d);
+    assert!(stderr.contains("is not 64 hex digits"), "{stderr}");
+}
+
+#[test]
+fn composite_evidence_shows_each_gpus_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = adyton_sim(
+        &[
+            "attest",
+            "report",
+            "--tee",
+            "sim",
+            "--report-data",
+            "c0ffee",
+            "-o",
+            "cpu.json",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The recorded Hopper report attached as GPU 0: genuine, but its nonce is NVIDIA's, not
+    // the one derived from this evidence's report data.
+    let mut evidence: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("cpu.json")).unwrap()).unwrap();
+    let report = hex::decode(
+        fs::read_to_string(testdata("nvidia-gpu/hopperAttestationReport.txt"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let chain = fs::read(testdata("nvidia-gpu/hopperCertChain.txt")).unwrap();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    evidence["gpus"] = serde_json::json!([{
+        "report": b64.encode(&report),
+        "certificates": b64.encode(&chain),
+    }]);
+    fs::write(d.join("ev.json"), evidence.to_string()).unwrap();
+    let sim = format!("[sim]\nmeasurement = [\"{}\"]\n", measurement(d));
+    fs::write(d.join("sim.toml"), &sim).unwrap();
+    fs::write(d.join("gpu.toml"), format!("{sim}[nvidia_gpu]\n")).unwrap();
+    let at = ["--at", GPU_RECORDED_AT];
+
+    // A policy without [nvidia_gpu] ignores GPUs; the output still shows what GPU 0 is.
+    let out = adyton_ok(
+        &[
+            &["attest", "verify", "ev.json", "--policy", "sim.toml"],
+            &at[..],
+        ]
+        .concat(),
+        d,
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("gpu 0:")
+            && text.contains("REFUSED")
+            && text.contains("report data mismatch"),
+        "{text}"
+    );
+    let out = adyton_ok(
+        &[
+            &[
+                "attest", "verify", "ev.json", "--policy", "sim.toml", "--json",
+            ],
+            &at[..],
+        ]
+        .concat(),
+        d,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["gpus"][0]["index"], 0);
+    assert_eq!(json["gpus"][0]["verified"], false);
+
+    // Under [nvidia_gpu] the GPU must verify.
+    let stderr = adyton_err(
+        &[
+            &["attest", "verify", "ev.json", "--policy", "gpu.toml"],
+            &at[..],
+        ]
+        .concat(),
+        d,
+    );
+    assert!(
+        stderr.contains("policy denied the evidence") && stderr.contains("GPU 0"),
+        "{stderr}"
+    );
+    // Without a policy, nothing attached may fail.
+    let stderr = adyton_err(&[&["attest", "verify", "ev.json"], &at[..]].concat(), d);
+    assert!(stderr.contains("GPU 0 refused"), "{stderr}");
+}
+
+#[test]
+fn azure_containers_are_read_with_report() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hcl = fs::read(testdata("azure-vtpm/hcl-report-snp.bin")).unwrap();
+    let container = serde_json::json!({
+        "format": "adyton-azure-vtpm-v1",
+        "hcl_report": b64.encode(&hcl),
+        "report_data": "00".repeat(64),
+        "tpm_quote": {
+            "message": b64.encode([0u8; 16]),
+            "signature": b64.encode([0u8; 16]),
+            "pcrs": {"0": "00".repeat(32)},
+        },
+    });
+    fs::write(d.join("azure.json"), container.to_string()).unwrap();
+    let verify = |tee: &str| {
+        adyton_err(
+            &[
+                "attest",
+                "verify",
+                "--tee",
+                tee,
+                "--report",
+                "azure.json",
+                "--at",
+                "1700000000",
+            ],
+            d,
+        )
+    };
+    // The recorded SNP HCL report reaches the SNP checks, which need its chip's VCEK.
+    let stderr = verify("azure-snp");
+    assert!(stderr.contains("no VCEK certificate"), "{stderr}");
+    // An SNP HCL report is not AZURE-TDX evidence.
+    let stderr = verify("azure-tdx");
+    assert!(
+        stderr.contains("AZURE-TDX evidence whose HCL report"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn attest_verify_help_names_every_tee_and_the_gpu_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let help =
+        String::from_utf8(adyton_ok(&["attest", "verify", "--help"], dir.path()).stdout).unwrap();
+    for text in [
+        "sgx|tdx|snp|azure-snp|azure-tdx|nitro|nvidia-gpu",
+        "--nonce <HEX>",
+        "--rim <FILE>",
+        "--gpu-rims <DIR>",
+        "ADYTON_GPU_RIMS",
+    ] {
+        assert!(help.contains(text), "{text}: {help}");
+    }
+    let help =
+        String::from_utf8(adyton_ok(&["attest", "server", "--help"], dir.path()).stdout).unwrap();
+    assert!(help.contains("--gpu-rims <DIR>"), "{help}");
 }

@@ -558,3 +558,64 @@ fn attest_server_and_infer_commands() {
     ]);
     assert!(e.contains("already exists"), "{e}");
 }
+
+/// A policy with `[nvidia_gpu]` makes `adyton attest server` (and `adyton infer`) verify the
+/// server's GPUs: this SIM server attaches none, so a policy requiring them refuses it.
+#[test]
+fn attest_server_applies_the_policys_gpu_table() {
+    let s = start_server();
+    let sim = std::fs::read_to_string(s.dir.join("policy.toml")).unwrap();
+    std::fs::write(
+        s.dir.join("gpus-required.toml"),
+        format!("{sim}[nvidia_gpu]\nrequired = true\n"),
+    )
+    .unwrap();
+    std::fs::write(s.dir.join("gpus-if-any.toml"), format!("{sim}[nvidia_gpu]\n")).unwrap();
+
+    let stderr = adyton_err(
+        &["attest", "server", &s.url, "--policy", "gpus-required.toml"],
+        &s.dir,
+    );
+    assert!(
+        stderr.contains("GPUs are refused") && stderr.contains("nvidia_gpu.required"),
+        "{stderr}"
+    );
+    let stderr = adyton_err(
+        &[
+            "infer",
+            &s.url,
+            "--policy",
+            "gpus-required.toml",
+            "--model",
+            "add",
+            "--input",
+            "a=does-not-exist.json",
+        ],
+        &s.dir,
+    );
+    assert!(stderr.contains("nvidia_gpu.required"), "{stderr}");
+
+    // No GPUs and no requirement: every attached GPU (none) verifies.
+    let out = adyton_ok(
+        &["attest", "server", &s.url, "--policy", "gpus-if-any.toml"],
+        &s.dir,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fresh evidence: verified"));
+    // The RIM directory is read before connecting.
+    let stderr = adyton_err(
+        &[
+            "attest",
+            "server",
+            &s.url,
+            "--policy",
+            "gpus-if-any.toml",
+            "--gpu-rims",
+            "no-such-dir",
+        ],
+        &s.dir,
+    );
+    assert!(
+        stderr.contains("cannot read the GPU RIMs in no-such-dir"),
+        "{stderr}"
+    );
+}
