@@ -75,6 +75,7 @@ def connect(
     collateral_cache_dir: Optional[StrPath] = None,
     server_collateral: bool = True,
     fresh_evidence: bool = True,
+    gpu_rims: Optional[StrPath] = None,
     timeout: float = 60.0,
 ) -> Connection:
     """Connects to ``url`` and verifies the server's attestation against ``policy`` (a path to a
@@ -82,7 +83,9 @@ def connect(
     SNP evidence comes from ``collateral`` (a bundle file), ``pccs_url`` (a PCCS or Intel's PCS)
     and ``kds_url`` (AMD's KDS), fetched collateral also kept in ``collateral_cache_dir``; when
     none of these has it, the server's own (``GET /adyton/v1/collateral``) is fetched and used,
-    unless ``server_collateral`` is false."""
+    unless ``server_collateral`` is false. Under a policy with ``[nvidia_gpu]``, the server's GPUs
+    are verified against NVIDIA's pinned roots and the RIMs they carry or ``gpu_rims`` (a
+    directory of NVIDIA reference integrity manifests) holds."""
 
 def encrypt_model(
     src: StrPath,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use adyton_attest::gpu::GpuVerifier;
 use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_attest::{Collateral, Policy};
 use adyton_client::{ClientError, ConnectOptions, ServerClient, TensorMetadata, Token};
@@ -35,12 +36,15 @@ use crate::tensors;
 /// collateral also kept in `collateral_cache_dir`; connections with the same settings share one
 /// cache. When none of these has the collateral of the server's evidence, the server's own is
 /// fetched (`GET /adyton/v1/collateral`) and used: it adds no trust, since its signatures are
-/// checked up to Intel's or AMD's root; `server_collateral=False` turns that off. `timeout`
-/// bounds each request, in seconds.
+/// checked up to Intel's or AMD's root; `server_collateral=False` turns that off. Under a policy
+/// with `[nvidia_gpu]`, the GPUs attached to the server's evidence are verified against NVIDIA's
+/// pinned roots and the RIMs they carry or that `gpu_rims` (a directory of NVIDIA reference
+/// integrity manifests) holds. `timeout` bounds each request, in seconds.
 #[pyfunction]
 #[pyo3(signature = (
     url, *, policy, token=None, collateral=None, pccs_url=None, kds_url=None,
-    collateral_cache_dir=None, server_collateral=true, fresh_evidence=true, timeout=60.0
+    collateral_cache_dir=None, server_collateral=true, fresh_evidence=true, gpu_rims=None,
+    timeout=60.0
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect(
@@ -54,6 +58,7 @@ pub fn connect(
     collateral_cache_dir: Option<PathBuf>,
     server_collateral: bool,
     fresh_evidence: bool,
+    gpu_rims: Option<PathBuf>,
     timeout: f64,
 ) -> PyResult<Connection> {
     let policy = read_policy(policy)?;
@@ -73,6 +78,7 @@ pub fn connect(
         token: token.map(Token::new),
         fresh_evidence,
         server_collateral,
+        gpus: gpu_rims.map(|dir| gpu_verifier(&dir)).transpose()?,
         timeout: Duration::from_secs_f64(timeout),
     };
     let connected = py.detach(|| ServerClient::connect(&url, policy, options));
@@ -103,6 +109,15 @@ pub fn connect(
         client: Mutex::new(Some(Arc::new(client))),
         signatures: Mutex::new(HashMap::new()),
     })
+}
+
+/// NVIDIA's pinned roots and the RIMs in `dir`, each verified against NVIDIA's RIM root when a
+/// GPU's report is checked against it.
+fn gpu_verifier(dir: &Path) -> PyResult<Arc<GpuVerifier>> {
+    let verifier = GpuVerifier::new()
+        .and_then(|verifier| verifier.with_rim_dir(dir))
+        .map_err(|err| input_error(format!("gpu_rims {}: {err}", dir.display())))?;
+    Ok(Arc::new(verifier))
 }
 
 /// A path or TOML text, parsed into a policy. A policy is never guessed: a value that is neither

@@ -370,3 +370,20 @@ def test_collateral_sources(server, tmp_path):
         connect(server, kds_url="ftp://kds.example")
     with pytest.raises(OSError):
         connect(server, collateral=tmp_path / "missing.json")
+
+
+def test_policy_nvidia_gpu_table_applies_to_the_servers_gpus(server, tmp_path):
+    sim = server.policy.read_text()
+    # The SIM test server drives no GPU: a policy that requires them refuses it before any request.
+    with pytest.raises(adyton.PolicyError, match="nvidia_gpu.required"):
+        adyton.connect(server.url, policy=sim + "\n[nvidia_gpu]\nrequired = true\n")
+    # Without the requirement, every attached GPU (none) verifies.
+    with adyton.connect(server.url, policy=sim + "\n[nvidia_gpu]\n") as c:
+        assert c.claims["tee"] == "SIM"
+    # A RIM directory that cannot be read is refused before connecting, naming it.
+    with pytest.raises(adyton.InputError, match="gpu_rims"):
+        connect(server, gpu_rims=tmp_path / "no-such-dir")
+    rims = tmp_path / "rims"
+    rims.mkdir()
+    with connect(server, gpu_rims=rims) as c:
+        assert c.claims["tee"] == "SIM"

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use adyton_attest::Policy;
 use adyton_client::{ClientError, ConnectOptions, InferTensor, ServerClient, Token};
 
-use crate::support::{adyton, adyton_ok, ServerProcess};
+use crate::support::{adyton, adyton_err, adyton_ok, ServerProcess};
 
 const TOKEN: &str = "client-upload-token";
 
@@ -570,7 +570,11 @@ fn attest_server_applies_the_policys_gpu_table() {
         format!("{sim}[nvidia_gpu]\nrequired = true\n"),
     )
     .unwrap();
-    std::fs::write(s.dir.join("gpus-if-any.toml"), format!("{sim}[nvidia_gpu]\n")).unwrap();
+    std::fs::write(
+        s.dir.join("gpus-if-any.toml"),
+        format!("{sim}[nvidia_gpu]\n"),
+    )
+    .unwrap();
 
     let stderr = adyton_err(
         &["attest", "server", &s.url, "--policy", "gpus-required.toml"],
