@@ -1,7 +1,9 @@
-//! Verifications per second on one core, for real SGX, TDX, SNP (VCEK and VLEK), AWS Nitro and
-//! NVIDIA GPU evidence and for SIM, with the collateral parsed once and reused. Adyton's DCAP verifier memoises
-//! the collateral's signature checks (`verifier::dcap_cache`), which repeat from quote to quote; each quote's own signatures
-//! are verified every time. The `dcap-qvl verify() alone` rows show the library without the memo. Run with `cargo bench -p adyton-attest --bench verify`.
+//! Verifications per second on one core, for real SGX, TDX, SNP (VCEK and VLEK), Azure vTPM, AWS
+//! Nitro and NVIDIA GPU evidence and for SIM, with the collateral parsed once and reused.
+//! Adyton's DCAP verifier memoises the collateral's signature checks (`verifier::dcap_cache`),
+//! which repeat from quote to quote; each quote's own signatures are verified every time. The
+//! `dcap-qvl verify() alone` rows show the library without the memo. Run with
+//! `cargo bench -p adyton-attest --bench verify`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -18,8 +18,8 @@ pub enum AttestError {
         reason: String,
     },
 
-    /// A TEE name that is not SGX, TDX, SNP or SIM.
-    #[error("unknown TEE `{name}`: expected sgx, tdx, snp, sim, azure-snp or azure-tdx")]
+    /// A TEE name that is not one of the TEE kinds.
+    #[error("unknown TEE `{name}`: expected sgx, tdx, snp, sim, azure-snp, azure-tdx or nitro")]
     UnknownTee {
         /// The name given.
         name: String,
@@ -58,7 +58,7 @@ pub enum AttestError {
     },
 
     /// `auto` found no TEE. Adyton never falls back to SIM on its own.
-    #[error("no TEE detected on this machine (looked for Gramine's /dev/attestation and configfs-tsm); use --tee sim explicitly for the insecure simulator")]
+    #[error("no TEE detected on this machine (looked for Gramine's /dev/attestation, configfs-tsm, an Azure vTPM's HCL report on /dev/tpmrm0 and AWS Nitro's /dev/nsm); name the TEE with --tee, or use --tee sim explicitly for the insecure simulator")]
     NoTeeDetected,
 
     /// configfs-tsm's `generation` changed while the report was made: another writer interfered,

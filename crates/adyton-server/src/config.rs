@@ -28,8 +28,10 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    /// The TEE's name is not one of auto, sgx, tdx, snp and sim.
-    #[error("unknown TEE '{name}' (auto, sgx, tdx, snp or sim)")]
+    /// The TEE's name is not one of auto, coco and the TEE kinds.
+    #[error(
+        "unknown TEE '{name}' (auto, sgx, tdx, snp, azure-snp, azure-tdx, nitro, coco or sim)"
+    )]
     Tee {
         name: String,
         #[source]

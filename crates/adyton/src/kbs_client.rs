@@ -158,6 +158,9 @@ const TEE_TABLES: [(&str, &str); 7] = [
     ("nitro", "NITRO"),
 ];
 
+/// The policy table of the GPUs attached to the TEE's evidence (composite evidence).
+const NVIDIA_GPU_TABLE: &str = "nvidia_gpu";
+
 /// `adyton kbs login`.
 pub fn login(args: &KbsLoginArgs) -> Result<()> {
     let client = connect(&args.url)?;
@@ -386,7 +389,8 @@ fn create_key(args: &KbsKeyCreateArgs) -> Result<()> {
 
 /// Reads a policy file (docs/policy.md) and returns its one TEE table: the attestation type and
 /// the table as JSON. Files with several TEE tables are refused, since a transfer policy names one
-/// attestation type.
+/// attestation type. A `[nvidia_gpu]` table goes into the TEE's table as its `nvidia_gpu` field,
+/// where the broker keeps it (docs/kbs.md).
 fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
     let bytes = read_limited(path, MAX_POLICY_FILE_LEN, "policy file")?;
     let text = std::str::from_utf8(&bytes)
@@ -410,19 +414,32 @@ fn read_policy_file(path: &Path) -> Result<(&'static str, serde_json::Value)> {
         }
     };
     let mut found = Vec::new();
+    let mut gpu = None;
     for (name, value) in document {
+        if name == NVIDIA_GPU_TABLE {
+            gpu = Some(value);
+            continue;
+        }
         match TEE_TABLES.iter().find(|(table, _)| *table == name) {
             Some((_, kind)) => found.push((*kind, value)),
             None => bail!(
-                "policy file {} has a table `{name}`; only sgx, tdx, snp, sim, azure_snp, azure_tdx and nitro are known",
+                "policy file {} has a table `{name}`; only sgx, tdx, snp, sim, azure_snp, \
+                 azure_tdx, nitro and nvidia_gpu are known",
                 path.display()
             ),
         }
     }
     match found.len() {
-        1 => Ok(found.remove(0)),
+        1 => {
+            let (kind, mut table) = found.remove(0);
+            if let (Some(gpu), Some(fields)) = (gpu, table.as_object_mut()) {
+                fields.insert(NVIDIA_GPU_TABLE.into(), gpu);
+            }
+            Ok((kind, table))
+        }
         0 => bail!(
-            "policy file {} has no TEE table ([sgx], [tdx], [snp] or [sim])",
+            "policy file {} has no TEE table ([sgx], [tdx], [snp], [sim], [azure_snp], \
+             [azure_tdx] or [nitro])",
             path.display()
         ),
         _ => {
@@ -604,6 +621,26 @@ mod tests {
         let (kind, table) = read_policy_file(&path).unwrap();
         assert_eq!(kind, "NITRO");
         assert_eq!(table, serde_json::json!({ "pcr0": [m] }));
+        // A composite policy: the GPU table goes into the TEE's, where the broker keeps it.
+        let path = policy_file(
+            dir.path(),
+            "gpus.toml",
+            &format!("[tdx]\nmrtd = [\"{m}\"]\n[nvidia_gpu]\nrequired = true\ncount = 2\n"),
+        );
+        let (kind, table) = read_policy_file(&path).unwrap();
+        assert_eq!(kind, "TDX");
+        assert_eq!(
+            table,
+            serde_json::json!({ "mrtd": [m], "nvidia_gpu": { "required": true, "count": 2 } })
+        );
+        // A GPU table alone names no TEE.
+        let path = policy_file(
+            dir.path(),
+            "gpu-only.toml",
+            "[nvidia_gpu]\nrequired = true\n",
+        );
+        let err = format!("{:#}", read_policy_file(&path).unwrap_err());
+        assert!(err.contains("no TEE table"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,23 @@ impl AzureAttester {
         Ok(attester)
     }
 
+    /// Which Azure TEE the vTPM at `tpm` speaks for, for `auto` detection: AZURE-SNP or
+    /// AZURE-TDX after the hardware report in its HCL report. Fails on a machine without a TPM
+    /// or whose TPM has no HCL report (every machine that is not an Azure confidential VM).
+    pub fn probe(tpm: &Path) -> Result<TeeKind> {
+        let device = TpmDevice::open(tpm, TeeKind::AzureSnp)?;
+        Self::probe_vtpm(&device)
+    }
+
+    /// [`AzureAttester::probe`] over any vTPM.
+    pub fn probe_vtpm(vtpm: &dyn Vtpm) -> Result<TeeKind> {
+        let bytes = vtpm.read_nv(HCL_REPORT_NV_INDEX)?;
+        Ok(match HclReport::parse(&bytes)?.report_type {
+            HardwareReportType::Snp => TeeKind::AzureSnp,
+            HardwareReportType::Tdx => TeeKind::AzureTdx,
+        })
+    }
+
     /// An attester over any vTPM and TD quote source (tests pass fakes). AZURE-TDX needs a TD
     /// quote source.
     pub fn new(

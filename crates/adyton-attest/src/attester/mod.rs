@@ -88,12 +88,16 @@ impl std::str::FromStr for TeeChoice {
 }
 
 /// Detects the hardware TEE of this machine: Gramine SGX first, then configfs-tsm (TDX or SNP),
-/// then an AWS Nitro Secure Module.
+/// then an Azure confidential VM's vTPM (a TPM whose HCL report NV index holds an SNP report or a
+/// TD report), then an AWS Nitro Secure Module.
 pub fn detect(paths: &AttesterPaths) -> Option<TeeKind> {
     if gramine::GramineAttester::probe(&paths.gramine).is_ok() {
         return Some(TeeKind::Sgx);
     }
     if let Ok(kind) = tsm::TsmAttester::probe(&paths.tsm_report) {
+        return Some(kind);
+    }
+    if let Ok(kind) = azure::AzureAttester::probe(&paths.tpm) {
         return Some(kind);
     }
     if nitro::NitroAttester::probe(&paths.nsm).is_ok() {

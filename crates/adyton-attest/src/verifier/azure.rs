@@ -1380,6 +1380,34 @@ mod tests {
     }
 
     #[test]
+    fn auto_detection_names_the_tee_of_the_hcl_report() {
+        let snp = fake_vtpm(false);
+        assert_eq!(AzureAttester::probe_vtpm(&snp).unwrap(), TeeKind::AzureSnp);
+        let key = Arc::new(KeyPair::generate(KeySize::Rsa2048).unwrap());
+        let tdx = FakeVtpm {
+            hcl: hcl_report_from(RECORDED_TDX_HCL, TD_REPORT_DATA_OFFSET, &runtime_data(&key)),
+            key,
+            pcrs: Mutex::new(pcrs(0x30)),
+            moving: false,
+        };
+        assert_eq!(AzureAttester::probe_vtpm(&tdx).unwrap(), TeeKind::AzureTdx);
+        // An NV index holding something else is no Azure vTPM.
+        let other = FakeVtpm {
+            hcl: vec![0x5a; 600],
+            ..fake_vtpm(false)
+        };
+        assert!(matches!(
+            AzureAttester::probe_vtpm(&other),
+            Err(AttestError::MalformedEvidence { .. })
+        ));
+        // No TPM device, or a file that answers no TPM command: nothing detected, no hang.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(AzureAttester::probe(&dir.path().join("no-tpm")).is_err());
+        std::fs::write(dir.path().join("tpm"), b"").unwrap();
+        assert!(AzureAttester::probe(&dir.path().join("tpm")).is_err());
+    }
+
+    #[test]
     fn azure_tdx_binds_the_td_quote_to_the_hcl_reports_td_report() {
         let attester = |flip: Option<usize>| {
             let key = Arc::new(KeyPair::generate(KeySize::Rsa2048).unwrap());

@@ -20,7 +20,8 @@ pub enum AttestCommand {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The TEE to use: auto (detect; never falls back to sim), sgx, tdx, snp, or sim (INSECURE).
+    /// The TEE to use: auto (detect; never falls back to sim), sgx, tdx, snp, azure-snp,
+    /// azure-tdx, nitro, coco, or sim (INSECURE).
     #[arg(long, default_value = "auto", value_name = "TEE")]
     pub tee: String,
 

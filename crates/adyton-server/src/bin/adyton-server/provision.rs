@@ -95,7 +95,7 @@ fn paths(sim_key: Option<&Path>) -> AttesterPaths {
 fn tee_choice(text: Option<&str>) -> Result<TeeChoice> {
     text.unwrap_or("auto")
         .parse()
-        .context("--tee: expected auto, sgx, tdx, snp or sim")
+        .context("--tee: expected auto, sgx, tdx, snp, azure-snp, azure-tdx, nitro, coco or sim")
 }
 
 /// This TEE's sealer, with the reason when it has none (TDX, or no TEE).

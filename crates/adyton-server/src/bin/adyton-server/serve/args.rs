@@ -28,9 +28,9 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub listen: ListenArgs<SocketAddr>,
-    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp, coco (TDX or SNP
-    /// through a Confidential Containers pod's attestation agent; never chosen by auto) or sim
-    /// (INSECURE).
+    /// The TEE whose evidence goes into the certificate: auto, sgx, tdx, snp, azure-snp, azure-tdx
+    /// (an Azure confidential VM's vTPM), nitro (an AWS Nitro Enclave), coco (TDX or SNP through a
+    /// Confidential Containers pod's attestation agent; never chosen by auto) or sim (INSECURE).
     #[arg(long, value_name = "TEE")]
     pub tee: Option<String>,
     /// The SIM attester's key file (default: ~/.config/adyton/sim.key, made on first use).
