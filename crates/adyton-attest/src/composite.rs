@@ -9,14 +9,58 @@
 //! it, every attached GPU must verify, and the table's requirements (count, versions, RIM ids)
 //! must hold.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
+use crate::attester::Attester;
 use crate::claims::Claims;
 use crate::collateral::Collateral;
 use crate::error::{AttestError, Result};
-use crate::evidence::Evidence;
+use crate::evidence::{Evidence, TeeKind, MAX_GPUS, REPORT_DATA_LEN};
+use crate::gpu::attester::GpuAttester;
 use crate::gpu::{gpu_nonce, GpuClaims, GpuEvidence, GpuVerifier};
 use crate::policy::Policy;
+
+/// A CPU TEE's attester with the GPUs it drives: its evidence is the CPU's over the report data,
+/// with every GPU's report over the nonce [`gpu_nonce`] derives from that report data for the
+/// GPU's index. A GPU that cannot attest fails the whole evidence: evidence never leaves out a
+/// GPU the machine has.
+#[derive(Debug)]
+pub struct CompositeAttester {
+    cpu: Arc<dyn Attester>,
+    gpus: Arc<dyn GpuAttester>,
+}
+
+impl CompositeAttester {
+    /// `cpu`'s evidence with `gpus`' reports attached.
+    pub fn new(cpu: Arc<dyn Attester>, gpus: Arc<dyn GpuAttester>) -> Self {
+        Self { cpu, gpus }
+    }
+}
+
+impl Attester for CompositeAttester {
+    fn tee(&self) -> TeeKind {
+        self.cpu.tee()
+    }
+
+    fn evidence(&self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Evidence> {
+        let count = self.gpus.count()?;
+        if usize::try_from(count).map_or(true, |n| n > MAX_GPUS) {
+            return Err(AttestError::TeeUnavailable {
+                tee: self.cpu.tee(),
+                reason: format!(
+                    "{count} GPUs: evidence carries at most {MAX_GPUS} (docs/evidence.md)"
+                ),
+            });
+        }
+        let mut evidence = self.cpu.evidence(report_data)?;
+        evidence.gpus = (0..count)
+            .map(|index| self.gpus.evidence(index, &gpu_nonce(report_data, index)))
+            .collect::<Result<_>>()?;
+        Ok(evidence)
+    }
+}
 
 /// One GPU's outcome, for audit lines: what it proved, or why it was refused. Holds no secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -196,13 +240,11 @@ mod tests {
             GpuVerifier::with_test_roots(gpus.root_pem().as_bytes(), signer.root_pem().as_bytes())?
                 .with_rims([rim])?;
         let report_data = [7u8; 64];
-        let mut evidence =
-            SimAttester::with_measurement([3; 32], [0x4D; 48])?.evidence(&report_data)?;
-        for i in 0..2 {
-            evidence
-                .gpus
-                .push(gpus.evidence(i, &gpu_nonce(&report_data, i))?);
-        }
+        let cpu = Arc::new(SimAttester::with_measurement([3; 32], [0x4D; 48])?);
+        let composite = CompositeAttester::new(cpu, Arc::new(gpus));
+        assert_eq!(composite.tee(), TeeKind::Sim);
+        let mut evidence = composite.evidence(&report_data)?;
+        assert_eq!(evidence.gpus.len(), 2);
         let policy = policy("[nvidia_gpu]\ncount = 2\nmin_driver_version = \"550\"")?;
         let claims = verify_composite(
             &evidence,
@@ -239,6 +281,53 @@ mod tests {
             1_800_000_000,
         );
         assert!(other.is_err());
+        Ok(())
+    }
+
+    /// GPUs that attest with errors, or too many of them.
+    #[derive(Debug)]
+    struct BrokenGpus {
+        count: u32,
+    }
+
+    impl GpuAttester for BrokenGpus {
+        fn count(&self) -> Result<u32> {
+            Ok(self.count)
+        }
+
+        fn evidence(&self, index: u32, _nonce: &[u8; 32]) -> Result<GpuEvidence> {
+            Err(AttestError::TeeUnavailable {
+                tee: TeeKind::Sim,
+                reason: format!("NVIDIA GPU: GPU {index}: not in CC mode"),
+            })
+        }
+    }
+
+    #[test]
+    fn a_gpu_that_cannot_attest_fails_the_evidence() -> Result<()> {
+        let cpu: Arc<dyn Attester> = Arc::new(SimAttester::with_measurement([3; 32], [0x4D; 48])?);
+        let broken = CompositeAttester::new(Arc::clone(&cpu), Arc::new(BrokenGpus { count: 1 }));
+        match broken.evidence(&[1; 64]) {
+            Err(AttestError::TeeUnavailable { reason, .. }) => {
+                assert!(reason.contains("GPU 0"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let too_many = CompositeAttester::new(
+            Arc::clone(&cpu),
+            Arc::new(BrokenGpus {
+                count: MAX_GPUS as u32 + 1,
+            }),
+        );
+        match too_many.evidence(&[1; 64]) {
+            Err(AttestError::TeeUnavailable { reason, .. }) => {
+                assert!(reason.contains("at most 8"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // No GPUs: the CPU's evidence alone.
+        let none = CompositeAttester::new(cpu, Arc::new(BrokenGpus { count: 0 }));
+        assert!(none.evidence(&[1; 64])?.gpus.is_empty());
         Ok(())
     }
 }

@@ -88,6 +88,8 @@ pub struct ServerFlags {
     pub kds_url: Option<String>,
     /// `--coco-url`: the Confidential Containers attestation agent's REST API, for `--tee coco`.
     pub coco_url: Option<String>,
+    /// `--gpus none|nvml`: the NVIDIA GPUs whose reports go with the TEE's evidence.
+    pub gpus: Option<String>,
     /// `--transfer-key p384|rsa-3072`.
     pub transfer_key: Option<String>,
     pub state_dir: Option<PathBuf>,
@@ -137,6 +139,8 @@ struct ConfigFile {
     kds_url: Option<String>,
     /// The Confidential Containers attestation agent's REST API, for `tee = "coco"`.
     coco_url: Option<String>,
+    /// The NVIDIA GPUs whose reports go with the TEE's evidence: `none` (the default) or `nvml`.
+    gpus: Option<String>,
     /// The kind of key pair a pull's key transfer makes: `p384` (the default) or `rsa-3072`.
     transfer_key: Option<String>,
     /// An offline device's state directory: its sealed models are served (docs/offline.md).
@@ -438,6 +442,16 @@ fn parse_input_shape(spec: &str) -> Result<(String, String, Vec<i64>)> {
     Ok((model.to_owned(), input.to_owned(), dims))
 }
 
+/// Where the reports of the NVIDIA GPUs that the TEE drives come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuSource {
+    /// No GPU reports: the TEE's evidence alone.
+    None,
+    /// Every GPU that NVIDIA's management library sees, each in confidential-computing mode
+    /// (feature `nvml`).
+    Nvml,
+}
+
 /// The server's settings: the file's, overridden by the flags, checked.
 #[derive(Debug)]
 pub struct ServerConfig {
@@ -459,6 +473,8 @@ pub struct ServerConfig {
     /// Where the Confidential Containers attestation agent answers, for `tee = "coco"`; `None`
     /// means its usual place in the pod (`http://127.0.0.1:8006`).
     pub coco_url: Option<String>,
+    /// The GPUs whose attestation reports go with the TEE's evidence (composite evidence).
+    pub gpus: GpuSource,
     /// The kind of key pair a pull makes for its key transfer.
     pub transfer_key: TransferKeyKind,
     pub state_dir: Option<PathBuf>,
@@ -499,6 +515,16 @@ impl ServerConfig {
                  with tee = \"coco\" (the tee is `{tee_text}`)"
             );
         }
+        let gpus_text = flags.gpus.clone().or(file.gpus);
+        let gpus = match gpus_text.as_deref() {
+            None | Some("none") => GpuSource::None,
+            Some("nvml") if cfg!(feature = "nvml") => GpuSource::Nvml,
+            Some("nvml") => invalid!(
+                "gpus = \"nvml\": this adyton-server was built without NVML; build it with \
+                 `--features nvml` to attach NVIDIA GPU reports to its evidence"
+            ),
+            Some(other) => invalid!("gpus: expected none or nvml, not '{other}'"),
+        };
         let mut models = file.models;
         for spec in &flags.models {
             let (name, path) = spec.split_once('=').ok_or_else(|| {
@@ -620,6 +646,7 @@ impl ServerConfig {
             pccs_url: flags.pccs_url.clone().or(file.pccs_url),
             kds_url: flags.kds_url.clone().or(file.kds_url),
             coco_url,
+            gpus,
             transfer_key,
             state_dir,
             defaults,
@@ -749,6 +776,7 @@ mod tests {
                 "--pccs-url" => flags.pccs_url = Some(value),
                 "--tee" => flags.tee = Some(value),
                 "--coco-url" => flags.coco_url = Some(value),
+                "--gpus" => flags.gpus = Some(value),
                 "--max-json-response-bytes" => flags.max_json_response_bytes = Some(size(&value)),
                 other => panic!("no such flag in these tests: {other}"),
             }
@@ -1189,5 +1217,22 @@ max_batch_size = 2
         assert!(e.contains("used only with tee = \"coco\""), "{e}");
         let e = error(None, &["--coco-url", "http://127.0.0.1:9006"]);
         assert!(e.contains("the tee is `auto`"), "{e}");
+    }
+
+    #[test]
+    fn gpus_are_none_by_default_and_nvml_needs_the_feature() {
+        assert_eq!(resolve_with(None, &[]).unwrap().gpus, GpuSource::None);
+        let none = resolve_with(Some("gpus = \"none\"\n"), &[]).unwrap();
+        assert_eq!(none.gpus, GpuSource::None);
+        let e = error(None, &["--gpus", "cuda"]);
+        assert!(e.contains("expected none or nvml, not 'cuda'"), "{e}");
+        let nvml = resolve_with(Some("gpus = \"nvml\"\n"), &[]);
+        if cfg!(feature = "nvml") {
+            assert_eq!(nvml.unwrap().gpus, GpuSource::Nvml);
+        } else {
+            let e = error(None, &["--gpus", "nvml"]);
+            assert!(e.contains("built without NVML"), "{e}");
+            assert!(nvml.is_err());
+        }
     }
 }

@@ -8,6 +8,7 @@ mod coco;
 mod collateral;
 mod device;
 mod engines;
+mod gpus;
 mod gramine;
 mod http;
 mod limits;

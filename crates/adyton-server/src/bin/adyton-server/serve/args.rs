@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// http://127.0.0.1:8006, where api-server-rest answers in a CoCo pod].
     #[arg(long, value_name = "URL")]
     pub coco_url: Option<String>,
+    /// The NVIDIA GPUs whose attestation reports go with the TEE's evidence: none (the default)
+    /// or nvml (every GPU NVIDIA's management library sees, each in confidential-computing mode;
+    /// needs a build with --features nvml). Clients and key brokers verify them under a policy
+    /// with [nvidia_gpu].
+    #[arg(long, value_name = "none|nvml")]
+    pub gpus: Option<String>,
     /// The key pair a pull makes for its key transfer: p384 (the default; fast to make) or
     /// rsa-3072 (for a key broker that takes RSA keys only, such as Intel's KBS).
     #[arg(long, value_name = "KIND")]
@@ -135,6 +141,7 @@ impl ServeArgs {
             pccs_url: self.pccs_url.clone(),
             kds_url: self.kds_url.clone(),
             coco_url: self.coco_url.clone(),
+            gpus: self.gpus.clone(),
             transfer_key: self.transfer_key.clone(),
             state_dir: self.state_dir.clone(),
             token_file: self.token_file.path.clone(),

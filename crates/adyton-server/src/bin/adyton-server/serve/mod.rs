@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use adyton_attest::attested_tls::AttestedTlsError;
 use adyton_attest::attester::{Attester, AttesterPaths, OpeningAttester};
+use adyton_attest::composite::CompositeAttester;
+use adyton_attest::gpu::attester::GpuAttester;
 use adyton_attest::provider::{CollateralProvider, ProviderConfig};
 use adyton_attest::TeeKind;
 use adyton_cli::files::{OutputFile, OutputKind};
 use adyton_cli::net;
 use adyton_cli::secrets::read_token_file;
-use adyton_server::config::{ModelSpec, ServerConfig};
+use adyton_server::config::{GpuSource, ModelSpec, ServerConfig};
 use adyton_server::http::{self, AdminToken, FreshEvidence, FreshEvidenceError, ServerState};
 use adyton_server::pull::remote::{HttpKeyBroker, HttpRegistry};
 use adyton_server::pull::{Backoff, Puller};
@@ -134,13 +136,22 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         OpeningAttester::start(resolved.tee, &paths)
             .context("cannot open the TEE's attestation interface")?,
     );
+    // With GPUs, every piece of evidence (the certificate's, fresh evidence, key transfers)
+    // carries each GPU's report over a nonce derived from its report data.
+    let gpus = gpu_attester(resolved.gpus)?;
+    let with_gpus = |cpu: Arc<dyn Attester>| -> Arc<dyn Attester> {
+        match &gpus {
+            Some(gpus) => Arc::new(CompositeAttester::new(cpu, Arc::clone(gpus))),
+            None => cpu,
+        }
+    };
     let engines = Engines::new(&resolved)?;
     let engine = engines.get(resolved.defaults.engine)?;
     let repository = Arc::new(Repository::new(resolved.max_models));
     let collateral = collateral_provider(&resolved)?;
     let puller = match &resolved.registry {
         Some(url) => Some(Arc::new(Puller {
-            attester: Arc::clone(&opening) as Arc<dyn Attester>,
+            attester: with_gpus(Arc::clone(&opening) as Arc<dyn Attester>),
             engine: Arc::clone(&engine),
             registry: Arc::new(HttpRegistry::new(url).context("the registry URL")?),
             key_broker: Arc::new(match &collateral {
@@ -167,9 +178,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             );
         }
     }
-    let attester = opening
-        .wait()
-        .context("cannot open the TEE's attestation interface")?;
+    let attester = with_gpus(
+        opening
+            .wait()
+            .context("cannot open the TEE's attestation interface")?,
+    );
     if attester.tee() == TeeKind::Sim {
         sim_banner();
     }
@@ -339,6 +352,27 @@ fn load_file_model(
 /// The source of the collateral of this server's own evidence (`pccs_url`, `kds_url`), if any:
 /// the pulls send it to the key broker, and `GET /adyton/v1/collateral` serves it to clients,
 /// for verifiers that have none of their own. One provider, so one cache, serves both.
+/// The GPUs' attester, opened and counted at start so that a machine whose GPUs cannot attest
+/// (no driver, confidential computing off) stops here with the reason.
+fn gpu_attester(source: GpuSource) -> Result<Option<Arc<dyn GpuAttester>>> {
+    match source {
+        GpuSource::None => Ok(None),
+        #[cfg(feature = "nvml")]
+        GpuSource::Nvml => {
+            let nvml = adyton_attest::gpu::attester::NvmlGpuAttester::open()
+                .context("gpus = \"nvml\": cannot open NVIDIA's management library")?;
+            let count = nvml.count().context("gpus = \"nvml\"")?;
+            if count == 0 {
+                bail!("gpus = \"nvml\": NVIDIA's management library sees no GPU");
+            }
+            eprintln!("GPUs: {count}, through NVML; their reports go with every evidence");
+            Ok(Some(Arc::new(nvml)))
+        }
+        #[cfg(not(feature = "nvml"))]
+        GpuSource::Nvml => bail!("gpus = \"nvml\": this adyton-server was built without NVML"),
+    }
+}
+
 fn collateral_provider(resolved: &ServerConfig) -> Result<Option<Arc<CollateralProvider>>> {
     if resolved.pccs_url.is_none() && resolved.kds_url.is_none() {
         return Ok(None);
