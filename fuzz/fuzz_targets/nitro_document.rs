@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         tee: TeeKind::Nitro,
         quote: data.to_vec(),
         certificates: None,
+        gpus: Vec::new(),
     };
     // The only genuine documents valid at AT (the seeds) carry no 64-byte user_data, and adding
     // one breaks AWS's signature: no input can give claims.
