@@ -588,10 +588,9 @@ fn attest_server_applies_the_policys_gpu_table() {
         &[
             "infer",
             &s.url,
+            "add",
             "--policy",
             "gpus-required.toml",
-            "--model",
-            "add",
             "--input",
             "a=does-not-exist.json",
         ],
