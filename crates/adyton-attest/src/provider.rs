@@ -487,26 +487,31 @@ impl CollateralProvider {
         let inner = verifier::azure::hardware_evidence(evidence)?;
         match inner.tee {
             TeeKind::Snp if evidence.certificates.is_some() => {
-                // As for SNP evidence with its own VEK: the bundle's VCEK is left out, so that
-                // the chain that came with the report is the one used.
-                let collateral = Collateral {
-                    dcap: None,
-                    snp: self
-                        .bundle
-                        .as_ref()
-                        .and_then(|(c, _)| c.snp.as_ref())
-                        .map(|snp| SnpCollateral {
-                            vcek: None,
-                            ..snp.clone()
-                        }),
-                };
+                // As for SNP evidence with its own VEK: the chain that came with the report is
+                // the one used.
                 Ok((
-                    collateral,
+                    self.bundle_without_vek(),
                     CollateralUse::new(None, CollateralOrigin::Evidence, "evidence"),
                 ))
             }
             TeeKind::Snp => self.snp(&inner, now),
             _ => self.dcap(&inner, now),
+        }
+    }
+
+    /// The bundle's SNP collateral without its VEK, for evidence that carries its own: the
+    /// verifier takes a VEK from the collateral before the evidence's, so none is given.
+    fn bundle_without_vek(&self) -> Collateral {
+        Collateral {
+            dcap: None,
+            snp: self
+                .bundle
+                .as_ref()
+                .and_then(|(c, _)| c.snp.as_ref())
+                .map(|snp| SnpCollateral {
+                    vcek: None,
+                    ..snp.clone()
+                }),
         }
     }
 
@@ -521,21 +526,9 @@ impl CollateralProvider {
             ),
         };
         if carries_vek(evidence)? {
-            // The verifier takes a VEK from the collateral before the evidence's, so none is
-            // given: the certificates that came with the report are the ones for its chip.
-            let collateral = Collateral {
-                dcap: None,
-                snp: self
-                    .bundle
-                    .as_ref()
-                    .and_then(|(c, _)| c.snp.as_ref())
-                    .map(|snp| SnpCollateral {
-                        vcek: None,
-                        ..snp.clone()
-                    }),
-            };
+            // The certificates that came with the report are the ones for its chip.
             return Ok((
-                collateral,
+                self.bundle_without_vek(),
                 CollateralUse::new(Some(key), CollateralOrigin::Evidence, "evidence"),
             ));
         }
